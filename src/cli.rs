@@ -1,0 +1,255 @@
+//! The command line: `serve` and the operator command groups. Every command reads the same
+//! configuration and database as `serve`, and reports an error as one clear line with a
+//! non-zero exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::{CONFIG_FILE_ENV, Config, ConfigErrors};
+use crate::keys::KeyFile;
+use crate::store::Store;
+
+/// Gatehouse: an OAuth 2.1 authorization server and an MCP resource server in one binary.
+///
+/// Run `gatehouse serve`, add a user, and register https://YOUR-HOST/mcp as a custom connector
+/// in Claude.ai, ChatGPT, Claude Code, VS Code, Cursor or MCP Inspector.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./gatehouse.toml when present. GATEHOUSE_* environment
+    /// variables override its settings (nested keys joined with `__`).
+    #[arg(long, global = true, env = CONFIG_FILE_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the authorization server and the MCP endpoint. With no configuration at all: listens
+    /// on 127.0.0.1:8080, stores data in ./gatehouse.db and generates keys in ./keys.
+    Serve,
+    /// Manage the people who can sign in.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage OAuth clients registered by the operator.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Inspect and rotate the token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Revoke tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+/// `gatehouse users ...`
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user; the password is read from standard input.
+    Add {
+        /// User name (what they type on the login page).
+        name: String,
+        /// A role; repeat for several. Roles decide which scopes the user may grant.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Read the password from standard input (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List users and their roles.
+    List,
+    /// Remove a user and revoke their grants and tokens.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// Set a user's password, read from standard input.
+    Passwd {
+        /// User name.
+        name: String,
+        /// Read the password from standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+/// `gatehouse clients ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client; prints its id, and its secret once if confidential.
+    Add {
+        /// Name shown on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Allowed redirect URI; repeat for several.
+        #[arg(long = "redirect-uri", value_name = "URI", required = true)]
+        redirect_uris: Vec<String>,
+        /// Issue a client secret (for server-side clients).
+        #[arg(long)]
+        confidential: bool,
+    },
+    /// List clients.
+    List,
+    /// Remove a client and revoke its grants and tokens.
+    Remove {
+        /// Client id.
+        id: String,
+    },
+}
+
+/// `gatehouse keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List signing keys: kid, algorithm, state, created, activated, retire-after.
+    List,
+    /// Start a rotation: publish a new key, which signs once clients had time to fetch it.
+    Rotate {
+        /// Emergency: the new key signs at once; the old one only verifies.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Emergency: withdraw a key; tokens it signed stop working at once.
+    Retire {
+        /// The key id (see `keys list`).
+        kid: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `gatehouse tokens ...`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Revoke every grant and token of a user or of a client.
+    Revoke(RevokeTarget),
+}
+
+/// Whose tokens to revoke.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeTarget {
+    /// A user name.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A client id.
+    #[arg(long)]
+    pub client: Option<String>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve));
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(ConfigErrors(lines)) => {
+            for line in lines {
+                eprintln!("gatehouse: configuration error: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("gatehouse: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the cause chain on one line, without a backtrace.
+            eprintln!("gatehouse: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(serving: bool) {
+    let default = if serving { "info,sqlx=warn" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => crate::server::serve(config).await,
+        Command::Keys(KeysCommand::List) => keys_list(&config).await,
+        Command::Users(cmd) => not_yet(match cmd {
+            UsersCommand::Add { .. } => "users add",
+            UsersCommand::List => "users list",
+            UsersCommand::Remove { .. } => "users remove",
+            UsersCommand::Passwd { .. } => "users passwd",
+        }),
+        Command::Clients(cmd) => not_yet(match cmd {
+            ClientsCommand::Add { .. } => "clients add",
+            ClientsCommand::List => "clients list",
+            ClientsCommand::Remove { .. } => "clients remove",
+        }),
+        Command::Keys(KeysCommand::Rotate { .. }) => not_yet("keys rotate"),
+        Command::Keys(KeysCommand::Retire { .. }) => not_yet("keys retire"),
+        Command::Tokens(TokensCommand::Revoke(_)) => not_yet("tokens revoke"),
+    }
+}
+
+fn not_yet(command: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`gatehouse {command}` is not available yet in this version of Gatehouse")
+}
+
+fn format_time(t: Option<OffsetDateTime>) -> String {
+    t.and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `gatehouse keys list`
+async fn keys_list(config: &Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.database)
+        .await
+        .with_context(|| format!("cannot open database {}", config.database))?;
+    let keys = store.signing_keys().await?;
+    store.close().await;
+    if keys.is_empty() {
+        println!("No signing keys yet: `gatehouse serve` generates the first one when it starts.");
+        return Ok(());
+    }
+    println!(
+        "{:<43}  {:<5}  {:<8}  {:<20}  {:<20}  {:<20}  PRIVATE KEY FILE",
+        "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRE AFTER"
+    );
+    for key in keys {
+        let file = match KeyFile::read(&config.keys_dir, &key.kid) {
+            Ok(Some(_)) => "present".to_owned(),
+            Ok(None) => "missing".to_owned(),
+            Err(err) => format!("unreadable ({err})"),
+        };
+        println!(
+            "{:<43}  {:<5}  {:<8}  {:<20}  {:<20}  {:<20}  {file}",
+            key.kid,
+            key.alg.as_str(),
+            key.state.as_str(),
+            format_time(Some(key.created_at)),
+            format_time(key.activated_at),
+            format_time(key.retire_after),
+        );
+    }
+    Ok(())
+}

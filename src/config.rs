@@ -1,0 +1,568 @@
+//! Configuration: defaults < TOML file < `GATEHOUSE_*` environment, strict and checked at start.
+//!
+//! [`RawConfig`] is what an operator writes: every field is documented here, and the README's
+//! configuration reference is checked against this struct by a test. [`Config`] is the validated
+//! form the rest of the program uses; building it reports every problem, one line each.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+use time::Duration;
+use url::Url;
+
+use crate::domain::{Issuer, ScopeToken, SigningAlgorithm};
+use crate::store::DatabaseUrl;
+
+/// Prefix of the environment variables that override the file (`GATEHOUSE_ISSUER`, ...).
+/// Nested keys are joined with `__`.
+pub const ENV_PREFIX: &str = "GATEHOUSE_";
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "gatehouse.toml";
+/// The environment variable naming the configuration file (same as `--config`).
+pub const CONFIG_FILE_ENV: &str = "GATEHOUSE_CONFIG";
+
+/// The configuration as written in the TOML file or the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Public base URL of this server, e.g. `https://mcp.example.com`: the OAuth issuer, and the
+    /// origin of the MCP endpoint `{issuer}/mcp`. No trailing slash, path, query or fragment;
+    /// https unless the host is loopback. Default: `http://{bind}` when `bind` is loopback.
+    pub issuer: Option<String>,
+    /// Socket address to listen on. Default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// `sqlite://FILE` (created on first start, WAL mode) or `postgres://USER:PASS@HOST/DB`
+    /// (several instances may share it). Default `sqlite://gatehouse.db` in the working directory.
+    pub database_url: String,
+    /// Directory of the signing keys' private halves (created with mode 0700, files 0600). An
+    /// ES256 key is generated on first start. Default `keys`.
+    pub keys_dir: PathBuf,
+    /// Product name shown on the login and consent pages and as the PRM `resource_name`.
+    pub product_name: String,
+    /// Algorithm of newly generated signing keys: `ES256` (default), `EdDSA` or `RS256`.
+    pub signing_algorithm: SigningAlgorithm,
+    /// Access-token lifetime in seconds. Default 3600.
+    pub access_token_ttl: u64,
+    /// Refresh-token lifetime in seconds. Default 2592000 (30 days).
+    pub refresh_token_ttl: u64,
+    /// Authorization-code lifetime in seconds (at most 600). Default 60.
+    pub authorization_code_ttl: u64,
+    /// The scope catalog: scope name -> description shown on the consent page. Advertised in
+    /// `scopes_supported`. `offline_access` is implicit (refresh tokens are always issued) and
+    /// must not be listed.
+    pub scopes: BTreeMap<String, ScopeConfig>,
+    /// Scopes granted when a client asks for none. Default `["mcp"]`.
+    pub default_scopes: Vec<String>,
+    /// Role name -> the scopes a user holding that role may grant.
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Browser origins (`https://app.example.com`) allowed to call the MCP endpoint. Empty
+    /// (default) allows any origin; clients that send no `Origin` are always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+/// One entry of the scope catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// What granting this scope lets the client do, in the words the consent page shows.
+    pub description: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let scope = |d: &str| ScopeConfig {
+            description: d.to_owned(),
+        };
+        Self {
+            issuer: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://gatehouse.db".to_owned(),
+            keys_dir: PathBuf::from("keys"),
+            product_name: "Gatehouse".to_owned(),
+            signing_algorithm: SigningAlgorithm::ES256,
+            access_token_ttl: 3600,
+            refresh_token_ttl: 30 * 24 * 3600,
+            authorization_code_ttl: 60,
+            scopes: BTreeMap::from([
+                (
+                    "mcp".to_owned(),
+                    scope("Use this server's MCP tools on your behalf"),
+                ),
+                (
+                    "activity:read".to_owned(),
+                    scope("Read your recent sign-in and tool activity"),
+                ),
+            ]),
+            default_scopes: vec!["mcp".to_owned()],
+            roles: BTreeMap::from([
+                (
+                    "user".to_owned(),
+                    vec!["mcp".to_owned(), "activity:read".to_owned()],
+                ),
+                (
+                    "admin".to_owned(),
+                    vec!["mcp".to_owned(), "activity:read".to_owned()],
+                ),
+            ]),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// A scope the server knows, with its consent-page description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeEntry {
+    /// The scope token.
+    pub name: ScopeToken,
+    /// Its description.
+    pub description: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The issuer; also the origin of the MCP resource.
+    pub issuer: Issuer,
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Database.
+    pub database: DatabaseUrl,
+    /// Key directory.
+    pub keys_dir: PathBuf,
+    /// Product name for pages and PRM.
+    pub product_name: String,
+    /// Algorithm of new signing keys.
+    pub signing_algorithm: SigningAlgorithm,
+    /// Access-token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh-token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Authorization-code lifetime.
+    pub authorization_code_ttl: Duration,
+    /// The scope catalog, in name order.
+    pub scopes: Vec<ScopeEntry>,
+    /// Scopes granted when none are requested.
+    pub default_scopes: Vec<ScopeToken>,
+    /// Role -> grantable scopes.
+    pub roles: BTreeMap<String, Vec<ScopeToken>>,
+    /// Allowed browser origins (ASCII serialization); empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Development defaults in force, one human-readable line each (logged loudly at start).
+    pub development_defaults: Vec<String>,
+}
+
+/// Every problem found in the configuration, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "configuration error: {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Loads the configuration the way `gatehouse` commands do: `file` if given (it must exist),
+    /// else `./gatehouse.toml` if present; then the `GATEHOUSE_*` environment on top.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigErrors> {
+        let mut figment = Figment::new();
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigErrors(vec![format!(
+                        "config file {} does not exist or is not a file",
+                        path.display()
+                    )]));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).is_file() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        // `GATEHOUSE_CONFIG` names the file itself; it is not a setting.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+        Self::from_figment(&figment)
+    }
+
+    /// Extracts and validates from an assembled figment (tests build one from a TOML string).
+    ///
+    /// Unknown top-level keys are reported one line each (with where they came from) and set
+    /// aside, so that the other settings are still checked and every problem shows in one run.
+    pub fn from_figment(figment: &Figment) -> Result<Self, ConfigErrors> {
+        let mut problems = unknown_keys(figment);
+        let known = Figment::from(KnownKeysOnly(figment));
+        let raw: RawConfig = match known.extract() {
+            Ok(raw) => raw,
+            Err(err) => {
+                problems.extend(err.into_iter().map(|e| e.to_string()));
+                return Err(ConfigErrors(problems));
+            }
+        };
+        let provided = |key: &str| figment.contains(key);
+        match Self::validate(raw, &provided) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(problems)),
+            Err(ConfigErrors(more)) => {
+                problems.extend(more);
+                Err(ConfigErrors(problems))
+            }
+        }
+    }
+
+    /// Checks every setting and collects all problems. `provided` tells whether the operator set
+    /// a key (otherwise its default is in force).
+    pub fn validate(raw: RawConfig, provided: &dyn Fn(&str) -> bool) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut development_defaults = Vec::new();
+
+        let issuer = match &raw.issuer {
+            Some(s) => Issuer::parse(s)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok(),
+            None if raw.bind.ip().is_loopback() && raw.bind.port() != 0 => {
+                let derived = format!("http://{}", raw.bind);
+                development_defaults.push(format!(
+                    "issuer {derived} (plain http on loopback: set `issuer` to this server's public https URL before connecting Claude.ai or ChatGPT)"
+                ));
+                Issuer::parse(&derived)
+                    .map_err(|e| problems.push(e.to_string()))
+                    .ok()
+            }
+            None => {
+                problems.push(format!(
+                    "issuer is not set and bind {} is not a loopback address with a fixed port: set `issuer` to the public https URL clients use (e.g. https://mcp.example.com)",
+                    raw.bind
+                ));
+                None
+            }
+        };
+
+        let database = DatabaseUrl::parse(&raw.database_url)
+            .map_err(|e| problems.push(e))
+            .ok();
+        if !provided("database_url") {
+            development_defaults.push(format!(
+                "database {} in the working directory (SQLite; set `database_url` to choose the file, or postgres://... for several instances)",
+                raw.database_url
+            ));
+        }
+
+        if raw.keys_dir.as_os_str().is_empty() {
+            problems.push("keys_dir must not be empty".to_owned());
+        }
+        if !provided("keys_dir") {
+            development_defaults.push(format!(
+                "signing keys in ./{} (generated on first start; set `keys_dir` to a directory you back up)",
+                raw.keys_dir.display()
+            ));
+        }
+
+        if raw.product_name.trim().is_empty() {
+            problems.push("product_name must not be empty".to_owned());
+        }
+
+        let ttl = |name: &str, secs: u64, max: u64, problems: &mut Vec<String>| -> Duration {
+            if secs == 0 || secs > max {
+                problems.push(format!(
+                    "{name} must be between 1 and {max} seconds, not {secs}"
+                ));
+            }
+            Duration::seconds(i64::try_from(secs.min(max)).unwrap_or(i64::MAX))
+        };
+        let access_token_ttl = ttl(
+            "access_token_ttl",
+            raw.access_token_ttl,
+            86_400,
+            &mut problems,
+        );
+        let refresh_token_ttl = ttl(
+            "refresh_token_ttl",
+            raw.refresh_token_ttl,
+            366 * 86_400,
+            &mut problems,
+        );
+        // RFC 6749 §4.1.2: a maximum code lifetime of 10 minutes is recommended.
+        let authorization_code_ttl = ttl(
+            "authorization_code_ttl",
+            raw.authorization_code_ttl,
+            600,
+            &mut problems,
+        );
+        if raw.refresh_token_ttl > 0 && raw.refresh_token_ttl < raw.access_token_ttl {
+            problems.push(format!(
+                "refresh_token_ttl ({}) must not be shorter than access_token_ttl ({})",
+                raw.refresh_token_ttl, raw.access_token_ttl
+            ));
+        }
+
+        let mut scopes = Vec::new();
+        if raw.scopes.is_empty() {
+            problems.push("scopes must list at least one scope".to_owned());
+        }
+        for (name, entry) in &raw.scopes {
+            match ScopeToken::parse(name) {
+                Err(e) => problems.push(format!("scopes: {e}")),
+                Ok(_) if name == "offline_access" || name == "openid" => problems.push(format!(
+                    "scopes: {name:?} must not be in the catalog (refresh tokens are always issued, and Gatehouse issues no ID tokens)"
+                )),
+                Ok(token) => {
+                    if entry.description.trim().is_empty() {
+                        problems.push(format!("scopes.{name}.description must not be empty"));
+                    }
+                    scopes.push(ScopeEntry {
+                        name: token,
+                        description: entry.description.clone(),
+                    });
+                }
+            }
+        }
+        let known = |s: &str| raw.scopes.contains_key(s);
+        let scope_list = |what: &str, list: &[String], problems: &mut Vec<String>| {
+            list.iter()
+                .filter_map(|s| {
+                    if known(s) {
+                        ScopeToken::parse(s).ok()
+                    } else {
+                        problems.push(format!("{what} names {s:?}, which is not in `scopes`"));
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        if raw.default_scopes.is_empty() {
+            problems.push("default_scopes must name at least one scope".to_owned());
+        }
+        let default_scopes = scope_list("default_scopes", &raw.default_scopes, &mut problems);
+        let mut roles = BTreeMap::new();
+        for (role, list) in &raw.roles {
+            let valid_name = !role.is_empty()
+                && role
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                problems.push(format!(
+                    "roles: role name {role:?} may only use letters, digits, '-' and '_'"
+                ));
+            }
+            let granted = scope_list(&format!("roles.{role}"), list, &mut problems);
+            roles.insert(role.clone(), granted);
+        }
+
+        let mut allowed_origins = Vec::new();
+        for origin in &raw.allowed_origins {
+            match parse_origin(origin) {
+                Ok(o) => allowed_origins.push(o),
+                Err(e) => problems.push(format!("allowed_origins: {e}")),
+            }
+        }
+
+        match (issuer, database, problems.is_empty()) {
+            (Some(issuer), Some(database), true) => Ok(Self {
+                issuer,
+                bind: raw.bind,
+                database,
+                keys_dir: raw.keys_dir,
+                product_name: raw.product_name,
+                signing_algorithm: raw.signing_algorithm,
+                access_token_ttl,
+                refresh_token_ttl,
+                authorization_code_ttl,
+                scopes,
+                default_scopes,
+                roles,
+                allowed_origins,
+                development_defaults,
+            }),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+
+    /// The MCP resource identifier (RFC 8707, RFC 9728 `resource`): exactly `{issuer}/mcp`.
+    pub fn resource(&self) -> String {
+        self.issuer.url(crate::routes::MCP)
+    }
+
+    /// The scope catalog's names, in order.
+    pub fn scope_names(&self) -> Vec<&str> {
+        self.scopes.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// A configuration for tests and examples: loopback issuer, the given database and keys.
+    pub fn for_tests(
+        issuer: &str,
+        database_url: &str,
+        keys_dir: &Path,
+    ) -> Result<Self, ConfigErrors> {
+        let raw = RawConfig {
+            issuer: Some(issuer.to_owned()),
+            database_url: database_url.to_owned(),
+            keys_dir: keys_dir.to_owned(),
+            ..RawConfig::default()
+        };
+        Self::validate(raw, &|_| true)
+    }
+}
+
+/// The top-level keys [`RawConfig`] accepts.
+fn known_keys() -> Vec<String> {
+    match serde_json::to_value(RawConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One line per top-level key that is not a setting, naming its source (file or variable).
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    let known = known_keys();
+    let Ok(data) = figment.data() else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for dict in data.values() {
+        for key in dict.keys().filter(|k| !known.contains(k)) {
+            let source = figment
+                .find_metadata(key)
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (in {} {source})", m.name),
+                    None => format!(
+                        " (from {}: {})",
+                        m.name,
+                        m.interpolate(&Profile::Default, &[key.as_str()])
+                    ),
+                })
+                .unwrap_or_default();
+            lines.push(format!(
+                "unknown setting `{key}`{source}; the settings are: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    lines
+}
+
+/// A view of a figment without its unknown top-level keys.
+struct KnownKeysOnly<'a>(&'a Figment);
+
+impl Provider for KnownKeysOnly<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("configuration")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let known = known_keys();
+        let mut data = self.0.data()?;
+        for dict in data.values_mut() {
+            dict.retain(|k, _| known.contains(k));
+        }
+        Ok(data)
+    }
+}
+
+/// Checks a browser origin (`scheme://host[:port]`) and returns its ASCII serialization.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let url = Url::parse(raw).map_err(|e| format!("{raw:?} is not an origin URL ({e})"))?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.path() == "/"
+        && !raw.ends_with('/')
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !plain {
+        return Err(format!(
+            "{raw:?} must be an origin like https://app.example.com (scheme, host and optional port only)"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(toml: &str) -> Result<Config, ConfigErrors> {
+        Config::from_figment(&Figment::from(Toml::string(toml)))
+    }
+
+    #[test]
+    fn empty_configuration_is_a_loopback_development_server() {
+        let config = from_toml("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.issuer.as_str(), "http://127.0.0.1:8080");
+        assert_eq!(config.resource(), "http://127.0.0.1:8080/mcp");
+        assert_eq!(config.access_token_ttl, Duration::seconds(3600));
+        assert_eq!(config.refresh_token_ttl, Duration::days(30));
+        assert_eq!(config.authorization_code_ttl, Duration::seconds(60));
+        assert_eq!(
+            config.development_defaults.len(),
+            3,
+            "{:?}",
+            config.development_defaults
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_on_its_own_line() {
+        let err = from_toml(
+            r#"
+            issuer = "http://auth.example.com/"
+            database_url = "mysql://x"
+            access_token_ttl = 0
+            default_scopes = ["nope"]
+            "#,
+        )
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert!(err.0.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
+    fn unknown_keys_do_not_hide_other_problems() {
+        let err = from_toml("isuer = \"x\"\nbogus = 1\nissuer = \"https://a.example/\"")
+            .expect_err("invalid");
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(
+            err.0[0].contains("`isuer`") || err.0[1].contains("`isuer`"),
+            "{err}"
+        );
+        assert!(err.0.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = from_toml("isuer = \"https://a.example\"").expect_err("unknown key");
+        assert!(err.to_string().contains("isuer"), "{err}");
+    }
+
+    #[test]
+    fn offline_access_cannot_enter_the_catalog() {
+        let err = from_toml("[scopes.offline_access]\ndescription = \"x\"").expect_err("refused");
+        assert!(err.to_string().contains("offline_access"), "{err}");
+    }
+
+    #[test]
+    fn origins_are_canonicalised_and_checked() {
+        let config = from_toml("allowed_origins = [\"https://App.Example.com\"]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.allowed_origins, vec!["https://app.example.com"]);
+        let err =
+            from_toml("allowed_origins = [\"https://app.example.com/path\"]").expect_err("path");
+        assert!(err.to_string().contains("allowed_origins"), "{err}");
+    }
+}

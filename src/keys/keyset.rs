@@ -1,0 +1,308 @@
+//! Loading the key set at start (generating the first key when there is none) and using it.
+
+use std::path::{Path, PathBuf};
+
+use josekit::jwk::Jwk;
+use josekit::jws::{JwsHeader, JwsSigner, JwsVerifier};
+use josekit::jwt::{self, JwtPayload};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::KeyState;
+use super::files::{KeyFile, key_path, prepare_dir};
+use super::material::{generate, public_jwk, thumbprint};
+use crate::audit::{self, AuditEvent};
+use crate::domain::SigningAlgorithm;
+use crate::store::{KeyRecord, Store, StoreError};
+
+/// Why the key set could not be loaded or used. Each message is one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key directory cannot be created, read or written.
+    #[error("keys_dir {} is not usable: {}", .0.display(), .1)]
+    Dir(PathBuf, String),
+    /// A key file cannot be read or parsed.
+    #[error("signing key file {} is not usable: {}", .0.display(), .1)]
+    File(PathBuf, String),
+    /// A key the server needs has no private half on disk.
+    #[error(
+        "signing key {kid} is {state} but its private key file {} is missing: restore keys_dir from backup (with several instances, every instance needs the same keys_dir)",
+        path.display()
+    )]
+    MissingPrivate {
+        /// The key.
+        kid: String,
+        /// Its state.
+        state: &'static str,
+        /// Where the file was expected.
+        path: PathBuf,
+    },
+    /// Key material that does not parse or does not match its `kid`.
+    #[error("signing key {0}: {1}")]
+    Invalid(String, String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A key ready for use: its record, published form, verifier and (when held) signer.
+#[derive(Debug)]
+pub struct LoadedKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// The public JWK as published in the JWK set.
+    pub public: Map<String, Value>,
+    signer: Option<Box<dyn JwsSigner>>,
+    verifier: Box<dyn JwsVerifier>,
+}
+
+impl LoadedKey {
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.record.kid
+    }
+
+    /// The verifier for tokens this key signed.
+    pub fn verifier(&self) -> &dyn JwsVerifier {
+        self.verifier.as_ref()
+    }
+}
+
+/// The keys in force: exactly one current (signing) key, plus any next and previous keys.
+#[derive(Debug)]
+pub struct KeySet {
+    keys: Vec<LoadedKey>,
+    current: usize,
+}
+
+fn invalid(kid: &str, err: impl std::fmt::Display) -> KeyError {
+    KeyError::Invalid(kid.to_owned(), err.to_string())
+}
+
+fn signer_for(alg: SigningAlgorithm, jwk: &Jwk) -> Result<Box<dyn JwsSigner>, josekit::JoseError> {
+    Ok(match alg {
+        SigningAlgorithm::ES256 => Box::new(josekit::jws::ES256.signer_from_jwk(jwk)?),
+        SigningAlgorithm::EdDSA => Box::new(josekit::jws::EdDSA.signer_from_jwk(jwk)?),
+        SigningAlgorithm::RS256 => Box::new(josekit::jws::RS256.signer_from_jwk(jwk)?),
+    })
+}
+
+fn verifier_for(
+    alg: SigningAlgorithm,
+    jwk: &Jwk,
+) -> Result<Box<dyn JwsVerifier>, josekit::JoseError> {
+    Ok(match alg {
+        SigningAlgorithm::ES256 => Box::new(josekit::jws::ES256.verifier_from_jwk(jwk)?),
+        SigningAlgorithm::EdDSA => Box::new(josekit::jws::EdDSA.verifier_from_jwk(jwk)?),
+        SigningAlgorithm::RS256 => Box::new(josekit::jws::RS256.verifier_from_jwk(jwk)?),
+    })
+}
+
+/// Reads a key's private half from `dir` and checks it belongs to `kid`.
+fn load_private(dir: &Path, record: &KeyRecord) -> Result<Option<Jwk>, KeyError> {
+    let Some(file) = KeyFile::read(dir, &record.kid)? else {
+        return Ok(None);
+    };
+    let jwk = Jwk::from_map(file.private_jwk).map_err(|e| invalid(&record.kid, e))?;
+    if thumbprint(&jwk).as_deref() != Some(record.kid.as_str()) {
+        return Err(invalid(
+            &record.kid,
+            "the private key file does not match its kid",
+        ));
+    }
+    Ok(Some(jwk))
+}
+
+impl LoadedKey {
+    fn load(dir: &Path, record: KeyRecord) -> Result<Self, KeyError> {
+        let public: Map<String, Value> =
+            serde_json::from_str(&record.public_jwk).map_err(|e| invalid(&record.kid, e))?;
+        let public_key = Jwk::from_map(public.clone()).map_err(|e| invalid(&record.kid, e))?;
+        let verifier =
+            verifier_for(record.alg, &public_key).map_err(|e| invalid(&record.kid, e))?;
+        // Only a key that signs now, or will sign next, needs its private half.
+        let needs_private = matches!(record.state, KeyState::Current | KeyState::Next);
+        let signer = if needs_private {
+            let jwk = load_private(dir, &record)?.ok_or_else(|| KeyError::MissingPrivate {
+                kid: record.kid.clone(),
+                state: record.state.as_str(),
+                path: key_path(dir, &record.kid),
+            })?;
+            Some(signer_for(record.alg, &jwk).map_err(|e| invalid(&record.kid, e))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            record,
+            public,
+            signer,
+            verifier,
+        })
+    }
+}
+
+impl KeySet {
+    /// The key that signs new tokens.
+    pub fn current(&self) -> &LoadedKey {
+        &self.keys[self.current]
+    }
+
+    /// All published keys (next, current, previous).
+    pub fn keys(&self) -> &[LoadedKey] {
+        &self.keys
+    }
+
+    /// The published key with this `kid`.
+    pub fn key(&self, kid: &str) -> Option<&LoadedKey> {
+        self.keys.iter().find(|k| k.kid() == kid)
+    }
+
+    /// The JWK set document (RFC 7517 §5): public keys only, the current key first.
+    pub fn jwks(&self) -> Value {
+        let current = std::iter::once(self.current());
+        let others = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.current)
+            .map(|(_, k)| k);
+        let keys: Vec<Value> = current
+            .chain(others)
+            .map(|k| Value::Object(k.public.clone()))
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// Signs a JWT with the current key; the header carries `typ` and the key's `kid`.
+    pub fn sign_jwt(&self, typ: &str, payload: &JwtPayload) -> Result<String, KeyError> {
+        let key = self.current();
+        let signer = key
+            .signer
+            .as_deref()
+            .ok_or_else(|| invalid(key.kid(), "no private key loaded"))?;
+        let mut header = JwsHeader::new();
+        header.set_token_type(typ);
+        header.set_key_id(key.kid());
+        jwt::encode_with_signer(payload, &header, signer).map_err(|e| invalid(key.kid(), e))
+    }
+}
+
+/// Prepares `dir`, then loads the key set from the database and `dir`. On first start (no
+/// current key) it imports the newest key file left from an earlier database, or generates a
+/// key of `alg`; either is written to the audit log.
+pub async fn load_or_create(
+    store: &Store,
+    dir: &Path,
+    alg: SigningAlgorithm,
+    now: OffsetDateTime,
+) -> Result<KeySet, KeyError> {
+    prepare_dir(dir)?;
+    let mut records = store.signing_keys().await?;
+    if !records.iter().any(|r| r.state == KeyState::Current) {
+        create_current(store, dir, alg, now, records.is_empty()).await?;
+        records = store.signing_keys().await?;
+    }
+    let mut keys = Vec::new();
+    for record in records.into_iter().filter(|r| r.state.is_published()) {
+        keys.push(LoadedKey::load(dir, record)?);
+    }
+    let current = keys
+        .iter()
+        .position(|k| k.record.state == KeyState::Current)
+        .ok_or_else(|| invalid("-", "no current signing key after start-up"))?;
+    Ok(KeySet { keys, current })
+}
+
+async fn create_current(
+    store: &Store,
+    dir: &Path,
+    alg: SigningAlgorithm,
+    now: OffsetDateTime,
+    database_is_empty: bool,
+) -> Result<(), KeyError> {
+    // A key directory that outlived its database: keep using its newest key, so tokens and
+    // JWK-set caches elsewhere stay valid.
+    let imported = if database_is_empty {
+        KeyFile::read_all(dir)?
+            .into_iter()
+            .filter(|f| SigningAlgorithm::parse(&f.alg).is_some())
+            .max_by_key(|f| f.created_at)
+    } else {
+        None
+    };
+    let (file, kind) = match imported {
+        Some(file) => (file, "key.imported"),
+        None => {
+            let private = generate(alg).map_err(|e| invalid("(new)", e))?;
+            let kid = thumbprint(&private).ok_or_else(|| invalid("(new)", "no thumbprint"))?;
+            let file = KeyFile {
+                kid,
+                alg: alg.as_str().to_owned(),
+                created_at: now.unix_timestamp(),
+                private_jwk: private.as_ref().clone(),
+            };
+            file.write(dir)?;
+            (file, "key.generated")
+        }
+    };
+    let alg = SigningAlgorithm::parse(&file.alg).ok_or_else(|| invalid(&file.kid, "algorithm"))?;
+    let private = Jwk::from_map(file.private_jwk.clone()).map_err(|e| invalid(&file.kid, e))?;
+    if thumbprint(&private).as_deref() != Some(file.kid.as_str()) {
+        return Err(invalid(
+            &file.kid,
+            "the private key file does not match its kid",
+        ));
+    }
+    let public =
+        public_jwk(&private, &file.kid, alg).ok_or_else(|| invalid(&file.kid, "public key"))?;
+    let record = KeyRecord {
+        kid: file.kid.clone(),
+        alg,
+        state: KeyState::Current,
+        public_jwk: Value::Object(public).to_string(),
+        created_at: OffsetDateTime::from_unix_timestamp(file.created_at).unwrap_or(now),
+        activated_at: Some(now),
+        retire_after: None,
+        retired_at: None,
+    };
+    match store.insert_signing_key(&record).await {
+        Ok(()) => {}
+        // Another instance sharing the database won the race: its key is current; ours stays
+        // an unused file.
+        Err(StoreError::Conflict(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::warn!(kid = %record.kid, alg = %alg, dir = %dir.display(), "{kind}: new current signing key");
+    audit::record(
+        store,
+        AuditEvent::new(
+            kind,
+            now,
+            json!({ "kid": record.kid, "alg": alg.as_str(), "state": "current" }),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The key set shared by the authorization and resource halves; replaced whole when keys change,
+/// so a reader always sees one consistent set.
+#[derive(Debug)]
+pub struct KeyStore(std::sync::RwLock<std::sync::Arc<KeySet>>);
+
+impl KeyStore {
+    /// Wraps a loaded set.
+    pub fn new(set: KeySet) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(set)))
+    }
+
+    /// The set in force now.
+    pub fn snapshot(&self) -> std::sync::Arc<KeySet> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs a new set.
+    pub fn replace(&self, set: KeySet) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(set);
+    }
+}

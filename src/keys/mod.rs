@@ -1,0 +1,55 @@
+//! Signing keys: generation, the private halves on disk, lifecycle state in the database, and
+//! the public JWK set.
+//!
+//! A key moves `next` (published, not signing) -> `current` (signing; exactly one) -> `previous`
+//! (published, verifies only) -> `retired` (gone from the JWK set). Rotation itself is a later
+//! piece of work; the model carries the states now so stored keys never need migrating.
+
+mod files;
+mod keyset;
+mod material;
+
+pub use files::{KeyFile, prepare_dir};
+pub use keyset::{KeyError, KeySet, KeyStore, LoadedKey, load_or_create};
+pub use material::{generate, public_jwk, thumbprint};
+
+/// Where a key is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// Published in the JWK set, not yet signing.
+    Next,
+    /// Signing new tokens.
+    Current,
+    /// Published so tokens it signed still verify; no longer signing.
+    Previous,
+    /// Withdrawn: tokens it signed no longer verify.
+    Retired,
+}
+
+impl KeyState {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Next => "next",
+            Self::Current => "current",
+            Self::Previous => "previous",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "next" => Some(Self::Next),
+            "current" => Some(Self::Current),
+            "previous" => Some(Self::Previous),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+
+    /// True for the states whose public key is in the JWK set.
+    pub fn is_published(self) -> bool {
+        !matches!(self, Self::Retired)
+    }
+}

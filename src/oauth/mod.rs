@@ -1,0 +1,23 @@
+//! The authorization server: one file per endpoint, each exposing its routes here.
+
+pub mod jwks;
+pub mod metadata;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::routes;
+use crate::state::AppState;
+use crate::web;
+
+/// The authorization server's routes. Discovery documents and the JWK set are CORS-readable.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(routes::AS_METADATA, get(metadata::metadata_get))
+        .route(
+            routes::OPENID_CONFIGURATION,
+            get(metadata::openid_configuration_get),
+        )
+        .route(routes::JWKS, get(jwks::jwks_get))
+        .layer(web::public_cors())
+}

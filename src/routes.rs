@@ -1,0 +1,21 @@
+//! Every path the server answers. The discovery documents are built from these same constants,
+//! so an advertised URL cannot drift from a served one.
+
+/// RFC 8414 authorization-server metadata.
+pub const AS_METADATA: &str = "/.well-known/oauth-authorization-server";
+/// OpenID Connect discovery (answered 404: Gatehouse issues no ID tokens).
+pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+/// RFC 9728 Protected Resource Metadata, root form.
+pub const PRM: &str = "/.well-known/oauth-protected-resource";
+/// RFC 9728 Protected Resource Metadata for the `/mcp` resource (path form).
+pub const PRM_MCP: &str = "/.well-known/oauth-protected-resource/mcp";
+/// The public JWK set.
+pub const JWKS: &str = "/jwks.json";
+/// Authorization endpoint (RFC 6749 §3.1).
+pub const AUTHORIZE: &str = "/authorize";
+/// Token endpoint (RFC 6749 §3.2).
+pub const TOKEN: &str = "/token";
+/// The MCP endpoint (Streamable HTTP); its resource identifier is `{issuer}/mcp`.
+pub const MCP: &str = "/mcp";
+/// Liveness and readiness.
+pub const HEALTH: &str = "/health";

@@ -1,0 +1,67 @@
+//! `gatehouse serve`: start both halves on one listener and stop cleanly on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::state::AppState;
+
+/// Runs the server until a shutdown signal; then drains requests and closes the database.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    for default in &config.development_defaults {
+        tracing::warn!("DEVELOPMENT DEFAULT in force: {default}");
+    }
+    let bind = config.bind;
+    let state = AppState::start(config, Arc::new(SystemClock)).await?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let config = state.config.clone();
+    let kid = state.keys.snapshot().current().kid().to_owned();
+    tracing::info!(
+        bind = %bind,
+        issuer = %config.issuer,
+        database = %config.database,
+        signing_key = %kid,
+        "Gatehouse is listening; MCP clients connect to {}",
+        config.resource()
+    );
+    axum::serve(
+        listener,
+        crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server failed")?;
+    state.store.close().await;
+    tracing::info!("Gatehouse stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,62 @@
+//! The one application state shared by every handler.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::keys::{self, KeyError, KeyStore};
+use crate::store::{Store, StoreError};
+
+/// Everything a request needs: settings, database, keys and the clock.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Database.
+    pub store: Store,
+    /// Signing and verification keys.
+    pub keys: Arc<KeyStore>,
+    /// Current time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open database {url}: {source}")]
+    Database {
+        /// Redacted URL.
+        url: String,
+        /// Cause.
+        source: StoreError,
+    },
+    /// The signing keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl AppState {
+    /// Opens the database (applying migrations) and loads or creates the signing keys.
+    pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let store = Store::open(&config.database)
+            .await
+            .map_err(|source| StartError::Database {
+                url: config.database.redacted(),
+                source,
+            })?;
+        let keyset = keys::load_or_create(
+            &store,
+            &config.keys_dir,
+            config.signing_algorithm,
+            clock.now(),
+        )
+        .await?;
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            keys: Arc::new(KeyStore::new(keyset)),
+            clock,
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! The `audit_events` table.
+
+use time::OffsetDateTime;
+
+use super::{Store, StoreError};
+use crate::audit::{AuditEvent, Outcome};
+
+/// An audit event as read back, with its sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Monotonic id.
+    pub id: i64,
+    /// The event.
+    pub event: AuditEvent,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    kind: String,
+    outcome: String,
+    subject: Option<String>,
+    client_id: Option<String>,
+    grant_id: Option<String>,
+    ip: Option<String>,
+    detail: String,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = StoreError;
+    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("audit event {}: {what}", row.id));
+        Ok(Self {
+            id: row.id,
+            event: AuditEvent {
+                at: OffsetDateTime::from_unix_timestamp(row.at)
+                    .map_err(|e| corrupt(e.to_string()))?,
+                kind: row.kind.clone(),
+                outcome: match row.outcome.as_str() {
+                    "success" => Outcome::Success,
+                    "failure" => Outcome::Failure,
+                    other => return Err(corrupt(format!("outcome {other:?}"))),
+                },
+                subject: row.subject,
+                client_id: row.client_id,
+                grant_id: row.grant_id,
+                ip: row.ip,
+                detail: serde_json::from_str(&row.detail).map_err(|e| corrupt(e.to_string()))?,
+            },
+        })
+    }
+}
+
+impl Store {
+    /// Appends one event.
+    pub async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, kind, outcome, subject, client_id, grant_id, ip, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.at.unix_timestamp())
+        .bind(&event.kind)
+        .bind(event.outcome.as_str())
+        .bind(event.subject.as_deref())
+        .bind(event.client_id.as_deref())
+        .bind(event.grant_id.as_deref())
+        .bind(event.ip.as_deref())
+        .bind(event.detail.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest events first, optionally only one subject's, at most `limit`, older than
+    /// `before` (an id) for paging.
+    pub async fn audit_events(
+        &self,
+        subject: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, kind, outcome, subject, client_id, grant_id, ip, detail FROM audit_events \
+             WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(subject)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AuditRecord::try_from).collect()
+    }
+}
