@@ -211,7 +211,10 @@ impl Config {
         let raw: RawConfig = match known.extract() {
             Ok(raw) => raw,
             Err(err) => {
-                problems.extend(err.into_iter().map(|e| e.to_string()));
+                problems.extend(err.into_iter().map(|e| {
+                    let key = e.path.join(".");
+                    format!("`{key}`{}: {}", source_of(figment, &key), e.kind)
+                }));
                 return Err(ConfigErrors(problems));
             }
         };
@@ -437,24 +440,29 @@ fn unknown_keys(figment: &Figment) -> Vec<String> {
     let mut lines = Vec::new();
     for dict in data.values() {
         for key in dict.keys().filter(|k| !known.contains(k)) {
-            let source = figment
-                .find_metadata(key)
-                .map(|m| match &m.source {
-                    Some(source) => format!(" (in {} {source})", m.name),
-                    None => format!(
-                        " (from {}: {})",
-                        m.name,
-                        m.interpolate(&Profile::Default, &[key.as_str()])
-                    ),
-                })
-                .unwrap_or_default();
             lines.push(format!(
-                "unknown setting `{key}`{source}; the settings are: {}",
+                "unknown setting `{key}`{}; the settings are: {}",
+                source_of(figment, key),
                 known.join(", ")
             ));
         }
     }
     lines
+}
+
+/// Where a key's value came from, as ` (in TOML file F)` or ` (environment variable V)`.
+fn source_of(figment: &Figment, key: &str) -> String {
+    figment
+        .find_metadata(key)
+        .map(|m| match &m.source {
+            Some(source) => format!(" (in {} {source})", m.name),
+            // Only the environment has no source file.
+            None => format!(
+                " (environment variable {ENV_PREFIX}{})",
+                key.replace('.', "__").to_uppercase()
+            ),
+        })
+        .unwrap_or_default()
 }
 
 /// A view of a figment without its unknown top-level keys.

@@ -148,7 +148,8 @@ mod tests {
 
     #[test]
     fn rejections_name_the_problem() {
-        let cases: [(&str, fn(&IssuerError) -> bool); 9] = [
+        type Check = fn(&IssuerError) -> bool;
+        let cases: [(&str, Check); 9] = [
             ("auth.example.com", |e| {
                 matches!(e, IssuerError::NotAUrl(..))
             }),

@@ -46,6 +46,7 @@ pub fn router(config: &Config) -> Router<AppState> {
         .route(routes::PRM_MCP, get(prm::prm_get))
         // The Python SDK keeps a trailing slash of the server URL (checklist item 8).
         .route(&format!("{}/", routes::PRM_MCP), get(prm::prm_get))
+        .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors());
     let mcp = Router::new()
         .route(routes::MCP, any(mcp_unauthenticated))

@@ -19,5 +19,8 @@ pub fn router() -> Router<AppState> {
             get(metadata::openid_configuration_get),
         )
         .route(routes::JWKS, get(jwks::jwks_get))
+        // Set before the CORS layer so the 405 fallback is wrapped too and preflights are
+        // answered; set after it, axum would replace the wrapped fallback.
+        .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors())
 }

@@ -1,0 +1,200 @@
+//! Configuration as an operator meets it: each invalid setting stops `gatehouse serve` before it
+//! listens, with exit status 2 and one clear line naming the problem.
+
+use std::process::Output;
+
+use crate::process::gatehouse;
+use tempfile::TempDir;
+
+fn serve_with(env: &[(&str, &str)], file: Option<&str>) -> Output {
+    let cwd = TempDir::new().expect("tempdir");
+    let mut cmd = gatehouse(cwd.path());
+    if let Some(toml) = file {
+        std::fs::write(cwd.path().join("gatehouse.toml"), toml).expect("write");
+    }
+    cmd.arg("serve").envs(env.iter().copied());
+    cmd.output().expect("run")
+}
+
+fn assert_refused(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line per problem: {stderr}");
+    assert!(
+        lines[0].starts_with("gatehouse: configuration error: "),
+        "{stderr}"
+    );
+    assert!(lines[0].contains(needle), "expected {needle:?} in {stderr}");
+}
+
+#[test]
+fn each_invalid_setting_fails_start_with_its_own_message() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("GATEHOUSE_ISSUER", "not a url", "is not an absolute URL"),
+        (
+            "GATEHOUSE_ISSUER",
+            "http://mcp.example.com",
+            "must use https",
+        ),
+        (
+            "GATEHOUSE_ISSUER",
+            "https://mcp.example.com/",
+            "must not end with a slash",
+        ),
+        (
+            "GATEHOUSE_ISSUER",
+            "https://mcp.example.com?a=b",
+            "must not have a query",
+        ),
+        (
+            "GATEHOUSE_ISSUER",
+            "https://mcp.example.com#top",
+            "must not have a fragment",
+        ),
+        (
+            "GATEHOUSE_ISSUER",
+            "https://mcp.example.com/auth",
+            "must not have a path",
+        ),
+        (
+            "GATEHOUSE_DATABASE_URL",
+            "mysql://db/gatehouse",
+            "database_url must start with",
+        ),
+        (
+            "GATEHOUSE_DATABASE_URL",
+            "postgres://u@db:99999/x",
+            "not a valid PostgreSQL URL",
+        ),
+        (
+            "GATEHOUSE_DATABASE_URL",
+            "sqlite::memory:",
+            "in-memory SQLite",
+        ),
+        (
+            "GATEHOUSE_ACCESS_TOKEN_TTL",
+            "0",
+            "access_token_ttl must be between",
+        ),
+        (
+            "GATEHOUSE_ACCESS_TOKEN_TTL",
+            "soon",
+            "`access_token_ttl` (environment variable GATEHOUSE_ACCESS_TOKEN_TTL): invalid type",
+        ),
+        (
+            "GATEHOUSE_AUTHORIZATION_CODE_TTL",
+            "3600",
+            "authorization_code_ttl must be between",
+        ),
+        ("GATEHOUSE_BIND", "0.0.0.0:8080", "issuer is not set"),
+        ("GATEHOUSE_SIGNING_ALGORITHM", "HS256", "signing_algorithm"),
+        ("GATEHOUSE_DEFAULT_SCOPES", "[\"admin\"]", "not in `scopes`"),
+        (
+            "GATEHOUSE_ALLOWED_ORIGINS",
+            "[\"https://a.example/x\"]",
+            "allowed_origins",
+        ),
+        (
+            "GATEHOUSE_ISUER",
+            "https://mcp.example.com",
+            "unknown setting `isuer` (environment variable GATEHOUSE_ISUER)",
+        ),
+    ];
+    for (var, value, needle) in cases {
+        let output = serve_with(&[(var, value)], None);
+        assert_refused(&output, needle);
+    }
+}
+
+#[test]
+fn unknown_key_in_the_file_names_the_file() {
+    let output = serve_with(&[], Some("isuer = \"https://mcp.example.com\"\n"));
+    assert_refused(&output, "unknown setting `isuer` (in TOML file ");
+}
+
+#[test]
+fn several_problems_are_all_reported_at_once() {
+    let output = serve_with(
+        &[("GATEHOUSE_DATABASE_URL", "mysql://db")],
+        Some("issuer = \"http://mcp.example.com/\"\nbogus = true\n"),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("gatehouse: configuration error: "))
+    );
+}
+
+#[test]
+fn a_named_config_file_must_exist() {
+    let cwd = TempDir::new().expect("tempdir");
+    let output = gatehouse(cwd.path())
+        .args(["serve", "--config", "missing.toml"])
+        .output()
+        .expect("run");
+    assert_refused(&output, "missing.toml does not exist");
+}
+
+#[test]
+fn unusable_keys_dir_stops_start_with_one_line() {
+    let cwd = TempDir::new().expect("tempdir");
+    std::fs::write(cwd.path().join("keyfile"), "x").expect("write");
+    let output = gatehouse(cwd.path())
+        .arg("serve")
+        .env("GATEHOUSE_KEYS_DIR", "keyfile")
+        .env("GATEHOUSE_BIND", "127.0.0.1:1")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "gatehouse: error: keys_dir keyfile is not usable: exists but is not a directory"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn commands_not_built_yet_say_so_and_fail() {
+    let cwd = TempDir::new().expect("tempdir");
+    for args in [
+        vec!["users", "list"],
+        vec!["clients", "list"],
+        vec!["keys", "rotate"],
+        vec!["tokens", "revoke", "--user", "alice"],
+    ] {
+        let output = gatehouse(cwd.path()).args(&args).output().expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not available yet"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_describes_every_command_group() {
+    let cwd = TempDir::new().expect("tempdir");
+    let output = gatehouse(cwd.path()).arg("--help").output().expect("run");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for group in ["serve", "users", "clients", "keys", "tokens", "--config"] {
+        assert!(help.contains(group), "{group} missing from --help:\n{help}");
+    }
+    let output = gatehouse(cwd.path())
+        .args(["tokens", "revoke"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "revoke needs --user or --client"
+    );
+}

@@ -1,0 +1,15 @@
+//! The integration suite: one binary that drives the real router in process (and, in `process`,
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! the real `gatehouse` binary on a loopback socket). One module per RFC or feature.
+
+mod support;
+
+mod config;
+mod discovery;
+mod errors;
+mod health;
+mod keys;
+mod mcp;
+pub mod process;
+mod storage;

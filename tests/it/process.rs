@@ -1,0 +1,239 @@
+//! The real binary on a real loopback socket: start with development defaults, fetch every
+//! discovery document, stop with SIGTERM, and see it exit cleanly; `keys list` reads the same
+//! state.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `gatehouse` command in `cwd` with a clean environment: nothing of the caller's
+/// `GATEHOUSE_*` leaks in.
+pub fn gatehouse(cwd: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd).env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+fn wait_healthy(child: &mut Child, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("server exited early with {status}");
+        }
+        if let Ok(res) = raw_http::blocking_get_status(&format!("{base}/health")) {
+            if res == 200 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not become healthy in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A tiny blocking HTTP/1.1 GET over a TcpStream: the client side of this test is independent
+/// of the server's HTTP stack.
+mod raw_http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    pub fn get(url: &str) -> std::io::Result<(u16, String, String)> {
+        let rest = url.strip_prefix("http://").expect("http URL");
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .expect("path");
+        let mut stream = TcpStream::connect(host)?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw)?;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+    }
+
+    pub fn blocking_get_status(url: &str) -> std::io::Result<u16> {
+        get(url).map(|(s, _, _)| s)
+    }
+}
+
+fn stop(child: Child) -> Output {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut child = child;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server did not exit within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_on_development_defaults_then_sigterm() {
+    let cwd = TempDir::new().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = gatehouse(cwd.path())
+        .arg("serve")
+        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_healthy(&mut child, &base);
+
+    let (status, head, body) =
+        raw_http::get(&format!("{base}/.well-known/oauth-authorization-server")).expect("get");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let metadata: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(metadata["issuer"], base.as_str());
+
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let (status, _, body) = raw_http::get(&format!("{base}{path}")).expect("get");
+        assert_eq!(status, 200, "{path}");
+        let prm: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(prm["resource"], format!("{base}/mcp"));
+        assert_eq!(prm["authorization_servers"][0], metadata["issuer"]);
+    }
+    let (status, _, body) = raw_http::get(&format!("{base}/jwks.json")).expect("get");
+    assert_eq!(status, 200);
+    let jwks: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let kid = jwks["keys"][0]["kid"].as_str().expect("kid").to_owned();
+    let (status, _, _) =
+        raw_http::get(&format!("{base}/.well-known/openid-configuration")).expect("get");
+    assert_eq!(status, 404);
+    let (status, head, _) = raw_http::get(&format!("{base}/mcp")).expect("get");
+    assert_eq!(status, 401);
+    assert!(
+        head.contains(&format!(
+            "www-authenticate: bearer resource_metadata=\"{base}/.well-known/oauth-protected-resource/mcp\""
+        )),
+        "{head}"
+    );
+
+    let output = stop(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("DEVELOPMENT DEFAULT in force: issuer"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("DEVELOPMENT DEFAULT in force: database"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("DEVELOPMENT DEFAULT in force: signing keys"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SIGTERM received") && stderr.contains("Gatehouse stopped"),
+        "{stderr}"
+    );
+
+    // The defaults put the database and keys in the working directory.
+    assert!(cwd.path().join("gatehouse.db").is_file());
+    assert!(
+        cwd.path()
+            .join("keys")
+            .join(format!("{kid}.json"))
+            .is_file()
+    );
+
+    // `keys list` reads the same configuration and database.
+    let list = gatehouse(cwd.path())
+        .args(["keys", "list"])
+        .output()
+        .expect("keys list");
+    assert!(list.status.success());
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&kid))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        row.contains("ES256") && row.contains("current") && row.ends_with("present"),
+        "{row}"
+    );
+
+    // A restart keeps the key.
+    let mut child = gatehouse(cwd.path())
+        .arg("serve")
+        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_healthy(&mut child, &base);
+    let (_, _, body) = raw_http::get(&format!("{base}/jwks.json")).expect("get");
+    assert!(body.contains(&kid), "{body}");
+    assert!(stop(child).status.success());
+}
+
+/// The file is read, and the environment overrides it.
+#[test]
+fn environment_overrides_the_configuration_file() {
+    let cwd = TempDir::new().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        cwd.path().join("custom.toml"),
+        format!("bind = \"127.0.0.1:{port}\"\nproduct_name = \"From the file\"\n"),
+    )
+    .expect("write");
+    let mut child = gatehouse(cwd.path())
+        .args(["serve", "--config", "custom.toml"])
+        .env("GATEHOUSE_PRODUCT_NAME", "From the environment")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_healthy(&mut child, &base);
+    let (_, _, body) =
+        raw_http::get(&format!("{base}/.well-known/oauth-protected-resource")).expect("get");
+    let prm: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(prm["resource_name"], "From the environment");
+    assert!(stop(child).status.success());
+}

@@ -1,0 +1,156 @@
+//! The storage suite, run against both backends: a SQLite file and a real PostgreSQL server.
+
+use crate::support::{TestApp, fresh_postgres_url, sqlite_url};
+use gatehouse::audit::{AuditEvent, Outcome};
+use gatehouse::domain::SigningAlgorithm;
+use gatehouse::keys::KeyState;
+use gatehouse::store::{Backend, DatabaseUrl, KeyRecord, Store, StoreError};
+use serde_json::json;
+use tempfile::TempDir;
+use time::macros::datetime;
+
+fn key(kid: &str, state: KeyState) -> KeyRecord {
+    KeyRecord {
+        kid: kid.to_owned(),
+        alg: SigningAlgorithm::ES256,
+        state,
+        public_jwk: format!("{{\"kid\":\"{kid}\"}}"),
+        created_at: datetime!(2026-11-01 00:00 UTC),
+        activated_at: None,
+        retire_after: None,
+        retired_at: None,
+    }
+}
+
+async fn storage_suite(url: &str, backend: Backend) {
+    let url = DatabaseUrl::parse(url).expect("url");
+    let store = Store::open(&url).await.expect("open");
+    assert_eq!(store.backend(), backend);
+    store.ping().await.expect("ping");
+    // Migrations are idempotent: a second start on the same database is fine.
+    let again = Store::open(&url).await.expect("reopen");
+    again.close().await;
+
+    // Signing keys: round trip of every field, including absent timestamps.
+    let mut current = key("kid-current", KeyState::Current);
+    current.activated_at = Some(datetime!(2026-11-02 00:00 UTC));
+    current.retire_after = Some(datetime!(2026-12-02 00:00 UTC));
+    store
+        .insert_signing_key(&current)
+        .await
+        .expect("insert current");
+    let mut next = key("kid-next", KeyState::Next);
+    next.created_at = datetime!(2026-11-03 00:00 UTC);
+    store.insert_signing_key(&next).await.expect("insert next");
+    assert_eq!(
+        store.signing_keys().await.expect("list"),
+        vec![current.clone(), next.clone()]
+    );
+    assert_eq!(
+        store.signing_key("kid-next").await.expect("get"),
+        Some(next)
+    );
+    assert_eq!(store.signing_key("nope").await.expect("get"), None);
+
+    // Exactly one current key, enforced by the database itself.
+    let second = store
+        .insert_signing_key(&key("kid-other", KeyState::Current))
+        .await;
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+    let duplicate = store
+        .insert_signing_key(&key("kid-current", KeyState::Previous))
+        .await;
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict(_))),
+        "{duplicate:?}"
+    );
+    assert_eq!(
+        store.signing_keys().await.expect("list").len(),
+        2,
+        "failed inserts left nothing"
+    );
+
+    // Audit: newest first, per-subject filter, paging, structured detail.
+    for (i, subject) in ["alice", "bob", "alice"].iter().enumerate() {
+        let mut event = AuditEvent::new(
+            "login",
+            datetime!(2026-11-22 12:00 UTC) + time::Duration::seconds(i as i64),
+            json!({ "n": i, "note": "ünïcode \"quoted\"" }),
+        );
+        event.subject = Some((*subject).to_owned());
+        event.client_id = Some("client-1".to_owned());
+        event.ip = Some("127.0.0.1".to_owned());
+        if i == 1 {
+            event = event.failed();
+        }
+        gatehouse::audit::record(&store, event)
+            .await
+            .expect("record");
+    }
+    let all = gatehouse::audit::read(&store, None, None, 10)
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!(all[1].event.outcome, Outcome::Failure);
+    assert_eq!(
+        all[0].event.detail,
+        json!({ "n": 2, "note": "ünïcode \"quoted\"" })
+    );
+    assert_eq!(all[0].event.at, datetime!(2026-11-22 12:00:02 UTC));
+    let alice = gatehouse::audit::read(&store, Some("alice"), None, 10)
+        .await
+        .expect("read");
+    assert_eq!(alice.len(), 2);
+    let page = gatehouse::audit::read(&store, None, Some(all[0].id), 1)
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, all[1].id);
+
+    store.close().await;
+}
+
+#[tokio::test]
+async fn storage_suite_on_sqlite() {
+    let dir = TempDir::new().expect("tempdir");
+    storage_suite(&sqlite_url(&dir), Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn storage_suite_on_postgres() {
+    storage_suite(&fresh_postgres_url().await, Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_on_first_start_in_wal_mode() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("gatehouse.db");
+    assert!(!path.exists());
+    let store = Store::open(&DatabaseUrl::parse(&sqlite_url(&dir)).expect("url"))
+        .await
+        .expect("open");
+    assert!(path.is_file());
+    assert_eq!(
+        store
+            .sqlite_journal_mode()
+            .await
+            .expect("pragma")
+            .as_deref(),
+        Some("wal")
+    );
+}
+
+/// The whole application (keys, discovery, health) also starts on PostgreSQL.
+#[tokio::test]
+async fn the_server_runs_on_postgres() {
+    let app = TestApp::postgres().await;
+    assert_eq!(app.get("/health").await.status, 200);
+    let kid = app.state.keys.snapshot().current().kid().to_owned();
+    let app = app.restart().await;
+    assert_eq!(app.state.keys.snapshot().current().kid(), kid);
+    assert_eq!(
+        app.get("/jwks.json").await.json()["keys"][0]["kid"],
+        kid.as_str()
+    );
+}

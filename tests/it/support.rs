@@ -1,0 +1,166 @@
+//! `TestApp`: a fresh database (SQLite file or PostgreSQL database), a fresh key directory, a
+//! fixed clock, and the real router driven in process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use gatehouse::clock::FixedClock;
+use gatehouse::config::Config;
+use gatehouse::state::{AppState, StartError};
+use sqlx::Connection;
+use tempfile::TempDir;
+use time::macros::datetime;
+use tower::ServiceExt;
+
+/// The issuer of in-process tests (production shape: https, no trailing slash).
+pub const ISSUER: &str = "https://mcp.example.com";
+
+/// Where the test command's throwaway PostgreSQL listens.
+pub const PG_ENV: &str = "TEST_PG_URL";
+
+/// A server state plus its router, on a fresh database and key directory.
+pub struct TestApp {
+    pub state: AppState,
+    pub router: Router,
+    pub dir: TempDir,
+    pub database_url: String,
+}
+
+/// A response, read whole.
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A SQLite URL for a file in `dir`.
+pub fn sqlite_url(dir: &TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("gatehouse.db").display())
+}
+
+/// A new, empty database on the test PostgreSQL server. Fails loudly when there is none: the
+/// suite never silently skips the PostgreSQL half.
+pub async fn fresh_postgres_url() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let admin = std::env::var(PG_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{PG_ENV} is not set: run the suite with `tests/run`, which starts a throwaway PostgreSQL \
+             server on loopback, or point {PG_ENV} at a server where this user may create databases"
+        )
+    });
+    let name = format!(
+        "gh_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {PG_ENV}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database: {e}"));
+    let _ = conn.close().await;
+    let mut url = url::Url::parse(&admin).unwrap_or_else(|e| panic!("{PG_ENV}: {e}"));
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+impl TestApp {
+    /// On a fresh SQLite file.
+    pub async fn sqlite() -> Self {
+        let dir = TempDir::new().unwrap_or_else(|e| panic!("{e}"));
+        let url = sqlite_url(&dir);
+        Self::with(dir, &url, |_| {}).await
+    }
+
+    /// On a fresh PostgreSQL database.
+    pub async fn postgres() -> Self {
+        let dir = TempDir::new().unwrap_or_else(|e| panic!("{e}"));
+        let url = fresh_postgres_url().await;
+        Self::with(dir, &url, |_| {}).await
+    }
+
+    /// On `dir` and `database_url`, with the configuration adjusted by `tweak`.
+    pub async fn with(dir: TempDir, database_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let clock = Arc::new(FixedClock::new(datetime!(2026-11-22 12:00 UTC)));
+        let state = Self::try_start(&dir, database_url, tweak, clock.clone())
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let router = gatehouse::app(state.clone());
+        Self {
+            state,
+            router,
+            dir,
+            database_url: database_url.to_owned(),
+        }
+    }
+
+    /// Starts the state only, returning the start-up error.
+    pub async fn try_start(
+        dir: &TempDir,
+        database_url: &str,
+        tweak: impl FnOnce(&mut Config),
+        clock: Arc<FixedClock>,
+    ) -> Result<AppState, StartError> {
+        let mut config = Config::for_tests(ISSUER, database_url, &dir.path().join("keys"))
+            .unwrap_or_else(|e| panic!("config: {e}"));
+        tweak(&mut config);
+        AppState::start(config, clock).await
+    }
+
+    /// Stops this instance (closing its pool) and starts another on the same database and keys.
+    pub async fn restart(self) -> Self {
+        self.state.store.close().await;
+        Self::with(self.dir, &self.database_url, |_| {}).await
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|e| match e {});
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 4 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("body: {e}"))
+            .to_vec();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.send(
+            request("GET", path)
+                .body(Body::empty())
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    }
+}
+
+/// A request builder for `method path`.
+pub fn request(method: &str, path: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(path)
+}
