@@ -12,4 +12,5 @@ mod health;
 mod keys;
 mod mcp;
 pub mod process;
+mod readme;
 mod storage;
