@@ -200,11 +200,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             UsersCommand::Remove { .. } => "users remove",
             UsersCommand::Passwd { .. } => "users passwd",
         }),
-        Command::Clients(cmd) => not_yet(match cmd {
-            ClientsCommand::Add { .. } => "clients add",
-            ClientsCommand::List => "clients list",
-            ClientsCommand::Remove { .. } => "clients remove",
-        }),
+        Command::Clients(cmd) => crate::admin::clients(&config, cmd).await,
         Command::Keys(KeysCommand::Rotate { .. }) => not_yet("keys rotate"),
         Command::Keys(KeysCommand::Retire { .. }) => not_yet("keys retire"),
         Command::Tokens(TokensCommand::Revoke(_)) => not_yet("tokens revoke"),

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::Duration;
 use url::Url;
 
-use crate::domain::{Issuer, ScopeToken, SigningAlgorithm};
+use crate::domain::{Issuer, RedirectPolicy, ScopeToken, SigningAlgorithm};
 use crate::store::DatabaseUrl;
 
 /// Prefix of the environment variables that override the file (`GATEHOUSE_ISSUER`, ...).
@@ -64,6 +65,64 @@ pub struct RawConfig {
     /// Browser origins (`https://app.example.com`) allowed to call the MCP endpoint. Empty
     /// (default) allows any origin; clients that send no `Origin` are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Dynamic client registration (RFC 7591) at `/register`.
+    pub registration: RegistrationConfig,
+    /// Client ID Metadata Documents: https `client_id`s whose metadata is fetched.
+    pub client_metadata: ClientMetadataConfig,
+}
+
+/// `[registration]`: who may register a client at `/register`, and how registrations age.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Accept dynamic registrations. Default true (Cursor, VS Code and Claude rely on it).
+    pub enabled: bool,
+    /// Accept native apps' private-use redirect schemes such as
+    /// `cursor://anysphere.cursor-mcp/oauth/callback` (RFC 8252 §7.1). Default true.
+    pub allow_private_use_schemes: bool,
+    /// When not empty, https redirect URIs must be on one of these hosts.
+    pub allowed_redirect_hosts: Vec<String>,
+    /// Registrations accepted per client IP address per hour. Default 30.
+    pub rate_limit_per_hour: u32,
+    /// Largest accepted registration request, bytes. Default 16384.
+    pub max_body_bytes: usize,
+    /// A dynamic registration that completed no sign-in within this many seconds is deleted
+    /// (Claude registers a new client on every connection). 0 keeps them. Default 86400.
+    pub unused_client_ttl: u64,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_private_use_schemes: true,
+            allowed_redirect_hosts: Vec::new(),
+            rate_limit_per_hour: 30,
+            max_body_bytes: 16 * 1024,
+            unused_client_ttl: 86_400,
+        }
+    }
+}
+
+/// `[client_metadata]`: Client ID Metadata Documents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientMetadataConfig {
+    /// Recognise https `client_id`s by fetching their metadata document, and advertise
+    /// `client_id_metadata_document_supported`. Default true.
+    pub enabled: bool,
+    /// DANGER, tests and local development only: also fetch documents from loopback addresses
+    /// over plain http. Logged loudly when on. Default false.
+    pub insecure_allow_loopback: bool,
+}
+
+impl Default for ClientMetadataConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            insecure_allow_loopback: false,
+        }
+    }
 }
 
 /// One entry of the scope catalog.
@@ -111,8 +170,25 @@ impl Default for RawConfig {
                 ),
             ]),
             allowed_origins: Vec::new(),
+            registration: RegistrationConfig::default(),
+            client_metadata: ClientMetadataConfig::default(),
         }
     }
+}
+
+/// The validated registration policy.
+#[derive(Debug, Clone)]
+pub struct RegistrationPolicy {
+    /// Registration open.
+    pub enabled: bool,
+    /// What redirect URIs may be registered.
+    pub redirect: RedirectPolicy,
+    /// Registrations per IP per hour.
+    pub rate_limit_per_hour: NonZeroU32,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Age after which a never-used dynamic registration is deleted.
+    pub unused_client_ttl: Option<Duration>,
 }
 
 /// A scope the server knows, with its consent-page description.
@@ -153,6 +229,10 @@ pub struct Config {
     pub roles: BTreeMap<String, Vec<ScopeToken>>,
     /// Allowed browser origins (ASCII serialization); empty allows all.
     pub allowed_origins: Vec<String>,
+    /// Dynamic registration policy.
+    pub registration: RegistrationPolicy,
+    /// Client ID Metadata Documents.
+    pub client_metadata: ClientMetadataConfig,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }
@@ -376,6 +456,42 @@ impl Config {
             }
         }
 
+        let reg = &raw.registration;
+        let rate_limit_per_hour = NonZeroU32::new(reg.rate_limit_per_hour).unwrap_or_else(|| {
+            problems.push("registration.rate_limit_per_hour must be at least 1".to_owned());
+            NonZeroU32::MIN
+        });
+        if !(256..=1024 * 1024).contains(&reg.max_body_bytes) {
+            problems.push(format!(
+                "registration.max_body_bytes must be between 256 and 1048576, not {}",
+                reg.max_body_bytes
+            ));
+        }
+        for host in &reg.allowed_redirect_hosts {
+            if host.is_empty() || host.contains(['/', ':', ' ']) {
+                problems.push(format!(
+                    "registration.allowed_redirect_hosts: {host:?} must be a bare host name like claude.ai"
+                ));
+            }
+        }
+        let registration = RegistrationPolicy {
+            enabled: reg.enabled,
+            redirect: RedirectPolicy {
+                allow_private_use_schemes: reg.allow_private_use_schemes,
+                allowed_hosts: reg.allowed_redirect_hosts.clone(),
+            },
+            rate_limit_per_hour,
+            max_body_bytes: reg.max_body_bytes,
+            unused_client_ttl: (reg.unused_client_ttl > 0).then(|| {
+                Duration::seconds(i64::try_from(reg.unused_client_ttl).unwrap_or(i64::MAX))
+            }),
+        };
+        if raw.client_metadata.insecure_allow_loopback {
+            development_defaults.push(
+                "client_metadata.insecure_allow_loopback = true: client metadata documents may be fetched from loopback over plain http (tests and local development only)".to_owned(),
+            );
+        }
+
         match (issuer, database, problems.is_empty()) {
             (Some(issuer), Some(database), true) => Ok(Self {
                 issuer,
@@ -391,6 +507,8 @@ impl Config {
                 default_scopes,
                 roles,
                 allowed_origins,
+                registration,
+                client_metadata: raw.client_metadata,
                 development_defaults,
             }),
             _ => Err(ConfigErrors(problems)),

@@ -2,6 +2,7 @@
 //!
 //! [`app`] builds the router that `gatehouse serve` runs and the tests drive in process.
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod clock;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod health;
 pub mod keys;
+pub mod limits;
 pub mod mcp;
 pub mod oauth;
 pub mod routes;
@@ -29,7 +31,7 @@ pub use state::AppState;
 /// The whole HTTP surface: authorization server, resource server and health.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .merge(oauth::router())
+        .merge(oauth::router(&state.config))
         .merge(mcp::router(&state.config))
         .route(routes::HEALTH, get(health::health_get))
         .fallback(web::not_found)

@@ -15,6 +15,8 @@ pub const JWKS: &str = "/jwks.json";
 pub const AUTHORIZE: &str = "/authorize";
 /// Token endpoint (RFC 6749 §3.2).
 pub const TOKEN: &str = "/token";
+/// Dynamic client registration (RFC 7591 §3).
+pub const REGISTER: &str = "/register";
 /// The MCP endpoint (Streamable HTTP); its resource identifier is `{issuer}/mcp`.
 pub const MCP: &str = "/mcp";
 /// Liveness and readiness.

@@ -30,6 +30,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "Gatehouse is listening; MCP clients connect to {}",
         config.resource()
     );
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
     axum::serve(
         listener,
         crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -37,9 +38,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("server failed")?;
+    housekeeping.abort();
     state.store.close().await;
     tracing::info!("Gatehouse stopped");
     Ok(())
+}
+
+/// How often the periodic clean-up runs.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Periodic clean-up: never-used registrations, idle rate-limiter entries.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tick.tick().await;
+        match crate::oauth::register::expire_unused_clients(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired never-used client registrations"),
+            Err(err) => tracing::error!(error = %err, "cannot expire unused client registrations"),
+        }
+        state.limits.prune();
+    }
 }
 
 async fn shutdown_signal() {

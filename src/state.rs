@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{self, KeyError, KeyStore};
+use crate::limits::Limits;
 use crate::store::{Store, StoreError};
 
 /// Everything a request needs: settings, database, keys and the clock.
@@ -18,6 +19,8 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     /// Current time.
     pub clock: Arc<dyn Clock>,
+    /// Rate limiters of this instance.
+    pub limits: Arc<Limits>,
 }
 
 /// Why the server could not start.
@@ -53,6 +56,7 @@ impl AppState {
         )
         .await?;
         Ok(Self {
+            limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             store,
             keys: Arc::new(KeyStore::new(keyset)),

@@ -49,12 +49,13 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     )
 }
 
-/// CORS for documents any browser-based client may read: any origin, no credentials, preflights
-/// answered (the TS SDK sends `MCP-Protocol-Version`, which forces one; checklist item 13).
+/// CORS for the public OAuth surface (discovery, JWK set, registration) that browser-based
+/// clients such as MCP Inspector call: any origin, never credentials, preflights answered (the TS
+/// SDK sends `MCP-Protocol-Version`, which forces one; checklist item 13).
 pub fn public_cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
         .max_age(std::time::Duration::from_secs(86_400))
 }
@@ -72,4 +73,36 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
         "server_error",
         "The server hit an unexpected condition",
     )
+}
+
+/// The peer address of the connection, when the server runs with connect info (it always does
+/// under `gatehouse serve`). Never rejects: a request without it is simply not attributed.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::ConnectInfo;
+        let info = ConnectInfo::<std::net::SocketAddr>::from_request_parts(parts, state).await;
+        Ok(Self(info.ok().map(|ConnectInfo(addr)| addr.ip())))
+    }
+}
+
+/// 429 with `Retry-After` and a body that says "rate limited", never an auth error.
+pub fn rate_limited(retry_after: std::time::Duration) -> Response {
+    let seconds = retry_after.as_secs().max(1);
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!("Too many requests; retry in {seconds} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }

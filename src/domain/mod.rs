@@ -1,9 +1,15 @@
 //! Protocol values that can only be built valid ("parse, don't validate").
 
 mod algorithm;
+mod client;
 mod issuer;
+mod redirect_uri;
 mod scope;
+mod secret;
 
 pub use algorithm::SigningAlgorithm;
+pub use client::{Client, ClientKind, TokenEndpointAuthMethod};
 pub use issuer::{Issuer, IssuerError};
+pub use redirect_uri::{RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError};
 pub use scope::{ScopeError, ScopeToken};
+pub use secret::{Secret, SecretHash, random_token};

@@ -24,6 +24,9 @@ pub struct AuthorizationServerMetadata {
     pub token_endpoint: String,
     /// Public signing keys.
     pub jwks_uri: String,
+    /// RFC 7591 registration, when the operator keeps it open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration_endpoint: Option<String>,
     /// Scopes clients may request (never `offline_access`: refresh tokens are always issued).
     pub scopes_supported: Vec<String>,
     /// Only the authorization code flow.
@@ -50,6 +53,10 @@ pub fn authorization_server_metadata(config: &Config) -> AuthorizationServerMeta
         authorization_endpoint: issuer.url(routes::AUTHORIZE),
         token_endpoint: issuer.url(routes::TOKEN),
         jwks_uri: issuer.url(routes::JWKS),
+        registration_endpoint: config
+            .registration
+            .enabled
+            .then(|| issuer.url(routes::REGISTER)),
         scopes_supported: config
             .scope_names()
             .into_iter()

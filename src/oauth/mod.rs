@@ -1,17 +1,27 @@
 //! The authorization server: one file per endpoint, each exposing its routes here.
 
+pub mod error;
 pub mod jwks;
 pub mod metadata;
+pub mod register;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::config::Config;
 
 use crate::routes;
 use crate::state::AppState;
 use crate::web;
 
-/// The authorization server's routes. Discovery documents and the JWK set are CORS-readable.
-pub fn router() -> Router<AppState> {
+/// The authorization server's routes, all CORS-enabled for browser-based clients.
+pub fn router(config: &Config) -> Router<AppState> {
+    let register = Router::new()
+        .route(routes::REGISTER, post(register::register_post))
+        .layer(DefaultBodyLimit::max(config.registration.max_body_bytes))
+        .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(web::public_cors());
     Router::new()
         .route(routes::AS_METADATA, get(metadata::metadata_get))
         .route(
@@ -23,4 +33,5 @@ pub fn router() -> Router<AppState> {
         // answered; set after it, axum would replace the wrapped fallback.
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors())
+        .merge(register)
 }

@@ -5,6 +5,7 @@
 //! 0/1 integers and JSON is text (see the shared dependency notes).
 
 mod audit;
+mod clients;
 mod keys;
 mod url;
 

@@ -165,7 +165,6 @@ fn commands_not_built_yet_say_so_and_fail() {
     let cwd = TempDir::new().expect("tempdir");
     for args in [
         vec!["users", "list"],
-        vec!["clients", "list"],
         vec!["keys", "rotate"],
         vec!["tokens", "revoke", "--user", "alice"],
     ] {
@@ -197,4 +196,85 @@ fn help_describes_every_command_group() {
         Some(2),
         "revoke needs --user or --client"
     );
+}
+
+/// `gatehouse clients add | list | remove`: the operator's own clients, on the same database
+/// `serve` uses; the secret is printed once and never listed.
+#[test]
+fn operator_manages_clients_from_the_command_line() {
+    let cwd = TempDir::new().expect("tempdir");
+    let run = |args: &[&str]| gatehouse(cwd.path()).args(args).output().expect("run");
+    let added = run(&[
+        "clients",
+        "add",
+        "--name",
+        "Internal agent",
+        "--redirect-uri",
+        "https://agent.example.com/cb",
+        "--redirect-uri",
+        "http://127.0.0.1/cb",
+        "--confidential",
+    ]);
+    let stdout = String::from_utf8_lossy(&added.stdout).to_string();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_id: "))
+        .expect("client id printed")
+        .to_owned();
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .expect("secret printed once")
+        .to_owned();
+    assert!(id.starts_with("gh_"));
+
+    let listed = run(&["clients", "list"]);
+    let list = String::from_utf8_lossy(&listed.stdout);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        row.contains("operator")
+            && row.contains("client_secret_basic")
+            && row.contains("https://agent.example.com/cb"),
+        "{row}"
+    );
+    assert!(!list.contains(&secret), "the secret is never listed");
+
+    let public = run(&[
+        "clients",
+        "add",
+        "--name",
+        "Desktop",
+        "--redirect-uri",
+        "cursor://x.example/cb",
+    ]);
+    assert!(public.status.success());
+    assert!(!String::from_utf8_lossy(&public.stdout).contains("client_secret"));
+
+    let bad = run(&[
+        "clients",
+        "add",
+        "--name",
+        "Bad",
+        "--redirect-uri",
+        "javascript:alert(1)",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.starts_with("gatehouse: error: redirect URI \"javascript:alert(1)\""),
+        "{stderr}"
+    );
+
+    assert!(run(&["clients", "remove", &id]).status.success());
+    let again = run(&["clients", "remove", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no client with id"));
 }

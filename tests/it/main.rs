@@ -13,4 +13,5 @@ mod keys;
 mod mcp;
 pub mod process;
 mod readme;
+mod register;
 mod storage;

@@ -27,12 +27,31 @@ fn reference_rows() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Configuration tables whose keys are fixed by the struct.
+const FIXED_TABLES: [&str; 2] = ["registration", "client_metadata"];
+
 #[test]
 fn configuration_reference_lists_exactly_the_settings() {
     let defaults = serde_json::to_value(RawConfig::default()).expect("serialize");
     let Value::Object(defaults) = defaults else {
         panic!("object")
     };
+    // Tables with fixed keys are documented key by key (`registration.enabled`); maps with
+    // operator-chosen keys (`scopes`, `roles`) as one row.
+    let mut flat = serde_json::Map::new();
+    for (key, value) in &defaults {
+        match value {
+            Value::Object(table) if FIXED_TABLES.contains(&key.as_str()) => {
+                for (sub, v) in table {
+                    flat.insert(format!("{key}.{sub}"), v.clone());
+                }
+            }
+            _ => {
+                flat.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let defaults = flat;
     let mut documented: Vec<_> = reference_rows().into_iter().map(|(k, _)| k).collect();
     let mut settings: Vec<_> = defaults.keys().cloned().collect();
     documented.sort();
@@ -47,6 +66,7 @@ fn configuration_reference_lists_exactly_the_settings() {
         let shown = match &defaults[&key] {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
             _ => continue,
         };
         assert!(

@@ -2,7 +2,10 @@
 
 use crate::support::{TestApp, fresh_postgres_url, sqlite_url};
 use gatehouse::audit::{AuditEvent, Outcome};
-use gatehouse::domain::SigningAlgorithm;
+use gatehouse::domain::{
+    Client, ClientKind, RedirectPolicy, RedirectUri, Secret, SigningAlgorithm,
+    TokenEndpointAuthMethod,
+};
 use gatehouse::keys::KeyState;
 use gatehouse::store::{Backend, DatabaseUrl, KeyRecord, Store, StoreError};
 use serde_json::json;
@@ -108,7 +111,98 @@ async fn storage_suite(url: &str, backend: Backend) {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].id, all[1].id);
 
+    clients_suite(&store).await;
     store.close().await;
+}
+
+fn client(id: &str, kind: ClientKind, created_at: time::OffsetDateTime) -> Client {
+    let policy = RedirectPolicy::permissive();
+    Client {
+        id: id.to_owned(),
+        kind,
+        name: Some("Cursor \"beta\" ✓".to_owned()),
+        redirect_uris: vec![
+            RedirectUri::parse("cursor://anysphere.cursor-mcp/oauth/callback", &policy)
+                .expect("uri"),
+            RedirectUri::parse("http://127.0.0.1/cb", &policy).expect("uri"),
+        ],
+        auth_method: TokenEndpointAuthMethod::ClientSecretPost,
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        response_types: vec!["code".into()],
+        scope: Some("mcp".into()),
+        client_uri: Some("https://cursor.com".into()),
+        logo_uri: None,
+        application_type: Some("native".into()),
+        secret_hash: Some(Secret::presented("s3cret").hash()),
+        created_at,
+        last_used_at: None,
+    }
+}
+
+async fn clients_suite(store: &Store) {
+    let t0 = datetime!(2026-11-20 00:00 UTC);
+    let dynamic = client("gh_dynamic", ClientKind::Dynamic, t0);
+    store.insert_client(&dynamic).await.expect("insert");
+    assert_eq!(
+        store.client("gh_dynamic").await.expect("get"),
+        Some(dynamic.clone())
+    );
+    let duplicate = store.insert_client(&dynamic).await;
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict(_))),
+        "{duplicate:?}"
+    );
+    let stored = store
+        .client("gh_dynamic")
+        .await
+        .expect("get")
+        .expect("client");
+    assert!(stored.verify_secret(&Secret::presented("s3cret")));
+    assert!(stored.redirect_uri("http://127.0.0.1:5000/cb").is_some());
+
+    let used = client("gh_used", ClientKind::Dynamic, t0);
+    let operator = client("gh_operator", ClientKind::Operator, t0);
+    let recent = client(
+        "gh_recent",
+        ClientKind::Dynamic,
+        t0 + time::Duration::days(2),
+    );
+    for c in [&used, &operator, &recent] {
+        store.insert_client(c).await.expect("insert");
+    }
+    store
+        .touch_client("gh_used", t0 + time::Duration::hours(1))
+        .await
+        .expect("touch");
+    assert_eq!(
+        store
+            .client("gh_used")
+            .await
+            .expect("get")
+            .and_then(|c| c.last_used_at),
+        Some(t0 + time::Duration::hours(1))
+    );
+    // Only never-used dynamic registrations older than the cutoff go.
+    let expired = store
+        .delete_unused_clients(t0 + time::Duration::days(1))
+        .await
+        .expect("expire");
+    assert_eq!(expired, vec!["gh_dynamic".to_owned()]);
+    let left: Vec<_> = store
+        .clients()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["gh_operator", "gh_used", "gh_recent"]);
+    assert!(store.delete_client("gh_operator").await.expect("delete"));
+    assert!(
+        !store
+            .delete_client("gh_operator")
+            .await
+            .expect("delete again")
+    );
 }
 
 #[tokio::test]

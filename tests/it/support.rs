@@ -4,8 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::net::SocketAddr;
+
 use axum::Router;
 use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use gatehouse::clock::FixedClock;
 use gatehouse::config::Config;
@@ -25,6 +28,7 @@ pub const PG_ENV: &str = "TEST_PG_URL";
 pub struct TestApp {
     pub state: AppState,
     pub router: Router,
+    pub clock: Arc<FixedClock>,
     pub dir: TempDir,
     pub database_url: String,
 }
@@ -102,10 +106,14 @@ impl TestApp {
         let state = Self::try_start(&dir, database_url, tweak, clock.clone())
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
-        let router = gatehouse::app(state.clone());
+        // Requests come from 192.0.2.10 unless a test says otherwise (as with connect info
+        // under `gatehouse serve`).
+        let router = gatehouse::app(state.clone())
+            .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40000))));
         Self {
             state,
             router,
+            clock,
             dir,
             database_url: database_url.to_owned(),
         }
@@ -148,6 +156,17 @@ impl TestApp {
             headers,
             body,
         }
+    }
+
+    /// POSTs a JSON body.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> TestResponse {
+        self.send(
+            request("POST", path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> TestResponse {

@@ -1,0 +1,164 @@
+//! The `clients` table: dynamically and operator-registered clients.
+
+use time::OffsetDateTime;
+
+use super::{Store, StoreError};
+use crate::domain::{
+    Client, ClientKind, RedirectPolicy, RedirectUri, SecretHash, TokenEndpointAuthMethod,
+};
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    client_id: String,
+    kind: String,
+    client_name: Option<String>,
+    redirect_uris: String,
+    auth_method: String,
+    grant_types: String,
+    response_types: String,
+    scope: Option<String>,
+    client_uri: Option<String>,
+    logo_uri: Option<String>,
+    application_type: Option<String>,
+    secret_hash: Option<String>,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+const CLIENT_COLUMNS: &str = "client_id, kind, client_name, redirect_uris, auth_method, grant_types, response_types, \
+     scope, client_uri, logo_uri, application_type, secret_hash, created_at, last_used_at";
+
+fn json_list(text: &str, what: &str, id: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("client {id}: {what}: {e}")))
+}
+
+fn unix(t: i64, id: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(t)
+        .map_err(|e| StoreError::Corrupt(format!("client {id}: {e}")))
+}
+
+impl TryFrom<ClientRow> for Client {
+    type Error = StoreError;
+    fn try_from(row: ClientRow) -> Result<Self, StoreError> {
+        let id = row.client_id.clone();
+        let corrupt = |what: &str| StoreError::Corrupt(format!("client {id}: {what}"));
+        // Stored URIs were checked against the policy when registered; a later, stricter policy
+        // applies to new registrations.
+        let redirect_uris = json_list(&row.redirect_uris, "redirect_uris", &id)?
+            .iter()
+            .map(|u| RedirectUri::parse(u, &RedirectPolicy::permissive()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| corrupt(&e.to_string()))?;
+        Ok(Self {
+            kind: ClientKind::parse(&row.kind).ok_or_else(|| corrupt("kind"))?,
+            auth_method: TokenEndpointAuthMethod::parse(&row.auth_method)
+                .ok_or_else(|| corrupt("auth_method"))?,
+            grant_types: json_list(&row.grant_types, "grant_types", &id)?,
+            response_types: json_list(&row.response_types, "response_types", &id)?,
+            created_at: unix(row.created_at, &id)?,
+            last_used_at: row.last_used_at.map(|t| unix(t, &id)).transpose()?,
+            secret_hash: row.secret_hash.map(SecretHash::from_stored),
+            redirect_uris,
+            name: row.client_name,
+            scope: row.scope,
+            client_uri: row.client_uri,
+            logo_uri: row.logo_uri,
+            application_type: row.application_type,
+            id: row.client_id,
+        })
+    }
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::Value::from(list.to_vec()).to_string()
+}
+
+impl Store {
+    /// Stores a new client. A duplicate id is a [`StoreError::Conflict`].
+    pub async fn insert_client(&self, client: &Client) -> Result<(), StoreError> {
+        let redirect_uris: Vec<String> = client
+            .redirect_uris
+            .iter()
+            .map(|u| u.as_str().to_owned())
+            .collect();
+        sqlx::query(
+            "INSERT INTO clients (client_id, kind, client_name, redirect_uris, auth_method, grant_types, \
+             response_types, scope, client_uri, logo_uri, application_type, secret_hash, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&client.id)
+        .bind(client.kind.as_str())
+        .bind(client.name.as_deref())
+        .bind(to_json(&redirect_uris))
+        .bind(client.auth_method.as_str())
+        .bind(to_json(&client.grant_types))
+        .bind(to_json(&client.response_types))
+        .bind(client.scope.as_deref())
+        .bind(client.client_uri.as_deref())
+        .bind(client.logo_uri.as_deref())
+        .bind(client.application_type.as_deref())
+        .bind(client.secret_hash.as_ref().map(SecretHash::as_str))
+        .bind(client.created_at.unix_timestamp())
+        .bind(client.last_used_at.map(OffsetDateTime::unix_timestamp))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_write(e, &format!("client {}", client.id)))?;
+        Ok(())
+    }
+
+    /// One client by id.
+    pub async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1");
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Client::try_from).transpose()
+    }
+
+    /// Every stored client, oldest first.
+    pub async fn clients(&self) -> Result<Vec<Client>, StoreError> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY created_at, client_id");
+        let rows: Vec<ClientRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        rows.into_iter().map(Client::try_from).collect()
+    }
+
+    /// Deletes a client; false when there was none.
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records that a client completed a sign-in or token request.
+    pub async fn touch_client(
+        &self,
+        client_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1")
+            .bind(client_id)
+            .bind(at.unix_timestamp())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the dynamic registrations created before `cutoff` that were never used, and
+    /// returns their ids (for the audit log).
+    pub async fn delete_unused_clients(
+        &self,
+        cutoff: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM clients WHERE kind = 'dynamic' AND last_used_at IS NULL AND created_at < $1 \
+             RETURNING client_id",
+        )
+        .bind(cutoff.unix_timestamp())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+}
