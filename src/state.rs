@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{self, KeyError, KeyStore};
 use crate::limits::Limits;
+use crate::oauth::client_metadata::ClientMetadataFetcher;
 use crate::store::{Store, StoreError};
 
 /// Everything a request needs: settings, database, keys and the clock.
@@ -21,6 +22,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Rate limiters of this instance.
     pub limits: Arc<Limits>,
+    /// Fetches and caches Client ID Metadata Documents.
+    pub client_metadata: Arc<ClientMetadataFetcher>,
 }
 
 /// Why the server could not start.
@@ -37,6 +40,9 @@ pub enum StartError {
     /// The signing keys could not be loaded or created.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The HTTP client for metadata documents could not be built.
+    #[error("cannot set up the HTTP client for client metadata documents: {0}")]
+    HttpClient(String),
 }
 
 impl AppState {
@@ -55,7 +61,10 @@ impl AppState {
             clock.now(),
         )
         .await?;
+        let client_metadata = ClientMetadataFetcher::new(&config)
+            .map_err(|e| StartError::HttpClient(e.to_string()))?;
         Ok(Self {
+            client_metadata: Arc::new(client_metadata),
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             store,

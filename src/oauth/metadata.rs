@@ -43,6 +43,10 @@ pub struct AuthorizationServerMetadata {
     pub access_token_signing_alg_values_supported: Vec<&'static str>,
     /// RFC 9207: every authorization response carries `iss` (checklist item 36).
     pub authorization_response_iss_parameter_supported: bool,
+    /// https `client_id`s name metadata documents (checklist item 31); with `none` in the auth
+    /// methods, this is what makes Claude use CIMD (item 22).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id_metadata_document_supported: Option<bool>,
 }
 
 /// Builds the metadata document for this configuration.
@@ -73,6 +77,7 @@ pub fn authorization_server_metadata(config: &Config) -> AuthorizationServerMeta
         code_challenge_methods_supported: vec!["S256"],
         access_token_signing_alg_values_supported: vec![config.signing_algorithm.as_str()],
         authorization_response_iss_parameter_supported: true,
+        client_id_metadata_document_supported: config.client_metadata.enabled.then_some(true),
     }
 }
 

@@ -1,5 +1,7 @@
 //! The authorization server: one file per endpoint, each exposing its routes here.
 
+pub mod client_metadata;
+pub mod clients;
 pub mod error;
 pub mod jwks;
 pub mod metadata;

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cimd;
 mod config;
 mod discovery;
 mod errors;

@@ -1,0 +1,53 @@
+//! Turning a `client_id` into a [`Client`], whichever way the client is known: a metadata
+//! document URL is fetched (when enabled), anything else is looked up among registered clients.
+
+use serde_json::json;
+
+use super::client_metadata::ClientMetadataError;
+use crate::audit::{self, AuditEvent};
+use crate::domain::Client;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Why a `client_id` does not name a usable client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientLookupError {
+    /// Not registered (perhaps expired or removed: clients re-register on this).
+    #[error("no client is registered with id {0:?}")]
+    Unknown(String),
+    /// Its metadata document was refused.
+    #[error(transparent)]
+    Metadata(#[from] ClientMetadataError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The client `client_id` names.
+pub async fn resolve_client(
+    state: &AppState,
+    client_id: &str,
+) -> Result<Client, ClientLookupError> {
+    let fetcher = &state.client_metadata;
+    if state.config.client_metadata.enabled && fetcher.is_metadata_url(client_id) {
+        return match fetcher.resolve(client_id, state.clock.now()).await {
+            Ok(client) => Ok(client),
+            Err(err) => {
+                let mut event = AuditEvent::new(
+                    "client_metadata.refused",
+                    state.clock.now(),
+                    json!({ "reason": err.to_string() }),
+                )
+                .failed();
+                event.client_id = Some(client_id.to_owned());
+                audit::record(&state.store, event).await?;
+                Err(err.into())
+            }
+        };
+    }
+    state
+        .store
+        .client(client_id)
+        .await?
+        .ok_or_else(|| ClientLookupError::Unknown(client_id.to_owned()))
+}
