@@ -5,10 +5,11 @@ use anyhow::Context;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
+use crate::account::{User, Username, password};
 use crate::audit::{self, AuditEvent};
-use crate::cli::ClientsCommand;
+use crate::cli::{ClientsCommand, UsersCommand};
 use crate::config::Config;
-use crate::domain::{ClientKind, RedirectPolicy};
+use crate::domain::{ClientKind, RedirectPolicy, random_token};
 use crate::oauth::register::{self, RegistrationRequest};
 use crate::store::Store;
 
@@ -116,4 +117,142 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Reads a password from the first line of standard input (never from the command line).
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        anyhow::bail!(
+            "no password on standard input (pipe it in: echo \"$PASSWORD\" | gatehouse users add NAME --password-stdin)"
+        );
+    }
+    Ok(password)
+}
+
+/// `gatehouse users add | list | remove | passwd`
+pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let store = open(config).await?;
+    let result = run_users(config, &store, command, now).await;
+    store.close().await;
+    result
+}
+
+async fn run_users(
+    config: &Config,
+    store: &Store,
+    command: UsersCommand,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::Add { name, roles, .. } => {
+            let username = Username::parse(&name)?;
+            let roles = if roles.is_empty() {
+                if !config.roles.contains_key("user") {
+                    anyhow::bail!(
+                        "give the user a role with --role (configured roles: {})",
+                        role_list(config)
+                    );
+                }
+                vec!["user".to_owned()]
+            } else {
+                roles
+            };
+            if let Some(unknown) = roles.iter().find(|r| !config.roles.contains_key(*r)) {
+                anyhow::bail!(
+                    "unknown role {unknown:?} (configured roles: {})",
+                    role_list(config)
+                );
+            }
+            let hash = password::hash(read_password()?).await?;
+            let id = format!(
+                "u_{}",
+                random_token(16).map_err(|_| anyhow::anyhow!("random number generator failed"))?
+            );
+            let user = User {
+                id,
+                username,
+                password_hash: hash,
+                roles: roles.clone(),
+                created_at: now,
+                password_changed_at: now,
+            };
+            store.insert_user(&user).await.map_err(|e| match e {
+                crate::store::StoreError::Conflict(_) => {
+                    anyhow::anyhow!("a user named {name:?} already exists")
+                }
+                other => other.into(),
+            })?;
+            let mut event = AuditEvent::new(
+                "user.added",
+                now,
+                json!({ "username": name, "roles": roles, "by": "operator" }),
+            );
+            event.subject = Some(user.id.clone());
+            audit::record(store, event).await?;
+            println!("Added user {name} with roles {}.", roles.join(", "));
+        }
+        UsersCommand::List => {
+            let users = store.users().await?;
+            if users.is_empty() {
+                println!("No users yet: add one with `gatehouse users add NAME --password-stdin`.");
+                return Ok(());
+            }
+            println!(
+                "{:<32}  {:<24}  {:<20}  USER ID",
+                "NAME", "ROLES", "CREATED"
+            );
+            for u in users {
+                let created = u.created_at.format(&Rfc3339).unwrap_or_default();
+                println!(
+                    "{:<32}  {:<24}  {:<20}  {}",
+                    u.username.as_str(),
+                    u.roles.join(","),
+                    created,
+                    u.id
+                );
+            }
+        }
+        UsersCommand::Remove { name } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            store.delete_user(&name).await?;
+            let mut event = AuditEvent::new(
+                "user.removed",
+                now,
+                json!({ "username": name, "by": "operator" }),
+            );
+            event.subject = Some(user.id);
+            audit::record(store, event).await?;
+            println!("Removed user {name}; their consents and pending codes are gone.");
+        }
+        UsersCommand::Passwd { name, .. } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let hash = password::hash(read_password()?).await?;
+            store.set_password(&name, &hash, now).await?;
+            let mut event = AuditEvent::new(
+                "user.password_changed",
+                now,
+                json!({ "username": name, "by": "operator" }),
+            );
+            event.subject = Some(user.id);
+            audit::record(store, event).await?;
+            println!("Changed the password of {name}; their browser sessions are signed out.");
+        }
+    }
+    Ok(())
+}
+
+fn role_list(config: &Config) -> String {
+    config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
 }

@@ -194,12 +194,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => crate::server::serve(config).await,
         Command::Keys(KeysCommand::List) => keys_list(&config).await,
-        Command::Users(cmd) => not_yet(match cmd {
-            UsersCommand::Add { .. } => "users add",
-            UsersCommand::List => "users list",
-            UsersCommand::Remove { .. } => "users remove",
-            UsersCommand::Passwd { .. } => "users passwd",
-        }),
+        Command::Users(cmd) => crate::admin::users(&config, cmd).await,
         Command::Clients(cmd) => crate::admin::clients(&config, cmd).await,
         Command::Keys(KeysCommand::Rotate { .. }) => not_yet("keys rotate"),
         Command::Keys(KeysCommand::Retire { .. }) => not_yet("keys retire"),

@@ -65,6 +65,10 @@ pub struct RawConfig {
     /// Browser origins (`https://app.example.com`) allowed to call the MCP endpoint. Empty
     /// (default) allows any origin; clients that send no `Origin` are always allowed.
     pub allowed_origins: Vec<String>,
+    /// A browser session with no activity for this many seconds ends. Default 3600.
+    pub session_idle_timeout: u64,
+    /// A browser session ends this many seconds after it started, active or not. Default 43200.
+    pub session_absolute_timeout: u64,
     /// Dynamic client registration (RFC 7591) at `/register`.
     pub registration: RegistrationConfig,
     /// Client ID Metadata Documents: https `client_id`s whose metadata is fetched.
@@ -170,6 +174,8 @@ impl Default for RawConfig {
                 ),
             ]),
             allowed_origins: Vec::new(),
+            session_idle_timeout: 3600,
+            session_absolute_timeout: 12 * 3600,
             registration: RegistrationConfig::default(),
             client_metadata: ClientMetadataConfig::default(),
         }
@@ -229,6 +235,10 @@ pub struct Config {
     pub roles: BTreeMap<String, Vec<ScopeToken>>,
     /// Allowed browser origins (ASCII serialization); empty allows all.
     pub allowed_origins: Vec<String>,
+    /// Idle timeout of browser sessions.
+    pub session_idle_timeout: Duration,
+    /// Absolute timeout of browser sessions.
+    pub session_absolute_timeout: Duration,
     /// Dynamic registration policy.
     pub registration: RegistrationPolicy,
     /// Client ID Metadata Documents.
@@ -388,6 +398,24 @@ impl Config {
             600,
             &mut problems,
         );
+        let session_idle_timeout = ttl(
+            "session_idle_timeout",
+            raw.session_idle_timeout,
+            7 * 86_400,
+            &mut problems,
+        );
+        let session_absolute_timeout = ttl(
+            "session_absolute_timeout",
+            raw.session_absolute_timeout,
+            30 * 86_400,
+            &mut problems,
+        );
+        if raw.session_absolute_timeout < raw.session_idle_timeout {
+            problems.push(format!(
+                "session_absolute_timeout ({}) must not be shorter than session_idle_timeout ({})",
+                raw.session_absolute_timeout, raw.session_idle_timeout
+            ));
+        }
         if raw.refresh_token_ttl > 0 && raw.refresh_token_ttl < raw.access_token_ttl {
             problems.push(format!(
                 "refresh_token_ttl ({}) must not be shorter than access_token_ttl ({})",
@@ -507,6 +535,8 @@ impl Config {
                 default_scopes,
                 roles,
                 allowed_origins,
+                session_idle_timeout,
+                session_absolute_timeout,
                 registration,
                 client_metadata: raw.client_metadata,
                 development_defaults,

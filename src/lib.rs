@@ -2,6 +2,7 @@
 //!
 //! [`app`] builds the router that `gatehouse serve` runs and the tests drive in process.
 
+pub mod account;
 pub mod admin;
 pub mod audit;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod limits;
 pub mod mcp;
 pub mod oauth;
+pub mod pages;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -28,9 +30,55 @@ use tower_http::trace::TraceLayer;
 
 pub use state::AppState;
 
+/// The browser pages: authorize, sign-in, consent, sign-out. Only they carry a session, and
+/// every response of theirs (redirects included) is hardened.
+fn pages_router(state: &AppState) -> Router<AppState> {
+    use axum::routing::get;
+    use tower_sessions::cookie::SameSite;
+    use tower_sessions::{Expiry, SessionManagerLayer};
+
+    let config = &state.config;
+    // `__Host-`: only sent over https, to this host, for every path (RFC 6265bis §4.1.3.2).
+    let name = if config.issuer.is_https() {
+        "__Host-gatehouse"
+    } else {
+        "gatehouse_session"
+    };
+    let idle = tower_sessions::cookie::time::Duration::seconds(
+        config.session_idle_timeout.whole_seconds(),
+    );
+    let sessions = SessionManagerLayer::new(store::SessionStoreAdapter(state.store.clone()))
+        .with_name(name)
+        .with_secure(config.issuer.is_https())
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_path("/")
+        .with_expiry(Expiry::OnInactivity(idle))
+        .with_signed(state.session_key.0.clone());
+    Router::new()
+        .route(routes::AUTHORIZE, get(oauth::authorize::authorize_get))
+        .route(
+            routes::LOGIN,
+            get(account::login::login_get).post(account::login::login_post),
+        )
+        .route(
+            routes::CONSENT,
+            get(oauth::consent::consent_get).post(oauth::consent::consent_post),
+        )
+        .route(
+            routes::LOGOUT,
+            get(account::login::logout_get).post(account::login::logout_post),
+        )
+        .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(sessions)
+        .layer(axum::middleware::from_fn(pages::harden))
+        .route(routes::STYLESHEET, get(pages::stylesheet_get))
+}
+
 /// The whole HTTP surface: authorization server, resource server and health.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .merge(pages_router(&state))
         .merge(oauth::router(&state.config))
         .merge(mcp::router(&state.config))
         .route(routes::HEALTH, get(health::health_get))

@@ -13,6 +13,14 @@ pub const PRM_MCP: &str = "/.well-known/oauth-protected-resource/mcp";
 pub const JWKS: &str = "/jwks.json";
 /// Authorization endpoint (RFC 6749 §3.1).
 pub const AUTHORIZE: &str = "/authorize";
+/// The sign-in page.
+pub const LOGIN: &str = "/login";
+/// The consent page.
+pub const CONSENT: &str = "/consent";
+/// Signing out.
+pub const LOGOUT: &str = "/logout";
+/// The stylesheet of the pages.
+pub const STYLESHEET: &str = "/static/gatehouse.css";
 /// Token endpoint (RFC 6749 §3.2).
 pub const TOKEN: &str = "/token";
 /// Dynamic client registration (RFC 7591 §3).

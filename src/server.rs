@@ -47,7 +47,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// How often the periodic clean-up runs.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Periodic clean-up: never-used registrations, idle rate-limiter entries.
+/// Periodic clean-up: never-used registrations, expired sessions, idle rate-limiter entries.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
@@ -56,6 +56,10 @@ async fn housekeeping(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired never-used client registrations"),
             Err(err) => tracing::error!(error = %err, "cannot expire unused client registrations"),
+        }
+        match state.store.delete_expired_sessions(state.clock.now()).await {
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "cannot delete expired sessions"),
         }
         state.limits.prune();
     }

@@ -24,6 +24,18 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Fetches and caches Client ID Metadata Documents.
     pub client_metadata: Arc<ClientMetadataFetcher>,
+    /// Signs the session cookie; shared by every instance through the database.
+    pub session_key: SessionKey,
+}
+
+/// The session-cookie signing key (64 bytes). `Debug` never shows it.
+#[derive(Clone)]
+pub struct SessionKey(pub tower_sessions::cookie::Key);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
 }
 
 /// Why the server could not start.
@@ -45,6 +57,23 @@ pub enum StartError {
     HttpClient(String),
 }
 
+/// Reads the session-cookie key, creating it on the very first start of any instance.
+async fn session_key(store: &Store, now: time::OffsetDateTime) -> Result<SessionKey, StoreError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let fresh = crate::domain::random_token(64)
+        .map_err(|_| StoreError::Corrupt("random number generator failed".to_owned()))?;
+    let stored = store
+        .server_secret("session_cookie_key", || fresh, now)
+        .await?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(stored.as_bytes())
+        .map_err(|e| StoreError::Corrupt(format!("session_cookie_key: {e}")))?;
+    let key = tower_sessions::cookie::Key::try_from(bytes.as_slice())
+        .map_err(|e| StoreError::Corrupt(format!("session_cookie_key: {e}")))?;
+    Ok(SessionKey(key))
+}
+
 impl AppState {
     /// Opens the database (applying migrations) and loads or creates the signing keys.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
@@ -61,9 +90,17 @@ impl AppState {
             clock.now(),
         )
         .await?;
+        let session_key =
+            session_key(&store, clock.now())
+                .await
+                .map_err(|source| StartError::Database {
+                    url: config.database.redacted(),
+                    source,
+                })?;
         let client_metadata = ClientMetadataFetcher::new(&config)
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
         Ok(Self {
+            session_key,
             client_metadata: Arc::new(client_metadata),
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),

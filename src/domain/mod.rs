@@ -4,6 +4,7 @@ mod algorithm;
 mod client;
 mod issuer;
 mod redirect_uri;
+mod resource;
 mod scope;
 mod secret;
 
@@ -11,5 +12,6 @@ pub use algorithm::SigningAlgorithm;
 pub use client::{Client, ClientKind, TokenEndpointAuthMethod};
 pub use issuer::{Issuer, IssuerError};
 pub use redirect_uri::{RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError};
+pub use resource::same_resource;
 pub use scope::{ScopeError, ScopeToken};
 pub use secret::{Secret, SecretHash, random_token};

@@ -72,3 +72,134 @@ impl IntoResponse for RegistrationError {
         }
     }
 }
+
+/// Where an authorization error is sent back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorTarget {
+    /// The validated redirect URI.
+    pub redirect_uri: String,
+    /// The client's `state`.
+    pub state: Option<String>,
+    /// Our issuer (RFC 9207).
+    pub iss: String,
+}
+
+/// Errors of the authorization endpoint and the pages after it.
+#[derive(Debug)]
+pub enum AuthorizeError {
+    /// The client or its redirect URI cannot be trusted: an error page, never a redirect
+    /// (RFC 6749 §4.1.2.1, RFC 9700 §4.1).
+    Page {
+        /// HTTP status.
+        status: StatusCode,
+        /// Heading.
+        title: &'static str,
+        /// What happened.
+        message: String,
+        /// What the person can do.
+        hint: &'static str,
+    },
+    /// Sent back to the client with `error`, `error_description`, `state` and `iss`.
+    Redirect {
+        /// Where.
+        target: ErrorTarget,
+        /// RFC 6749 §4.1.2.1 error code.
+        error: &'static str,
+        /// Human-readable description.
+        description: String,
+    },
+    /// A failure of ours: a generic page; the cause is logged.
+    Internal(String),
+}
+
+impl From<StoreError> for AuthorizeError {
+    fn from(err: StoreError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+impl From<crate::account::session::SessionError> for AuthorizeError {
+    fn from(err: crate::account::session::SessionError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+/// A 303 to `uri` with `params` added to its query (a 303, never a 307: the browser must GET the
+/// client's callback; interop checklist item 38).
+pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> Response {
+    match url::Url::parse(uri) {
+        Ok(mut url) => {
+            {
+                let mut query = url.query_pairs_mut();
+                for (name, value) in params {
+                    query.append_pair(name, value);
+                }
+            }
+            (
+                StatusCode::SEE_OTHER,
+                [(axum::http::header::LOCATION, url.to_string())],
+            )
+                .into_response()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "validated redirect URI failed to parse");
+            web::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "Cannot redirect",
+            )
+        }
+    }
+}
+
+impl AuthorizeError {
+    /// A redirect-back error.
+    pub fn redirect(
+        target: &ErrorTarget,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        Self::Redirect {
+            target: target.clone(),
+            error,
+            description: description.into(),
+        }
+    }
+
+    /// The response; `product` names the server on pages.
+    pub fn into_response_for(self, product: &str) -> Response {
+        match self {
+            Self::Page {
+                status,
+                title,
+                message,
+                hint,
+            } => crate::pages::error(product, status, title, &message, hint),
+            Self::Redirect {
+                target,
+                error,
+                description,
+            } => {
+                let mut params = vec![
+                    ("error", error),
+                    ("error_description", description.as_str()),
+                ];
+                if let Some(state) = &target.state {
+                    params.push(("state", state));
+                }
+                params.push(("iss", &target.iss));
+                redirect_with(&target.redirect_uri, &params)
+            }
+            Self::Internal(cause) => {
+                tracing::error!(cause = %cause, "authorization failed");
+                crate::pages::error(
+                    product,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "The server could not complete this sign-in.",
+                    "Go back to the application and try connecting again.",
+                )
+            }
+        }
+    }
+}

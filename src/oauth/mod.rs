@@ -1,7 +1,9 @@
 //! The authorization server: one file per endpoint, each exposing its routes here.
 
+pub mod authorize;
 pub mod client_metadata;
 pub mod clients;
+pub mod consent;
 pub mod error;
 pub mod jwks;
 pub mod metadata;

@@ -7,7 +7,9 @@
 mod audit;
 mod clients;
 mod keys;
+mod sessions;
 mod url;
+mod users;
 
 use std::str::FromStr;
 use std::sync::Once;
@@ -20,6 +22,8 @@ use sqlx::{AnyPool, Connection, Executor};
 pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
 pub use keys::KeyRecord;
+pub use sessions::SessionStoreAdapter;
+pub use users::{CodeRecord, ThrottleState};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

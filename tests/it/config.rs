@@ -164,7 +164,6 @@ fn unusable_keys_dir_stops_start_with_one_line() {
 fn commands_not_built_yet_say_so_and_fail() {
     let cwd = TempDir::new().expect("tempdir");
     for args in [
-        vec!["users", "list"],
         vec!["keys", "rotate"],
         vec!["tokens", "revoke", "--user", "alice"],
     ] {

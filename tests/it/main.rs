@@ -15,4 +15,5 @@ mod mcp;
 pub mod process;
 mod readme;
 mod register;
+mod signin;
 mod storage;

@@ -183,3 +183,143 @@ impl TestApp {
 pub fn request(method: &str, path: &str) -> axum::http::request::Builder {
     Request::builder().method(method).uri(path)
 }
+
+/// A user-agent with a cookie jar, driving the in-process router like a browser.
+pub struct Agent<'a> {
+    pub app: &'a TestApp,
+    pub cookies: std::collections::BTreeMap<String, String>,
+    pub set_cookie_headers: Vec<String>,
+}
+
+impl<'a> Agent<'a> {
+    pub fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            cookies: Default::default(),
+            set_cookie_headers: Vec::new(),
+        }
+    }
+
+    fn with_cookies(&self, builder: axum::http::request::Builder) -> axum::http::request::Builder {
+        if self.cookies.is_empty() {
+            return builder;
+        }
+        let header: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        builder.header("cookie", header.join("; "))
+    }
+
+    fn keep_cookies(&mut self, res: &TestResponse) {
+        for value in res.headers.get_all("set-cookie") {
+            let text = value.to_str().expect("ascii cookie").to_owned();
+            let pair = text.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                if text.to_ascii_lowercase().contains("max-age=0") {
+                    self.cookies.remove(name);
+                } else {
+                    self.cookies.insert(name.to_owned(), value.to_owned());
+                }
+            }
+            self.set_cookie_headers.push(text);
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> TestResponse {
+        let req = self
+            .with_cookies(request("GET", path))
+            .body(Body::empty())
+            .expect("request");
+        let res = self.app.send(req).await;
+        self.keep_cookies(&res);
+        res
+    }
+
+    pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> TestResponse {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let req = self
+            .with_cookies(
+                request("POST", path).header("content-type", "application/x-www-form-urlencoded"),
+            )
+            .body(Body::from(body))
+            .expect("request");
+        let res = self.app.send(req).await;
+        self.keep_cookies(&res);
+        res
+    }
+}
+
+impl TestResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `Location` of a redirect.
+    pub fn location(&self) -> String {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location (status {}): {}", self.status, self.text()))
+            .to_owned()
+    }
+
+    /// The value of the hidden input `name` in an HTML page.
+    pub fn hidden(&self, name: &str) -> String {
+        let html = self.text();
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+            + marker.len();
+        let end = html[start..].find('"').expect("closing quote") + start;
+        html[start..end].to_owned()
+    }
+}
+
+/// The query parameters of a URL.
+pub fn query_of(url: &str) -> std::collections::HashMap<String, String> {
+    let parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    parsed.query_pairs().into_owned().collect()
+}
+
+impl TestApp {
+    /// Adds a user with `roles` directly in the store.
+    pub async fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        roles: &[&str],
+    ) -> gatehouse::account::User {
+        let now = gatehouse::clock::Clock::now(self.clock.as_ref());
+        let user = gatehouse::account::User {
+            id: format!("u_{name}"),
+            username: gatehouse::account::Username::parse(name).expect("name"),
+            password_hash: gatehouse::account::password::hash(password.to_owned())
+                .await
+                .expect("hash"),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            created_at: now,
+            password_changed_at: now,
+        };
+        self.state
+            .store
+            .insert_user(&user)
+            .await
+            .expect("insert user");
+        user
+    }
+
+    /// Registers a public client with these redirect URIs; returns its id.
+    pub async fn register_client(&self, name: &str, redirect_uris: &[&str]) -> String {
+        let res = self
+            .post_json(
+                "/register",
+                &serde_json::json!({ "client_name": name, "redirect_uris": redirect_uris, "token_endpoint_auth_method": "none" }),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        res.json()["client_id"].as_str().expect("id").to_owned()
+    }
+}

@@ -1,0 +1,364 @@
+//! The sign-in page (`/login`) and signing out (`/logout`).
+//!
+//! Sign-in never says whether an account exists; failures are throttled per account name and per
+//! client IP (see [`super::throttle`]); every success and failure is audited; the session id is
+//! rotated at sign-in (session fixation, RFC 9700 §4.6 spirit).
+
+use axum::Form;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use tower_sessions::Session;
+
+use super::session::{SessionData, tokens_match};
+use super::throttle;
+use crate::audit::{self, AuditEvent};
+use crate::oauth::authorize::{continue_authorization, current_user};
+use crate::oauth::clients::resolve_client;
+use crate::oauth::error::AuthorizeError;
+use crate::pages::{self, LoginPage, MessagePage};
+use crate::state::AppState;
+use crate::web::ClientIp;
+
+/// `?request=` of the login and consent pages.
+#[derive(Debug, Deserialize)]
+pub struct RequestQuery {
+    /// The pending authorization request id.
+    #[serde(default)]
+    pub request: String,
+}
+
+/// The login form.
+#[derive(Deserialize)]
+pub struct LoginForm {
+    username: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    request: String,
+}
+
+impl std::fmt::Debug for LoginForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginForm")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+const GENERIC_FAILURE: &str = "Incorrect user name or password.";
+
+/// The application a pending request is for, to name it on the login page.
+async fn app_name(state: &AppState, data: &SessionData, request: &str) -> Option<String> {
+    let pending = data.pending(request, state.clock.now())?;
+    let client = resolve_client(state, &pending.client_id).await.ok()?;
+    client.name.or_else(|| {
+        client
+            .redirect_uris
+            .first()
+            .and_then(|u| u.host().map(str::to_owned))
+    })
+}
+
+async fn login_page(
+    state: &AppState,
+    session: &Session,
+    mut data: SessionData,
+    request: &str,
+    username: &str,
+    error: Option<(StatusCode, String)>,
+) -> Result<Response, AuthorizeError> {
+    let csrf = data.form_csrf()?;
+    data.save(session).await?;
+    let (status, error) = match error {
+        Some((status, message)) => (status, Some(message)),
+        None => (StatusCode::OK, None),
+    };
+    Ok(pages::render(
+        status,
+        &LoginPage {
+            product: state.config.product_name.clone(),
+            csrf,
+            request: request.to_owned(),
+            app_name: app_name(state, &data, request).await,
+            username: username.to_owned(),
+            error,
+        },
+    ))
+}
+
+/// `GET /login`
+pub async fn login_get(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<RequestQuery>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let data = SessionData::load(
+            &session,
+            state.clock.now(),
+            state.config.session_absolute_timeout,
+        )
+        .await?;
+        if !q.request.is_empty() && current_user(&state, &data).await?.is_some() {
+            return continue_authorization(&state, &session, data, &q.request, true).await;
+        }
+        login_page(&state, &session, data, &q.request, "", None).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response_for(&product))
+}
+
+/// `POST /login`
+pub async fn login_post(
+    State(state): State<AppState>,
+    session: Session,
+    ClientIp(ip): ClientIp,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let Ok(Form(form)) = form else {
+        return pages::error(
+            &product,
+            StatusCode::BAD_REQUEST,
+            "Invalid sign-in form",
+            "The sign-in form was incomplete.",
+            "Reload the page and try again.",
+        );
+    };
+    login(&state, &session, ip, form)
+        .await
+        .unwrap_or_else(|e| e.into_response_for(&product))
+}
+
+async fn login(
+    state: &AppState,
+    session: &Session,
+    ip: Option<std::net::IpAddr>,
+    form: LoginForm,
+) -> Result<Response, AuthorizeError> {
+    let now = state.clock.now();
+    let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
+    // CSRF: the token must be the one this session's form was rendered with; nothing else is
+    // checked (not even the password) when it is missing or foreign.
+    let expected = data.form_csrf.clone().unwrap_or_default();
+    if !tokens_match(&expected, &form.csrf) {
+        let mut event = AuditEvent::new("login.failure", now, json!({ "reason": "csrf" })).failed();
+        event.ip = ip.map(|i| i.to_string());
+        audit::record(&state.store, event).await?;
+        let message = "Your sign-in form expired. Please try again.".to_owned();
+        return login_page(
+            state,
+            session,
+            data,
+            &form.request,
+            "",
+            Some((StatusCode::FORBIDDEN, message)),
+        )
+        .await;
+    }
+
+    let account_key = throttle::account_key(&form.username);
+    let ip_key = ip.map(|i| throttle::ip_key(&i.to_string()));
+    let account_wait = throttle::wait(
+        throttle::ACCOUNT,
+        state.store.throttle(&account_key).await?,
+        now,
+    );
+    let ip_wait = match &ip_key {
+        Some(key) => throttle::wait(throttle::IP, state.store.throttle(key).await?, now),
+        None => None,
+    };
+    let audit_failure = |reason: &str| {
+        let mut event = AuditEvent::new(
+            "login.failure",
+            now,
+            json!({ "reason": reason, "username": form.username }),
+        )
+        .failed();
+        event.ip = ip.map(|i| i.to_string());
+        event
+    };
+    if let Some(wait) = account_wait.max(ip_wait) {
+        audit::record(&state.store, audit_failure("throttled")).await?;
+        let seconds = wait.whole_seconds().max(1);
+        let message = if seconds > 60 {
+            format!(
+                "Too many failed sign-ins. Sign-in is locked for {} more minutes.",
+                (seconds + 59) / 60
+            )
+        } else {
+            format!("Too many failed sign-ins. Wait {seconds} seconds, then try again.")
+        };
+        let username = form.username.clone();
+        return login_page(
+            state,
+            session,
+            data,
+            &form.request,
+            &username,
+            Some((StatusCode::TOO_MANY_REQUESTS, message)),
+        )
+        .await;
+    }
+
+    let user = state.store.user_by_name(&form.username).await?;
+    let ok = crate::account::password::verify(
+        form.password.clone(),
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await;
+    let Some(user) = user.filter(|_| ok) else {
+        let reset_before = now - throttle::WINDOW;
+        let failures = state
+            .store
+            .record_failure(&account_key, now, reset_before)
+            .await?;
+        if failures >= throttle::ACCOUNT.lock_after {
+            state
+                .store
+                .lock(&account_key, now + throttle::WINDOW)
+                .await?;
+        }
+        if let Some(key) = &ip_key {
+            let failures = state.store.record_failure(key, now, reset_before).await?;
+            if failures >= throttle::IP.lock_after {
+                state.store.lock(key, now + throttle::WINDOW).await?;
+            }
+        }
+        audit::record(&state.store, audit_failure("bad_credentials")).await?;
+        let username = form.username.clone();
+        return login_page(
+            state,
+            session,
+            data,
+            &form.request,
+            &username,
+            Some((StatusCode::UNAUTHORIZED, GENERIC_FAILURE.to_owned())),
+        )
+        .await;
+    };
+
+    state.store.clear_throttle(&account_key).await?;
+    // A new session id at sign-in: an id planted before sign-in is worthless after it.
+    session
+        .cycle_id()
+        .await
+        .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
+    data.user_id = Some(user.id.clone());
+    data.authenticated_at = Some(now.unix_timestamp());
+    data.form_csrf = None;
+    data.save(session).await?;
+    let mut event = AuditEvent::new(
+        "login.success",
+        now,
+        json!({ "username": user.username.as_str() }),
+    );
+    event.subject = Some(user.id.clone());
+    event.ip = ip.map(|i| i.to_string());
+    audit::record(&state.store, event).await?;
+
+    if !form.request.is_empty() {
+        return continue_authorization(state, session, data, &form.request, true).await;
+    }
+    signed_in_page(state, session, data, &user.username.to_string()).await
+}
+
+async fn signed_in_page(
+    state: &AppState,
+    session: &Session,
+    mut data: SessionData,
+    username: &str,
+) -> Result<Response, AuthorizeError> {
+    let csrf = data.form_csrf()?;
+    data.save(session).await?;
+    Ok(pages::render(
+        StatusCode::OK,
+        &MessagePage {
+            product: state.config.product_name.clone(),
+            title: "You are signed in".to_owned(),
+            message: format!(
+                "Signed in as {username}. You can close this page and return to your application."
+            ),
+            logout_csrf: Some(csrf),
+        },
+    ))
+}
+
+/// The logout form.
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `GET /logout`: a page with a sign-out button (signing out is a POST with a CSRF token).
+pub async fn logout_get(State(state): State<AppState>, session: Session) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let data = SessionData::load(
+            &session,
+            state.clock.now(),
+            state.config.session_absolute_timeout,
+        )
+        .await?;
+        match current_user(&state, &data).await? {
+            Some(user) => signed_in_page(&state, &session, data, user.username.as_str()).await,
+            None => Ok(signed_out_page(&state)),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response_for(&product))
+}
+
+fn signed_out_page(state: &AppState) -> Response {
+    pages::render(
+        StatusCode::OK,
+        &MessagePage {
+            product: state.config.product_name.clone(),
+            title: "You are signed out".to_owned(),
+            message: "You can close this page.".to_owned(),
+            logout_csrf: None,
+        },
+    )
+}
+
+/// `POST /logout`
+pub async fn logout_post(
+    State(state): State<AppState>,
+    session: Session,
+    form: Result<Form<LogoutForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let now = state.clock.now();
+        let data = SessionData::load(&session, now, state.config.session_absolute_timeout).await?;
+        let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &submitted) {
+            return Ok(pages::error(
+                &product,
+                StatusCode::FORBIDDEN,
+                "Sign-out not confirmed",
+                "The sign-out form expired.",
+                "Open the sign-out page again and press Sign out.",
+            ));
+        }
+        if let Some(user_id) = &data.user_id {
+            let mut event = AuditEvent::new("logout", now, json!({}));
+            event.subject = Some(user_id.clone());
+            audit::record(&state.store, event).await?;
+        }
+        session
+            .flush()
+            .await
+            .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
+        Ok(signed_out_page(&state))
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}

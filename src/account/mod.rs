@@ -1,0 +1,10 @@
+//! People and their browser sessions: users and passwords, sign-in throttling, typed session
+//! data with CSRF tokens.
+
+pub mod login;
+pub mod password;
+pub mod session;
+pub mod throttle;
+pub mod user;
+
+pub use user::{User, Username, UsernameError};

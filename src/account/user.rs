@@ -1,0 +1,67 @@
+//! Users and user names.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+/// A user name: 1 to 64 characters from `A-Z a-z 0-9 . _ @ + -`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Username(String);
+
+/// Why a user name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user name {0:?} must be 1 to 64 characters of letters, digits and . _ @ + -")]
+pub struct UsernameError(pub String);
+
+impl Username {
+    /// Parses a user name.
+    pub fn parse(raw: &str) -> Result<Self, UsernameError> {
+        let ok = (1..=64).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(UsernameError(raw.to_owned()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A person who can sign in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Stable opaque id: the `sub` of their tokens.
+    pub id: String,
+    /// What they type on the login page.
+    pub username: Username,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Role names; each maps to scopes in the configuration.
+    pub roles: Vec<String>,
+    /// When the account was created.
+    pub created_at: OffsetDateTime,
+    /// When the password last changed (sessions from before are ended).
+    pub password_changed_at: OffsetDateTime,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,569 @@
+//! The authorization endpoint (RFC 6749 §4.1.1, OAuth 2.1 §4.1, RFC 7636, RFC 8707, RFC 9207) as
+//! a pipeline of small named checks, and the step that finishes an authorization once the person
+//! is signed in and has consented.
+//!
+//! Until the client and redirect URI are known good, every failure is an error page; after,
+//! failures go back to the client (interop checklist items 35-38; RFC 9700 §4.1).
+
+use std::collections::HashMap;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::json;
+use time::OffsetDateTime;
+use tower_sessions::Session;
+
+use super::clients::{ClientLookupError, resolve_client};
+use super::error::{AuthorizeError, ErrorTarget, redirect_with};
+use crate::account::User;
+use crate::account::session::{PendingAuthorization, SessionData, new_token};
+use crate::audit::{self, AuditEvent};
+use crate::domain::{Client, ClientKind, RedirectKind, Secret, random_token, same_resource};
+use crate::routes;
+use crate::state::AppState;
+use crate::store::CodeRecord;
+
+/// The query of an authorization request, with the RFC 6749 §3.1 rule that no parameter
+/// appears twice.
+struct Params(HashMap<String, Vec<String>>);
+
+impl Params {
+    fn parse(query: &str) -> Self {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            map.entry(k.into_owned()).or_default().push(v.into_owned());
+        }
+        Self(map)
+    }
+
+    /// The value of `name`: `Err(())` when it is repeated.
+    fn get(&self, name: &str) -> Result<Option<&str>, ()> {
+        match self.0.get(name).map(Vec::as_slice) {
+            None | Some([]) => Ok(None),
+            Some([one]) => Ok(Some(one.as_str()).filter(|v| !v.is_empty())),
+            Some(_) => Err(()),
+        }
+    }
+
+    fn repeated(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, v)| v.len() > 1)
+            .map(|(k, _)| k.as_str())
+    }
+}
+
+fn page(
+    status: StatusCode,
+    title: &'static str,
+    message: String,
+    hint: &'static str,
+) -> AuthorizeError {
+    AuthorizeError::Page {
+        status,
+        title,
+        message,
+        hint,
+    }
+}
+
+const ASK_THE_APP: &str = "Go back to the application and start connecting again. If this keeps happening, tell whoever runs the application.";
+
+/// Step 1: the client must be known (registered, operator-added, or a valid metadata document).
+async fn check_client(state: &AppState, params: &Params) -> Result<Client, AuthorizeError> {
+    let client_id = params
+        .get("client_id")
+        .map_err(|()| {
+            page(
+                StatusCode::BAD_REQUEST,
+                "Invalid sign-in request",
+                "The request names more than one application.".into(),
+                ASK_THE_APP,
+            )
+        })?
+        .ok_or_else(|| {
+            page(
+                StatusCode::BAD_REQUEST,
+                "Invalid sign-in request",
+                "The request does not say which application is asking (no client_id).".into(),
+                ASK_THE_APP,
+            )
+        })?;
+    match resolve_client(state, client_id).await {
+        Ok(client) => Ok(client),
+        Err(ClientLookupError::Unknown(_)) => Err(page(
+            StatusCode::BAD_REQUEST,
+            "Unknown application",
+            "This server does not know the application that sent you here. Its registration may have expired.".into(),
+            "Go back to the application and connect again; it will register itself anew.",
+        )),
+        Err(ClientLookupError::Metadata(err)) => Err(page(
+            StatusCode::BAD_REQUEST,
+            "Application could not be verified",
+            err.to_string(),
+            ASK_THE_APP,
+        )),
+        Err(ClientLookupError::Store(err)) => Err(err.into()),
+    }
+}
+
+/// Step 2: the redirect URI must be one the client registered (exact; any port on loopback). It
+/// may be left out only when the client registered exactly one, non-loopback URI.
+fn check_redirect_uri(client: &Client, params: &Params) -> Result<String, AuthorizeError> {
+    let bad = |message: String| {
+        page(
+            StatusCode::BAD_REQUEST,
+            "Invalid redirect",
+            message,
+            "For your safety you were not sent back to the application. Tell whoever runs it that its redirect URI is not registered.",
+        )
+    };
+    match params
+        .get("redirect_uri")
+        .map_err(|()| bad("The request has more than one redirect_uri.".into()))?
+    {
+        // RFC 9700 §4.1.1: exact match against what the client registered.
+        Some(requested) => match client.redirect_uri(requested) {
+            Some(_) => Ok(requested.to_owned()),
+            None => Err(bad(format!(
+                "{requested} is not a redirect URI registered for this application."
+            ))),
+        },
+        None => match client.redirect_uris.as_slice() {
+            [only] if only.kind() != RedirectKind::Loopback => Ok(only.as_str().to_owned()),
+            _ => Err(bad(
+                "The request does not say where to send you back (no redirect_uri).".into(),
+            )),
+        },
+    }
+}
+
+/// Step 3: parameters appear at most once (RFC 6749 §3.1).
+fn check_no_repeats(params: &Params, target: &ErrorTarget) -> Result<(), AuthorizeError> {
+    match params.repeated() {
+        Some(name) => Err(AuthorizeError::redirect(
+            target,
+            "invalid_request",
+            format!("parameter {name} is repeated"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Step 4: only the authorization code flow.
+fn check_response_type(params: &Params, target: &ErrorTarget) -> Result<(), AuthorizeError> {
+    match params.get("response_type").unwrap_or(None) {
+        Some("code") => Ok(()),
+        None => Err(AuthorizeError::redirect(
+            target,
+            "invalid_request",
+            "response_type is required",
+        )),
+        Some(other) => Err(AuthorizeError::redirect(
+            target,
+            "unsupported_response_type",
+            format!("response_type {other:?} is not supported; use code"),
+        )),
+    }
+}
+
+/// Step 5: PKCE with S256 is required; `plain` is refused (RFC 7636 §4.3; interop item 35).
+fn check_pkce(params: &Params, target: &ErrorTarget) -> Result<String, AuthorizeError> {
+    let challenge = params
+        .get("code_challenge")
+        .unwrap_or(None)
+        .ok_or_else(|| {
+            AuthorizeError::redirect(
+                target,
+                "invalid_request",
+                "code_challenge is required (PKCE with S256)",
+            )
+        })?;
+    match params.get("code_challenge_method").unwrap_or(None) {
+        Some("S256") => {}
+        Some(other) => {
+            return Err(AuthorizeError::redirect(
+                target,
+                "invalid_request",
+                format!("code_challenge_method {other:?} is not supported; use S256"),
+            ));
+        }
+        // RFC 7636 §4.3: an absent method means plain.
+        None => {
+            return Err(AuthorizeError::redirect(
+                target,
+                "invalid_request",
+                "code_challenge_method S256 is required",
+            ));
+        }
+    }
+    let valid = challenge.len() == 43
+        && challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(AuthorizeError::redirect(
+            target,
+            "invalid_request",
+            "code_challenge must be the base64url SHA-256 of the code_verifier (43 characters)",
+        ));
+    }
+    Ok(challenge.to_owned())
+}
+
+/// Step 6: `resource` (RFC 8707) must name this server's MCP resource; absent means it.
+fn check_resource(
+    state: &AppState,
+    params: &Params,
+    target: &ErrorTarget,
+) -> Result<String, AuthorizeError> {
+    let canonical = state.config.resource();
+    match params.get("resource") {
+        Err(()) => Err(AuthorizeError::redirect(
+            target,
+            "invalid_target",
+            "only one resource may be requested",
+        )),
+        Ok(None) => Ok(canonical),
+        Ok(Some(requested)) if same_resource(&canonical, requested) => Ok(canonical),
+        Ok(Some(requested)) => Err(AuthorizeError::redirect(
+            target,
+            "invalid_target",
+            format!(
+                "resource {requested:?} is not served here; this server's resource is {canonical}"
+            ),
+        )),
+    }
+}
+
+/// Step 7: requested scopes this server knows; unknown ones are dropped (Claude sends
+/// `claudeai`); none left means the default scopes.
+fn requested_scopes(state: &AppState, params: &Params) -> Vec<String> {
+    let known = state.config.scope_names();
+    let mut scopes: Vec<String> = Vec::new();
+    for token in params.get("scope").unwrap_or(None).unwrap_or("").split(' ') {
+        if known.contains(&token) && !scopes.iter().any(|s| s == token) {
+            scopes.push(token.to_owned());
+        }
+    }
+    if scopes.is_empty() {
+        scopes = state
+            .config
+            .default_scopes
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+    }
+    scopes
+}
+
+/// `prompt` (OIDC Core §3.1.2.1, honoured here for OAuth clients too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Prompt {
+    none: bool,
+    login: bool,
+    consent: bool,
+}
+
+/// Step 8: `prompt`; `none` cannot be combined with anything else.
+fn check_prompt(params: &Params, target: &ErrorTarget) -> Result<Prompt, AuthorizeError> {
+    let mut prompt = Prompt::default();
+    for value in params
+        .get("prompt")
+        .unwrap_or(None)
+        .unwrap_or("")
+        .split(' ')
+        .filter(|v| !v.is_empty())
+    {
+        match value {
+            "none" => prompt.none = true,
+            "login" => prompt.login = true,
+            "consent" => prompt.consent = true,
+            _ => {}
+        }
+    }
+    if prompt.none && (prompt.login || prompt.consent) {
+        return Err(AuthorizeError::redirect(
+            target,
+            "invalid_request",
+            "prompt=none cannot be combined with other values",
+        ));
+    }
+    Ok(prompt)
+}
+
+/// `GET /authorize`
+pub async fn authorize_get(
+    State(state): State<AppState>,
+    session: Session,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let product = state.config.product_name.clone();
+    match authorize(&state, &session, &query.unwrap_or_default()).await {
+        Ok(response) => response,
+        Err(err) => {
+            audit_refusal(&state, &err).await;
+            err.into_response_for(&product)
+        }
+    }
+}
+
+async fn authorize(
+    state: &AppState,
+    session: &Session,
+    query: &str,
+) -> Result<Response, AuthorizeError> {
+    let params = Params::parse(query);
+    let client = check_client(state, &params).await?;
+    let redirect_uri = check_redirect_uri(&client, &params)?;
+    let target = ErrorTarget {
+        redirect_uri: redirect_uri.clone(),
+        state: params.get("state").unwrap_or(None).map(str::to_owned),
+        iss: state.config.issuer.as_str().to_owned(),
+    };
+    check_no_repeats(&params, &target)?;
+    check_response_type(&params, &target)?;
+    let code_challenge = check_pkce(&params, &target)?;
+    let resource = check_resource(state, &params, &target)?;
+    let scopes = requested_scopes(state, &params);
+    let prompt = check_prompt(&params, &target)?;
+
+    let now = state.clock.now();
+    let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
+    if prompt.login {
+        data.user_id = None;
+        data.authenticated_at = None;
+    }
+    let pending = PendingAuthorization {
+        id: new_token()?,
+        csrf: new_token()?,
+        client_id: client.id.clone(),
+        redirect_uri,
+        state: target.state.clone(),
+        code_challenge,
+        resource,
+        scopes,
+        force_consent: prompt.consent,
+        created_at: now.unix_timestamp(),
+    };
+    let id = pending.id.clone();
+    data.add_pending(pending, now);
+    data.save(session).await?;
+    continue_authorization(state, session, data, &id, !prompt.none).await
+}
+
+/// The signed-in user of this session, if their account still exists and their password has
+/// not changed since they signed in.
+pub async fn current_user(
+    state: &AppState,
+    data: &SessionData,
+) -> Result<Option<User>, AuthorizeError> {
+    let (Some(id), Some(at)) = (&data.user_id, data.authenticated_at) else {
+        return Ok(None);
+    };
+    let user = state.store.user(id).await?;
+    Ok(user.filter(|u| u.password_changed_at.unix_timestamp() <= at))
+}
+
+/// The scopes `user` may grant: the union of their roles' scopes.
+pub fn grantable(state: &AppState, user: &User) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for role in &user.roles {
+        for scope in state.config.roles.get(role).into_iter().flatten() {
+            if !out.iter().any(|s| s == scope.as_str()) {
+                out.push(scope.as_str().to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Where a pending request stands for this user: scopes to grant, and those already allowed.
+#[derive(Debug, Clone)]
+pub struct ConsentState {
+    /// requested ∩ what the user's roles allow, in request order.
+    pub granted: Vec<String>,
+    /// Scopes remembered from earlier consent.
+    pub remembered: Vec<String>,
+}
+
+/// Works out the consent state of `pending` for `user`.
+pub async fn consent_state(
+    state: &AppState,
+    pending: &PendingAuthorization,
+    user: &User,
+) -> Result<ConsentState, AuthorizeError> {
+    let allowed = grantable(state, user);
+    let granted: Vec<String> = pending
+        .scopes
+        .iter()
+        .filter(|s| allowed.contains(s))
+        .cloned()
+        .collect();
+    let remembered = state
+        .store
+        .consent(&user.id, &pending.client_id, &pending.resource)
+        .await?
+        .map(|s| {
+            s.split(' ')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ConsentState {
+        granted,
+        remembered,
+    })
+}
+
+fn target_of(state: &AppState, pending: &PendingAuthorization) -> ErrorTarget {
+    ErrorTarget {
+        redirect_uri: pending.redirect_uri.clone(),
+        state: pending.state.clone(),
+        iss: state.config.issuer.as_str().to_owned(),
+    }
+}
+
+/// Finishes (or advances) the pending request `id`: to the login page, to the consent page, or
+/// straight back to the client with a code when consent is remembered. `interactive` is false
+/// for `prompt=none`, which answers `login_required` / `consent_required` instead of a page.
+pub async fn continue_authorization(
+    state: &AppState,
+    session: &Session,
+    mut data: SessionData,
+    id: &str,
+    interactive: bool,
+) -> Result<Response, AuthorizeError> {
+    let now = state.clock.now();
+    let Some(pending) = data.pending(id, now).cloned() else {
+        return Err(expired_request());
+    };
+    let target = target_of(state, &pending);
+    let Some(user) = current_user(state, &data).await? else {
+        if !interactive {
+            data.take_pending(id);
+            data.save(session).await?;
+            return Err(AuthorizeError::redirect(
+                &target,
+                "login_required",
+                "the user is not signed in",
+            ));
+        }
+        return Ok(see_other(&format!("{}?request={id}", routes::LOGIN)));
+    };
+    let consent = consent_state(state, &pending, &user).await?;
+    if consent.granted.is_empty() {
+        data.take_pending(id);
+        data.save(session).await?;
+        return Err(AuthorizeError::redirect(
+            &target,
+            "access_denied",
+            "this account may not grant any of the requested scopes",
+        ));
+    }
+    let remembered = consent
+        .granted
+        .iter()
+        .all(|s| consent.remembered.contains(s));
+    if remembered && !pending.force_consent {
+        data.take_pending(id);
+        data.save(session).await?;
+        return issue_code(state, &pending, &user, &consent.granted, now).await;
+    }
+    if !interactive {
+        data.take_pending(id);
+        data.save(session).await?;
+        return Err(AuthorizeError::redirect(
+            &target,
+            "consent_required",
+            "the user has not consented to these scopes",
+        ));
+    }
+    Ok(see_other(&format!("{}?request={id}", routes::CONSENT)))
+}
+
+/// The page for a request that expired or was already used.
+pub fn expired_request() -> AuthorizeError {
+    page(
+        StatusCode::BAD_REQUEST,
+        "This sign-in has expired",
+        "The sign-in request is no longer valid: it took more than 10 minutes, was already used, or was started in another browser.".into(),
+        "Go back to the application and connect again.",
+    )
+}
+
+/// A 303 to a path of ours.
+pub fn see_other(location: &str) -> Response {
+    use axum::response::IntoResponse;
+    (
+        StatusCode::SEE_OTHER,
+        [(axum::http::header::LOCATION, location.to_owned())],
+    )
+        .into_response()
+}
+
+/// Issues an authorization code for `pending` and sends the browser back to the client with
+/// `code`, `state` and `iss`. The code has 256 random bits and is stored only as a hash.
+pub async fn issue_code(
+    state: &AppState,
+    pending: &PendingAuthorization,
+    user: &User,
+    scopes: &[String],
+    now: OffsetDateTime,
+) -> Result<Response, AuthorizeError> {
+    let rng = |_| AuthorizeError::Internal("random number generator failed".to_owned());
+    let code = Secret::generate().map_err(rng)?;
+    let grant_id = format!("g_{}", random_token(16).map_err(rng)?);
+    let record = CodeRecord {
+        code_hash: code.hash().as_str().to_owned(),
+        grant_id: grant_id.clone(),
+        client_id: pending.client_id.clone(),
+        user_id: user.id.clone(),
+        redirect_uri: pending.redirect_uri.clone(),
+        code_challenge: pending.code_challenge.clone(),
+        resource: pending.resource.clone(),
+        scopes: scopes.join(" "),
+        created_at: now,
+        expires_at: now + state.config.authorization_code_ttl,
+    };
+    state.store.insert_code(&record).await?;
+    // A client that completed a sign-in is in use: it no longer expires as unused.
+    state.store.touch_client(&pending.client_id, now).await?;
+    let mut event = AuditEvent::new(
+        "code.issued",
+        now,
+        json!({ "scopes": record.scopes, "resource": record.resource }),
+    );
+    event.subject = Some(user.id.clone());
+    event.client_id = Some(pending.client_id.clone());
+    event.grant_id = Some(grant_id);
+    audit::record(&state.store, event).await?;
+    let mut params = vec![("code", code.expose())];
+    if let Some(s) = &pending.state {
+        params.push(("state", s.as_str()));
+    }
+    params.push(("iss", state.config.issuer.as_str()));
+    Ok(redirect_with(&pending.redirect_uri, &params))
+}
+
+/// Every refused authorization request is audited with its reason.
+async fn audit_refusal(state: &AppState, err: &AuthorizeError) {
+    let detail = match err {
+        AuthorizeError::Page { message, .. } => json!({ "shown": "error page", "reason": message }),
+        AuthorizeError::Redirect {
+            error, description, ..
+        } => json!({ "error": error, "reason": description }),
+        AuthorizeError::Internal(_) => return,
+    };
+    let event = AuditEvent::new("authorize.refused", state.clock.now(), detail).failed();
+    if let Err(e) = audit::record(&state.store, event).await {
+        tracing::error!(error = %e, "cannot audit a refused authorization");
+    }
+}
+
+/// True when the client registered itself (shown as unverified).
+pub fn is_unverified(client: &Client) -> bool {
+    client.kind == ClientKind::Dynamic
+}

@@ -1,0 +1,168 @@
+//! The browser pages (askama templates in `templates/`), the headers every page of the flow
+//! carries, and the stylesheet from `static/`.
+
+use askama::Template;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+
+/// One scope as a page shows it.
+#[derive(Debug, Clone)]
+pub struct ScopeView {
+    /// Its token.
+    pub name: String,
+    /// Its consent-page description.
+    pub description: String,
+}
+
+/// The sign-in page.
+#[derive(Debug, Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    /// Product name.
+    pub product: String,
+    /// Form CSRF token.
+    pub csrf: String,
+    /// Authorization request id (may be empty).
+    pub request: String,
+    /// The application the person is signing in to.
+    pub app_name: Option<String>,
+    /// The name typed last time (after a failure).
+    pub username: String,
+    /// What went wrong last time.
+    pub error: Option<String>,
+}
+
+/// The consent page.
+#[derive(Debug, Template)]
+#[template(path = "consent.html")]
+pub struct ConsentPage {
+    /// Product name.
+    pub product: String,
+    /// The application's name (or its host).
+    pub app_name: String,
+    /// The host of a metadata-document client id (verified by fetching it).
+    pub app_host: Option<String>,
+    /// Self-registered client: say so.
+    pub unverified: bool,
+    /// Every redirect goes to localhost: say so.
+    pub loopback_only: bool,
+    /// Where the browser goes next.
+    pub redirect_host: String,
+    /// Scopes not allowed before.
+    pub new_scopes: Vec<ScopeView>,
+    /// Scopes allowed before.
+    pub kept_scopes: Vec<ScopeView>,
+    /// Who is signed in.
+    pub username: String,
+    /// The request's consent CSRF token.
+    pub csrf: String,
+    /// Authorization request id.
+    pub request: String,
+}
+
+/// An error page: what happened and what to do next.
+#[derive(Debug, Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    /// Product name.
+    pub product: String,
+    /// Heading.
+    pub title: String,
+    /// What happened.
+    pub message: String,
+    /// What the person can do.
+    pub hint: String,
+}
+
+/// A plain message (signed in, signed out).
+#[derive(Debug, Template)]
+#[template(path = "message.html")]
+pub struct MessagePage {
+    /// Product name.
+    pub product: String,
+    /// Heading.
+    pub title: String,
+    /// Text.
+    pub message: String,
+    /// When set, a sign-out button with this CSRF token.
+    pub logout_csrf: Option<String>,
+}
+
+/// Renders a page with `status`; a render failure is logged and a generic page is shown.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "page failed to render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html("<!doctype html><title>Error</title><p>Something went wrong. Please try again.</p>"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// An error page with `status`.
+pub fn error(
+    product: &str,
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    hint: &str,
+) -> Response {
+    render(
+        status,
+        &ErrorPage {
+            product: product.to_owned(),
+            title: title.to_owned(),
+            message: message.to_owned(),
+            hint: hint.to_owned(),
+        },
+    )
+}
+
+/// Content-Security-Policy of every page: no script at all, styles only from this origin, no
+/// framing (RFC 9700 §4.16). No `form-action`: browsers apply it to the redirect that follows the
+/// consent form, which goes to the client's own site.
+const CSP: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Middleware for every page of the flow (and its redirects): CSP, no framing, no referrer, no
+/// caching.
+pub async fn harden(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /static/gatehouse.css`, compiled into the binary.
+pub async fn stylesheet_get() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/css; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
+        ],
+        include_str!("../static/gatehouse.css"),
+    )
+        .into_response()
+}

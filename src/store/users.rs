@@ -1,0 +1,330 @@
+//! Users, sign-in throttling, remembered consent, authorization codes and server secrets.
+
+use time::OffsetDateTime;
+
+use super::{Store, StoreError};
+use crate::account::{User, Username};
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    user_id: String,
+    username: String,
+    password_hash: String,
+    roles: String,
+    created_at: i64,
+    password_changed_at: i64,
+}
+
+fn unix(t: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(t)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {t}: {e}")))
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+    fn try_from(row: UserRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            username: Username::parse(&row.username)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            roles: serde_json::from_str(&row.roles)
+                .map_err(|e| StoreError::Corrupt(format!("user {}: roles: {e}", row.user_id)))?,
+            created_at: unix(row.created_at)?,
+            password_changed_at: unix(row.password_changed_at)?,
+            id: row.user_id,
+            password_hash: row.password_hash,
+        })
+    }
+}
+
+const USER_COLUMNS: &str =
+    "user_id, username, password_hash, roles, created_at, password_changed_at";
+
+/// Failed sign-ins recorded for one key (an account name or an IP address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleState {
+    /// Consecutive failures.
+    pub failures: i64,
+    /// When the last one happened.
+    pub last_failure_at: OffsetDateTime,
+    /// Locked until then, if locked.
+    pub locked_until: Option<OffsetDateTime>,
+}
+
+/// An issued authorization code, as stored (by hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    /// SHA-256 of the code.
+    pub code_hash: String,
+    /// The grant everything issued from this code belongs to.
+    pub grant_id: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user who consented.
+    pub user_id: String,
+    /// The redirect URI of the authorization request, as sent.
+    pub redirect_uri: String,
+    /// PKCE S256 challenge.
+    pub code_challenge: String,
+    /// The resource (RFC 8707) the tokens will be for.
+    pub resource: String,
+    /// Granted scopes, space-separated.
+    pub scopes: String,
+    /// Issue time.
+    pub created_at: OffsetDateTime,
+    /// Expiry.
+    pub expires_at: OffsetDateTime,
+}
+
+impl Store {
+    /// Adds a user. A taken name is a [`StoreError::Conflict`].
+    pub async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (user_id, username, password_hash, roles, created_at, password_changed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.id)
+        .bind(user.username.as_str())
+        .bind(&user.password_hash)
+        .bind(serde_json::Value::from(user.roles.clone()).to_string())
+        .bind(user.created_at.unix_timestamp())
+        .bind(user.password_changed_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_write(e, &format!("user {}", user.username)))?;
+        Ok(())
+    }
+
+    /// A user by name.
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(User::try_from).transpose()
+    }
+
+    /// A user by id.
+    pub async fn user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1");
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(User::try_from).transpose()
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username");
+        let rows: Vec<UserRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        rows.into_iter().map(User::try_from).collect()
+    }
+
+    /// Removes a user; their consents and codes go with them (foreign keys). False when none.
+    pub async fn delete_user(&self, username: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE username = $1")
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Sets a new password hash. False when there is no such user.
+    pub async fn set_password(
+        &self,
+        username: &str,
+        hash: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE username = $1",
+        )
+        .bind(username)
+        .bind(hash)
+        .bind(at.unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The failed-sign-in record of `key`.
+    pub async fn throttle(&self, key: &str) -> Result<Option<ThrottleState>, StoreError> {
+        let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT failures, last_failure_at, locked_until FROM login_throttle WHERE throttle_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(failures, last, locked)| {
+            Ok(ThrottleState {
+                failures,
+                last_failure_at: unix(last)?,
+                locked_until: locked.map(unix).transpose()?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records the new failure count of `key` (one statement, so concurrent failures all count).
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        at: OffsetDateTime,
+        reset_before: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        let failures: i64 = sqlx::query_scalar(
+            "INSERT INTO login_throttle (throttle_key, failures, last_failure_at, locked_until) VALUES ($1, 1, $2, NULL) \
+             ON CONFLICT (throttle_key) DO UPDATE SET \
+               failures = CASE WHEN login_throttle.last_failure_at < $3 THEN 1 ELSE login_throttle.failures + 1 END, \
+               last_failure_at = $2 \
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(at.unix_timestamp())
+        .bind(reset_before.unix_timestamp())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(failures)
+    }
+
+    /// Locks `key` until `until`.
+    pub async fn lock(&self, key: &str, until: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("UPDATE login_throttle SET locked_until = $2 WHERE throttle_key = $1")
+            .bind(key)
+            .bind(until.unix_timestamp())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the failures of `key` (after a successful sign-in).
+    pub async fn clear_throttle(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_throttle WHERE throttle_key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The scopes `user_id` already allowed `client_id` for `resource`, space-separated.
+    pub async fn consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        resource: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2 AND resource = $3",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .bind(resource)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Remembers the scopes a user allowed (replacing what was remembered).
+    pub async fn save_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        resource: &str,
+        scopes: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consents (user_id, client_id, resource, scopes, granted_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (user_id, client_id, resource) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .bind(resource)
+        .bind(scopes)
+        .bind(at.unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores an issued authorization code (by hash).
+    pub async fn insert_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, \
+             resource, scopes, created_at, expires_at, consumed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
+        )
+        .bind(&code.code_hash)
+        .bind(&code.grant_id)
+        .bind(&code.client_id)
+        .bind(&code.user_id)
+        .bind(&code.redirect_uri)
+        .bind(&code.code_challenge)
+        .bind(&code.resource)
+        .bind(&code.scopes)
+        .bind(code.created_at.unix_timestamp())
+        .bind(code.expires_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_write(e, "authorization code"))?;
+        Ok(())
+    }
+
+    /// An authorization code by hash (consumed or not).
+    pub async fn code(&self, code_hash: &str) -> Result<Option<CodeRecord>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, resource, scopes, created_at, expires_at \
+             FROM authorization_codes WHERE code_hash = $1",
+        )
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(CodeRecord {
+                code_hash: r.0,
+                grant_id: r.1,
+                client_id: r.2,
+                user_id: r.3,
+                redirect_uri: r.4,
+                code_challenge: r.5,
+                resource: r.6,
+                scopes: r.7,
+                created_at: unix(r.8)?,
+                expires_at: unix(r.9)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A server-wide secret, created with `make` by whichever instance asks first.
+    pub async fn server_secret(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+        at: OffsetDateTime,
+    ) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(make())
+            .bind(at.unix_timestamp())
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}

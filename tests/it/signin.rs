@@ -1,0 +1,798 @@
+//! The browser leg (RFC 6749 §4.1.1-4.1.2, RFC 7636, RFC 8707, RFC 9207, RFC 9700): sign-in,
+//! consent and the redirect back, driven with a cookie jar against the real router, with the
+//! authorization request built by the independent `oauth2` crate. Interop checklist items 34-39.
+
+use crate::support::{Agent, ISSUER, TestApp, TestResponse, query_of, sqlite_url};
+use gatehouse::clock::Clock;
+use gatehouse::domain::Secret;
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use tempfile::TempDir;
+
+const PASSWORD: &str = "correct horse battery staple";
+const CLAUDE_CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+
+/// An authorization request as a real client builds it: PKCE S256, random state, scopes and the
+/// RFC 8707 resource. Returns the path+query to visit and the state.
+fn authorize_request(client_id: &str, redirect_uri: &str, scopes: &[&str]) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("auth url"))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).expect("redirect url"));
+    let (challenge, _verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", format!("{ISSUER}/mcp"));
+    for scope in scopes {
+        request = request.add_scope(Scope::new((*scope).to_owned()));
+    }
+    let (url, state) = request.url();
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    (path, state.secret().clone())
+}
+
+/// Signs in on the login page the authorize step redirected to; returns the next response.
+async fn sign_in(
+    agent: &mut Agent<'_>,
+    login_location: &str,
+    username: &str,
+    password: &str,
+) -> TestResponse {
+    let page = agent.get(login_location).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csrf = page.hidden("csrf");
+    let request = page.hidden("request");
+    agent
+        .post_form(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("request", &request),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
+}
+
+/// Answers the consent page at `location`.
+async fn decide(agent: &mut Agent<'_>, location: &str, decision: &str) -> TestResponse {
+    let page = agent.get(location).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+    agent
+        .post_form(
+            "/consent",
+            &[
+                ("csrf", &csrf),
+                ("request", &request),
+                ("decision", decision),
+            ],
+        )
+        .await
+}
+
+async fn claude_app() -> (TestApp, String) {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app.register_client("Claude", &[CLAUDE_CALLBACK]).await;
+    (app, client_id)
+}
+
+#[tokio::test]
+async fn full_browser_leg_login_consent_redirect_with_code_state_iss() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp", "claudeai"]);
+
+    let res = agent.get(&path).await;
+    assert_eq!(res.status, 303);
+    let login = res.location();
+    assert!(login.starts_with("/login?request="), "{login}");
+
+    let res = sign_in(&mut agent, &login, "alice", PASSWORD).await;
+    assert_eq!(res.status, 303, "{}", res.text());
+    let consent = res.location();
+    assert!(consent.starts_with("/consent?request="), "{consent}");
+
+    let page = agent.get(&consent).await;
+    let html = page.text();
+    assert!(
+        html.contains("<span class=\"app-name\">Claude</span>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<span class=\"host\">claude.ai</span>"),
+        "redirect host shown: {html}"
+    );
+    assert!(
+        html.contains("Unverified application"),
+        "DCR clients are flagged"
+    );
+    assert!(
+        html.contains("Use this server&#39;s MCP tools on your behalf"),
+        "scope described"
+    );
+    assert!(
+        html.contains("name=\"decision\" value=\"allow\"")
+            && html.contains("name=\"decision\" value=\"deny\"")
+    );
+
+    let res = decide(&mut agent, &consent, "allow").await;
+    assert_eq!(res.status, 303, "302/303, never 307 (interop item 38)");
+    let back = res.location();
+    assert!(back.starts_with(&format!("{CLAUDE_CALLBACK}?")), "{back}");
+    let q = query_of(&back);
+    assert_eq!(q["state"], state);
+    assert_eq!(q["iss"], ISSUER, "RFC 9207 iss");
+    let code = &q["code"];
+    assert!(code.len() >= 43, "at least 128 bits: {code}");
+
+    // Stored by hash only, with everything the exchange needs.
+    let record = app
+        .state
+        .store
+        .code(Secret::presented(code).hash().as_str())
+        .await
+        .expect("store")
+        .expect("code stored by hash");
+    assert_eq!(record.client_id, client_id);
+    assert_eq!(record.user_id, "u_alice");
+    assert_eq!(record.redirect_uri, CLAUDE_CALLBACK);
+    assert_eq!(record.resource, format!("{ISSUER}/mcp"));
+    assert_eq!(record.scopes, "mcp", "claudeai dropped, mcp kept");
+    assert_eq!(
+        record.expires_at - record.created_at,
+        time::Duration::seconds(60)
+    );
+    for file in ["gatehouse.db", "gatehouse.db-wal"] {
+        let bytes = std::fs::read(app.dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(code.len()).any(|w| w == code.as_bytes()),
+            "code in clear in {file}"
+        );
+    }
+    // The client completed a sign-in: it is in use now.
+    let client = app
+        .state
+        .store
+        .client(&client_id)
+        .await
+        .expect("store")
+        .expect("client");
+    assert!(client.last_used_at.is_some());
+}
+
+/// Client or redirect URI not trustworthy: an error page, never a redirect (RFC 6749 §4.1.2.1).
+#[tokio::test]
+async fn untrusted_client_or_redirect_gets_an_error_page_and_no_redirect() {
+    let (app, client_id) = claude_app().await;
+    let ok = |extra: &str| {
+        format!(
+            "/authorize?response_type=code&code_challenge_method=S256&code_challenge={}{extra}",
+            "a".repeat(43)
+        )
+    };
+    let cases = [
+        ok("&redirect_uri=https%3A%2F%2Fclaude.ai%2Fapi%2Fmcp%2Fauth_callback"),
+        ok(&format!(
+            "&client_id=gh_unknown&redirect_uri={CLAUDE_CALLBACK}"
+        )),
+        ok(&format!(
+            "&client_id={client_id}&redirect_uri=https%3A%2F%2Fevil.example%2Fcb"
+        )),
+        ok(&format!(
+            "&client_id={client_id}&redirect_uri=https%3A%2F%2Fclaude.ai%2Fapi%2Fmcp%2Fauth_callback%2Fx"
+        )),
+        ok(&format!(
+            "&client_id={client_id}&redirect_uri=https%3A%2F%2Fclaude.ai%3A444%2Fapi%2Fmcp%2Fauth_callback"
+        )),
+        ok(&format!(
+            "&client_id={client_id}&client_id={client_id}&redirect_uri={CLAUDE_CALLBACK}"
+        )),
+        ok(&format!(
+            "&client_id={client_id}&redirect_uri={CLAUDE_CALLBACK}&redirect_uri={CLAUDE_CALLBACK}"
+        )),
+        ok(
+            "&client_id=https%3A%2F%2F10.0.0.1%2Fclient.json&redirect_uri=https%3A%2F%2Fa.example%2Fcb",
+        ),
+    ];
+    for path in cases {
+        let res = app.get(&path).await;
+        assert_eq!(res.status, 400, "{path}");
+        assert!(res.header("location").is_none(), "{path} must not redirect");
+        assert!(
+            res.header("content-type")
+                .unwrap_or_default()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(res.text().contains("<h1>"), "{path}");
+    }
+}
+
+/// Every other error goes back to the client with error, state and iss.
+#[tokio::test]
+async fn request_errors_are_redirected_with_error_state_and_iss() {
+    let (app, client_id) = claude_app().await;
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let base = format!("/authorize?client_id={client_id}&redirect_uri={CLAUDE_CALLBACK}&state=s1");
+    let cases = [
+        (
+            format!("{base}&code_challenge={challenge}&code_challenge_method=S256"),
+            "invalid_request",
+        ),
+        (
+            format!(
+                "{base}&response_type=token&code_challenge={challenge}&code_challenge_method=S256"
+            ),
+            "unsupported_response_type",
+        ),
+        (format!("{base}&response_type=code"), "invalid_request"),
+        (
+            format!(
+                "{base}&response_type=code&code_challenge={challenge}&code_challenge_method=plain"
+            ),
+            "invalid_request",
+        ),
+        (
+            format!("{base}&response_type=code&code_challenge={challenge}"),
+            "invalid_request",
+        ),
+        (
+            format!("{base}&response_type=code&code_challenge=short&code_challenge_method=S256"),
+            "invalid_request",
+        ),
+        (
+            format!(
+                "{base}&response_type=code&code_challenge={challenge}&code_challenge_method=S256&resource=https%3A%2F%2Fother.example%2Fmcp"
+            ),
+            "invalid_target",
+        ),
+        (
+            format!(
+                "{base}&response_type=code&code_challenge={challenge}&code_challenge_method=S256&scope=mcp&scope=mcp"
+            ),
+            "invalid_request",
+        ),
+        (
+            format!(
+                "{base}&response_type=code&code_challenge={challenge}&code_challenge_method=S256&prompt=none%20consent"
+            ),
+            "invalid_request",
+        ),
+    ];
+    for (path, error) in cases {
+        let res = app.get(&path).await;
+        assert_eq!(res.status, 303, "{path}");
+        let location = res.location();
+        assert!(location.starts_with(CLAUDE_CALLBACK), "{location}");
+        let q = query_of(&location);
+        assert_eq!(q["error"], error, "{path}");
+        assert!(!q["error_description"].is_empty());
+        assert_eq!(q["state"], "s1");
+        assert_eq!(q["iss"], ISSUER);
+    }
+    let refused = gatehouse::audit::read(&app.state.store, None, None, 50)
+        .await
+        .expect("audit");
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|e| e.event.kind == "authorize.refused")
+            .count(),
+        9
+    );
+}
+
+/// Trailing-slash and case variants of the resource are accepted (interop item 2).
+#[tokio::test]
+async fn resource_variants_and_absence_are_accepted() {
+    let (app, client_id) = claude_app().await;
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    for resource in [
+        "",
+        "&resource=https%3A%2F%2Fmcp.example.com%2Fmcp%2F",
+        "&resource=HTTPS%3A%2F%2FMCP.EXAMPLE.COM%2Fmcp",
+    ] {
+        let path = format!(
+            "/authorize?response_type=code&client_id={client_id}&redirect_uri={CLAUDE_CALLBACK}&code_challenge={challenge}&code_challenge_method=S256{resource}"
+        );
+        let res = app.get(&path).await;
+        assert_eq!(res.status, 303, "{resource}");
+        assert!(
+            res.location().starts_with("/login?request="),
+            "{resource}: {}",
+            res.location()
+        );
+    }
+}
+
+/// Loopback redirects match on any port (RFC 8252 §7.3); the browser goes back to the port
+/// the client asked for.
+#[tokio::test]
+async fn loopback_redirect_matches_any_port() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app
+        .register_client(
+            "Claude Code",
+            &["http://localhost/callback", "http://127.0.0.1/callback"],
+        )
+        .await;
+    let mut agent = Agent::new(&app);
+    let (path, state) = authorize_request(&client_id, "http://localhost:53124/callback", &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    let page = agent.get(&consent).await.text();
+    assert!(
+        page.contains("Runs on your computer"),
+        "loopback-only clients are flagged"
+    );
+    let back = decide(&mut agent, &consent, "allow").await.location();
+    assert!(
+        back.starts_with("http://localhost:53124/callback?"),
+        "{back}"
+    );
+    assert_eq!(query_of(&back)["state"], state);
+}
+
+#[tokio::test]
+async fn omitted_redirect_uri_uses_the_only_registered_one() {
+    let (app, client_id) = claude_app().await;
+    let path = format!(
+        "/authorize?response_type=code&client_id={client_id}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+    );
+    assert!(
+        app.get(&path)
+            .await
+            .location()
+            .starts_with("/login?request=")
+    );
+}
+
+/// Granted = requested ∩ what the user's roles allow; nothing grantable is access_denied.
+#[tokio::test]
+async fn scopes_are_limited_by_roles() {
+    let dir = TempDir::new().expect("tempdir");
+    let url = sqlite_url(&dir);
+    let app = TestApp::with(dir, &url, |c| {
+        c.roles.insert(
+            "reader".into(),
+            vec![gatehouse::domain::ScopeToken::parse("activity:read").expect("scope")],
+        );
+    })
+    .await;
+    app.add_user("bob", PASSWORD, &["reader"]).await;
+    let client_id = app.register_client("Claude", &[CLAUDE_CALLBACK]).await;
+
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp", "activity:read"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "bob", PASSWORD)
+        .await
+        .location();
+    let page = agent.get(&consent).await.text();
+    assert!(
+        page.contains("<code>activity:read</code>") && !page.contains("<code>mcp</code>"),
+        "{page}"
+    );
+
+    let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let q = query_of(&agent.get(&path).await.location());
+    assert_eq!(q["error"], "access_denied");
+    assert_eq!(q["state"], state);
+}
+
+#[tokio::test]
+async fn deny_answers_access_denied() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    let q = query_of(&decide(&mut agent, &consent, "deny").await.location());
+    assert_eq!(q["error"], "access_denied");
+    assert_eq!(q["state"], state);
+    assert_eq!(q["iss"], ISSUER);
+    assert!(!q.contains_key("code"));
+}
+
+/// Consent is remembered per (user, client, resource, scopes): the same or fewer scopes skip the
+/// page; more shows only what is new; prompt=consent forces the page.
+#[tokio::test]
+async fn remembered_consent_skips_the_page_and_prompt_consent_forces_it() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    decide(&mut agent, &consent, "allow").await;
+
+    // Same scope again: straight back with a code.
+    let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let back = agent.get(&path).await.location();
+    let q = query_of(&back);
+    assert!(q.contains_key("code"), "{back}");
+    assert_eq!(q["state"], state);
+
+    // More scopes: the page shows only the new one, and the old one as already allowed.
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp", "activity:read"]);
+    let consent = agent.get(&path).await.location();
+    assert!(consent.starts_with("/consent?"), "{consent}");
+    let html = agent.get(&consent).await.text();
+    let list =
+        &html[html.find("<ul class=\"scopes\">").expect("list")..html.find("</ul>").expect("end")];
+    assert!(
+        list.contains("activity:read") && !list.contains("<code>mcp</code>"),
+        "{list}"
+    );
+    assert!(
+        html.contains("Already allowed earlier: <code>mcp</code>"),
+        "{html}"
+    );
+    decide(&mut agent, &consent, "allow").await;
+
+    // prompt=consent: the page again, with everything.
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let consent = agent
+        .get(&format!("{path}&prompt=consent"))
+        .await
+        .location();
+    assert!(consent.starts_with("/consent?"), "{consent}");
+}
+
+#[tokio::test]
+async fn prompt_none_answers_without_a_page() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let q = query_of(&agent.get(&format!("{path}&prompt=none")).await.location());
+    assert_eq!(q["error"], "login_required");
+
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    assert!(consent.starts_with("/consent"));
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let q = query_of(&agent.get(&format!("{path}&prompt=none")).await.location());
+    assert_eq!(q["error"], "consent_required");
+
+    // prompt=login asks for the password again even when signed in.
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let res = agent.get(&format!("{path}&prompt=login")).await;
+    assert!(res.location().starts_with("/login?"), "{}", res.location());
+}
+
+/// CSRF: a login without the session's token, or with another session's, is refused before any
+/// password check; a consent token works only for its own request, once.
+#[tokio::test]
+async fn csrf_missing_or_foreign_is_refused() {
+    let (app, client_id) = claude_app().await;
+    let mut victim = Agent::new(&app);
+    let mut attacker = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = victim.get(&path).await.location();
+    let request = login.trim_start_matches("/login?request=").to_owned();
+    victim.get(&login).await;
+    let foreign = attacker.get("/login").await.hidden("csrf");
+    for csrf in ["", foreign.as_str()] {
+        let res = victim
+            .post_form(
+                "/login",
+                &[
+                    ("csrf", csrf),
+                    ("request", &request),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(res.status, 403, "csrf {csrf:?}");
+        assert!(res.text().contains("Your sign-in form expired"));
+    }
+    // Not signed in by those attempts.
+    assert!(
+        victim
+            .get(&format!("/consent?request={request}"))
+            .await
+            .location()
+            .starts_with("/login")
+    );
+
+    let consent = sign_in(&mut victim, &login, "alice", PASSWORD)
+        .await
+        .location();
+    let page = victim.get(&consent).await;
+    let (good, request) = (page.hidden("csrf"), page.hidden("request"));
+    // A second pending request of the same session has its own token.
+    let (other_path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp", "activity:read"]);
+    let other = victim.get(&other_path).await.location();
+    let other_token = victim.get(&other).await.hidden("csrf");
+    for csrf in ["", "forged", other_token.as_str()] {
+        let res = victim
+            .post_form(
+                "/consent",
+                &[("csrf", csrf), ("request", &request), ("decision", "allow")],
+            )
+            .await;
+        assert_eq!(res.status, 403, "consent csrf {csrf:?}");
+        assert!(res.header("location").is_none());
+    }
+    let res = victim
+        .post_form(
+            "/consent",
+            &[
+                ("csrf", &good),
+                ("request", &request),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, 303);
+    // The same form again: the request is used up.
+    let res = victim
+        .post_form(
+            "/consent",
+            &[
+                ("csrf", &good),
+                ("request", &request),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, 400);
+    assert!(res.text().contains("This sign-in has expired"));
+}
+
+/// One sign-in attempt from the login page at `login`.
+async fn try_password(
+    agent: &mut Agent<'_>,
+    login: &str,
+    username: &str,
+    password: &str,
+) -> TestResponse {
+    let page = agent.get(login).await;
+    let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+    agent
+        .post_form(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("request", &request),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
+}
+
+/// Failed sign-ins: a growing delay, then a lockout; the message never tells whether the
+/// account exists.
+#[tokio::test]
+async fn repeated_failures_are_delayed_then_locked_out() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let wrong = try_password(&mut agent, &login, "alice", "wrong password").await;
+    let unknown = try_password(&mut agent, &login, "nobody", "wrong password").await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(unknown.status, 401);
+    assert!(
+        wrong.text().contains("Incorrect user name or password.")
+            && unknown.text().contains("Incorrect user name or password.")
+    );
+
+    // Second and third failures of alice, then an immediate retry must wait.
+    try_password(&mut agent, &login, "alice", "wrong password").await;
+    try_password(&mut agent, &login, "alice", "wrong password").await;
+    let res = try_password(&mut agent, &login, "alice", "wrong password").await;
+    assert_eq!(res.status, 429, "{}", res.text());
+    assert!(res.text().contains("Wait 2 seconds"), "{}", res.text());
+
+    // Waiting out each delay, the 10th failure locks the account for 15 minutes.
+    for _ in 0..7 {
+        app.clock.advance(time::Duration::seconds(61));
+        let res = try_password(&mut agent, &login, "alice", "wrong password").await;
+        assert_eq!(res.status, 401, "{}", res.text());
+    }
+    app.clock.advance(time::Duration::seconds(61));
+    let res = try_password(&mut agent, &login, "alice", PASSWORD).await;
+    assert_eq!(
+        res.status, 429,
+        "even the right password is refused while locked"
+    );
+    assert!(res.text().contains("locked"), "{}", res.text());
+
+    // After the lockout (the old request expired meanwhile): a new sign-in works.
+    app.clock.advance(time::Duration::minutes(15));
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let res = try_password(&mut agent, &login, "alice", PASSWORD).await;
+    assert_eq!(res.status, 303, "{}", res.text());
+    assert!(res.location().starts_with("/consent?"));
+
+    let events = gatehouse::audit::read(&app.state.store, None, None, 100)
+        .await
+        .expect("audit");
+    let failures = events
+        .iter()
+        .filter(|e| e.event.kind == "login.failure")
+        .count();
+    assert!(failures >= 11, "{failures}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.kind == "login.success")
+            .count(),
+        1
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.event.detail.to_string().contains(PASSWORD)),
+        "no password in the audit log"
+    );
+}
+
+/// The session cookie: HttpOnly, SameSite=Lax, Secure with the __Host- prefix on an https issuer;
+/// a new session id at sign-in; sign-out ends the session.
+#[tokio::test]
+async fn session_cookie_is_hardened_rotated_at_login_and_ended_by_logout() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let cookie = agent
+        .set_cookie_headers
+        .last()
+        .expect("session cookie")
+        .clone();
+    assert!(cookie.starts_with("__Host-gatehouse="), "{cookie}");
+    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Domain="), "{cookie}");
+    let before = agent.cookies["__Host-gatehouse"].clone();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    assert_ne!(
+        agent.cookies["__Host-gatehouse"], before,
+        "session id rotated at sign-in"
+    );
+
+    let page = agent.get("/logout").await;
+    let csrf = page.hidden("csrf");
+    assert_eq!(
+        agent
+            .post_form("/logout", &[("csrf", "wrong")])
+            .await
+            .status,
+        403
+    );
+    let res = agent.post_form("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status, 200);
+    assert!(res.text().contains("You are signed out"));
+    let res = agent.get(&consent).await;
+    assert_eq!(res.status, 400, "the pending request went with the session");
+}
+
+/// Every page of the flow, and its redirects: no script, no framing, no referrer, no caching.
+#[tokio::test]
+async fn pages_and_redirects_carry_the_hardening_headers() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let redirect = agent.get(&path).await;
+    let login_page = agent.get(&redirect.location()).await;
+    let error_page = agent.get("/authorize?client_id=nope").await;
+    for res in [&redirect, &login_page, &error_page] {
+        let csp = res.header("content-security-policy").expect("CSP");
+        assert!(
+            csp.contains("default-src 'none'")
+                && csp.contains("frame-ancestors 'none'")
+                && !csp.contains("script-src"),
+            "{csp}"
+        );
+        assert_eq!(res.header("x-frame-options"), Some("DENY"));
+        assert_eq!(res.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(res.header("cache-control"), Some("no-store"));
+    }
+    assert!(!login_page.text().contains("<script"), "no inline script");
+    let css = app.get("/static/gatehouse.css").await;
+    assert_eq!(css.status, 200);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+}
+
+/// A password change signs out existing sessions; removing a user removes their consents.
+#[tokio::test]
+async fn password_change_and_removal_end_what_the_user_had() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    decide(&mut agent, &consent, "allow").await;
+    assert!(
+        app.state
+            .store
+            .consent("u_alice", &client_id, &format!("{ISSUER}/mcp"))
+            .await
+            .expect("store")
+            .is_some()
+    );
+
+    app.clock.advance(time::Duration::seconds(5));
+    let hash = gatehouse::account::password::hash("a brand new password".into())
+        .await
+        .expect("hash");
+    app.state
+        .store
+        .set_password("alice", &hash, app.clock.now())
+        .await
+        .expect("passwd");
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    assert!(
+        agent.get(&path).await.location().starts_with("/login?"),
+        "signed out by the password change"
+    );
+
+    assert!(app.state.store.delete_user("alice").await.expect("delete"));
+    assert!(
+        app.state
+            .store
+            .consent("u_alice", &client_id, &format!("{ISSUER}/mcp"))
+            .await
+            .expect("store")
+            .is_none()
+    );
+}
+
+/// An operator-registered client is not flagged as unverified.
+#[tokio::test]
+async fn operator_clients_are_not_flagged_unverified() {
+    let (app, _) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let now = app.clock.now();
+    let client = gatehouse::oauth::register::validate(
+        gatehouse::oauth::register::RegistrationRequest {
+            redirect_uris: Some(vec!["https://agent.example.com/cb".into()]),
+            token_endpoint_auth_method: Some("none".into()),
+            client_name: Some("Internal agent".into()),
+            ..Default::default()
+        },
+        &app.state.config,
+        &gatehouse::domain::RedirectPolicy::permissive(),
+        gatehouse::domain::ClientKind::Operator,
+        "gh_operator".into(),
+        None,
+        now,
+    )
+    .expect("valid");
+    app.state
+        .store
+        .insert_client(&client)
+        .await
+        .expect("insert");
+    let (path, _) = authorize_request("gh_operator", "https://agent.example.com/cb", &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    let html = agent.get(&consent).await.text();
+    assert!(
+        html.contains("Internal agent") && !html.contains("Unverified application"),
+        "{html}"
+    );
+}
