@@ -5,6 +5,7 @@
 
 mod support;
 
+mod browser;
 mod cimd;
 mod config;
 mod discovery;

@@ -1,0 +1,355 @@
+//! A real browser: headless Chromium, driven over WebDriver (chromedriver), signs in and
+//! consents on the real server listening on loopback, and reaches the client's callback with a
+//! code. Screenshots of the login and consent pages (desktop and phone width) are saved under
+//! `test-output/screenshots/` for a person to look at.
+//!
+//! `tests/run` installs Debian's `chromium` and `chromium-driver`; without them this test fails
+//! with a message saying so, never skips.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::routing::get;
+use base64::Engine;
+use gatehouse::clock::SystemClock;
+use gatehouse::config::Config;
+use gatehouse::state::AppState;
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn screenshot_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("test-output")
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+/// A WebDriver session over chromedriver's HTTP API (W3C WebDriver).
+struct Driver {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    process: Child,
+}
+
+impl Driver {
+    async fn start(profile: &std::path::Path) -> Self {
+        for binary in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(binary).exists(),
+                "{binary} is missing: run the suite with tests/run, which installs Debian's chromium and chromium-driver"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let process = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-default-apps",
+                    "--password-store=basic", "--window-size=1100,1300",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        }}});
+        let mut driver = Self {
+            http,
+            base,
+            session: String::new(),
+            process,
+        };
+        let created = driver.call("POST", "/session", Some(capabilities)).await;
+        driver.session = created["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned();
+        driver
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = if path == "/session" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/session/{}{path}", self.base, self.session)
+        };
+        let request = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.unwrap_or_else(|| json!({})).to_string()),
+        };
+        let response = request.send().await.expect("webdriver request");
+        let bytes = response.bytes().await.expect("webdriver body");
+        let value: Value = serde_json::from_slice(&bytes).expect("webdriver JSON");
+        if let Some(error) = value["value"].get("error") {
+            panic!(
+                "webdriver {method} {path}: {error}: {}",
+                value["value"]["message"]
+            );
+        }
+        value["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn url(&self) -> String {
+        self.call("GET", "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn wait_for_url(&self, part: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.url().await;
+            if url.contains(part) {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "browser never reached {part}; it is at {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .call(
+                "POST",
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.call(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.call("POST", &format!("/element/{element}/click"), None)
+            .await;
+    }
+
+    async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.call("GET", "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("base64 png"))
+            .expect("decode png");
+        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+        let path = screenshot_dir().join(name);
+        std::fs::write(&path, bytes).expect("write screenshot");
+        path
+    }
+
+    async fn quit(mut self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+type Captured = Arc<Mutex<Option<HashMap<String, String>>>>;
+
+async fn callback(
+    State(captured): State<Captured>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Html<&'static str> {
+    *captured.lock().expect("lock") = Some(q);
+    Html(
+        "<!doctype html><title>Connected</title><h1>Connected</h1><p>You can close this window.</p>",
+    )
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_and_consents_in_headless_chromium() {
+    let dir = TempDir::new().expect("tempdir");
+    // The server on a real loopback socket, its issuer being that socket's URL.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = Config::for_tests(
+        &issuer,
+        &crate::support::sqlite_url(&dir),
+        &dir.path().join("keys"),
+    )
+    .expect("config");
+    let state = AppState::start(config, Arc::new(SystemClock))
+        .await
+        .expect("start");
+    let app = gatehouse::app(state.clone());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+
+    // The "MCP client": a loopback callback that records what the browser brings back.
+    let captured: Captured = Arc::default();
+    let callback_addr = serve(
+        Router::new()
+            .route("/callback", get(callback))
+            .with_state(captured.clone()),
+    )
+    .await;
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", callback_addr.port());
+
+    let now = time::OffsetDateTime::now_utc();
+    state
+        .store
+        .insert_user(&gatehouse::account::User {
+            id: "u_alice".into(),
+            username: gatehouse::account::Username::parse("alice").expect("name"),
+            password_hash: gatehouse::account::password::hash("correct horse battery".into())
+                .await
+                .expect("hash"),
+            roles: vec!["user".into()],
+            created_at: now,
+            password_changed_at: now,
+        })
+        .await
+        .expect("user");
+    let registration = reqwest::Client::new()
+        .post(format!("{issuer}/register"))
+        .header("content-type", "application/json")
+        .body(json!({ "client_name": "MCP Inspector", "redirect_uris": [redirect_uri], "token_endpoint_auth_method": "none" }).to_string())
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(registration.status(), 201);
+    let registered: Value =
+        serde_json::from_slice(&registration.bytes().await.expect("body")).expect("json");
+    let client_id = registered["client_id"].as_str().expect("client_id");
+
+    let oauth = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{issuer}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).expect("url"));
+    let (challenge, _verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, state_param) = oauth
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scope(Scope::new("mcp".into()))
+        .add_scope(Scope::new("activity:read".into()))
+        .add_extra_param("resource", format!("{issuer}/mcp"))
+        .url();
+
+    let profile = TempDir::new().expect("profile");
+    let driver = Driver::start(profile.path()).await;
+    driver.goto(authorize_url.as_str()).await;
+    driver.wait_for_url("/login?request=").await;
+    driver.type_into("#username", "alice").await;
+    driver.type_into("#password", "correct horse battery").await;
+    let login_shot = driver.screenshot("login.png").await;
+    driver.click("button[type=submit]").await;
+
+    driver.wait_for_url("/consent?request=").await;
+    let consent_shot = driver.screenshot("consent.png").await;
+    driver.resize(390, 844).await;
+    driver.screenshot("consent-phone.png").await;
+    driver.resize(1100, 1300).await;
+    driver.click("button[name=decision][value=allow]").await;
+
+    driver.wait_for_url(&redirect_uri).await;
+    driver.screenshot("callback.png").await;
+    driver.quit().await;
+
+    let q = captured
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("the callback was reached");
+    assert!(q.get("code").is_some_and(|c| c.len() >= 43), "{q:?}");
+    assert_eq!(q.get("state"), Some(state_param.secret()));
+    assert_eq!(q.get("iss"), Some(&issuer));
+    for shot in [login_shot, consent_shot] {
+        assert!(
+            std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
+            "{}",
+            shot.display()
+        );
+    }
+}
