@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use serde_json::json;
-use time::format_description::well_known::Rfc3339;
 
 use crate::account::{User, Username, password};
 use crate::audit::{self, AuditEvent};
@@ -51,19 +50,18 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
                 client_name: Some(name),
                 ..RegistrationRequest::default()
             };
-            let secret = register::new_secret(Some(method)).map_err(|e| anyhow::anyhow!("{e}"))?;
             let id = register::new_client_id().map_err(|e| anyhow::anyhow!("{e}"))?;
             // The operator vouches for the client: any redirect the protocol allows.
-            let client = register::validate(
+            let mut client = register::validate(
                 request,
                 config,
                 &RedirectPolicy::permissive(),
                 ClientKind::Operator,
                 id,
-                secret.as_ref(),
                 now,
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let secret = register::issue_secret(&mut client).map_err(|e| anyhow::anyhow!("{e}"))?;
             store.insert_client(&client).await?;
             let mut event = AuditEvent::new(
                 "client.added",
@@ -89,10 +87,7 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
                 "CLIENT ID", "KIND", "NAME", "AUTH", "CREATED", "LAST USED"
             );
             for c in clients {
-                let time = |t: Option<time::OffsetDateTime>| {
-                    t.and_then(|t| t.format(&Rfc3339).ok())
-                        .unwrap_or_else(|| "-".to_owned())
-                };
+                let time = crate::cli::format_time;
                 let uris: Vec<_> = c.redirect_uris.iter().map(|u| u.as_str()).collect();
                 println!(
                     "{:<26}  {:<8}  {:<20}  {:<19}  {:<20}  {:<20}  {}",
@@ -208,7 +203,7 @@ async fn run_users(
                 "NAME", "ROLES", "CREATED"
             );
             for u in users {
-                let created = u.created_at.format(&Rfc3339).unwrap_or_default();
+                let created = crate::cli::format_time(Some(u.created_at));
                 println!(
                     "{:<32}  {:<24}  {:<20}  {}",
                     u.username.as_str(),

@@ -74,6 +74,15 @@ pub async fn record(store: &Store, event: AuditEvent) -> Result<(), StoreError> 
     store.insert_audit_event(&event).await
 }
 
+/// Records an event after the state it describes was already committed: a failure to write it
+/// is logged, and must not turn a completed action into an error the client would retry.
+pub async fn record_after_commit(store: &Store, event: AuditEvent) {
+    let kind = event.kind.clone();
+    if let Err(err) = record(store, event).await {
+        tracing::error!(error = %err, kind = %kind, "audit event lost: the database refused it");
+    }
+}
+
 /// Reads events, newest first (see [`Store::audit_events`]).
 pub async fn read(
     store: &Store,

@@ -206,7 +206,8 @@ fn not_yet(command: &str) -> anyhow::Result<()> {
     anyhow::bail!("`gatehouse {command}` is not available yet in this version of Gatehouse")
 }
 
-fn format_time(t: Option<OffsetDateTime>) -> String {
+/// A time for the operator's tables (RFC 3339), or `-`.
+pub fn format_time(t: Option<OffsetDateTime>) -> String {
     t.and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| "-".to_owned())
 }

@@ -81,9 +81,12 @@ pub struct RawConfig {
 pub struct RegistrationConfig {
     /// Accept dynamic registrations. Default true (Cursor, VS Code and Claude rely on it).
     pub enabled: bool,
-    /// Accept native apps' private-use redirect schemes such as
-    /// `cursor://anysphere.cursor-mcp/oauth/callback` (RFC 8252 §7.1). Default true.
+    /// Accept native apps' private-use redirect schemes (RFC 8252 §7.1): reverse-domain schemes
+    /// (`com.example.app:/cb`) and those in `private_use_schemes`. Default true.
     pub allow_private_use_schemes: bool,
+    /// Private-use schemes accepted by name although they are not reverse domain names.
+    /// Default `["cursor", "vscode", "vscode-insiders", "claude"]`.
+    pub private_use_schemes: Vec<String>,
     /// When not empty, https redirect URIs must be on one of these hosts.
     pub allowed_redirect_hosts: Vec<String>,
     /// Registrations accepted per client IP address per hour. Default 30.
@@ -100,6 +103,9 @@ impl Default for RegistrationConfig {
         Self {
             enabled: true,
             allow_private_use_schemes: true,
+            private_use_schemes: ["cursor", "vscode", "vscode-insiders", "claude"]
+                .map(str::to_owned)
+                .to_vec(),
             allowed_redirect_hosts: Vec::new(),
             rate_limit_per_hour: 30,
             max_body_bytes: 16 * 1024,
@@ -495,6 +501,18 @@ impl Config {
                 reg.max_body_bytes
             ));
         }
+        for scheme in &reg.private_use_schemes {
+            let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if !valid
+                || ["http", "https", "javascript", "data", "file", "vbscript"]
+                    .contains(&scheme.to_ascii_lowercase().as_str())
+            {
+                problems.push(format!("registration.private_use_schemes: {scheme:?} is not an acceptable private-use scheme"));
+            }
+        }
         for host in &reg.allowed_redirect_hosts {
             if host.is_empty() || host.contains(['/', ':', ' ']) {
                 problems.push(format!(
@@ -506,7 +524,9 @@ impl Config {
             enabled: reg.enabled,
             redirect: RedirectPolicy {
                 allow_private_use_schemes: reg.allow_private_use_schemes,
+                private_use_schemes: reg.private_use_schemes.clone(),
                 allowed_hosts: reg.allowed_redirect_hosts.clone(),
+                any_private_use_scheme: false,
             },
             rate_limit_per_hour,
             max_body_bytes: reg.max_body_bytes,

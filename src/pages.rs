@@ -40,10 +40,11 @@ pub struct LoginPage {
 pub struct ConsentPage {
     /// Product name.
     pub product: String,
-    /// The application's name (or its host).
+    /// The headline: the host of a metadata-document client id (verified by fetching it), else
+    /// the registered name, else the redirect host.
     pub app_name: String,
-    /// The host of a metadata-document client id (verified by fetching it).
-    pub app_host: Option<String>,
+    /// The name a metadata document gives itself, shown second.
+    pub claimed_name: Option<String>,
     /// Self-registered client: say so.
     pub unverified: bool,
     /// Every redirect goes to localhost: say so.

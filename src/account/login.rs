@@ -55,7 +55,7 @@ const GENERIC_FAILURE: &str = "Incorrect user name or password.";
 /// The application a pending request is for, to name it on the login page.
 async fn app_name(state: &AppState, data: &SessionData, request: &str) -> Option<String> {
     let pending = data.pending(request, state.clock.now())?;
-    let client = resolve_client(state, &pending.client_id).await.ok()?;
+    let client = resolve_client(state, &pending.client_id, None).await.ok()?;
     client.name.or_else(|| {
         client
             .redirect_uris

@@ -6,9 +6,8 @@
 //! port, no trailing slash, no path, query, fragment or userinfo.
 
 use std::fmt;
-use std::net::IpAddr;
 
-use url::{Host, Url};
+use url::Url;
 
 /// A validated issuer: an origin with no trailing slash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,11 +66,7 @@ impl Issuer {
         let host = url
             .host()
             .ok_or_else(|| IssuerError::NotAUrl(raw.to_owned(), "no host".into()))?;
-        let loopback = match &host {
-            Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
-            Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),
-            Host::Ipv6(ip) => IpAddr::V6(*ip).is_loopback(),
-        };
+        let loopback = super::redirect_uri::is_loopback_host(&host);
         let mut canonical = format!("{}://{}", url.scheme(), host);
         if let Some(port) = url.port() {
             canonical.push_str(&format!(":{port}"));

@@ -11,7 +11,9 @@ mod secret;
 pub use algorithm::SigningAlgorithm;
 pub use client::{Client, ClientKind, TokenEndpointAuthMethod};
 pub use issuer::{Issuer, IssuerError};
-pub use redirect_uri::{RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError};
+pub use redirect_uri::{
+    RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError, is_loopback_host,
+};
 pub use resource::same_resource;
 pub use scope::{ScopeError, ScopeToken};
 pub use secret::{Secret, SecretHash, random_token};

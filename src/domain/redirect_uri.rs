@@ -36,19 +36,39 @@ pub enum RedirectKind {
 /// What the operator allows at registration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedirectPolicy {
-    /// Accept private-use schemes (Cursor's `cursor://anysphere.cursor-mcp/oauth/callback`).
+    /// Accept private-use schemes at all.
     pub allow_private_use_schemes: bool,
+    /// Private-use schemes accepted by name although they are not reverse domain names (Cursor's
+    /// `cursor`). Reverse-domain schemes (`com.example.app`, RFC 8252 §7.1) need no listing.
+    /// Anything else is refused, so an OS handler such as `ms-msdt:` or `search-ms:` can never
+    /// be a redirect target.
+    pub private_use_schemes: Vec<String>,
     /// When not empty, https redirect URIs must be on one of these hosts.
     pub allowed_hosts: Vec<String>,
+    /// Accept every private-use scheme (only for re-reading URIs accepted when registered).
+    pub any_private_use_scheme: bool,
 }
 
 impl RedirectPolicy {
-    /// Everything the protocol allows: used to re-read URIs that were accepted when registered.
+    /// Everything the protocol allows: used to re-read URIs that were accepted when registered,
+    /// and for operator-registered clients.
     pub fn permissive() -> Self {
         Self {
             allow_private_use_schemes: true,
+            private_use_schemes: Vec::new(),
             allowed_hosts: Vec::new(),
+            any_private_use_scheme: true,
         }
+    }
+
+    fn accepts_scheme(&self, scheme: &str) -> bool {
+        self.allow_private_use_schemes
+            && (self.any_private_use_scheme
+                || scheme.contains('.')
+                || self
+                    .private_use_schemes
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(scheme)))
     }
 }
 
@@ -67,7 +87,9 @@ pub enum RedirectUriError {
         "redirect URI {0:?} uses plain http on a non-loopback host: use https, or http on 127.0.0.1, [::1] or localhost"
     )]
     InsecureHttp(String),
-    #[error("redirect URI {0:?} uses a private-use scheme, which this server does not accept")]
+    #[error(
+        "redirect URI {0:?} uses a private-use scheme this server does not accept (reverse-domain schemes such as com.example.app:/cb, or those the operator lists)"
+    )]
     PrivateUseDisabled(String),
     #[error("redirect URI {0:?} is on a host this server does not allow")]
     HostNotAllowed(String),
@@ -85,7 +107,8 @@ pub struct RedirectUri {
     url: Url,
 }
 
-fn is_loopback_host(host: &Host<&str>) -> bool {
+/// True for `localhost`, 127.0.0.0/8 and `::1`: the loopback hosts of RFC 8252 §7.3.
+pub fn is_loopback_host(host: &Host<&str>) -> bool {
     match host {
         Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
         Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),
@@ -129,8 +152,8 @@ impl RedirectUri {
                 Some(host) if is_loopback_host(&host) => RedirectKind::Loopback,
                 _ => return Err(RedirectUriError::InsecureHttp(raw.to_owned())),
             },
-            // Any other scheme a browser can hand to a native app (RFC 8252 §7.1).
-            _ if policy.allow_private_use_schemes => RedirectKind::PrivateUse,
+            // A native app's scheme (RFC 8252 §7.1), as the operator allows.
+            other if policy.accepts_scheme(other) => RedirectKind::PrivateUse,
             _ => return Err(RedirectUriError::PrivateUseDisabled(raw.to_owned())),
         };
         Ok(Self {
@@ -251,6 +274,29 @@ mod tests {
                 err.to_string().contains(raw.trim()) || raw.contains(' '),
                 "{raw}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn only_reverse_domain_or_listed_private_use_schemes() {
+        let policy = RedirectPolicy {
+            allow_private_use_schemes: true,
+            private_use_schemes: vec!["cursor".into()],
+            ..RedirectPolicy::default()
+        };
+        for ok in [
+            "cursor://anysphere.cursor-mcp/oauth/callback",
+            "com.example.app:/oauth2redirect",
+        ] {
+            assert!(RedirectUri::parse(ok, &policy).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ms-msdt:/id PCWDiagnostic",
+            "search-ms:query=x",
+            "vscode://cb",
+            "mailto:a@b.example",
+        ] {
+            assert!(RedirectUri::parse(bad, &policy).is_err(), "{bad}");
         }
     }
 

@@ -89,6 +89,11 @@ impl KeyFile {
         file.write_all(&json).map_err(|e| dir_error(dir, e))?;
         file.sync_all().map_err(|e| dir_error(dir, e))?;
         fs::rename(&tmp, &path).map_err(|e| dir_error(dir, e))?;
+        // The rename is durable only once the directory itself is synced: without this, a crash
+        // could leave a database that names a key whose file never reached the disk.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| dir_error(dir, e))?;
         Ok(path)
     }
 

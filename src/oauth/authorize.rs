@@ -23,6 +23,7 @@ use crate::domain::{Client, ClientKind, RedirectKind, Secret, random_token, same
 use crate::routes;
 use crate::state::AppState;
 use crate::store::CodeRecord;
+use crate::web::ClientIp;
 
 /// The query of an authorization request, with the RFC 6749 §3.1 rule that no parameter
 /// appears twice.
@@ -71,7 +72,11 @@ fn page(
 const ASK_THE_APP: &str = "Go back to the application and start connecting again. If this keeps happening, tell whoever runs the application.";
 
 /// Step 1: the client must be known (registered, operator-added, or a valid metadata document).
-async fn check_client(state: &AppState, params: &Params) -> Result<Client, AuthorizeError> {
+async fn check_client(
+    state: &AppState,
+    params: &Params,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Client, AuthorizeError> {
     let client_id = params
         .get("client_id")
         .map_err(|()| {
@@ -90,7 +95,7 @@ async fn check_client(state: &AppState, params: &Params) -> Result<Client, Autho
                 ASK_THE_APP,
             )
         })?;
-    match resolve_client(state, client_id).await {
+    match resolve_client(state, client_id, ip).await {
         Ok(client) => Ok(client),
         Err(ClientLookupError::Unknown(_)) => Err(page(
             StatusCode::BAD_REQUEST,
@@ -101,7 +106,13 @@ async fn check_client(state: &AppState, params: &Params) -> Result<Client, Autho
         Err(ClientLookupError::Metadata(err)) => Err(page(
             StatusCode::BAD_REQUEST,
             "Application could not be verified",
-            err.to_string(),
+            err.public_message(),
+            ASK_THE_APP,
+        )),
+        Err(ClientLookupError::RateLimited(wait)) => Err(page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many new applications",
+            format!("Too many different applications were looked up from your network. Try again in {} seconds.", wait.as_secs().max(1)),
             ASK_THE_APP,
         )),
         Err(ClientLookupError::Store(err)) => Err(err.into()),
@@ -139,7 +150,21 @@ fn check_redirect_uri(client: &Client, params: &Params) -> Result<String, Author
     }
 }
 
-/// Step 3: parameters appear at most once (RFC 6749 §3.1).
+/// Step 3: the client registered for the authorization code grant (RFC 6749 §4.1.2.1
+/// `unauthorized_client`).
+fn check_grant_type(client: &Client, target: &ErrorTarget) -> Result<(), AuthorizeError> {
+    if client.grant_types.iter().any(|g| g == "authorization_code") {
+        Ok(())
+    } else {
+        Err(AuthorizeError::redirect(
+            target,
+            "unauthorized_client",
+            "this client is not registered for the authorization code grant",
+        ))
+    }
+}
+
+/// Step 4: parameters appear at most once (RFC 6749 §3.1).
 fn check_no_repeats(params: &Params, target: &ErrorTarget) -> Result<(), AuthorizeError> {
     match params.repeated() {
         Some(name) => Err(AuthorizeError::redirect(
@@ -151,7 +176,7 @@ fn check_no_repeats(params: &Params, target: &ErrorTarget) -> Result<(), Authori
     }
 }
 
-/// Step 4: only the authorization code flow.
+/// Step 5: only the authorization code flow.
 fn check_response_type(params: &Params, target: &ErrorTarget) -> Result<(), AuthorizeError> {
     match params.get("response_type").unwrap_or(None) {
         Some("code") => Ok(()),
@@ -168,7 +193,7 @@ fn check_response_type(params: &Params, target: &ErrorTarget) -> Result<(), Auth
     }
 }
 
-/// Step 5: PKCE with S256 is required; `plain` is refused (RFC 7636 §4.3; interop item 35).
+/// Step 6: PKCE with S256 is required; `plain` is refused (RFC 7636 §4.3; interop item 35).
 fn check_pkce(params: &Params, target: &ErrorTarget) -> Result<String, AuthorizeError> {
     let challenge = params
         .get("code_challenge")
@@ -212,7 +237,7 @@ fn check_pkce(params: &Params, target: &ErrorTarget) -> Result<String, Authorize
     Ok(challenge.to_owned())
 }
 
-/// Step 6: `resource` (RFC 8707) must name this server's MCP resource; absent means it.
+/// Step 7: `resource` (RFC 8707) must name this server's MCP resource; absent means it.
 fn check_resource(
     state: &AppState,
     params: &Params,
@@ -237,7 +262,7 @@ fn check_resource(
     }
 }
 
-/// Step 7: requested scopes this server knows; unknown ones are dropped (Claude sends
+/// Step 8: requested scopes this server knows; unknown ones are dropped (Claude sends
 /// `claudeai`); none left means the default scopes.
 fn requested_scopes(state: &AppState, params: &Params) -> Vec<String> {
     let known = state.config.scope_names();
@@ -266,7 +291,7 @@ struct Prompt {
     consent: bool,
 }
 
-/// Step 8: `prompt`; `none` cannot be combined with anything else.
+/// Step 9: `prompt`; `none` cannot be combined with anything else.
 fn check_prompt(params: &Params, target: &ErrorTarget) -> Result<Prompt, AuthorizeError> {
     let mut prompt = Prompt::default();
     for value in params
@@ -297,10 +322,11 @@ fn check_prompt(params: &Params, target: &ErrorTarget) -> Result<Prompt, Authori
 pub async fn authorize_get(
     State(state): State<AppState>,
     session: Session,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
 ) -> Response {
     let product = state.config.product_name.clone();
-    match authorize(&state, &session, &query.unwrap_or_default()).await {
+    match authorize(&state, &session, ip, &query.unwrap_or_default()).await {
         Ok(response) => response,
         Err(err) => {
             audit_refusal(&state, &err).await;
@@ -312,16 +338,14 @@ pub async fn authorize_get(
 async fn authorize(
     state: &AppState,
     session: &Session,
+    ip: Option<std::net::IpAddr>,
     query: &str,
 ) -> Result<Response, AuthorizeError> {
     let params = Params::parse(query);
-    let client = check_client(state, &params).await?;
+    let client = check_client(state, &params, ip).await?;
     let redirect_uri = check_redirect_uri(&client, &params)?;
-    let target = ErrorTarget {
-        redirect_uri: redirect_uri.clone(),
-        state: params.get("state").unwrap_or(None).map(str::to_owned),
-        iss: state.config.issuer.as_str().to_owned(),
-    };
+    let target = ErrorTarget::new(state, &redirect_uri, params.get("state").unwrap_or(None));
+    check_grant_type(&client, &target)?;
     check_no_repeats(&params, &target)?;
     check_response_type(&params, &target)?;
     let code_challenge = check_pkce(&params, &target)?;
@@ -418,14 +442,6 @@ pub async fn consent_state(
     })
 }
 
-fn target_of(state: &AppState, pending: &PendingAuthorization) -> ErrorTarget {
-    ErrorTarget {
-        redirect_uri: pending.redirect_uri.clone(),
-        state: pending.state.clone(),
-        iss: state.config.issuer.as_str().to_owned(),
-    }
-}
-
 /// Finishes (or advances) the pending request `id`: to the login page, to the consent page, or
 /// straight back to the client with a code when consent is remembered. `interactive` is false
 /// for `prompt=none`, which answers `login_required` / `consent_required` instead of a page.
@@ -440,7 +456,7 @@ pub async fn continue_authorization(
     let Some(pending) = data.pending(id, now).cloned() else {
         return Err(expired_request());
     };
-    let target = target_of(state, &pending);
+    let target = ErrorTarget::for_pending(state, &pending);
     let Some(user) = current_user(state, &data).await? else {
         if !interactive {
             data.take_pending(id);
@@ -539,7 +555,7 @@ pub async fn issue_code(
     event.subject = Some(user.id.clone());
     event.client_id = Some(pending.client_id.clone());
     event.grant_id = Some(grant_id);
-    audit::record(&state.store, event).await?;
+    audit::record_after_commit(&state.store, event).await;
     let mut params = vec![("code", code.expose())];
     if let Some(s) = &pending.state {
         params.push(("state", s.as_str()));

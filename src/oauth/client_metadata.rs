@@ -30,8 +30,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_CACHE: Duration = Duration::from_secs(30);
 const MAX_CACHE: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_CACHE: Duration = Duration::from_secs(300);
-/// The resolver's refusal, recognised again in the connect error it causes.
-const REFUSED_BY_RESOLVER: &str = "resolves to a special-use address";
+/// Most fetches in flight at once (each may hold a blocking DNS thread until it times out).
+const MAX_CONCURRENT_FETCHES: usize = 8;
 /// Most documents kept in memory.
 const MAX_CACHED: usize = 1000;
 
@@ -56,6 +56,24 @@ pub enum ClientMetadataError {
     TooLarge(String),
     #[error("the metadata document at {0:?} is not valid: {1}")]
     Invalid(String, String),
+    #[error("too many metadata documents are being fetched right now; {0:?} was not fetched")]
+    Busy(String),
+}
+
+impl ClientMetadataError {
+    /// What a person may be shown: the document's own problems, but no network detail (which
+    /// would tell an outsider about hosts and ports the server can reach).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::InvalidUrl(_) | Self::Invalid(..) | Self::TooLarge(_) => self.to_string(),
+            Self::Busy(_) => {
+                "The server is busy verifying applications; try again in a moment.".to_owned()
+            }
+            Self::ForbiddenAddress(id) | Self::Fetch(id, _) | Self::Status(id, _) => {
+                format!("The application's metadata document at {id:?} could not be fetched.")
+            }
+        }
+    }
 }
 
 /// The document's fields Gatehouse uses; others are ignored.
@@ -115,6 +133,11 @@ fn is_special_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved 240/4
 }
 
+/// The resolver's refusal of a name, found again by type in the connect error it causes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves to a special-use address")]
+struct SpecialUseRefused(String);
+
 /// The DNS resolver of the metadata fetcher: it resolves once and hands reqwest only addresses
 /// that passed [`is_special_use`], so the checked address is the connected one.
 #[derive(Debug, Clone, Copy)]
@@ -134,7 +157,9 @@ impl Resolve for CheckedResolver {
             };
             // One special-use answer spoils the name: a rebinding attacker mixes both kinds.
             if addrs.is_empty() || !addrs.iter().all(allowed) {
-                return Err(format!("{host}: {REFUSED_BY_RESOLVER}").into());
+                return Err(
+                    Box::new(SpecialUseRefused(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -155,6 +180,7 @@ pub struct ClientMetadataFetcher {
     allow_loopback: bool,
     redirect_policy: RedirectPolicy,
     cache: Mutex<HashMap<String, Cached>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl ClientMetadataFetcher {
@@ -179,6 +205,7 @@ impl ClientMetadataFetcher {
             allow_loopback,
             redirect_policy: config.registration.redirect.clone(),
             cache: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
         })
     }
 
@@ -188,23 +215,27 @@ impl ClientMetadataFetcher {
         self.check_url(client_id).is_ok()
     }
 
+    /// True when a valid document for `client_id` is cached (no fetch would happen).
+    pub fn is_cached(&self, client_id: &str) -> bool {
+        self.cached(client_id).is_some()
+    }
+
     fn check_url(&self, client_id: &str) -> Result<Url, ClientMetadataError> {
         let invalid = || ClientMetadataError::InvalidUrl(client_id.to_owned());
         let url = Url::parse(client_id).map_err(|_| invalid())?;
         let loopback_http = self.allow_loopback
             && url.scheme() == "http"
             && matches!(url.host(), Some(Host::Ipv4(ip)) if ip.is_loopback());
-        let has_dot_segment = client_id
-            .split(['/', '?'])
-            .skip(3)
-            .any(|segment| segment == "." || segment == "..");
-        let ok = (url.scheme() == "https" || loopback_http)
+        // The URL must already be in its canonical form: `Url` resolves dot segments (also
+        // percent-encoded ones and backslashes), so any difference means the id names another
+        // document than the one that would be fetched.
+        let ok = url.as_str() == client_id
+            && (url.scheme() == "https" || loopback_http)
             && url.host().is_some()
             && url.path() != "/"
             && !client_id.contains('#')
             && url.username().is_empty()
             && url.password().is_none()
-            && !has_dot_segment
             && client_id.len() <= 2000;
         if ok { Ok(url) } else { Err(invalid()) }
     }
@@ -230,6 +261,10 @@ impl ClientMetadataFetcher {
                 return Err(ClientMetadataError::ForbiddenAddress(client_id.to_owned()));
             }
         }
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| ClientMetadataError::Busy(client_id.to_owned()))?;
         let (body, max_age) = self.fetch(client_id, url).await?;
         let client = self.check_document(client_id, &body, now)?;
         self.store(client_id, &client, max_age);
@@ -242,18 +277,17 @@ impl ClientMetadataFetcher {
         url: Url,
     ) -> Result<(Vec<u8>, Duration), ClientMetadataError> {
         let fetch_error = |e: reqwest::Error| {
-            // The resolver's refusal surfaces deep in a connect error's causes; say what it was.
+            // The resolver's refusal surfaces deep in a connect error's causes.
             let mut text = e.to_string();
             let mut cause = std::error::Error::source(&e);
             while let Some(inner) = cause {
+                if inner.downcast_ref::<SpecialUseRefused>().is_some() {
+                    return ClientMetadataError::ForbiddenAddress(client_id.to_owned());
+                }
                 text.push_str(&format!(": {inner}"));
                 cause = inner.source();
             }
-            if text.contains(REFUSED_BY_RESOLVER) {
-                ClientMetadataError::ForbiddenAddress(client_id.to_owned())
-            } else {
-                ClientMetadataError::Fetch(client_id.to_owned(), text)
-            }
+            ClientMetadataError::Fetch(client_id.to_owned(), text)
         };
         let mut response = self
             .http
@@ -309,13 +343,15 @@ impl ClientMetadataFetcher {
             .unwrap_or_default();
         let auth_method = match doc.token_endpoint_auth_method.as_deref() {
             None | Some("none") => TokenEndpointAuthMethod::None,
-            // ChatGPT prefers private_key_jwt and also lists none: negotiate none.
-            Some(_) if supported.iter().any(|m| m == "none") => TokenEndpointAuthMethod::None,
+            // A public document can hold no shared secret (CIMD draft), whatever else it lists:
+            // this arm must come before the negotiation below.
             Some(m @ ("client_secret_basic" | "client_secret_post" | "client_secret_jwt")) => {
                 return Err(invalid(format!(
                     "token_endpoint_auth_method {m:?} uses a shared secret, which a public document cannot hold"
                 )));
             }
+            // ChatGPT prefers private_key_jwt and also lists none: negotiate none.
+            Some(_) if supported.iter().any(|m| m == "none") => TokenEndpointAuthMethod::None,
             Some(m) => {
                 return Err(invalid(format!(
                     "token_endpoint_auth_method {m:?} is not supported here and the document does not offer \"none\""
@@ -331,7 +367,6 @@ impl ClientMetadataFetcher {
             .map(|u| RedirectUri::parse(u, &self.redirect_policy))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
-        let https = |v: Option<String>| v.filter(|u| u.starts_with("https://") && u.len() <= 2000);
         let name = doc.client_name.filter(|n| {
             !n.trim().is_empty() && n.chars().count() <= 200 && !n.chars().any(char::is_control)
         });
@@ -351,8 +386,8 @@ impl ClientMetadataFetcher {
                 .collect(),
             response_types: vec!["code".to_owned()],
             scope: None,
-            client_uri: https(doc.client_uri),
-            logo_uri: https(doc.logo_uri),
+            client_uri: crate::oauth::register::optional_https_url(doc.client_uri),
+            logo_uri: crate::oauth::register::optional_https_url(doc.logo_uri),
             application_type: doc.application_type.filter(|t| t == "web" || t == "native"),
             secret_hash: None,
             created_at: now,

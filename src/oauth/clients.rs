@@ -21,15 +21,26 @@ pub enum ClientLookupError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This address asked for too many new metadata documents.
+    #[error("too many new applications from this address; wait {} s", .0.as_secs())]
+    RateLimited(std::time::Duration),
 }
 
-/// The client `client_id` names.
+/// The client `client_id` names. `ip` is the requester's address: fetching a document not yet
+/// cached spends from its budget.
 pub async fn resolve_client(
     state: &AppState,
     client_id: &str,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<Client, ClientLookupError> {
     let fetcher = &state.client_metadata;
     if state.config.client_metadata.enabled && fetcher.is_metadata_url(client_id) {
+        if let (false, Some(ip)) = (fetcher.is_cached(client_id), ip) {
+            state
+                .limits
+                .metadata_fetch(ip)
+                .map_err(ClientLookupError::RateLimited)?;
+        }
         return match fetcher.resolve(client_id, state.clock.now()).await {
             Ok(client) => Ok(client),
             Err(err) => {

@@ -78,7 +78,7 @@ async fn consent_page(
     let Some(user) = current_user(state, &data).await? else {
         return Ok(see_other(&format!("{}?request={id}", routes::LOGIN)));
     };
-    let client = resolve_client(state, &pending.client_id)
+    let client = resolve_client(state, &pending.client_id, None)
         .await
         .map_err(|_| expired_request())?;
     let consent = consent_state(state, &pending, &user).await?;
@@ -99,17 +99,21 @@ async fn consent_page(
                 .and_then(|u| u.host_str().map(str::to_owned))
         })
         .flatten();
-    let app_name = client
-        .name
-        .clone()
-        .or_else(|| app_host.clone())
-        .unwrap_or_else(|| redirect_host.clone());
+    // The headline names what was verified: the metadata document's host; a self-asserted
+    // name only comes second ("calls itself").
+    let (app_name, claimed_name) = match &app_host {
+        Some(host) => (host.clone(), client.name.clone()),
+        None => (
+            client.name.clone().unwrap_or_else(|| redirect_host.clone()),
+            None,
+        ),
+    };
     Ok(pages::render(
         StatusCode::OK,
         &ConsentPage {
             product: state.config.product_name.clone(),
             app_name,
-            app_host,
+            claimed_name,
             unverified: is_unverified(&client),
             loopback_only: client.only_loopback_redirects(),
             redirect_host,
@@ -169,11 +173,7 @@ async fn decide(
             pending.id
         )));
     };
-    let target = ErrorTarget {
-        redirect_uri: pending.redirect_uri.clone(),
-        state: pending.state.clone(),
-        iss: state.config.issuer.as_str().to_owned(),
-    };
+    let target = ErrorTarget::for_pending(state, &pending);
     // Each consent form works once.
     data.take_pending(&pending.id);
     data.save(session).await?;

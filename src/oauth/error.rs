@@ -84,6 +84,29 @@ pub struct ErrorTarget {
     pub iss: String,
 }
 
+impl ErrorTarget {
+    /// The target for `redirect_uri` and the client's `state`.
+    pub fn new(
+        state: &crate::state::AppState,
+        redirect_uri: &str,
+        client_state: Option<&str>,
+    ) -> Self {
+        Self {
+            redirect_uri: redirect_uri.to_owned(),
+            state: client_state.map(str::to_owned),
+            iss: state.config.issuer.as_str().to_owned(),
+        }
+    }
+
+    /// The target of a request in progress.
+    pub fn for_pending(
+        state: &crate::state::AppState,
+        pending: &crate::account::session::PendingAuthorization,
+    ) -> Self {
+        Self::new(state, &pending.redirect_uri, pending.state.as_deref())
+    }
+}
+
 /// Errors of the authorization endpoint and the pages after it.
 #[derive(Debug)]
 pub enum AuthorizeError {

@@ -122,16 +122,14 @@ impl RegistrationRequest {
     }
 }
 
-/// An optional https URL field (`client_uri`, `logo_uri`).
-fn https_url(field: &str, value: Option<String>) -> Result<Option<String>, RegistrationError> {
-    let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
+/// An optional informational URL (`client_uri`, `logo_uri`): kept when it is an https URL,
+/// otherwise dropped (RFC 7591 §2 lets the server ignore a value; refusing a whole registration
+/// over a homepage link helps nobody).
+pub fn optional_https_url(value: Option<String>) -> Option<String> {
+    let value = value?;
     match url::Url::parse(&value) {
-        Ok(u) if u.scheme() == "https" && value.len() <= 2000 => Ok(Some(value)),
-        _ => Err(metadata_error(format!(
-            "{field} {value:?} must be an https URL"
-        ))),
+        Ok(u) if u.scheme() == "https" && value.len() <= 2000 => Some(value),
+        _ => None,
     }
 }
 
@@ -143,7 +141,6 @@ pub fn validate(
     policy: &RedirectPolicy,
     kind: ClientKind,
     id: String,
-    secret: Option<&Secret>,
     now: OffsetDateTime,
 ) -> Result<Client, RegistrationError> {
     let auth_method = match request.token_endpoint_auth_method.as_deref() {
@@ -241,12 +238,10 @@ pub fn validate(
         grant_types,
         response_types,
         scope,
-        client_uri: https_url("client_uri", request.client_uri)?,
-        logo_uri: https_url("logo_uri", request.logo_uri)?,
+        client_uri: optional_https_url(request.client_uri),
+        logo_uri: optional_https_url(request.logo_uri),
         application_type,
-        secret_hash: secret
-            .filter(|_| auth_method.uses_secret())
-            .map(Secret::hash),
+        secret_hash: None,
         created_at: now,
         last_used_at: None,
     })
@@ -259,19 +254,16 @@ pub fn new_client_id() -> Result<String, RegistrationError> {
         .map_err(|_| RegistrationError::Internal("random number generator failed".to_owned()))
 }
 
-/// A new client secret, for secret-based methods.
-pub fn new_secret(method: Option<&str>) -> Result<Option<Secret>, RegistrationError> {
-    let uses_secret = method
-        .map(|m| {
-            TokenEndpointAuthMethod::parse(m).is_some_and(TokenEndpointAuthMethod::uses_secret)
-        })
-        .unwrap_or(true);
-    if !uses_secret {
+/// Gives a client that authenticates with a secret its 256-bit secret: returned in clear, to be
+/// shown once; only its hash stays on the client. Public clients get none.
+pub fn issue_secret(client: &mut Client) -> Result<Option<Secret>, RegistrationError> {
+    if !client.auth_method.uses_secret() {
         return Ok(None);
     }
-    Secret::generate()
-        .map(Some)
-        .map_err(|_| RegistrationError::Internal("random number generator failed".to_owned()))
+    let secret = Secret::generate()
+        .map_err(|_| RegistrationError::Internal("random number generator failed".to_owned()))?;
+    client.secret_hash = Some(secret.hash());
+    Ok(Some(secret))
 }
 
 fn response_for(client: &Client, secret: Option<&Secret>) -> RegistrationResponse {
@@ -318,9 +310,7 @@ pub async fn register_post(
             );
             event.client_id = Some(client.id.clone());
             event.ip = ip_text;
-            if let Err(err) = audit::record(&state.store, event).await {
-                return RegistrationError::from(err).into_response();
-            }
+            audit::record_after_commit(&state.store, event).await;
             let mut response = (
                 StatusCode::CREATED,
                 Json(response_for(&client, secret.as_ref())),
@@ -380,16 +370,15 @@ async fn register(
     }
     let body = body.map_err(|_| RegistrationError::TooLarge(policy.max_body_bytes))?;
     let request = RegistrationRequest::from_json(&body)?;
-    let secret = new_secret(request.token_endpoint_auth_method.as_deref())?;
-    let client = validate(
+    let mut client = validate(
         request,
         &state.config,
         &policy.redirect,
         ClientKind::Dynamic,
         new_client_id()?,
-        secret.as_ref(),
         state.clock.now(),
     )?;
+    let secret = issue_secret(&mut client)?;
     state.store.insert_client(&client).await?;
     Ok((client, secret))
 }

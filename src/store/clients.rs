@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, from_unix};
 use crate::domain::{
     Client, ClientKind, RedirectPolicy, RedirectUri, SecretHash, TokenEndpointAuthMethod,
 };
@@ -32,11 +32,6 @@ fn json_list(text: &str, what: &str, id: &str) -> Result<Vec<String>, StoreError
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("client {id}: {what}: {e}")))
 }
 
-fn unix(t: i64, id: &str) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(t)
-        .map_err(|e| StoreError::Corrupt(format!("client {id}: {e}")))
-}
-
 impl TryFrom<ClientRow> for Client {
     type Error = StoreError;
     fn try_from(row: ClientRow) -> Result<Self, StoreError> {
@@ -55,8 +50,8 @@ impl TryFrom<ClientRow> for Client {
                 .ok_or_else(|| corrupt("auth_method"))?,
             grant_types: json_list(&row.grant_types, "grant_types", &id)?,
             response_types: json_list(&row.response_types, "response_types", &id)?,
-            created_at: unix(row.created_at, &id)?,
-            last_used_at: row.last_used_at.map(|t| unix(t, &id)).transpose()?,
+            created_at: from_unix(row.created_at)?,
+            last_used_at: row.last_used_at.map(from_unix).transpose()?,
             secret_hash: row.secret_hash.map(SecretHash::from_stored),
             redirect_uris,
             name: row.client_name,
@@ -123,12 +118,21 @@ impl Store {
         rows.into_iter().map(Client::try_from).collect()
     }
 
-    /// Deletes a client; false when there was none.
+    /// Deletes a client with its consents and codes; false when there was none.
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        // One transaction: the client, the consents given to it and its unredeemed codes.
+        let mut tx = self.pool.begin().await?;
+        for table in ["consents", "authorization_codes"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
             .bind(client_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 

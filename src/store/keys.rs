@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, from_unix};
 use crate::domain::SigningAlgorithm;
 use crate::keys::KeyState;
 
@@ -37,11 +37,6 @@ struct KeyRow {
     activated_at: Option<i64>,
     retire_after: Option<i64>,
     retired_at: Option<i64>,
-}
-
-fn from_unix(t: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(t)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {t}: {e}")))
 }
 
 impl TryFrom<KeyRow> for KeyRecord {

@@ -28,6 +28,12 @@ pub use users::{CodeRecord, ThrottleState};
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// A stored unix timestamp as a time; a value out of range is a corrupt row.
+pub(crate) fn from_unix(t: i64) -> Result<time::OffsetDateTime, StoreError> {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {t}: {e}")))
+}
+
 /// Which database engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -60,13 +60,26 @@ impl DatabaseUrl {
 
     /// The URL with any password replaced by `***`, for logs.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.raw) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            _ => self.raw.clone(),
+        let Ok(mut u) = url::Url::parse(&self.raw) else {
+            return self.raw.clone();
+        };
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
         }
+        // libpq-style parameters can carry secrets too (`?password=`, `?sslpassword=`).
+        let pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+        if pairs
+            .iter()
+            .any(|(k, _)| k.to_ascii_lowercase().contains("pass"))
+        {
+            let mut query = u.query_pairs_mut();
+            query.clear();
+            for (k, v) in &pairs {
+                let secret = k.to_ascii_lowercase().contains("pass");
+                query.append_pair(k, if secret { "***" } else { v });
+            }
+        }
+        u.to_string()
     }
 }
 
@@ -100,6 +113,18 @@ mod tests {
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
         let err = DatabaseUrl::parse("postgres://u:secret@db:notaport/gh").expect_err("bad port");
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn query_string_password_is_redacted() {
+        let url =
+            DatabaseUrl::parse("postgres://gh@db.internal/gh?password=hunter2&sslmode=require")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let shown = url.redacted();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, from_unix};
 use crate::account::{User, Username};
 
 #[derive(sqlx::FromRow)]
@@ -15,11 +15,6 @@ struct UserRow {
     password_changed_at: i64,
 }
 
-fn unix(t: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(t)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {t}: {e}")))
-}
-
 impl TryFrom<UserRow> for User {
     type Error = StoreError;
     fn try_from(row: UserRow) -> Result<Self, StoreError> {
@@ -28,8 +23,8 @@ impl TryFrom<UserRow> for User {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             roles: serde_json::from_str(&row.roles)
                 .map_err(|e| StoreError::Corrupt(format!("user {}: roles: {e}", row.user_id)))?,
-            created_at: unix(row.created_at)?,
-            password_changed_at: unix(row.password_changed_at)?,
+            created_at: from_unix(row.created_at)?,
+            password_changed_at: from_unix(row.password_changed_at)?,
             id: row.user_id,
             password_hash: row.password_hash,
         })
@@ -159,8 +154,8 @@ impl Store {
         row.map(|(failures, last, locked)| {
             Ok(ThrottleState {
                 failures,
-                last_failure_at: unix(last)?,
-                locked_until: locked.map(unix).transpose()?,
+                last_failure_at: from_unix(last)?,
+                locked_until: locked.map(from_unix).transpose()?,
             })
         })
         .transpose()
@@ -300,8 +295,8 @@ impl Store {
                 code_challenge: r.5,
                 resource: r.6,
                 scopes: r.7,
-                created_at: unix(r.8)?,
-                expires_at: unix(r.9)?,
+                created_at: from_unix(r.8)?,
+                expires_at: from_unix(r.9)?,
             })
         })
         .transpose()

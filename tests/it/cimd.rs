@@ -14,6 +14,7 @@ use axum::routing::get;
 use gatehouse::domain::{ClientKind, TokenEndpointAuthMethod};
 use gatehouse::oauth::client_metadata::ClientMetadataError;
 use gatehouse::oauth::clients::{ClientLookupError, resolve_client};
+use gatehouse::state::AppState;
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -119,6 +120,13 @@ async fn document(State(server): State<DocServer>, Path(name): Path<String>) -> 
             (StatusCode::INTERNAL_SERVER_ERROR, "try later").into_response()
         }
         "flaky.json" => json_response(StatusCode::OK, doc(json!({})), "max-age=60"),
+        "secret-and-none.json" => json_response(
+            StatusCode::OK,
+            doc(
+                json!({ "token_endpoint_auth_method": "client_secret_post", "token_endpoint_auth_methods_supported": ["client_secret_post", "none"] }),
+            ),
+            "max-age=60",
+        ),
         "bad-redirect.json" => json_response(
             StatusCode::OK,
             doc(json!({ "redirect_uris": ["javascript:alert(1)"] })),
@@ -126,6 +134,14 @@ async fn document(State(server): State<DocServer>, Path(name): Path<String>) -> 
         ),
         _ => (StatusCode::NOT_FOUND, "unknown").into_response(),
     }
+}
+
+/// Resolves as the consent and login pages do (no per-IP budget).
+async fn resolve(
+    state: &AppState,
+    client_id: &str,
+) -> Result<gatehouse::domain::Client, ClientLookupError> {
+    resolve_client(state, client_id, None).await
 }
 
 /// Starts the document server and an app that may fetch from loopback.
@@ -162,7 +178,7 @@ fn metadata_error(
 async fn a_valid_document_names_a_public_client_with_its_redirect_uris() {
     let (app, server, base) = setup().await;
     let id = format!("{base}/ok.json");
-    let client = resolve_client(&app.state, &id).await.expect("resolves");
+    let client = resolve(&app.state, &id).await.expect("resolves");
     assert_eq!(client.id, id);
     assert_eq!(client.kind, ClientKind::MetadataDocument);
     assert_eq!(client.name.as_deref(), Some("Claude"));
@@ -182,23 +198,23 @@ async fn a_valid_document_names_a_public_client_with_its_redirect_uris() {
 async fn documents_are_cached_per_their_headers_and_failures_are_not() {
     let (app, server, base) = setup().await;
     for _ in 0..3 {
-        resolve_client(&app.state, &format!("{base}/cached.json"))
+        resolve(&app.state, &format!("{base}/cached.json"))
             .await
             .expect("resolves");
     }
     assert_eq!(server.hits("cached.json"), 1, "max-age=3600 is honoured");
     // no-store still gets the 30 s floor, so a busy authorize page cannot hammer the client.
     for _ in 0..2 {
-        resolve_client(&app.state, &format!("{base}/nostore.json"))
+        resolve(&app.state, &format!("{base}/nostore.json"))
             .await
             .expect("resolves");
     }
     assert_eq!(server.hits("nostore.json"), 1);
 
     let flaky = format!("{base}/flaky.json");
-    let first = metadata_error(resolve_client(&app.state, &flaky).await);
+    let first = metadata_error(resolve(&app.state, &flaky).await);
     assert_eq!(first, ClientMetadataError::Status(flaky.clone(), 500));
-    resolve_client(&app.state, &flaky)
+    resolve(&app.state, &flaky)
         .await
         .expect("the failure was not cached");
     assert_eq!(server.hits("flaky.json"), 2);
@@ -208,7 +224,11 @@ async fn documents_are_cached_per_their_headers_and_failures_are_not() {
 async fn bad_documents_are_refused_with_a_reason() {
     let (app, _server, base) = setup().await;
     type Check = fn(&ClientMetadataError) -> bool;
-    let cases: [(&str, Check); 9] = [
+    let cases: [(&str, Check); 10] = [
+        (
+            "secret-and-none.json",
+            |e| matches!(e, ClientMetadataError::Invalid(_, why) if why.contains("shared secret")),
+        ),
         (
             "mismatch.json",
             |e| matches!(e, ClientMetadataError::Invalid(_, why) if why.contains("differs from the URL")),
@@ -244,7 +264,7 @@ async fn bad_documents_are_refused_with_a_reason() {
         ),
     ];
     for (name, check) in cases {
-        let err = metadata_error(resolve_client(&app.state, &format!("{base}/{name}")).await);
+        let err = metadata_error(resolve(&app.state, &format!("{base}/{name}")).await);
         assert!(check(&err), "{name}: {err}");
     }
     let events = gatehouse::audit::read(&app.state.store, None, None, 20)
@@ -255,7 +275,7 @@ async fn bad_documents_are_refused_with_a_reason() {
             .iter()
             .filter(|e| e.event.kind == "client_metadata.refused")
             .count(),
-        9
+        10
     );
 }
 
@@ -264,7 +284,7 @@ async fn bad_documents_are_refused_with_a_reason() {
 #[tokio::test]
 async fn chatgpt_document_negotiates_none() {
     let (app, _server, base) = setup().await;
-    let client = resolve_client(&app.state, &format!("{base}/chatgpt.json"))
+    let client = resolve(&app.state, &format!("{base}/chatgpt.json"))
         .await
         .expect("resolves");
     assert_eq!(client.auth_method, TokenEndpointAuthMethod::None);
@@ -283,7 +303,7 @@ async fn documents_on_private_or_metadata_addresses_are_refused() {
         "https://127.0.0.1/client.json",
         "https://localhost/client.json",
     ] {
-        let err = metadata_error(resolve_client(&app.state, id).await);
+        let err = metadata_error(resolve(&app.state, id).await);
         assert_eq!(
             err,
             ClientMetadataError::ForbiddenAddress(id.to_owned()),
@@ -291,7 +311,7 @@ async fn documents_on_private_or_metadata_addresses_are_refused() {
         );
     }
     // Without the test switch, plain http is not a metadata URL at all.
-    let err = resolve_client(&app.state, "http://127.0.0.1:9/client.json").await;
+    let err = resolve(&app.state, "http://127.0.0.1:9/client.json").await;
     assert!(matches!(err, Err(ClientLookupError::Unknown(_))), "{err:?}");
 }
 
@@ -304,8 +324,13 @@ async fn malformed_metadata_urls_are_not_fetched() {
         "https://client.example.com/a/../client.json",
         "https://client.example.com/client.json#frag",
         "https://user@client.example.com/client.json",
+        // Dot segments in any spelling the URL parser resolves: the id must be canonical.
+        "https://client.example.com/u/alice/%2e%2e/mallory/client.json",
+        "https://client.example.com/u/alice/.%2E/mallory/client.json",
+        "https://client.example.com/u/alice\\..\\mallory/client.json",
+        "https://CLIENT.example.com/client.json",
     ] {
-        let err = resolve_client(&app.state, id).await;
+        let err = resolve(&app.state, id).await;
         assert!(
             matches!(err, Err(ClientLookupError::Unknown(_))),
             "{id}: {err:?}"
@@ -330,10 +355,64 @@ async fn metadata_advertises_cimd_only_when_enabled() {
         .json();
     assert!(doc.get("client_id_metadata_document_supported").is_none());
     // With CIMD off, a URL client_id is just an unknown client.
-    let err = resolve_client(
+    let err = resolve(
         &off.state,
         "https://claude.ai/oauth/mcp-oauth-client-metadata",
     )
     .await;
     assert!(matches!(err, Err(ClientLookupError::Unknown(_))), "{err:?}");
+}
+
+/// Fetching documents not yet cached spends from the requester's budget; a cached document
+/// costs nothing; the browser is never told network details.
+#[tokio::test]
+async fn uncached_fetches_are_budgeted_per_address_and_errors_stay_generic() {
+    let (app, _server, base) = setup().await;
+    let ip = Some("198.51.100.7".parse().expect("ip"));
+    resolve_client(&app.state, &format!("{base}/ok.json"), ip)
+        .await
+        .expect("first");
+    for _ in 0..50 {
+        resolve_client(&app.state, &format!("{base}/ok.json"), ip)
+            .await
+            .expect("cached: free");
+    }
+    let mut limited = false;
+    for i in 0..25 {
+        match resolve_client(&app.state, &format!("{base}/missing-{i}.json"), ip).await {
+            Err(ClientLookupError::RateLimited(_)) => {
+                limited = true;
+                break;
+            }
+            Err(ClientLookupError::Metadata(e)) => {
+                assert!(
+                    !e.public_message().contains("404"),
+                    "{}",
+                    e.public_message()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(limited, "20 uncached fetches a minute per address");
+    // Another address is not affected.
+    let other = Some("203.0.113.9".parse().expect("ip"));
+    let err = resolve_client(&app.state, &format!("{base}/missing-x.json"), other).await;
+    assert!(
+        matches!(err, Err(ClientLookupError::Metadata(_))),
+        "{err:?}"
+    );
+
+    // Through /authorize, the page names the document but not what the network said.
+    let page = app
+        .get(&format!(
+            "/authorize?client_id={base}/redirect.json&response_type=code"
+        ))
+        .await;
+    assert_eq!(page.status, 400);
+    let html = page.text();
+    assert!(
+        html.contains("could not be fetched") && !html.contains("302"),
+        "{html}"
+    );
 }

@@ -318,8 +318,6 @@ async fn unsupported_metadata_is_refused_with_invalid_client_metadata() {
             json!("https://app.example.com/cb"),
             "redirect_uris",
         ),
-        ("client_uri", json!("http://app.example.com"), "client_uri"),
-        ("logo_uri", json!("javascript:x"), "logo_uri"),
         ("application_type", json!("desktop"), "application_type"),
         ("client_name", json!("a\u{0007}b"), "client_name"),
     ];
@@ -334,6 +332,58 @@ async fn unsupported_metadata_is_refused_with_invalid_client_metadata() {
     body["token_endpoint_auth_method"] = json!("none");
     body["grant_types"] = json!(["client_credentials"]);
     refused(&app, body, "invalid_client_metadata", "client_credentials").await;
+}
+
+/// Informational URLs that are not https are dropped, not fatal (RFC 7591 §2).
+#[tokio::test]
+async fn non_https_client_and_logo_uris_are_dropped() {
+    let app = TestApp::sqlite().await;
+    let doc = registers(
+        &app,
+        json!({
+            "redirect_uris": ["http://localhost:3000/cb"],
+            "token_endpoint_auth_method": "none",
+            "client_uri": "http://localhost:3000",
+            "logo_uri": "javascript:alert(1)"
+        }),
+    )
+    .await;
+    assert!(
+        doc.get("client_uri").is_none() && doc.get("logo_uri").is_none(),
+        "{doc}"
+    );
+}
+
+/// Private-use schemes: reverse-domain names and the operator's list only, so an OS handler
+/// such as ms-msdt: (CVE-2022-30190) can never be a redirect target.
+#[tokio::test]
+async fn only_reverse_domain_or_listed_private_use_schemes_register() {
+    let app = TestApp::sqlite().await;
+    for uri in [
+        "com.example.app:/oauth2redirect",
+        "vscode://vscode.github-authentication/did-authenticate",
+    ] {
+        registers(
+            &app,
+            json!({ "redirect_uris": [uri], "token_endpoint_auth_method": "none" }),
+        )
+        .await;
+    }
+    for uri in [
+        "ms-msdt:/id PCWDiagnostic",
+        "search-ms:query=calc",
+        "mailto:x@example.com",
+        "ms-settings:display",
+    ] {
+        let res = app
+            .post_json(
+                "/register",
+                &json!({ "redirect_uris": [uri], "token_endpoint_auth_method": "none" }),
+            )
+            .await;
+        assert_eq!(res.status, 400, "{uri}");
+        assert_eq!(res.json()["error"], "invalid_redirect_uri", "{uri}");
+    }
 }
 
 #[tokio::test]

@@ -776,7 +776,6 @@ async fn operator_clients_are_not_flagged_unverified() {
         &gatehouse::domain::RedirectPolicy::permissive(),
         gatehouse::domain::ClientKind::Operator,
         "gh_operator".into(),
-        None,
         now,
     )
     .expect("valid");
@@ -794,5 +793,72 @@ async fn operator_clients_are_not_flagged_unverified() {
     assert!(
         html.contains("Internal agent") && !html.contains("Unverified application"),
         "{html}"
+    );
+}
+
+/// A client registered only for client_credentials gets no code (RFC 6749 §4.1.2.1).
+#[tokio::test]
+async fn clients_not_registered_for_codes_are_unauthorized() {
+    let app = TestApp::sqlite().await;
+    let res = app
+        .post_json(
+            "/register",
+            &serde_json::json!({
+                "redirect_uris": ["https://service.example.com/cb"],
+                "grant_types": ["client_credentials"],
+                "token_endpoint_auth_method": "client_secret_basic"
+            }),
+        )
+        .await;
+    let client_id = res.json()["client_id"].as_str().expect("id").to_owned();
+    let (path, state) = authorize_request(&client_id, "https://service.example.com/cb", &["mcp"]);
+    let q = query_of(&app.get(&path).await.location());
+    assert_eq!(q["error"], "unauthorized_client");
+    assert_eq!(q["state"], state);
+}
+
+/// Removing a client takes its consents and unredeemed codes with it.
+#[tokio::test]
+async fn removing_a_client_removes_its_consents_and_codes() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    let code = query_of(&decide(&mut agent, &consent, "allow").await.location())["code"].clone();
+    let hash = Secret::presented(&code).hash();
+    assert!(
+        app.state
+            .store
+            .code(hash.as_str())
+            .await
+            .expect("store")
+            .is_some()
+    );
+    assert!(
+        app.state
+            .store
+            .delete_client(&client_id)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        app.state
+            .store
+            .code(hash.as_str())
+            .await
+            .expect("store")
+            .is_none()
+    );
+    let resource = format!("{ISSUER}/mcp");
+    assert!(
+        app.state
+            .store
+            .consent("u_alice", &client_id, &resource)
+            .await
+            .expect("store")
+            .is_none()
     );
 }
