@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::account::{User, Username, password};
 use crate::audit::{self, AuditEvent};
-use crate::cli::{ClientsCommand, UsersCommand};
+use crate::cli::{ClientsCommand, TokensCommand, UsersCommand};
 use crate::config::Config;
 use crate::domain::{ClientKind, RedirectPolicy, random_token};
 use crate::oauth::register::{self, RegistrationRequest};
@@ -102,13 +102,20 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
             }
         }
         ClientsCommand::Remove { id } => {
-            if !store.delete_client(&id).await? {
+            if store.client(&id).await?.is_none() {
                 anyhow::bail!("no client with id {id:?}");
             }
-            let mut event = AuditEvent::new("client.removed", now, json!({ "by": "operator" }));
+            // Revoked first, so its live access tokens die everywhere, not just its rows.
+            let revoked = revoke_grants(store, None, Some(&id), "client removed", now).await?;
+            store.delete_client(&id).await?;
+            let mut event = AuditEvent::new(
+                "client.removed",
+                now,
+                json!({ "by": "operator", "grants_revoked": revoked }),
+            );
             event.client_id = Some(id.clone());
             audit::record(store, event).await?;
-            println!("Removed client {id}.");
+            println!("Removed client {id}; revoked {revoked} grants and their tokens.");
         }
     }
     Ok(())
@@ -218,15 +225,18 @@ async fn run_users(
                 .user_by_name(&name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let revoked = revoke_grants(store, Some(&user.id), None, "user removed", now).await?;
             store.delete_user(&name).await?;
             let mut event = AuditEvent::new(
                 "user.removed",
                 now,
-                json!({ "username": name, "by": "operator" }),
+                json!({ "username": name, "by": "operator", "grants_revoked": revoked }),
             );
             event.subject = Some(user.id);
             audit::record(store, event).await?;
-            println!("Removed user {name}; their consents and pending codes are gone.");
+            println!(
+                "Removed user {name}; revoked {revoked} grants and their tokens; their consents and pending codes are gone."
+            );
         }
         UsersCommand::Passwd { name, .. } => {
             let user = store
@@ -250,4 +260,54 @@ async fn run_users(
 
 fn role_list(config: &Config) -> String {
     config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// Revokes every grant of a user or a client, auditing each; returns how many.
+async fn revoke_grants(
+    store: &Store,
+    user_id: Option<&str>,
+    client_id: Option<&str>,
+    reason: &str,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<usize> {
+    let ids = store
+        .revoke_grants_of(user_id, client_id, reason, now)
+        .await?;
+    for id in &ids {
+        let mut event = AuditEvent::new(
+            "grant.revoked",
+            now,
+            json!({ "reason": reason, "by": "operator" }),
+        );
+        event.grant_id = Some(id.clone());
+        event.subject = user_id.map(str::to_owned);
+        event.client_id = client_id.map(str::to_owned);
+        audit::record(store, event).await?;
+    }
+    Ok(ids.len())
+}
+
+/// `gatehouse tokens revoke --user NAME | --client ID`
+pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let result = async {
+        let now = time::OffsetDateTime::now_utc();
+        let TokensCommand::Revoke(target) = command;
+        let seconds = config.revocation_sync_interval.whole_seconds();
+        if let Some(name) = target.user {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let n = revoke_grants(&store, Some(&user.id), None, "revoked by the operator", now).await?;
+            println!("Revoked {n} grants of {name} with all their tokens (running servers refuse them within {seconds} s).");
+        } else if let Some(id) = target.client {
+            let n = revoke_grants(&store, None, Some(&id), "revoked by the operator", now).await?;
+            println!("Revoked {n} grants of client {id} with all their tokens (running servers refuse them within {seconds} s).");
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
 }

@@ -198,7 +198,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Clients(cmd) => crate::admin::clients(&config, cmd).await,
         Command::Keys(KeysCommand::Rotate { .. }) => not_yet("keys rotate"),
         Command::Keys(KeysCommand::Retire { .. }) => not_yet("keys retire"),
-        Command::Tokens(TokensCommand::Revoke(_)) => not_yet("tokens revoke"),
+        Command::Tokens(cmd) => crate::admin::tokens(&config, cmd).await,
     }
 }
 

@@ -54,6 +54,18 @@ pub struct RawConfig {
     pub refresh_token_ttl: u64,
     /// Authorization-code lifetime in seconds (at most 600). Default 60.
     pub authorization_code_ttl: u64,
+    /// Lifetime of a refresh-token family (a grant) in seconds, however often it is refreshed:
+    /// then the user signs in again. Default 7776000 (90 days).
+    pub refresh_family_ttl: u64,
+    /// Seconds during which a just-rotated refresh token, presented again, gets the same new
+    /// token pair instead of revoking its family (clients that retry or race). Default 30.
+    pub refresh_grace_period: u64,
+    /// Seconds during which the same code exchange (same client, code and verifier) gets the same
+    /// response again (ChatGPT may POST a code twice). Default 10.
+    pub code_replay_window: u64,
+    /// Seconds between reads of revocations made by other instances or the CLI: the bound on how
+    /// long they take to reach this instance. Default 5.
+    pub revocation_sync_interval: u64,
     /// The scope catalog: scope name -> description shown on the consent page. Advertised in
     /// `scopes_supported`. `offline_access` is implicit (refresh tokens are always issued) and
     /// must not be listed.
@@ -158,6 +170,10 @@ impl Default for RawConfig {
             access_token_ttl: 3600,
             refresh_token_ttl: 30 * 24 * 3600,
             authorization_code_ttl: 60,
+            refresh_family_ttl: 90 * 86_400,
+            refresh_grace_period: 30,
+            code_replay_window: 10,
+            revocation_sync_interval: 5,
             scopes: BTreeMap::from([
                 (
                     "mcp".to_owned(),
@@ -233,6 +249,14 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     /// Authorization-code lifetime.
     pub authorization_code_ttl: Duration,
+    /// Refresh family lifetime.
+    pub refresh_family_ttl: Duration,
+    /// Grace window of a rotated refresh token.
+    pub refresh_grace_period: Duration,
+    /// Replay window of a code exchange.
+    pub code_replay_window: Duration,
+    /// Revocation sync interval.
+    pub revocation_sync_interval: Duration,
     /// The scope catalog, in name order.
     pub scopes: Vec<ScopeEntry>,
     /// Scopes granted when none are requested.
@@ -404,6 +428,36 @@ impl Config {
             600,
             &mut problems,
         );
+        let refresh_family_ttl = ttl(
+            "refresh_family_ttl",
+            raw.refresh_family_ttl,
+            5 * 366 * 86_400,
+            &mut problems,
+        );
+        if raw.refresh_family_ttl < raw.refresh_token_ttl {
+            problems.push(format!(
+                "refresh_family_ttl ({}) must not be shorter than refresh_token_ttl ({})",
+                raw.refresh_family_ttl, raw.refresh_token_ttl
+            ));
+        }
+        let refresh_grace_period = ttl(
+            "refresh_grace_period",
+            raw.refresh_grace_period,
+            300,
+            &mut problems,
+        );
+        let code_replay_window = ttl(
+            "code_replay_window",
+            raw.code_replay_window,
+            60,
+            &mut problems,
+        );
+        let revocation_sync_interval = ttl(
+            "revocation_sync_interval",
+            raw.revocation_sync_interval,
+            300,
+            &mut problems,
+        );
         let session_idle_timeout = ttl(
             "session_idle_timeout",
             raw.session_idle_timeout,
@@ -551,6 +605,10 @@ impl Config {
                 access_token_ttl,
                 refresh_token_ttl,
                 authorization_code_ttl,
+                refresh_family_ttl,
+                refresh_grace_period,
+                code_replay_window,
+                revocation_sync_interval,
                 scopes,
                 default_scopes,
                 roles,

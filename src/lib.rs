@@ -19,6 +19,7 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tokens;
 pub mod web;
 
 use axum::Router;

@@ -23,6 +23,10 @@ pub const LOGOUT: &str = "/logout";
 pub const STYLESHEET: &str = "/static/gatehouse.css";
 /// Token endpoint (RFC 6749 §3.2).
 pub const TOKEN: &str = "/token";
+/// Token revocation (RFC 7009).
+pub const REVOKE: &str = "/revoke";
+/// Token introspection (RFC 7662).
+pub const INTROSPECT: &str = "/introspect";
 /// Dynamic client registration (RFC 7591 §3).
 pub const REGISTER: &str = "/register";
 /// The MCP endpoint (Streamable HTTP); its resource identifier is `{issuer}/mcp`.

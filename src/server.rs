@@ -31,6 +31,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.resource()
     );
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let revocation_sync = tokio::spawn(revocation_sync(state.clone()));
     axum::serve(
         listener,
         crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -39,9 +40,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .await
     .context("server failed")?;
     housekeeping.abort();
+    revocation_sync.abort();
     state.store.close().await;
     tracing::info!("Gatehouse stopped");
     Ok(())
+}
+
+/// Keeps this instance's revocation view current with revocations made elsewhere.
+async fn revocation_sync(state: AppState) {
+    let every = std::time::Duration::from_secs(
+        u64::try_from(state.config.revocation_sync_interval.whole_seconds()).unwrap_or(5),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(err) = state
+            .revocations
+            .sync(
+                &state.store,
+                state.clock.now(),
+                state.config.access_token_ttl,
+            )
+            .await
+        {
+            tracing::error!(error = %err, "cannot read revocations; retrying at the next interval");
+        }
+    }
 }
 
 /// How often the periodic clean-up runs.

@@ -8,6 +8,7 @@ use crate::keys::{self, KeyError, KeyStore};
 use crate::limits::Limits;
 use crate::oauth::client_metadata::ClientMetadataFetcher;
 use crate::store::{Store, StoreError};
+use crate::tokens::RevocationView;
 
 /// Everything a request needs: settings, database, keys and the clock.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct AppState {
     pub client_metadata: Arc<ClientMetadataFetcher>,
     /// Signs the session cookie; shared by every instance through the database.
     pub session_key: SessionKey,
+    /// Revoked grants and access tokens, checked on every resource request.
+    pub revocations: Arc<RevocationView>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -99,7 +102,16 @@ impl AppState {
                 })?;
         let client_metadata = ClientMetadataFetcher::new(&config)
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
+        let revocations = RevocationView::default();
+        revocations
+            .sync(&store, clock.now(), config.access_token_ttl)
+            .await
+            .map_err(|source| StartError::Database {
+                url: config.database.redacted(),
+                source,
+            })?;
         Ok(Self {
+            revocations: Arc::new(revocations),
             session_key,
             client_metadata: Arc::new(client_metadata),
             limits: Arc::new(Limits::new(&config)),

@@ -306,3 +306,31 @@ impl KeyStore {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(set);
     }
 }
+
+impl KeySet {
+    /// Verifies a JWT's signature with the published key its `kid` names. The header's `alg`
+    /// must be exactly that key's algorithm, so `none`, HMAC-with-the-public-key and algorithm
+    /// confusion are refused; an unknown or retired `kid` is refused. Claims are not checked
+    /// here: that is the caller's job (issuer, audience, expiry, type).
+    pub fn verify_jwt(&self, token: &str) -> Result<(JwtPayload, JwsHeader), String> {
+        jwt::decode_with_verifier_selector(token, |header| {
+            let kid = header
+                .key_id()
+                .ok_or_else(|| josekit::JoseError::InvalidJwtFormat(anyhow_error("no kid")))?;
+            let key = self
+                .key(kid)
+                .ok_or_else(|| josekit::JoseError::InvalidJwtFormat(anyhow_error("unknown kid")))?;
+            if header.algorithm() != Some(key.record.alg.as_str()) {
+                return Err(josekit::JoseError::InvalidJwtFormat(anyhow_error(
+                    "alg does not match the key",
+                )));
+            }
+            Ok(Some(key.verifier()))
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn anyhow_error(message: &'static str) -> anyhow::Error {
+    anyhow::anyhow!(message)
+}

@@ -5,8 +5,6 @@
 //! Until the client and redirect URI are known good, every failure is an error page; after,
 //! failures go back to the client (interop checklist items 35-38; RFC 9700 §4.1).
 
-use std::collections::HashMap;
-
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -16,6 +14,7 @@ use tower_sessions::Session;
 
 use super::clients::{ClientLookupError, resolve_client};
 use super::error::{AuthorizeError, ErrorTarget, redirect_with};
+use super::params::Params;
 use crate::account::User;
 use crate::account::session::{PendingAuthorization, SessionData, new_token};
 use crate::audit::{self, AuditEvent};
@@ -24,36 +23,6 @@ use crate::routes;
 use crate::state::AppState;
 use crate::store::CodeRecord;
 use crate::web::ClientIp;
-
-/// The query of an authorization request, with the RFC 6749 §3.1 rule that no parameter
-/// appears twice.
-struct Params(HashMap<String, Vec<String>>);
-
-impl Params {
-    fn parse(query: &str) -> Self {
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            map.entry(k.into_owned()).or_default().push(v.into_owned());
-        }
-        Self(map)
-    }
-
-    /// The value of `name`: `Err(())` when it is repeated.
-    fn get(&self, name: &str) -> Result<Option<&str>, ()> {
-        match self.0.get(name).map(Vec::as_slice) {
-            None | Some([]) => Ok(None),
-            Some([one]) => Ok(Some(one.as_str()).filter(|v| !v.is_empty())),
-            Some(_) => Err(()),
-        }
-    }
-
-    fn repeated(&self) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(_, v)| v.len() > 1)
-            .map(|(k, _)| k.as_str())
-    }
-}
 
 fn page(
     status: StatusCode,
@@ -79,7 +48,7 @@ async fn check_client(
 ) -> Result<Client, AuthorizeError> {
     let client_id = params
         .get("client_id")
-        .map_err(|()| {
+        .map_err(|_| {
             page(
                 StatusCode::BAD_REQUEST,
                 "Invalid sign-in request",
@@ -132,7 +101,7 @@ fn check_redirect_uri(client: &Client, params: &Params) -> Result<String, Author
     };
     match params
         .get("redirect_uri")
-        .map_err(|()| bad("The request has more than one redirect_uri.".into()))?
+        .map_err(|_| bad("The request has more than one redirect_uri.".into()))?
     {
         // RFC 9700 §4.1.1: exact match against what the client registered.
         Some(requested) => match client.redirect_uri(requested) {
@@ -245,7 +214,7 @@ fn check_resource(
 ) -> Result<String, AuthorizeError> {
     let canonical = state.config.resource();
     match params.get("resource") {
-        Err(()) => Err(AuthorizeError::redirect(
+        Err(_) => Err(AuthorizeError::redirect(
             target,
             "invalid_target",
             "only one resource may be requested",

@@ -226,3 +226,104 @@ impl AuthorizeError {
         }
     }
 }
+
+/// Errors of the token, revocation and introspection endpoints (RFC 6749 §5.2, RFC 7009 §2.2.1):
+/// JSON with `Cache-Control: no-store`; `invalid_client` is 401 (with `WWW-Authenticate: Basic`
+/// when the client tried Basic), everything else 400, ours 500.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Malformed request.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Client authentication failed, or the client is unknown (clients re-register on this;
+    /// interop checklist item 29).
+    #[error("{description}")]
+    InvalidClient {
+        /// Why.
+        description: String,
+        /// The client tried HTTP Basic.
+        basic: bool,
+    },
+    /// The code or refresh token is invalid, expired, revoked or not this client's.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// The client may not use this grant type.
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    /// Unknown `grant_type`.
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// Scope wider than granted.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// `resource` (RFC 8707) not the grant's.
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// RFC 7009 §2.2.1.
+    #[error("{0}")]
+    UnsupportedTokenType(String),
+    /// Ours; the cause is logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for TokenError {
+    fn from(err: StoreError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+impl From<crate::keys::KeyError> for TokenError {
+    fn from(err: crate::keys::KeyError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+impl TokenError {
+    /// The RFC 6749 error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
+            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::UnsupportedTokenType(_) => "unsupported_token_type",
+            Self::Internal(_) => "server_error",
+        }
+    }
+}
+
+impl IntoResponse for TokenError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let (status, description) = match &self {
+            Self::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, self.to_string()),
+            Self::Internal(cause) => {
+                tracing::error!(cause = %cause, "token endpoint failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The server could not complete the request".to_owned(),
+                )
+            }
+            _ => (StatusCode::BAD_REQUEST, self.to_string()),
+        };
+        let mut response = web::json_error(status, code, &description);
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::PRAGMA,
+            axum::http::HeaderValue::from_static("no-cache"),
+        );
+        if let Self::InvalidClient { basic: true, .. } = self {
+            headers.insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(
+                    "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
+                ),
+            );
+        }
+        response
+    }
+}

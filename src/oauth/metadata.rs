@@ -24,6 +24,14 @@ pub struct AuthorizationServerMetadata {
     pub token_endpoint: String,
     /// Public signing keys.
     pub jwks_uri: String,
+    /// RFC 7009 revocation.
+    pub revocation_endpoint: String,
+    /// Client authentication at the revocation endpoint.
+    pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// RFC 7662 introspection (confidential clients).
+    pub introspection_endpoint: String,
+    /// Client authentication at the introspection endpoint.
+    pub introspection_endpoint_auth_methods_supported: Vec<&'static str>,
     /// RFC 7591 registration, when the operator keeps it open.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registration_endpoint: Option<String>,
@@ -57,6 +65,17 @@ pub fn authorization_server_metadata(config: &Config) -> AuthorizationServerMeta
         authorization_endpoint: issuer.url(routes::AUTHORIZE),
         token_endpoint: issuer.url(routes::TOKEN),
         jwks_uri: issuer.url(routes::JWKS),
+        revocation_endpoint: issuer.url(routes::REVOKE),
+        revocation_endpoint_auth_methods_supported: vec![
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+        ],
+        introspection_endpoint: issuer.url(routes::INTROSPECT),
+        introspection_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+        ],
         registration_endpoint: config
             .registration
             .enabled
@@ -68,7 +87,7 @@ pub fn authorization_server_metadata(config: &Config) -> AuthorizationServerMeta
             .collect(),
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: vec!["authorization_code", "refresh_token"],
+        grant_types_supported: vec!["authorization_code", "refresh_token", "client_credentials"],
         token_endpoint_auth_methods_supported: vec![
             "none",
             "client_secret_basic",

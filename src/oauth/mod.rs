@@ -1,13 +1,19 @@
 //! The authorization server: one file per endpoint, each exposing its routes here.
 
 pub mod authorize;
+pub mod client_auth;
 pub mod client_metadata;
 pub mod clients;
 pub mod consent;
 pub mod error;
+pub mod grants;
+pub mod introspect;
 pub mod jwks;
 pub mod metadata;
+pub mod params;
 pub mod register;
+pub mod revoke;
+pub mod token;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,11 +25,22 @@ use crate::routes;
 use crate::state::AppState;
 use crate::web;
 
+/// Largest accepted token, revocation or introspection request.
+const TOKEN_BODY_LIMIT: usize = 16 * 1024;
+
 /// The authorization server's routes, all CORS-enabled for browser-based clients.
 pub fn router(config: &Config) -> Router<AppState> {
     let register = Router::new()
         .route(routes::REGISTER, post(register::register_post))
         .layer(DefaultBodyLimit::max(config.registration.max_body_bytes))
+        .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(web::public_cors());
+    // Browser-based clients (MCP Inspector) exchange and refresh from the page: CORS too.
+    let tokens = Router::new()
+        .route(routes::TOKEN, post(token::token_post))
+        .route(routes::REVOKE, post(revoke::revoke_post))
+        .route(routes::INTROSPECT, post(introspect::introspect_post))
+        .layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT))
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors());
     Router::new()
@@ -38,4 +55,5 @@ pub fn router(config: &Config) -> Router<AppState> {
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors())
         .merge(register)
+        .merge(tokens)
 }

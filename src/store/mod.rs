@@ -6,6 +6,7 @@
 
 mod audit;
 mod clients;
+mod grants;
 mod keys;
 mod sessions;
 mod url;
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
+pub use grants::{ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
 pub use sessions::SessionStoreAdapter;
 pub use users::{CodeRecord, ThrottleState};

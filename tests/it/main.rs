@@ -18,3 +18,4 @@ mod readme;
 mod register;
 mod signin;
 mod storage;
+mod token;

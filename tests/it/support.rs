@@ -323,3 +323,31 @@ impl TestApp {
         res.json()["client_id"].as_str().expect("id").to_owned()
     }
 }
+
+/// The `oauth2` crate's HTTP client for this app: requests go to the router in process.
+pub fn oauth_http(
+    app: &TestApp,
+) -> impl Fn(
+    oauth2::HttpRequest,
+) -> std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<oauth2::HttpResponse, std::convert::Infallible>>
+            + Send,
+    >,
+> {
+    let router = app.router.clone();
+    move |req: oauth2::HttpRequest| {
+        let router = router.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let request = axum::http::Request::from_parts(parts, Body::from(body));
+            let response = router.oneshot(request).await.unwrap_or_else(|e| match e {});
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, 4 * 1024 * 1024)
+                .await
+                .expect("body")
+                .to_vec();
+            Ok(axum::http::Response::from_parts(parts, bytes))
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The authorization code grant (RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707 §2.2).
+//!
+//! The code is checked, then consumed in the same transaction that creates its grant. The
+//! identical request repeated within `code_replay_window` (same client, code and verifier; ChatGPT
+//! may POST twice) gets the identical response, which was stored sealed under a key derived from
+//! exactly those values. Any other reuse is `invalid_grant` and revokes everything issued from the
+//! code (RFC 6749 §4.1.2).
+
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{optional, required};
+use crate::audit::{self, AuditEvent};
+use crate::domain::{Client, Secret, same_resource};
+use crate::oauth::error::TokenError;
+use crate::oauth::params::Params;
+use crate::state::AppState;
+use crate::store::{ConsumedCode, GrantRecord, NewRefresh};
+use crate::tokens::{TokenResponse, mint, sealed};
+
+/// RFC 7636 §4.1: 43 to 128 characters of `[A-Z a-z 0-9 - . _ ~]`.
+fn valid_verifier(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+/// RFC 7636 §4.6: BASE64URL(SHA256(code_verifier)) == code_challenge, compared in constant time.
+fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    computed.as_bytes().ct_eq(challenge.as_bytes()).into()
+}
+
+/// The key material of a code's sealed response: only the same code, verifier and client open it.
+fn replay_secret(code: &str, verifier: &str, client_id: &str) -> Vec<u8> {
+    [code, verifier, client_id].join("\0").into_bytes()
+}
+
+/// `grant_type=authorization_code`
+pub async fn exchange(
+    state: &AppState,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, TokenError> {
+    if !client.grant_types.iter().any(|g| g == "authorization_code") {
+        return Err(TokenError::UnauthorizedClient(
+            "this client is not registered for the authorization code grant".into(),
+        ));
+    }
+    let code = required(params, "code")?;
+    let verifier = required(params, "code_verifier")?;
+    if !valid_verifier(verifier) {
+        return Err(TokenError::InvalidRequest(
+            "code_verifier must be 43 to 128 unreserved characters (RFC 7636 §4.1)".into(),
+        ));
+    }
+    let redirect_uri = optional(params, "redirect_uri")?;
+    let resource = optional(params, "resource")?;
+    let now = state.clock.now();
+    let code_hash = Secret::presented(code).hash();
+
+    if let Some(consumed) = state.store.consumed_code(code_hash.as_str()).await? {
+        return replay(state, client, code, verifier, consumed).await;
+    }
+    let record =
+        state.store.code(code_hash.as_str()).await?.ok_or_else(|| {
+            TokenError::InvalidGrant("the authorization code is not valid".into())
+        })?;
+    if record.client_id != client.id {
+        return Err(TokenError::InvalidGrant(
+            "the authorization code was issued to another client".into(),
+        ));
+    }
+    if now >= record.expires_at {
+        return Err(TokenError::InvalidGrant(
+            "the authorization code has expired".into(),
+        ));
+    }
+    if redirect_uri.is_some_and(|r| r != record.redirect_uri) {
+        return Err(TokenError::InvalidGrant(
+            "redirect_uri differs from the authorization request's".into(),
+        ));
+    }
+    if !pkce_matches(verifier, &record.code_challenge) {
+        return Err(TokenError::InvalidGrant(
+            "code_verifier does not match the code_challenge".into(),
+        ));
+    }
+    if resource.is_some_and(|r| !same_resource(&record.resource, r)) {
+        return Err(TokenError::InvalidTarget(format!(
+            "resource must be the authorization request's: {}",
+            record.resource
+        )));
+    }
+
+    let config = &state.config;
+    let grant = GrantRecord {
+        grant_id: record.grant_id.clone(),
+        client_id: client.id.clone(),
+        user_id: Some(record.user_id.clone()),
+        resource: record.resource.clone(),
+        scopes: record.scopes.clone(),
+        created_at: now,
+        expires_at: now + config.refresh_family_ttl,
+        revoked_at: None,
+    };
+    let access = mint(
+        &state.keys.snapshot(),
+        config.issuer.as_str(),
+        &grant,
+        &grant.scopes,
+        now,
+        config.access_token_ttl,
+    )?;
+    let refresh = Secret::generate()
+        .map_err(|_| TokenError::Internal("random number generator failed".into()))?;
+    let response = TokenResponse {
+        access_token: access.jwt,
+        token_type: "Bearer".to_owned(),
+        expires_in: config.access_token_ttl.whole_seconds(),
+        refresh_token: Some(refresh.expose().to_owned()),
+        scope: grant.scopes.clone(),
+    };
+    let plain = serde_json::to_vec(&response).map_err(|e| TokenError::Internal(e.to_string()))?;
+    let sealed_response = sealed::seal(&replay_secret(code, verifier, &client.id), b"code", &plain)
+        .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
+    let next = NewRefresh {
+        token_hash: refresh.hash().as_str().to_owned(),
+        generation: 0,
+        expires_at: (now + config.refresh_token_ttl).min(grant.expires_at),
+    };
+    let redeemed = state
+        .store
+        .redeem_code(
+            code_hash.as_str(),
+            now,
+            now + config.code_replay_window,
+            &sealed_response,
+            &grant,
+            Some(&next),
+        )
+        .await?;
+    if !redeemed {
+        // A concurrent request consumed it first: answer as a replay of that one.
+        let consumed = state
+            .store
+            .consumed_code(code_hash.as_str())
+            .await?
+            .ok_or_else(|| {
+                TokenError::InvalidGrant("the authorization code is not valid".into())
+            })?;
+        return replay(state, client, code, verifier, consumed).await;
+    }
+    let mut event = AuditEvent::new(
+        "token.issued",
+        now,
+        json!({ "grant_type": "authorization_code", "scope": grant.scopes, "jti": access.claims.jti }),
+    );
+    event.subject = grant.user_id.clone();
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(grant.grant_id.clone());
+    audit::record_after_commit(&state.store, event).await;
+    Ok(response)
+}
+
+/// A code presented again: the identical request within the window gets the identical answer;
+/// anything else revokes what the code produced.
+async fn replay(
+    state: &AppState,
+    client: &Client,
+    code: &str,
+    verifier: &str,
+    consumed: ConsumedCode,
+) -> Result<TokenResponse, TokenError> {
+    let now = state.clock.now();
+    let within = consumed.replay_until.is_some_and(|until| now <= until);
+    let reopened = consumed
+        .replay_response
+        .as_deref()
+        .filter(|_| within)
+        .and_then(|s| sealed::open(&replay_secret(code, verifier, &client.id), b"code", s))
+        .and_then(|plain| serde_json::from_slice::<TokenResponse>(&plain).ok());
+    let mut event = AuditEvent::new("code.replayed", now, json!({}));
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(consumed.grant_id.clone());
+    if let Some(response) = reopened {
+        event.detail = json!({ "within_window": true });
+        audit::record_after_commit(&state.store, event).await;
+        return Ok(response);
+    }
+    // RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it.
+    if state
+        .store
+        .revoke_grant(&consumed.grant_id, "authorization code reused", now)
+        .await?
+    {
+        state.revocations.revoke_grant(&consumed.grant_id, now);
+    }
+    event.kind = "code.reuse_detected".to_owned();
+    event.detail = json!({ "within_window": within, "action": "grant revoked" });
+    audit::record(&state.store, event.failed()).await?;
+    Err(TokenError::InvalidGrant(
+        "the authorization code was already used".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7636 Appendix B.
+    #[test]
+    fn rfc_7636_appendix_b() {
+        assert!(pkce_matches(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        ));
+        assert!(!pkce_matches(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXl",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        ));
+        assert!(valid_verifier(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+        ));
+        assert!(!valid_verifier("short"));
+        assert!(!valid_verifier(&"a b".repeat(20)));
+    }
+}

@@ -1,0 +1,48 @@
+//! One file per grant type.
+
+pub mod authorization_code;
+pub mod client_credentials;
+pub mod refresh_token;
+
+use super::error::TokenError;
+use super::params::Params;
+
+/// A required parameter.
+pub fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, TokenError> {
+    params
+        .get(name)
+        .map_err(|_| TokenError::InvalidRequest(format!("{name} is repeated")))?
+        .ok_or_else(|| TokenError::InvalidRequest(format!("{name} is required")))
+}
+
+/// An optional parameter.
+pub fn optional<'a>(params: &'a Params, name: &str) -> Result<Option<&'a str>, TokenError> {
+    params
+        .get(name)
+        .map_err(|_| TokenError::InvalidRequest(format!("{name} is repeated")))
+}
+
+/// The scope a request asks for, which must be within `granted` (RFC 6749 §6: never wider);
+/// absent means all of `granted`.
+pub fn narrowed_scope(requested: Option<&str>, granted: &str) -> Result<String, TokenError> {
+    let granted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    let Some(requested) = requested else {
+        return Ok(granted.join(" "));
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !granted.contains(&scope) {
+            return Err(TokenError::InvalidScope(format!(
+                "scope {scope:?} was not granted; the grant covers {:?}",
+                granted.join(" ")
+            )));
+        }
+        if !out.contains(&scope) {
+            out.push(scope);
+        }
+    }
+    if out.is_empty() {
+        return Err(TokenError::InvalidScope("scope is empty".into()));
+    }
+    Ok(out.join(" "))
+}

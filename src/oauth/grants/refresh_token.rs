@@ -1,0 +1,168 @@
+//! The refresh token grant (RFC 6749 §6, OAuth 2.1 §4.3.1): rotation on every use, strict and
+//! retry-safe (anchors §4 item 1).
+//!
+//! - The first use rotates the token, in one transaction that also stores its successor and the
+//!   response sealed under a key derived from the used token.
+//! - The same token presented again within `refresh_grace_period` (a client that retried, or two
+//!   egress addresses racing) gets that same response: the same new pair, not another one.
+//! - Presented again after the grace window: theft is assumed and the whole family (the grant) is
+//!   revoked, the newest token included.
+
+use serde_json::json;
+
+use super::{narrowed_scope, optional, required};
+use crate::audit::{self, AuditEvent};
+use crate::domain::{Client, Secret, same_resource};
+use crate::oauth::error::TokenError;
+use crate::oauth::params::Params;
+use crate::state::AppState;
+use crate::store::{NewRefresh, RefreshRecord};
+use crate::tokens::{TokenResponse, mint, sealed};
+
+fn replay_secret(token: &str, client_id: &str) -> Vec<u8> {
+    [token, client_id].join("\0").into_bytes()
+}
+
+/// `grant_type=refresh_token`
+pub async fn refresh(
+    state: &AppState,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, TokenError> {
+    let token = required(params, "refresh_token")?;
+    let requested_scope = optional(params, "scope")?;
+    let resource = optional(params, "resource")?;
+    let hash = Secret::presented(token).hash();
+    let now = state.clock.now();
+    let record = state
+        .store
+        .refresh_token(hash.as_str())
+        .await?
+        .ok_or_else(|| TokenError::InvalidGrant("the refresh token is not valid".into()))?;
+    let grant = &record.grant;
+    if grant.client_id != client.id {
+        return Err(TokenError::InvalidGrant(
+            "the refresh token was issued to another client".into(),
+        ));
+    }
+    if grant.revoked_at.is_some() {
+        return Err(TokenError::InvalidGrant(
+            "the refresh token has been revoked".into(),
+        ));
+    }
+    if record.rotated_at.is_some() {
+        return replay(state, client, token, record).await;
+    }
+    if now >= record.expires_at || now >= grant.expires_at {
+        return Err(TokenError::InvalidGrant(
+            "the refresh token has expired; sign in again".into(),
+        ));
+    }
+    if resource.is_some_and(|r| !same_resource(&grant.resource, r)) {
+        return Err(TokenError::InvalidTarget(format!(
+            "resource must be the grant's: {}",
+            grant.resource
+        )));
+    }
+    let scope = narrowed_scope(requested_scope, &grant.scopes)?;
+
+    let config = &state.config;
+    let access = mint(
+        &state.keys.snapshot(),
+        config.issuer.as_str(),
+        grant,
+        &scope,
+        now,
+        config.access_token_ttl,
+    )?;
+    let next = Secret::generate()
+        .map_err(|_| TokenError::Internal("random number generator failed".into()))?;
+    let response = TokenResponse {
+        access_token: access.jwt,
+        token_type: "Bearer".to_owned(),
+        expires_in: config.access_token_ttl.whole_seconds(),
+        refresh_token: Some(next.expose().to_owned()),
+        scope: scope.clone(),
+    };
+    let plain = serde_json::to_vec(&response).map_err(|e| TokenError::Internal(e.to_string()))?;
+    let sealed_response = sealed::seal(&replay_secret(token, &client.id), b"refresh", &plain)
+        .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
+    let successor = NewRefresh {
+        token_hash: next.hash().as_str().to_owned(),
+        generation: record.generation + 1,
+        expires_at: (now + config.refresh_token_ttl).min(grant.expires_at),
+    };
+    let rotated = state
+        .store
+        .rotate_refresh(
+            hash.as_str(),
+            now,
+            now + config.refresh_grace_period,
+            &sealed_response,
+            &grant.grant_id,
+            &successor,
+        )
+        .await?;
+    if !rotated {
+        // A concurrent request rotated it first: answer as a replay of that one.
+        let record = state
+            .store
+            .refresh_token(hash.as_str())
+            .await?
+            .ok_or_else(|| TokenError::InvalidGrant("the refresh token is not valid".into()))?;
+        return replay(state, client, token, record).await;
+    }
+    let mut event = AuditEvent::new(
+        "token.refreshed",
+        now,
+        json!({ "generation": successor.generation, "scope": scope, "jti": access.claims.jti }),
+    );
+    event.subject = grant.user_id.clone();
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(grant.grant_id.clone());
+    audit::record_after_commit(&state.store, event).await;
+    Ok(response)
+}
+
+/// A rotated token presented again.
+async fn replay(
+    state: &AppState,
+    client: &Client,
+    token: &str,
+    record: RefreshRecord,
+) -> Result<TokenResponse, TokenError> {
+    let now = state.clock.now();
+    let grant = &record.grant;
+    let within = record.replay_until.is_some_and(|until| now <= until);
+    let reopened = record
+        .replay_response
+        .as_deref()
+        .filter(|_| within && grant.revoked_at.is_none())
+        .and_then(|s| sealed::open(&replay_secret(token, &client.id), b"refresh", s))
+        .and_then(|plain| serde_json::from_slice::<TokenResponse>(&plain).ok());
+    let mut event = AuditEvent::new(
+        "refresh.replayed",
+        now,
+        json!({ "generation": record.generation, "within_grace": true }),
+    );
+    event.subject = grant.user_id.clone();
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(grant.grant_id.clone());
+    if let Some(response) = reopened {
+        audit::record_after_commit(&state.store, event).await;
+        return Ok(response);
+    }
+    if state
+        .store
+        .revoke_grant(&grant.grant_id, "refresh token reused", now)
+        .await?
+    {
+        state.revocations.revoke_grant(&grant.grant_id, now);
+    }
+    event.kind = "refresh.reuse_detected".to_owned();
+    event.detail = json!({ "generation": record.generation, "within_grace": within, "action": "family revoked" });
+    audit::record(&state.store, event.failed()).await?;
+    Err(TokenError::InvalidGrant(
+        "the refresh token was already used; its family has been revoked".into(),
+    ))
+}

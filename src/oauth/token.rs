@@ -1,0 +1,134 @@
+//! The token endpoint (RFC 6749 §3.2, §4.1.3, §6; OAuth 2.1 §4): read `grant_type` first, then
+//! the rest; authenticate the client; hand over to the grant. Errors are JSON with
+//! `Cache-Control: no-store` (interop checklist items 40-44).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::client_auth::{authenticate, presented};
+use super::error::TokenError;
+use super::grants;
+use super::params::Params;
+use crate::audit::{self, AuditEvent};
+use crate::state::AppState;
+use crate::tokens::TokenResponse;
+use crate::web::ClientIp;
+
+/// Reads a form-encoded body into parameters (RFC 6749 §3.2: `application/x-www-form-urlencoded`;
+/// no parameter twice).
+pub fn form_params(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Params, TokenError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(TokenError::InvalidRequest(
+            "the request must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let body =
+        body.map_err(|_| TokenError::InvalidRequest("the request body is too large".into()))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| TokenError::InvalidRequest("the body is not UTF-8".into()))?;
+    Ok(Params::parse(text))
+}
+
+/// A successful token response: JSON, never cached.
+pub fn token_json(response: &TokenResponse) -> Response {
+    let mut out = Json(response).into_response();
+    let h = out.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    out
+}
+
+/// `POST /token`
+pub async fn token_post(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match token(&state, &headers, body).await {
+        Ok(response) => token_json(&response),
+        Err((err, client_id, grant_type)) => {
+            if !matches!(err, TokenError::Internal(_)) {
+                let mut event = AuditEvent::new(
+                    "token.refused",
+                    state.clock.now(),
+                    json!({ "grant_type": grant_type, "error": err.code(), "reason": err.to_string() }),
+                )
+                .failed();
+                event.client_id = client_id;
+                event.ip = ip.map(|i| i.to_string());
+                audit::record_after_commit(&state.store, event).await;
+            }
+            err.into_response()
+        }
+    }
+}
+
+type Failure = (TokenError, Option<String>, Option<String>);
+
+async fn token(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<TokenResponse, Failure> {
+    let params = form_params(headers, body).map_err(|e| (e, None, None))?;
+    // grant_type first: an unknown one is unsupported_grant_type whatever else is wrong.
+    let grant_type = match params.get("grant_type") {
+        Ok(Some(g)) => g.to_owned(),
+        Ok(None) => {
+            return Err((
+                TokenError::InvalidRequest("grant_type is required".into()),
+                None,
+                None,
+            ));
+        }
+        Err(_) => {
+            return Err((
+                TokenError::InvalidRequest("grant_type is repeated".into()),
+                None,
+                None,
+            ));
+        }
+    };
+    let known = ["authorization_code", "refresh_token", "client_credentials"];
+    if !known.contains(&grant_type.as_str()) {
+        let err = TokenError::UnsupportedGrantType(format!(
+            "grant_type {grant_type:?} is not supported; use authorization_code, refresh_token or client_credentials"
+        ));
+        return Err((err, None, Some(grant_type)));
+    }
+    let fail = |e: TokenError, client: Option<String>| (e, client, Some(grant_type.clone()));
+    if let Some(name) = params.repeated() {
+        return Err(fail(
+            TokenError::InvalidRequest(format!("parameter {name} is repeated")),
+            None,
+        ));
+    }
+    let credentials = presented(headers, &params).map_err(|e| fail(e, None))?;
+    let client = authenticate(state, credentials)
+        .await
+        .map_err(|e| fail(e, None))?;
+    let client_id = Some(client.id.clone());
+    let result = match grant_type.as_str() {
+        "authorization_code" => grants::authorization_code::exchange(state, &client, &params).await,
+        "refresh_token" => grants::refresh_token::refresh(state, &client, &params).await,
+        _ => grants::client_credentials::issue(state, &client, &params).await,
+    };
+    result.map_err(|e| fail(e, client_id))
+}

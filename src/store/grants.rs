@@ -1,0 +1,389 @@
+//! Grants, refresh-token families, code redemption and revocations.
+//!
+//! Every state change that must happen once is one guarded statement inside a transaction
+//! (`... WHERE consumed_at IS NULL`, `... WHERE rotated_at IS NULL`): on SQLite the writer lock
+//! and on PostgreSQL the row lock make a concurrent second attempt wait, then find the row
+//! already changed. So two simultaneous redemptions of a code, or refreshes of a token, produce
+//! exactly one grant or one rotation.
+
+use time::OffsetDateTime;
+
+use super::{Store, StoreError, from_unix};
+
+/// A grant as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Id, also in every access token (`grant_id`).
+    pub grant_id: String,
+    /// The client.
+    pub client_id: String,
+    /// The user; `None` for client_credentials.
+    pub user_id: Option<String>,
+    /// The resource (RFC 8707) its tokens are for.
+    pub resource: String,
+    /// Granted scopes, space-separated.
+    pub scopes: String,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// End of the refresh family's life.
+    pub expires_at: OffsetDateTime,
+    /// When it was revoked.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A refresh token as stored (by hash), with its grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    /// SHA-256 of the token.
+    pub token_hash: String,
+    /// 0 for the first token of the family.
+    pub generation: i64,
+    /// Expiry of this token.
+    pub expires_at: OffsetDateTime,
+    /// When it was rotated (used).
+    pub rotated_at: Option<OffsetDateTime>,
+    /// End of the grace window of a rotated token.
+    pub replay_until: Option<OffsetDateTime>,
+    /// The rotation's response, sealed under a key derived from the token.
+    pub replay_response: Option<String>,
+    /// Its grant.
+    pub grant: GrantRecord,
+}
+
+/// A new refresh token to store.
+#[derive(Debug, Clone)]
+pub struct NewRefresh {
+    /// SHA-256 of the token.
+    pub token_hash: String,
+    /// Generation in the family.
+    pub generation: i64,
+    /// Expiry.
+    pub expires_at: OffsetDateTime,
+}
+
+/// The replay state of a consumed code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedCode {
+    /// The grant the code created.
+    pub grant_id: String,
+    /// End of the replay window.
+    pub replay_until: Option<OffsetDateTime>,
+    /// The first response, sealed under a key derived from code and verifier.
+    pub replay_response: Option<String>,
+}
+
+/// Revocations recorded since some time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// Revoked grants with their revocation time.
+    pub grants: Vec<(String, OffsetDateTime)>,
+    /// Revoked access tokens: jti and expiry.
+    pub access_tokens: Vec<(String, OffsetDateTime)>,
+}
+
+type GrantRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+fn grant_from(row: GrantRow) -> Result<GrantRecord, StoreError> {
+    Ok(GrantRecord {
+        grant_id: row.0,
+        client_id: row.1,
+        user_id: row.2,
+        resource: row.3,
+        scopes: row.4,
+        created_at: from_unix(row.5)?,
+        expires_at: from_unix(row.6)?,
+        revoked_at: row.7.map(from_unix).transpose()?,
+    })
+}
+
+const GRANT_COLUMNS: &str = "g.grant_id, g.client_id, g.user_id, g.resource, g.scopes, g.created_at, g.expires_at, g.revoked_at";
+
+impl Store {
+    /// Consumes the code and creates its grant (and first refresh token) in one transaction.
+    /// `Ok(false)` when the code was already consumed (by a concurrent or earlier request):
+    /// nothing is written then.
+    pub async fn redeem_code(
+        &self,
+        code_hash: &str,
+        now: OffsetDateTime,
+        replay_until: OffsetDateTime,
+        sealed_response: &str,
+        grant: &GrantRecord,
+        refresh: Option<&NewRefresh>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let consumed = sqlx::query(
+            "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
+             WHERE code_hash = $1 AND consumed_at IS NULL",
+        )
+        .bind(code_hash)
+        .bind(now.unix_timestamp())
+        .bind(replay_until.unix_timestamp())
+        .bind(sealed_response)
+        .execute(&mut *tx)
+        .await?;
+        if consumed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_grant(&mut tx, grant).await?;
+        if let Some(refresh) = refresh {
+            insert_refresh(&mut tx, &grant.grant_id, refresh, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The replay state of a consumed code, if it is consumed.
+    pub async fn consumed_code(&self, code_hash: &str) -> Result<Option<ConsumedCode>, StoreError> {
+        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT grant_id, replay_until, replay_response FROM authorization_codes \
+             WHERE code_hash = $1 AND consumed_at IS NOT NULL",
+        )
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(grant_id, until, response)| {
+            Ok(ConsumedCode {
+                grant_id,
+                replay_until: until.map(from_unix).transpose()?,
+                replay_response: response,
+            })
+        })
+        .transpose()
+    }
+
+    /// Creates a grant with no refresh token (client_credentials).
+    pub async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_grant(&mut tx, grant).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A grant by id.
+    pub async fn grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.grant_id = $1");
+        let row: Option<GrantRow> = sqlx::query_as(&sql)
+            .bind(grant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(grant_from).transpose()
+    }
+
+    /// A refresh token (by hash) with its grant.
+    pub async fn refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        type Row = (
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+        );
+        let sql = format!(
+            "SELECT r.token_hash, r.generation, r.expires_at, r.rotated_at, r.replay_until, r.replay_response, {GRANT_COLUMNS} \
+             FROM refresh_tokens r JOIN grants g ON g.grant_id = r.grant_id WHERE r.token_hash = $1"
+        );
+        let row: Option<Row> = sqlx::query_as(&sql)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(RefreshRecord {
+                token_hash: r.0,
+                generation: r.1,
+                expires_at: from_unix(r.2)?,
+                rotated_at: r.3.map(from_unix).transpose()?,
+                replay_until: r.4.map(from_unix).transpose()?,
+                replay_response: r.5,
+                grant: grant_from((r.6, r.7, r.8, r.9, r.10, r.11, r.12, r.13))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Rotates a refresh token: marks it used (keeping the sealed response for the grace window)
+    /// and stores its successor, in one transaction. `Ok(false)` when it was already rotated
+    /// (a concurrent request won): nothing is written then.
+    pub async fn rotate_refresh(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+        replay_until: OffsetDateTime,
+        sealed_response: &str,
+        grant_id: &str,
+        next: &NewRefresh,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rotated = sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
+             WHERE token_hash = $1 AND rotated_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(now.unix_timestamp())
+        .bind(replay_until.unix_timestamp())
+        .bind(sealed_response)
+        .execute(&mut *tx)
+        .await?;
+        if rotated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_refresh(&mut tx, grant_id, next, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Revokes a grant (and so its refresh family and access tokens). True when it was live.
+    pub async fn revoke_grant(
+        &self,
+        grant_id: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE grants SET revoked_at = $2, revoked_reason = $3 WHERE grant_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(grant_id)
+        .bind(now.unix_timestamp())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Revokes every live grant of a user or of a client; returns their ids.
+    pub async fn revoke_grants_of(
+        &self,
+        user_id: Option<&str>,
+        client_id: Option<&str>,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE grants SET revoked_at = $3, revoked_reason = $4 \
+             WHERE revoked_at IS NULL AND (($1 IS NOT NULL AND user_id = $1) OR ($2 IS NOT NULL AND client_id = $2)) \
+             RETURNING grant_id",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .bind(now.unix_timestamp())
+        .bind(reason)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    /// Revokes one access token until it would have expired.
+    pub async fn revoke_access_token(
+        &self,
+        jti: &str,
+        grant_id: &str,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_access_tokens (jti, grant_id, expires_at, revoked_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(grant_id)
+        .bind(expires_at.unix_timestamp())
+        .bind(now.unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Revocations recorded at or after `since` (for the in-memory view of every instance).
+    pub async fn revocations_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Revocations, StoreError> {
+        let grants: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT grant_id, revoked_at FROM grants WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
+        )
+        .bind(since.unix_timestamp())
+        .fetch_all(&self.pool)
+        .await?;
+        let tokens: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT jti, expires_at FROM revoked_access_tokens WHERE revoked_at >= $1",
+        )
+        .bind(since.unix_timestamp())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Revocations {
+            grants: grants
+                .into_iter()
+                .map(|(id, at)| Ok((id, from_unix(at)?)))
+                .collect::<Result<_, StoreError>>()?,
+            access_tokens: tokens
+                .into_iter()
+                .map(|(jti, exp)| Ok((jti, from_unix(exp)?)))
+                .collect::<Result<_, StoreError>>()?,
+        })
+    }
+}
+
+async fn insert_grant(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    grant: &GrantRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO grants (grant_id, client_id, user_id, resource, scopes, created_at, expires_at, revoked_at, revoked_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
+    )
+    .bind(&grant.grant_id)
+    .bind(&grant.client_id)
+    .bind(grant.user_id.as_deref())
+    .bind(&grant.resource)
+    .bind(&grant.scopes)
+    .bind(grant.created_at.unix_timestamp())
+    .bind(grant.expires_at.unix_timestamp())
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| StoreError::from_write(e, &format!("grant {}", grant.grant_id)))?;
+    Ok(())
+}
+
+async fn insert_refresh(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    grant_id: &str,
+    refresh: &NewRefresh,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, grant_id, generation, created_at, expires_at, rotated_at, replay_until, replay_response) \
+         VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL)",
+    )
+    .bind(&refresh.token_hash)
+    .bind(grant_id)
+    .bind(refresh.generation)
+    .bind(now.unix_timestamp())
+    .bind(refresh.expires_at.unix_timestamp())
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| StoreError::from_write(e, "refresh token"))?;
+    Ok(())
+}

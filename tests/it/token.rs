@@ -1,0 +1,1049 @@
+//! The token endpoint (RFC 6749 §4.1.3, §5, §6; RFC 7636; RFC 8707; RFC 9068), revocation
+//! (RFC 7009) and introspection (RFC 7662). The main flow is driven by the independent `oauth2`
+//! crate; the misbehaviour of real clients is reproduced as it is seen (interop checklist
+//! section H; anchors §2.15, §3.1 items 3-5, §4 item 1). Expiry uses the fixed clock, never sleeps.
+
+use std::collections::HashMap;
+
+use crate::support::{Agent, ISSUER, TestApp, TestResponse, oauth_http, query_of, request};
+use axum::body::Body;
+use gatehouse::clock::Clock;
+use gatehouse::domain::Secret;
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, RefreshToken,
+    Scope, TokenResponse as _, TokenUrl,
+};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+
+fn resource() -> String {
+    format!("{ISSUER}/mcp")
+}
+
+/// Runs the browser leg for `client_id`; returns the code and the PKCE verifier.
+async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut req = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", resource());
+    for s in scopes {
+        req = req.add_scope(Scope::new((*s).to_owned()));
+    }
+    let (url, _) = req.url();
+    let mut agent = Agent::new(app);
+    let mut res = agent
+        .get(&format!(
+            "{}?{}",
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+        .await;
+    loop {
+        let location = res.location();
+        if location.starts_with(CALLBACK) {
+            let q = query_of(&location);
+            return (q["code"].clone(), verifier.secret().clone());
+        }
+        res = if location.starts_with("/login") {
+            let page = agent.get(&location).await;
+            let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+            agent
+                .post_form(
+                    "/login",
+                    &[
+                        ("csrf", &csrf),
+                        ("request", &request),
+                        ("username", "alice"),
+                        ("password", PASSWORD),
+                    ],
+                )
+                .await
+        } else {
+            let page = agent.get(&location).await;
+            let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+            agent
+                .post_form(
+                    "/consent",
+                    &[
+                        ("csrf", &csrf),
+                        ("request", &request),
+                        ("decision", "allow"),
+                    ],
+                )
+                .await
+        };
+    }
+}
+
+async fn app_with_claude() -> (TestApp, String) {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    (app, client_id)
+}
+
+/// POSTs a form to `path` with optional Basic credentials.
+async fn post(
+    app: &TestApp,
+    path: &str,
+    fields: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> TestResponse {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut req = request("POST", path).header("content-type", "application/x-www-form-urlencoded");
+    if let Some((id, secret)) = basic {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        req = req.header("authorization", format!("Basic {encoded}"));
+    }
+    app.send(req.body(Body::from(body)).expect("request")).await
+}
+
+async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> TestResponse {
+    post(
+        app,
+        "/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", verifier),
+            ("redirect_uri", CALLBACK),
+            ("client_id", client_id),
+            ("resource", &resource()),
+        ],
+        None,
+    )
+    .await
+}
+
+async fn refresh(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
+    post(
+        app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await
+}
+
+fn assert_error(res: &TestResponse, status: u16, code: &str) {
+    assert_eq!(res.status, status, "{}", res.text());
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    assert_eq!(res.json()["error"], code, "{}", res.text());
+}
+
+/// Verifies an access token the way an independent resource server would: with the JWK set.
+async fn verified_claims(app: &TestApp, token: &str) -> (Value, josekit::jws::JwsHeader) {
+    let jwks = app.get("/jwks.json").await.json();
+    let key = josekit::jwk::Jwk::from_map(jwks["keys"][0].as_object().expect("key").clone())
+        .expect("jwk");
+    let verifier = josekit::jws::ES256
+        .verifier_from_jwk(&key)
+        .expect("verifier");
+    let (payload, header) =
+        josekit::jwt::decode_with_verifier(token, &verifier).expect("signature");
+    (Value::Object(payload.claims_set().clone()), header)
+}
+
+#[tokio::test]
+async fn full_flow_with_the_oauth2_crate_code_exchange_and_refresh() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp", "claudeai"]).await;
+    let client = BasicClient::new(ClientId::new(client_id.clone()))
+        .set_token_uri(TokenUrl::new(format!("{ISSUER}/token")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
+    let http = oauth_http(&app);
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(oauth2::PkceCodeVerifier::new(verifier))
+        .add_extra_param("resource", resource())
+        .request_async(&http)
+        .await
+        .expect("code exchange");
+    assert_eq!(tokens.token_type().as_ref(), "bearer");
+    assert_eq!(
+        tokens.expires_in(),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(
+        tokens
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec!["mcp".to_owned()])
+    );
+    let refresh_token = tokens
+        .refresh_token()
+        .expect("a refresh token without offline_access")
+        .secret()
+        .clone();
+
+    // RFC 9068: what an independent resource server sees.
+    let (claims, header) = verified_claims(&app, tokens.access_token().secret()).await;
+    assert_eq!(header.token_type(), Some("at+jwt"));
+    assert_eq!(
+        header.key_id(),
+        Some(app.state.keys.snapshot().current().kid())
+    );
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["sub"], "u_alice");
+    assert_eq!(claims["aud"], resource());
+    assert_eq!(claims["client_id"], client_id.as_str());
+    assert_eq!(claims["scope"], "mcp");
+    assert!(
+        claims["grant_id"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("g_"))
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 22));
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert_eq!(claims["nbf"].as_i64(), Some(iat));
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 3600));
+
+    let refreshed = client
+        .exchange_refresh_token(&RefreshToken::new(refresh_token.clone()))
+        .add_extra_param("resource", resource())
+        .request_async(&http)
+        .await
+        .expect("refresh");
+    let rotated = refreshed.refresh_token().expect("rotated").secret().clone();
+    assert_ne!(rotated, refresh_token);
+    assert_ne!(
+        refreshed.access_token().secret(),
+        tokens.access_token().secret()
+    );
+    let (new_claims, _) = verified_claims(&app, refreshed.access_token().secret()).await;
+    assert_eq!(
+        new_claims["grant_id"], claims["grant_id"],
+        "same grant, same family"
+    );
+
+    // Neither token is stored in clear anywhere in the database.
+    for file in ["gatehouse.db", "gatehouse.db-wal"] {
+        let bytes = std::fs::read(app.dir.path().join(file)).unwrap_or_default();
+        for secret in [&refresh_token, &rotated, tokens.access_token().secret()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a token in clear in {file}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_code_exchanges_are_refused_with_the_right_error() {
+    let (app, client_id) = app_with_claude().await;
+    let other = app.register_client("Other", &[CALLBACK]).await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let wrong_verifier = "x".repeat(43);
+    let r = resource();
+    let base = |extra: &[(&'static str, &str)]| {
+        let mut fields: HashMap<&str, String> = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+            ("redirect_uri", CALLBACK),
+            ("client_id", client_id.as_str()),
+            ("resource", r.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        for (k, v) in extra {
+            fields.insert(k, (*v).to_owned());
+        }
+        fields
+    };
+    let cases: Vec<(HashMap<&str, String>, u16, &str)> = vec![
+        (
+            base(&[("code_verifier", &wrong_verifier)]),
+            400,
+            "invalid_grant",
+        ),
+        (
+            base(&[("redirect_uri", "https://claude.ai/other")]),
+            400,
+            "invalid_grant",
+        ),
+        (base(&[("client_id", &other)]), 400, "invalid_grant"),
+        (
+            base(&[("resource", "https://elsewhere.example/mcp")]),
+            400,
+            "invalid_target",
+        ),
+        (base(&[("code", "not-a-code")]), 400, "invalid_grant"),
+        (base(&[("code_verifier", "short")]), 400, "invalid_request"),
+        (
+            base(&[("grant_type", "password")]),
+            400,
+            "unsupported_grant_type",
+        ),
+        (base(&[("client_id", "gh_nobody")]), 401, "invalid_client"),
+    ];
+    for (fields, status, error) in cases {
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_error(&post(&app, "/token", &pairs, None).await, status, error);
+    }
+    // None of these consumed the code: the right request still works.
+    assert_eq!(
+        exchange(&app, &client_id, &code, &verifier).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn malformed_token_requests_are_json_errors() {
+    let (app, client_id) = app_with_claude().await;
+    assert_error(
+        &post(&app, "/token", &[("client_id", &client_id)], None).await,
+        400,
+        "invalid_request",
+    );
+    // grant_type is read first: unknown wins over anything else wrong.
+    assert_error(
+        &post(
+            &app,
+            "/token",
+            &[("grant_type", "urn:x"), ("grant_type", "y")],
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &post(&app, "/token", &[("grant_type", "implicit")], None).await,
+        400,
+        "unsupported_grant_type",
+    );
+    assert_error(
+        &post(
+            &app,
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", &client_id),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &post(
+            &app,
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    let json_body = app
+        .send(
+            request("POST", "/token")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("req"),
+        )
+        .await;
+    assert_error(&json_body, 400, "invalid_request");
+    let big = app
+        .send(
+            request("POST", "/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(format!(
+                    "grant_type=refresh_token&refresh_token={}",
+                    "a".repeat(100_000)
+                )))
+                .expect("req"),
+        )
+        .await;
+    assert_error(&big, 400, "invalid_request");
+}
+
+#[tokio::test]
+async fn expired_codes_are_refused() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    app.clock.advance(time::Duration::seconds(61));
+    assert_error(
+        &exchange(&app, &client_id, &code, &verifier).await,
+        400,
+        "invalid_grant",
+    );
+}
+
+/// ChatGPT can POST the same code twice: the same request within the window gets the same
+/// response; a replay outside it revokes what the code produced (RFC 6749 §4.1.2).
+#[tokio::test]
+async fn code_replay_within_the_window_is_idempotent_and_after_it_revokes() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let first = exchange(&app, &client_id, &code, &verifier).await;
+    assert_eq!(first.status, 200);
+    app.clock.advance(time::Duration::seconds(5));
+    let again = exchange(&app, &client_id, &code, &verifier).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, first.body, "byte-identical response");
+
+    app.clock.advance(time::Duration::seconds(10));
+    assert_error(
+        &exchange(&app, &client_id, &code, &verifier).await,
+        400,
+        "invalid_grant",
+    );
+    let tokens = first.json();
+    assert_error(
+        &refresh(
+            &app,
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+        )
+        .await,
+        400,
+        "invalid_grant",
+    );
+    let (claims, _) = verified_claims(&app, tokens["access_token"].as_str().expect("at")).await;
+    assert!(app.state.revocations.is_revoked(
+        claims["grant_id"].as_str().expect("gid"),
+        claims["jti"].as_str().expect("jti")
+    ));
+}
+
+#[tokio::test]
+async fn code_replay_with_another_verifier_is_refused_and_revokes() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let first = exchange(&app, &client_id, &code, &verifier).await.json();
+    let other = "y".repeat(43);
+    assert_error(
+        &exchange(&app, &client_id, &code, &other).await,
+        400,
+        "invalid_grant",
+    );
+    assert_error(
+        &refresh(
+            &app,
+            &client_id,
+            first["refresh_token"].as_str().expect("rt"),
+        )
+        .await,
+        400,
+        "invalid_grant",
+    );
+    let events = gatehouse::audit::read(&app.state.store, None, None, 50)
+        .await
+        .expect("audit");
+    assert!(events.iter().any(|e| e.event.kind == "code.reuse_detected"));
+}
+
+/// Sends the same form `n` times at once, from spawned tasks (really concurrent database
+/// transactions on a multi-threaded runtime); returns each answer's status and body.
+async fn concurrently(
+    app: &TestApp,
+    n: usize,
+    path: &'static str,
+    fields: &[(&str, &str)],
+) -> Vec<(u16, Vec<u8>)> {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let (router, body) = (app.router.clone(), body.clone());
+        handles.push(tokio::spawn(async move {
+            use tower::ServiceExt;
+            let req = request("POST", path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .expect("req");
+            let res = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+            let status = res.status().as_u16();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            (status, bytes.to_vec())
+        }));
+    }
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.expect("task"));
+    }
+    answers
+}
+
+/// Many simultaneous redemptions of one code (a double POST, made worse): one grant, and every
+/// request answered with the same tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_code_exchanges_create_one_grant() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let r = resource();
+    let fields = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("code_verifier", verifier.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("client_id", client_id.as_str()),
+        ("resource", r.as_str()),
+    ];
+    let answers = concurrently(&app, 8, "/token", &fields).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0].1 == w[1].1),
+        "all answers identical"
+    );
+}
+
+/// Claude refreshes from two egress addresses at once: many simultaneous refreshes of one
+/// token rotate it exactly once, and every caller gets the same new pair. Run on both backends.
+async fn concurrent_refresh_rotates_once(app: TestApp) {
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let tokens = exchange(&app, &client_id, &code, &verifier).await.json();
+    let token = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let fields = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", token.as_str()),
+        ("client_id", client_id.as_str()),
+    ];
+    let answers = concurrently(&app, 16, "/token", &fields).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0].1 == w[1].1),
+        "every caller got the same new pair"
+    );
+    let new_token: Value = serde_json::from_slice(&answers[0].1).expect("json");
+    let new_rt = new_token["refresh_token"].as_str().expect("rt");
+    assert_ne!(new_rt, token);
+    // Exactly one rotation: the family has two tokens, the old (rotated) and the new.
+    let old = app
+        .state
+        .store
+        .refresh_token(Secret::presented(&token).hash().as_str())
+        .await
+        .expect("store")
+        .expect("old");
+    assert!(old.rotated_at.is_some());
+    let new = app
+        .state
+        .store
+        .refresh_token(Secret::presented(new_rt).hash().as_str())
+        .await
+        .expect("store")
+        .expect("new");
+    assert_eq!(new.generation, 1);
+    assert_eq!(new.grant.grant_id, old.grant.grant_id);
+    // And the successor works.
+    assert_eq!(refresh(&app, &client_id, new_rt).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refresh_rotates_once_on_sqlite() {
+    concurrent_refresh_rotates_once(TestApp::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refresh_rotates_once_on_postgres() {
+    concurrent_refresh_rotates_once(TestApp::postgres().await).await;
+}
+
+/// A retried refresh within the grace window gets the same pair; after it, the whole family is
+/// revoked, the newest token included.
+#[tokio::test]
+async fn refresh_replay_within_grace_is_idempotent_and_after_it_revokes_the_family() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    let rt0 = t0["refresh_token"].as_str().expect("rt").to_owned();
+    let first = refresh(&app, &client_id, &rt0).await;
+    assert_eq!(first.status, 200);
+    app.clock.advance(time::Duration::seconds(20));
+    let retry = refresh(&app, &client_id, &rt0).await;
+    assert_eq!(
+        retry.body, first.body,
+        "the same new pair within the grace window"
+    );
+
+    let rt1 = first.json()["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    let at1 = first.json()["access_token"]
+        .as_str()
+        .expect("at")
+        .to_owned();
+    app.clock.advance(time::Duration::seconds(15));
+    assert_error(&refresh(&app, &client_id, &rt0).await, 400, "invalid_grant");
+    assert_error(&refresh(&app, &client_id, &rt1).await, 400, "invalid_grant");
+    let (claims, _) = verified_claims(&app, &at1).await;
+    assert!(app.state.revocations.is_revoked(
+        claims["grant_id"].as_str().expect("g"),
+        claims["jti"].as_str().expect("j")
+    ));
+    let events = gatehouse::audit::read(&app.state.store, None, None, 50)
+        .await
+        .expect("audit");
+    let kinds: Vec<_> = events.iter().map(|e| e.event.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"refresh.replayed") && kinds.contains(&"refresh.reuse_detected"),
+        "{kinds:?}"
+    );
+    for e in &events {
+        let text = e.event.detail.to_string();
+        assert!(
+            !text.contains(&rt0) && !text.contains(&rt1) && !text.contains(&at1),
+            "a token in the audit log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scope_may_narrow_on_refresh_but_never_widen() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp", "activity:read"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    assert_eq!(t0["scope"], "mcp activity:read");
+    let rt = t0["refresh_token"].as_str().expect("rt");
+    let narrow = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt),
+            ("client_id", &client_id),
+            ("scope", "mcp"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(narrow.status, 200, "{}", narrow.text());
+    assert_eq!(narrow.json()["scope"], "mcp");
+    // The family keeps what was granted: the next refresh may ask for all of it again.
+    let rt1 = narrow.json()["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    let wide = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt1),
+            ("client_id", &client_id),
+            ("scope", "mcp admin"),
+        ],
+        None,
+    )
+    .await;
+    assert_error(&wide, 400, "invalid_scope");
+    let back = refresh(&app, &client_id, &rt1).await;
+    assert_eq!(back.json()["scope"], "mcp activity:read");
+    // A different resource is refused.
+    let rt2 = back.json()["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    let res = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt2),
+            ("client_id", &client_id),
+            ("resource", "https://x.example/mcp"),
+        ],
+        None,
+    )
+    .await;
+    assert_error(&res, 400, "invalid_target");
+}
+
+#[tokio::test]
+async fn expired_refresh_tokens_and_families_are_refused() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    app.clock.advance(time::Duration::days(31));
+    assert_error(
+        &refresh(&app, &client_id, t0["refresh_token"].as_str().expect("rt")).await,
+        400,
+        "invalid_grant",
+    );
+}
+
+/// Registers a confidential client; returns (id, secret).
+async fn confidential(
+    app: &TestApp,
+    method: &str,
+    grants: &[&str],
+    scope: &str,
+) -> (String, String) {
+    let res = app
+        .post_json(
+            "/register",
+            &json!({ "redirect_uris": ["https://service.example.com/cb"], "token_endpoint_auth_method": method, "grant_types": grants, "scope": scope }),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let doc = res.json();
+    (
+        doc["client_id"].as_str().expect("id").to_owned(),
+        doc["client_secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn client_credentials_for_confidential_clients_only() {
+    let app = TestApp::sqlite().await;
+    let (id, secret) =
+        confidential(&app, "client_secret_basic", &["client_credentials"], "mcp").await;
+    let res = post(
+        &app,
+        "/token",
+        &[("grant_type", "client_credentials")],
+        Some((&id, &secret)),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let doc = res.json();
+    assert_eq!(doc["scope"], "mcp");
+    assert!(
+        doc.get("refresh_token").is_none(),
+        "no refresh token for client_credentials"
+    );
+    let (claims, _) = verified_claims(&app, doc["access_token"].as_str().expect("at")).await;
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["aud"], resource());
+    // Beyond what it registered for.
+    let res = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "mcp activity:read"),
+        ],
+        Some((&id, &secret)),
+    )
+    .await;
+    assert_error(&res, 400, "invalid_scope");
+    // A public client may not.
+    let public = app.register_client("Public", &[CALLBACK]).await;
+    let res = post(
+        &app,
+        "/token",
+        &[("grant_type", "client_credentials"), ("client_id", &public)],
+        None,
+    )
+    .await;
+    assert_error(&res, 400, "unauthorized_client");
+}
+
+#[tokio::test]
+async fn client_authentication_failures_are_401_invalid_client() {
+    let app = TestApp::sqlite().await;
+    let (id, secret) =
+        confidential(&app, "client_secret_basic", &["client_credentials"], "mcp").await;
+    let cc = [("grant_type", "client_credentials")];
+    let wrong_basic = post(&app, "/token", &cc, Some((&id, "wrong"))).await;
+    assert_error(&wrong_basic, 401, "invalid_client");
+    assert!(
+        wrong_basic
+            .header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Basic ")),
+        "RFC 6749 §5.2"
+    );
+    let wrong_post = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", "wrong"),
+        ],
+        None,
+    )
+    .await;
+    assert_error(&wrong_post, 401, "invalid_client");
+    assert!(wrong_post.header("www-authenticate").is_none());
+    let no_secret = post(
+        &app,
+        "/token",
+        &[("grant_type", "client_credentials"), ("client_id", &id)],
+        None,
+    )
+    .await;
+    assert_error(&no_secret, 401, "invalid_client");
+    let unknown = post(&app, "/token", &cc, Some(("gh_unknown", "x"))).await;
+    assert_error(&unknown, 401, "invalid_client");
+    let both = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_secret", &secret),
+        ],
+        Some((&id, &secret)),
+    )
+    .await;
+    assert_error(&both, 400, "invalid_request");
+    // client_secret_post works too.
+    let ok = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn revocation_of_access_and_refresh_tokens_takes_effect_at_once() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t = exchange(&app, &client_id, &code, &verifier).await.json();
+    let (at, rt) = (
+        t["access_token"].as_str().expect("at"),
+        t["refresh_token"].as_str().expect("rt"),
+    );
+    let (claims, _) = verified_claims(&app, at).await;
+    let (gid, jti) = (
+        claims["grant_id"].as_str().expect("g"),
+        claims["jti"].as_str().expect("j"),
+    );
+
+    // Another client may not revoke it.
+    let other = app.register_client("Other", &[CALLBACK]).await;
+    assert_error(
+        &post(
+            &app,
+            "/revoke",
+            &[("token", at), ("client_id", &other)],
+            None,
+        )
+        .await,
+        400,
+        "unauthorized_client",
+    );
+    assert!(!app.state.revocations.is_revoked(gid, jti));
+
+    let res = post(
+        &app,
+        "/revoke",
+        &[
+            ("token", at),
+            ("token_type_hint", "access_token"),
+            ("client_id", &client_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert!(
+        app.state.revocations.is_revoked("other-grant", jti),
+        "the access token itself is revoked"
+    );
+    assert!(
+        !app.state.revocations.is_revoked(gid, "other-jti"),
+        "not the whole grant"
+    );
+
+    let res = post(
+        &app,
+        "/revoke",
+        &[("token", rt), ("client_id", &client_id)],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert!(
+        app.state.revocations.is_revoked(gid, "any"),
+        "the grant is revoked"
+    );
+    assert_error(&refresh(&app, &client_id, rt).await, 400, "invalid_grant");
+
+    // Unknown tokens are fine to revoke (RFC 7009 §2.2).
+    assert_eq!(
+        post(
+            &app,
+            "/revoke",
+            &[("token", "nonsense"), ("client_id", &client_id)],
+            None
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn introspection_tells_a_confidential_client_about_its_own_tokens_only() {
+    let app = TestApp::sqlite().await;
+    let (id, secret) =
+        confidential(&app, "client_secret_post", &["client_credentials"], "mcp").await;
+    let (id2, secret2) =
+        confidential(&app, "client_secret_post", &["client_credentials"], "mcp").await;
+    let token = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+        None,
+    )
+    .await
+    .json();
+    let at = token["access_token"].as_str().expect("at");
+    let own = post(
+        &app,
+        "/introspect",
+        &[
+            ("token", at),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(own.status, 200);
+    let doc = own.json();
+    assert_eq!(doc["active"], true);
+    assert_eq!(doc["client_id"], id.as_str());
+    assert_eq!(doc["scope"], "mcp");
+    assert_eq!(doc["aud"], resource());
+    let foreign = post(
+        &app,
+        "/introspect",
+        &[
+            ("token", at),
+            ("client_id", &id2),
+            ("client_secret", &secret2),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(foreign.json(), json!({ "active": false }));
+    let junk = post(
+        &app,
+        "/introspect",
+        &[
+            ("token", "junk"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(junk.json(), json!({ "active": false }));
+    app.clock.advance(time::Duration::seconds(3601));
+    let expired = post(
+        &app,
+        "/introspect",
+        &[
+            ("token", at),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(expired.json(), json!({ "active": false }));
+    let public = app.register_client("Public", &[CALLBACK]).await;
+    assert_error(
+        &post(
+            &app,
+            "/introspect",
+            &[("token", at), ("client_id", &public)],
+            None,
+        )
+        .await,
+        401,
+        "invalid_client",
+    );
+}
+
+/// Another instance on the same database sees a revocation within one sync.
+#[tokio::test]
+async fn revocations_reach_other_instances_on_sync() {
+    let (app, client_id) = app_with_claude().await;
+    let other =
+        gatehouse::state::AppState::start(app.state.config.as_ref().clone(), app.clock.clone())
+            .await
+            .expect("second instance");
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t = exchange(&app, &client_id, &code, &verifier).await.json();
+    let (claims, _) = verified_claims(&app, t["access_token"].as_str().expect("at")).await;
+    let gid = claims["grant_id"].as_str().expect("g");
+    post(
+        &app,
+        "/revoke",
+        &[
+            ("token", t["refresh_token"].as_str().expect("rt")),
+            ("client_id", &client_id),
+        ],
+        None,
+    )
+    .await;
+    assert!(!other.revocations.is_revoked(gid, "x"), "not yet synced");
+    other
+        .revocations
+        .sync(
+            &other.store,
+            other.clock.now(),
+            other.config.access_token_ttl,
+        )
+        .await
+        .expect("sync");
+    assert!(other.revocations.is_revoked(gid, "x"));
+}
+
+#[tokio::test]
+async fn the_operator_revokes_everything_of_a_user() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t = exchange(&app, &client_id, &code, &verifier).await.json();
+    let ids = app
+        .state
+        .store
+        .revoke_grants_of(Some("u_alice"), None, "test", app.clock.now())
+        .await
+        .expect("revoke");
+    assert_eq!(ids.len(), 1);
+    assert_error(
+        &refresh(&app, &client_id, t["refresh_token"].as_str().expect("rt")).await,
+        400,
+        "invalid_grant",
+    );
+}
