@@ -6,7 +6,12 @@
 //! only the socket is left out, so the figures are the server's own work. Run by `cargo test`
 //! (without `--bench`) it does a tiny smoke pass instead.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +21,9 @@ use axum::http::Request;
 use base64::Engine;
 use gatehouse::clock::SystemClock;
 use gatehouse::config::Config;
-use gatehouse::domain::{Client, ClientKind, RedirectPolicy, RedirectUri, Secret, TokenEndpointAuthMethod};
+use gatehouse::domain::{
+    Client, ClientKind, RedirectPolicy, RedirectUri, Secret, TokenEndpointAuthMethod,
+};
 use gatehouse::state::AppState;
 use gatehouse::store::CodeRecord;
 use josekit::jwt::JwtPayload;
@@ -33,8 +40,11 @@ struct Bench {
 async fn setup() -> Bench {
     let dir = tempfile::TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let config = Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
-    let state = AppState::start(config, Arc::new(SystemClock)).await.unwrap();
+    let config =
+        Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
+    let state = AppState::start(config, Arc::new(SystemClock))
+        .await
+        .unwrap();
     let now = state.clock.now();
     let user = gatehouse::account::User {
         id: "u_bench".into(),
@@ -63,7 +73,11 @@ async fn setup() -> Bench {
     };
     state.store.insert_client(&client).await.unwrap();
     let router = gatehouse::app(state.clone());
-    Bench { state, router, _dir: dir }
+    Bench {
+        state,
+        router,
+        _dir: dir,
+    }
 }
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -78,7 +92,10 @@ async fn codes(bench: &Bench, n: usize) -> Vec<String> {
         let code = Secret::generate().unwrap();
         let record = CodeRecord {
             code_hash: code.hash().as_str().to_owned(),
-            grant_id: format!("g_bench_{i}_{}", gatehouse::domain::random_token(8).unwrap()),
+            grant_id: format!(
+                "g_bench_{i}_{}",
+                gatehouse::domain::random_token(8).unwrap()
+            ),
             client_id: "gh_bench".into(),
             user_id: "u_bench".into(),
             redirect_uri: CALLBACK.into(),
@@ -103,7 +120,9 @@ async fn post(router: &axum::Router, body: String) -> serde_json::Value {
         .unwrap();
     let res = router.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), 200);
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -121,7 +140,11 @@ fn exchange_body(code: &str) -> String {
 
 fn refresh_body(token: &str) -> String {
     url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("grant_type", "refresh_token"), ("refresh_token", token), ("client_id", "gh_bench")])
+        .extend_pairs([
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", "gh_bench"),
+        ])
         .finish()
 }
 
@@ -135,8 +158,15 @@ fn split(items: Vec<String>, parts: usize) -> Vec<Vec<String>> {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (exchanges, refreshes, signs) = if full { (3000, 3000, 20_000) } else { (16, 16, 10) };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (exchanges, refreshes, signs) = if full {
+        (3000, 3000, 20_000)
+    } else {
+        (16, 16, 10)
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let bench = setup().await;
 

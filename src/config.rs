@@ -81,10 +81,67 @@ pub struct RawConfig {
     pub session_idle_timeout: u64,
     /// A browser session ends this many seconds after it started, active or not. Default 43200.
     pub session_absolute_timeout: u64,
+    /// Addresses (CIDRs, e.g. `10.0.0.0/8`) of reverse proxies whose `X-Forwarded-For` /
+    /// `Forwarded` header names the real client. Empty (default): the socket's peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// The MCP endpoint: scopes per tool, rate limits, token checks.
+    pub mcp: McpConfig,
     /// Dynamic client registration (RFC 7591) at `/register`.
     pub registration: RegistrationConfig,
     /// Client ID Metadata Documents: https `client_id`s whose metadata is fetched.
     pub client_metadata: ClientMetadataConfig,
+}
+
+/// How `tools/list` shows a tool the caller lacks a scope for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnauthorizedTools {
+    /// Not listed.
+    #[default]
+    Hide,
+    /// Listed, with a note of the scope it needs.
+    Annotate,
+}
+
+/// `[mcp]`: the MCP endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// The scope every MCP request needs ("may speak MCP"). Default `mcp`.
+    pub base_scope: String,
+    /// Tool name -> the scope it needs besides the base scope. Default
+    /// `{ get_activity_log = "activity:read" }`.
+    pub tool_scopes: BTreeMap<String, String>,
+    /// How `tools/list` shows tools the caller may not call: `hide` (default) or `annotate`.
+    pub unauthorized_tools: UnauthorizedTools,
+    /// Requests per minute per access token. Default 120.
+    pub rate_limit_per_token: u32,
+    /// Requests per minute per client IP that carry no valid token. Default 5.
+    pub rate_limit_unauthenticated: u32,
+    /// Seconds of clock skew tolerated on a token's `exp` and `nbf`. Default 30.
+    pub clock_leeway: u64,
+    /// Users with this role may read everyone's activity. Default `admin`.
+    pub admin_role: String,
+    /// Largest MCP request body, bytes. Default 1048576.
+    pub max_body_bytes: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            base_scope: "mcp".to_owned(),
+            tool_scopes: BTreeMap::from([(
+                "get_activity_log".to_owned(),
+                "activity:read".to_owned(),
+            )]),
+            unauthorized_tools: UnauthorizedTools::Hide,
+            rate_limit_per_token: 120,
+            rate_limit_unauthenticated: 5,
+            clock_leeway: 30,
+            admin_role: "admin".to_owned(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// `[registration]`: who may register a client at `/register`, and how registrations age.
@@ -153,12 +210,16 @@ impl Default for ClientMetadataConfig {
 pub struct ScopeConfig {
     /// What granting this scope lets the client do, in the words the consent page shows.
     pub description: String,
+    /// Narrower scopes this one includes: a token holding it may call tools that need them.
+    #[serde(default)]
+    pub implies: Vec<String>,
 }
 
 impl Default for RawConfig {
     fn default() -> Self {
         let scope = |d: &str| ScopeConfig {
             description: d.to_owned(),
+            implies: Vec::new(),
         };
         Self {
             issuer: None,
@@ -198,6 +259,8 @@ impl Default for RawConfig {
             allowed_origins: Vec::new(),
             session_idle_timeout: 3600,
             session_absolute_timeout: 12 * 3600,
+            trusted_proxies: Vec::new(),
+            mcp: McpConfig::default(),
             registration: RegistrationConfig::default(),
             client_metadata: ClientMetadataConfig::default(),
         }
@@ -226,6 +289,8 @@ pub struct ScopeEntry {
     pub name: ScopeToken,
     /// Its description.
     pub description: String,
+    /// Narrower scopes it includes (directly).
+    pub implies: Vec<String>,
 }
 
 /// The validated configuration.
@@ -265,6 +330,10 @@ pub struct Config {
     pub roles: BTreeMap<String, Vec<ScopeToken>>,
     /// Allowed browser origins (ASCII serialization); empty allows all.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies trusted to name the client address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The MCP endpoint's settings (validated).
+    pub mcp: McpConfig,
     /// Idle timeout of browser sessions.
     pub session_idle_timeout: Duration,
     /// Absolute timeout of browser sessions.
@@ -497,9 +566,15 @@ impl Config {
                     if entry.description.trim().is_empty() {
                         problems.push(format!("scopes.{name}.description must not be empty"));
                     }
+                    for implied in &entry.implies {
+                        if !raw.scopes.contains_key(implied) {
+                            problems.push(format!("scopes.{name}.implies names {implied:?}, which is not in `scopes`"));
+                        }
+                    }
                     scopes.push(ScopeEntry {
                         name: token,
                         description: entry.description.clone(),
+                        implies: entry.implies.clone(),
                     });
                 }
             }
@@ -544,6 +619,53 @@ impl Config {
             }
         }
 
+        let mut trusted_proxies = Vec::new();
+        for cidr in &raw.trusted_proxies {
+            let parsed = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => problems.push(format!(
+                    "trusted_proxies: {cidr:?} is not an address or CIDR block"
+                )),
+            }
+        }
+        let mcp = &raw.mcp;
+        if !raw.scopes.contains_key(&mcp.base_scope) {
+            problems.push(format!(
+                "mcp.base_scope {:?} is not in `scopes`",
+                mcp.base_scope
+            ));
+        }
+        for (tool, scope) in &mcp.tool_scopes {
+            if !crate::mcp::tools::TOOL_NAMES.contains(&tool.as_str()) {
+                problems.push(format!(
+                    "mcp.tool_scopes names the tool {tool:?}, which does not exist (tools: {})",
+                    crate::mcp::tools::TOOL_NAMES.join(", ")
+                ));
+            }
+            if !raw.scopes.contains_key(scope) {
+                problems.push(format!(
+                    "mcp.tool_scopes.{tool} names {scope:?}, which is not in `scopes`"
+                ));
+            }
+        }
+        if mcp.rate_limit_per_token == 0 || mcp.rate_limit_unauthenticated == 0 {
+            problems.push("mcp rate limits must be at least 1 request per minute".to_owned());
+        }
+        if mcp.clock_leeway > 300 {
+            problems.push(format!(
+                "mcp.clock_leeway must be at most 300 seconds, not {}",
+                mcp.clock_leeway
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&mcp.max_body_bytes) {
+            problems.push(format!(
+                "mcp.max_body_bytes must be between 1024 and 16777216, not {}",
+                mcp.max_body_bytes
+            ));
+        }
         let reg = &raw.registration;
         let rate_limit_per_hour = NonZeroU32::new(reg.rate_limit_per_hour).unwrap_or_else(|| {
             problems.push("registration.rate_limit_per_hour must be at least 1".to_owned());
@@ -613,6 +735,8 @@ impl Config {
                 default_scopes,
                 roles,
                 allowed_origins,
+                trusted_proxies,
+                mcp: raw.mcp,
                 session_idle_timeout,
                 session_absolute_timeout,
                 registration,

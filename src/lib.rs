@@ -81,7 +81,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(pages_router(&state))
         .merge(oauth::router(&state.config))
-        .merge(mcp::router(&state.config))
+        .merge(mcp::router(&state))
         .route(routes::HEALTH, get(health::health_get))
         .fallback(web::not_found)
         .method_not_allowed_fallback(web::method_not_allowed)

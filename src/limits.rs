@@ -13,6 +13,49 @@ use crate::config::Config;
 pub struct Limits {
     registration: DefaultKeyedRateLimiter<IpAddr>,
     metadata_fetch: DefaultKeyedRateLimiter<IpAddr>,
+    mcp_token: Informed<String>,
+    mcp_unauthenticated: Informed<IpAddr>,
+    mcp_token_limit: u32,
+    mcp_unauthenticated_limit: u32,
+    refusal_audit: DefaultKeyedRateLimiter<String>,
+}
+
+/// A keyed limiter that reports the remaining budget (for `X-RateLimit-Remaining`).
+type Informed<K> = RateLimiter<
+    K,
+    governor::state::keyed::DefaultKeyedStateStore<K>,
+    DefaultClock,
+    governor::middleware::StateInformationMiddleware,
+>;
+
+/// The outcome of taking one request from a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Requests per minute allowed.
+    pub limit: u32,
+    /// Requests left now.
+    pub remaining: u32,
+    /// When refused: how long to wait.
+    pub retry_after: Option<Duration>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN))
+}
+
+fn take<K: std::hash::Hash + Eq + Clone>(limiter: &Informed<K>, key: &K, limit: u32) -> Budget {
+    match limiter.check_key(key) {
+        Ok(snapshot) => Budget {
+            limit,
+            remaining: snapshot.remaining_burst_capacity(),
+            retry_after: None,
+        },
+        Err(not_until) => Budget {
+            limit,
+            remaining: 0,
+            retry_after: Some(not_until.wait_time_from(DefaultClock::default().now())),
+        },
+    }
 }
 
 /// Metadata documents a client address may have fetched (uncached) per minute.
@@ -40,6 +83,15 @@ impl Limits {
             registration: RateLimiter::keyed(Quota::per_hour(
                 config.registration.rate_limit_per_hour,
             )),
+            mcp_token: RateLimiter::keyed(per_minute(config.mcp.rate_limit_per_token))
+                .with_middleware::<governor::middleware::StateInformationMiddleware>(),
+            mcp_unauthenticated: RateLimiter::keyed(per_minute(
+                config.mcp.rate_limit_unauthenticated,
+            ))
+            .with_middleware::<governor::middleware::StateInformationMiddleware>(),
+            mcp_token_limit: config.mcp.rate_limit_per_token,
+            mcp_unauthenticated_limit: config.mcp.rate_limit_unauthenticated,
+            refusal_audit: RateLimiter::keyed(per_minute(1)),
             metadata_fetch: RateLimiter::keyed(Quota::per_minute(
                 std::num::NonZeroU32::new(METADATA_FETCHES_PER_MINUTE)
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -57,12 +109,34 @@ impl Limits {
         check(&self.metadata_fetch, ip)
     }
 
+    /// Takes one MCP request from an access token's budget (keyed by its `jti`).
+    pub fn mcp_token(&self, jti: &str) -> Budget {
+        take(&self.mcp_token, &jti.to_owned(), self.mcp_token_limit)
+    }
+
+    /// Takes one MCP request without valid credentials from the client address's budget.
+    pub fn mcp_unauthenticated(&self, ip: IpAddr) -> Budget {
+        take(
+            &self.mcp_unauthenticated,
+            &key(ip),
+            self.mcp_unauthenticated_limit,
+        )
+    }
+
+    /// True at most once a minute per `key`: refusals are audited, floods are not.
+    pub fn audit_refusal(&self, key: &str) -> bool {
+        self.refusal_audit.check_key(&key.to_owned()).is_ok()
+    }
+
     /// Forgets keys whose budget is full again, so memory stays bounded.
     pub fn prune(&self) {
         for limiter in [&self.registration, &self.metadata_fetch] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.mcp_token.retain_recent();
+        self.mcp_unauthenticated.retain_recent();
+        self.refusal_audit.retain_recent();
     }
 }
 

@@ -75,21 +75,83 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
     )
 }
 
-/// The peer address of the connection, when the server runs with connect info (it always does
-/// under `gatehouse serve`). Never rejects: a request without it is simply not attributed.
+/// The client's address: the connection's peer, unless that peer is a trusted reverse proxy;
+/// then the nearest address in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself a
+/// trusted proxy. Headers from an untrusted peer are ignored, so they cannot be spoofed.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut chain: Vec<std::net::IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        for part in value.to_str().unwrap_or("").split(',') {
+            if let Ok(ip) = part.trim().parse() {
+                chain.push(ip);
+            }
+        }
+    }
+    if chain.is_empty() {
+        // RFC 7239: Forwarded: for=192.0.2.60;proto=https, for="[2001:db8::1]:4711"
+        for value in headers.get_all("forwarded") {
+            for element in value.to_str().unwrap_or("").split(',') {
+                for pair in element.split(';') {
+                    let Some(v) = pair
+                        .trim()
+                        .strip_prefix("for=")
+                        .or_else(|| pair.trim().strip_prefix("For="))
+                    else {
+                        continue;
+                    };
+                    let v = v.trim_matches('"');
+                    let host = if let Some(rest) = v.strip_prefix('[') {
+                        rest.split(']').next().unwrap_or("")
+                    } else {
+                        v.split(':').next().unwrap_or("")
+                    };
+                    if let Ok(ip) = host.parse() {
+                        chain.push(ip);
+                    }
+                }
+            }
+        }
+    }
+    // The rightmost entry was added by the proxy nearest to us; skip our own proxies.
+    Some(
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .copied()
+            .unwrap_or(peer),
+    )
+}
+
+/// The client's address (see [`client_ip`]). Never rejects: a request without connection info
+/// is simply not attributed.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+impl axum::extract::FromRequestParts<crate::state::AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        state: &S,
+        state: &crate::state::AppState,
     ) -> Result<Self, Self::Rejection> {
         use axum::extract::ConnectInfo;
         let info = ConnectInfo::<std::net::SocketAddr>::from_request_parts(parts, state).await;
-        Ok(Self(info.ok().map(|ConnectInfo(addr)| addr.ip())))
+        let peer = info.ok().map(|ConnectInfo(addr)| addr.ip());
+        Ok(Self(client_ip(
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
     }
 }
 
@@ -105,4 +167,38 @@ pub fn rate_limited(retry_after: std::time::Duration) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "198.51.100.7, 10.1.2.3".parse().expect("header"),
+        );
+        let proxy = Some("10.0.0.5".parse().expect("ip"));
+        let stranger = Some("203.0.113.9".parse().expect("ip"));
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "198.51.100.7".parse().ok()
+        );
+        assert_eq!(
+            client_ip(stranger, &headers, &trusted),
+            stranger,
+            "spoofed header ignored"
+        );
+        let mut fwd = axum::http::HeaderMap::new();
+        fwd.insert(
+            "forwarded",
+            "for=\"[2001:db8::1]:4711\";proto=https"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(client_ip(proxy, &fwd, &trusted), "2001:db8::1".parse().ok());
+    }
 }

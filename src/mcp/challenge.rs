@@ -52,6 +52,18 @@ impl BearerChallenge {
         self
     }
 
+    /// The 403 challenge for a token that lacks scopes: `scope` lists every scope the request
+    /// needs (not only the missing ones), so a client can step up in one round trip (RFC 6750
+    /// §3.1; interop checklist item 17).
+    pub fn insufficient_scope(mut self, needed: &[String]) -> Self {
+        self.error = Some((
+            "insufficient_scope",
+            format!("This request needs the scopes: {}", needed.join(" ")),
+        ));
+        self.scope = needed.join(" ");
+        self
+    }
+
     /// The `WWW-Authenticate` header value.
     pub fn header_value(&self) -> String {
         let mut params = Vec::new();
@@ -78,7 +90,11 @@ impl IntoResponse for BearerChallenge {
                 json!({ "error": "unauthorized", "error_description": "Authentication required" })
             }
         };
-        let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        let status = match &self.error {
+            Some(("insufficient_scope", _)) => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&self.header_value()) {
             headers.insert(header::WWW_AUTHENTICATE, value);

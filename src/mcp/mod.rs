@@ -1,23 +1,28 @@
-//! The resource server: Protected Resource Metadata (RFC 9728) and the `/mcp` endpoint.
-//!
-//! Until the MCP service is mounted behind the bearer layer, `/mcp` answers every request with
-//! the 401 challenge that starts a client's discovery (checklist items 7, 14-16).
+//! The resource server: Protected Resource Metadata (RFC 9728) and the `/mcp` endpoint, an rmcp
+//! Streamable HTTP service behind our bearer layer ([`guard`]), behind CORS (preflights are
+//! answered before authentication).
 
 pub mod challenge;
+pub mod guard;
 pub mod prm;
+pub mod server;
+pub mod sessions;
+pub mod tools;
+pub mod verify;
+
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, Method, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::http::{HeaderName, Method};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::Config;
 use crate::routes;
 use crate::state::AppState;
 use crate::web;
-use challenge::BearerChallenge;
 
 /// Request headers browser MCP clients send (checklist section J).
 const MCP_ALLOW_HEADERS: [&str; 8] = [
@@ -40,7 +45,8 @@ const MCP_EXPOSE_HEADERS: [&str; 5] = [
 ];
 
 /// The resource server's routes.
-pub fn router(config: &Config) -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
+    let config = &state.config;
     let prm = Router::new()
         .route(routes::PRM, get(prm::prm_get))
         .route(routes::PRM_MCP, get(prm::prm_get))
@@ -48,11 +54,39 @@ pub fn router(config: &Config) -> Router<AppState> {
         .route(&format!("{}/", routes::PRM_MCP), get(prm::prm_get))
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors());
+    let mcp_state = state.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(server::GatehouseMcp::new(mcp_state.clone())),
+        LocalSessionManager::default().into(),
+        StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(config)),
+    );
     let mcp = Router::new()
-        .route(routes::MCP, any(mcp_unauthenticated))
-        .route(&format!("{}/", routes::MCP), any(mcp_unauthenticated))
+        .route_service(routes::MCP, service.clone())
+        .route_service(&format!("{}/", routes::MCP), service)
+        .layer(guard::GuardLayer(Arc::new(guard::Guard::new(
+            state.clone(),
+        ))))
         .layer(mcp_cors(config));
     prm.merge(mcp)
+}
+
+/// The `Host` values rmcp accepts (its DNS-rebinding guard): the issuer's host, and loopback
+/// names when the issuer itself is on loopback.
+fn allowed_hosts(config: &Config) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if let Ok(url) = url::Url::parse(config.issuer.as_str()) {
+        if let Some(host) = url.host_str() {
+            hosts.push(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            );
+        }
+    }
+    if config.issuer.is_loopback() {
+        hosts.extend(["localhost", "127.0.0.1", "::1"].map(str::to_owned));
+    }
+    hosts
 }
 
 /// CORS for `/mcp`: preflights are answered before authentication; never credentials.
@@ -68,21 +102,4 @@ fn mcp_cors(config: &Config) -> CorsLayer {
         .allow_headers(MCP_ALLOW_HEADERS.map(HeaderName::from_static))
         .expose_headers(MCP_EXPOSE_HEADERS.map(HeaderName::from_static))
         .max_age(std::time::Duration::from_secs(86_400))
-}
-
-/// Every `/mcp` request: 401 with the discovery challenge. A presented token cannot be valid yet,
-/// so it is answered `invalid_token` (RFC 6750 §3.1).
-async fn mcp_unauthenticated(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
-    let challenge = BearerChallenge::for_config(&state.config);
-    if presented {
-        challenge
-            .invalid_token("The access token is not valid for this resource")
-            .into_response()
-    } else {
-        challenge.into_response()
-    }
 }

@@ -28,7 +28,7 @@ fn reference_rows() -> Vec<(String, String)> {
 }
 
 /// Configuration tables whose keys are fixed by the struct.
-const FIXED_TABLES: [&str; 2] = ["registration", "client_metadata"];
+const FIXED_TABLES: [&str; 3] = ["registration", "client_metadata", "mcp"];
 
 #[test]
 fn configuration_reference_lists_exactly_the_settings() {

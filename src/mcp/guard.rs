@@ -1,0 +1,398 @@
+//! The bearer layer in front of `/mcp`: a tower [`Layer`] that any service can sit behind.
+//!
+//! For every request (never inferred from a session), in this order:
+//! 1. a browser `Origin` not on `allowed_origins` (when that list is set) is refused, 403;
+//! 2. the token is read from `Authorization: Bearer` only (never a query string, never a session
+//!    id) and verified ([`TokenVerifier`]): none gets 401 with the discovery challenge, a bad one
+//!    401 `invalid_token`; either spends from the client address's budget
+//!    (`mcp.rate_limit_unauthenticated` a minute);
+//! 3. a valid token spends from its own budget (`mcp.rate_limit_per_token` a minute); when empty,
+//!    429 with `Retry-After`, never an auth error;
+//! 4. the token must hold the base scope, and for `tools/call` each tool's scope (read from the
+//!    JSON-RPC body, at most `mcp.max_body_bytes`); else 403 `insufficient_scope` listing every
+//!    scope the request needs;
+//! 5. an `Mcp-Session-Id` created by another subject is answered as unknown (404);
+//! 6. the caller's [`Principal`] goes into the request's extensions for the service.
+//!
+//! Every response carries `X-RateLimit-Limit` and `X-RateLimit-Remaining`. Refusals are audited
+//! (at most once a minute per client and reason, so a flood cannot flood the audit log).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use tower::{Layer, Service};
+
+use super::challenge::BearerChallenge;
+use super::server::GatehouseMcp;
+use super::sessions::SessionOwners;
+use super::verify::{Principal, TokenRejection, TokenVerifier};
+use crate::audit::{self, AuditEvent};
+use crate::limits::Budget;
+use crate::state::AppState;
+use crate::web;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// What the guard shares between requests.
+#[derive(Debug)]
+pub struct Guard {
+    state: AppState,
+    verifier: TokenVerifier,
+    sessions: SessionOwners,
+}
+
+impl Guard {
+    /// A guard for `state`'s resource.
+    pub fn new(state: AppState) -> Self {
+        let implies = state
+            .config
+            .scopes
+            .iter()
+            .map(|s| (s.name.as_str().to_owned(), s.implies.clone()))
+            .collect();
+        let verifier = TokenVerifier::new(
+            state.keys.clone(),
+            state.revocations.clone(),
+            state.clock.clone(),
+            state.config.issuer.as_str().to_owned(),
+            state.config.resource(),
+            i64::try_from(state.config.mcp.clock_leeway).unwrap_or(30),
+            implies,
+        );
+        Self {
+            state,
+            verifier,
+            sessions: SessionOwners::default(),
+        }
+    }
+}
+
+/// The layer: wrap any service whose requests need an MCP caller.
+#[derive(Debug, Clone)]
+pub struct GuardLayer(pub Arc<Guard>);
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+    fn layer(&self, inner: S) -> GuardService<S> {
+        GuardService {
+            guard: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service the layer makes.
+#[derive(Debug, Clone)]
+pub struct GuardService<S> {
+    guard: Arc<Guard>,
+    inner: S,
+}
+
+impl<S, B> Service<Request<Body>> for GuardService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // The clone that was polled ready does the work; the fresh clone stays.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        Box::pin(async move { Ok(guard.handle(request, inner).await) })
+    }
+}
+
+fn rate_headers(response: &mut axum::response::Response, budget: Budget) {
+    let h = response.headers_mut();
+    h.insert("x-ratelimit-limit", HeaderValue::from(budget.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(budget.remaining));
+    if let Some(wait) = budget.retry_after {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+    }
+}
+
+/// The tools a JSON-RPC body calls (`tools/call`), for a single message or a batch.
+fn called_tools(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let messages = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    messages
+        .iter()
+        .filter(|m| m.get("method").and_then(Value::as_str) == Some("tools/call"))
+        .filter_map(|m| {
+            m.pointer("/params/name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+impl Guard {
+    async fn handle<S, B>(&self, request: Request<Body>, mut inner: S) -> axum::response::Response
+    where
+        S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let config = &self.state.config;
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = web::client_ip(peer, request.headers(), &config.trusted_proxies);
+
+        // 1. DNS-rebinding defence for browsers: only configured origins.
+        if let Some(origin) = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+        {
+            if !config.allowed_origins.is_empty()
+                && !config.allowed_origins.iter().any(|a| a == origin)
+            {
+                self.audit_refusal(ip, None, "origin not allowed", json!({ "origin": origin }))
+                    .await;
+                return web::json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "This browser origin may not call this server",
+                );
+            }
+        }
+
+        // 2. The bearer token, only from the Authorization header.
+        let challenge = BearerChallenge::for_config(config);
+        let authorizations: Vec<_> = request
+            .headers()
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .collect();
+        let token = match authorizations.as_slice() {
+            [] => None,
+            [one] => one
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_owned()),
+            _ => Some(String::new()),
+        };
+        let principal = match token.as_deref() {
+            None => Err(None),
+            Some(t) => self.verifier.verify(t).map_err(Some),
+        };
+        let principal = match principal {
+            Ok(p) => p,
+            Err(rejection) => {
+                let budget = ip.map(|ip| self.state.limits.mcp_unauthenticated(ip));
+                let mut response = match (budget, rejection) {
+                    (
+                        Some(Budget {
+                            retry_after: Some(wait),
+                            ..
+                        }),
+                        _,
+                    ) => web::rate_limited(wait),
+                    (_, None) => challenge.into_response(),
+                    (_, Some(reason)) => {
+                        challenge.invalid_token(&reason.to_string()).into_response()
+                    }
+                };
+                if let Some(b) = budget {
+                    rate_headers(&mut response, b);
+                }
+                let reason = match (response.status(), rejection) {
+                    (StatusCode::TOO_MANY_REQUESTS, _) => {
+                        "rate limited (no valid token)".to_owned()
+                    }
+                    (_, None) => "no token".to_owned(),
+                    (_, Some(r)) => r.to_string(),
+                };
+                let detail = json!({ "status": response.status().as_u16(), "revoked": rejection == Some(TokenRejection::Revoked) });
+                self.audit_refusal(ip, None, &reason, detail).await;
+                return response;
+            }
+        };
+
+        // 3. The token's own budget.
+        let budget = self.state.limits.mcp_token(&principal.jti);
+        if let Some(wait) = budget.retry_after {
+            let mut response = web::rate_limited(wait);
+            rate_headers(&mut response, budget);
+            self.audit_refusal(
+                ip,
+                Some(&principal),
+                "rate limited",
+                json!({ "status": 429 }),
+            )
+            .await;
+            return response;
+        }
+
+        // 4. Scopes: the base scope for everything; each called tool's for tools/call.
+        let (parts, body) = request.into_parts();
+        let mut needed = vec![config.mcp.base_scope.clone()];
+        let body = if parts.method == Method::POST {
+            match axum::body::to_bytes(body, config.mcp.max_body_bytes).await {
+                Ok(bytes) => {
+                    for tool in called_tools(&bytes) {
+                        for scope in GatehouseMcp::scopes_for(&self.state, &tool) {
+                            if !needed.contains(&scope) {
+                                needed.push(scope);
+                            }
+                        }
+                    }
+                    Body::from(bytes)
+                }
+                Err(_) => {
+                    let mut response = web::json_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request_too_large",
+                        &format!(
+                            "MCP requests are limited to {} bytes",
+                            config.mcp.max_body_bytes
+                        ),
+                    );
+                    rate_headers(&mut response, budget);
+                    return response;
+                }
+            }
+        } else {
+            body
+        };
+        if !needed.iter().all(|s| principal.has_scope(s)) {
+            let mut response = challenge.insufficient_scope(&needed).into_response();
+            rate_headers(&mut response, budget);
+            self.audit_refusal(
+                ip,
+                Some(&principal),
+                "insufficient scope",
+                json!({ "status": 403, "needed": needed }),
+            )
+            .await;
+            return response;
+        }
+
+        // 5. A session belongs to the subject that created it.
+        let session = parts
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(id) = &session {
+            if self
+                .sessions
+                .owner(id)
+                .is_some_and(|owner| owner != principal.subject)
+            {
+                let mut response = web::json_error(
+                    StatusCode::NOT_FOUND,
+                    "session_not_found",
+                    "No such MCP session",
+                );
+                rate_headers(&mut response, budget);
+                self.audit_refusal(
+                    ip,
+                    Some(&principal),
+                    "session of another subject",
+                    json!({ "status": 404 }),
+                )
+                .await;
+                return response;
+            }
+        }
+
+        // 6. Serve, with the caller in the extensions.
+        let method = parts.method.clone();
+        let mut request = Request::from_parts(parts, body);
+        request.extensions_mut().insert(principal.clone());
+        let response = match inner.call(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let mut response = response.map(Body::new);
+        if response.status().is_success() {
+            match (
+                &session,
+                response
+                    .headers()
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+            ) {
+                (None, Some(created)) => self.sessions.bind(created, &principal.subject),
+                (Some(id), _) if method == Method::DELETE => self.sessions.forget(id),
+                _ => {}
+            }
+        }
+        rate_headers(&mut response, budget);
+        response
+    }
+
+    async fn audit_refusal(
+        &self,
+        ip: Option<IpAddr>,
+        principal: Option<&Principal>,
+        reason: &str,
+        detail: Value,
+    ) {
+        let who = principal
+            .map(|p| p.jti.clone())
+            .or_else(|| ip.map(|i| i.to_string()))
+            .unwrap_or_default();
+        if !self.state.limits.audit_refusal(&format!("{who}|{reason}")) {
+            return;
+        }
+        let mut detail = detail;
+        if let Value::Object(map) = &mut detail {
+            map.insert("reason".to_owned(), Value::String(reason.to_owned()));
+        }
+        let mut event = AuditEvent::new("mcp.refused", self.state.clock.now(), detail).failed();
+        event.ip = ip.map(|i| i.to_string());
+        if let Some(p) = principal {
+            event.subject = Some(p.subject.clone());
+            event.client_id = Some(p.client_id.clone());
+            event.grant_id = Some(p.grant_id.clone());
+        }
+        audit::record_after_commit(&self.state.store, event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_called_in_single_and_batch_messages() {
+        let single = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
+        assert_eq!(called_tools(single), ["whoami"]);
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_activity_log"}}]"#;
+        assert_eq!(called_tools(batch), ["get_activity_log"]);
+        assert!(called_tools(b"not json").is_empty());
+    }
+}

@@ -1,0 +1,219 @@
+//! Access-token verification for the resource side (RFC 9068 §4, RFC 6750, RFC 8707): the
+//! signature with the published key the `kid` names (`alg` pinned to that key, so `none` and
+//! HMAC-with-the-public-key fail), `typ: at+jwt`, `iss`, `aud` equal to this resource, `exp` and
+//! `nbf` with a small leeway, and the revocation view on every call.
+//!
+//! Verified tokens are cached by their SHA-256 until they expire, so a busy client does not pay
+//! for a signature check per call. A cache hit still checks revocation, expiry and that the
+//! signing key is still published, so revocation and key retirement take effect at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::clock::Clock;
+use crate::keys::KeyStore;
+use crate::tokens::{AccessClaims, RevocationView};
+
+/// Most verified tokens kept.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// The authenticated caller of an MCP request, put in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user id (`sub`), or the client id for client_credentials tokens.
+    pub subject: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// The token's scopes, with the narrower scopes they imply.
+    pub scopes: Vec<String>,
+    /// The grant the token belongs to.
+    pub grant_id: String,
+    /// The token's id.
+    pub jti: String,
+    /// Its expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+impl Principal {
+    /// True when the caller holds `scope` (directly or through a broader scope).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Why a presented token is refused. Shown to the client as the `error_description`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("the access token is malformed or its signature is not valid")]
+    BadSignature,
+    #[error("the token is not an access token (typ must be at+jwt)")]
+    WrongType,
+    #[error("the access token was issued by another server")]
+    WrongIssuer,
+    #[error("the access token is for another resource")]
+    WrongAudience,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid yet")]
+    NotYetValid,
+    #[error("the access token has been revoked")]
+    Revoked,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    principal: Principal,
+    kid: String,
+    nbf: i64,
+}
+
+/// Verifies access tokens for this resource.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    keys: Arc<KeyStore>,
+    revocations: Arc<RevocationView>,
+    clock: Arc<dyn Clock>,
+    issuer: String,
+    audience: String,
+    leeway: i64,
+    implies: HashMap<String, Vec<String>>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+impl TokenVerifier {
+    /// A verifier for tokens of `issuer` for `audience`, with the scope implications of the
+    /// catalog (scope -> narrower scopes it includes).
+    pub fn new(
+        keys: Arc<KeyStore>,
+        revocations: Arc<RevocationView>,
+        clock: Arc<dyn Clock>,
+        issuer: String,
+        audience: String,
+        leeway_seconds: i64,
+        implies: HashMap<String, Vec<String>>,
+    ) -> Self {
+        Self {
+            keys,
+            revocations,
+            clock,
+            issuer,
+            audience,
+            leeway: leeway_seconds,
+            implies,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The scopes a token's scopes amount to, with everything they imply (transitively).
+    fn effective_scopes(&self, scope: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        while let Some(s) = todo.pop() {
+            if out.contains(&s) {
+                continue;
+            }
+            if let Some(narrower) = self.implies.get(&s) {
+                todo.extend(narrower.iter().cloned());
+            }
+            out.push(s);
+        }
+        out
+    }
+
+    /// Checks a bearer token and returns who is calling.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenRejection> {
+        let now = self.clock.now().unix_timestamp();
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let hit = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let cached = match hit {
+            Some(c) => c,
+            None => {
+                let c = self.verify_signed(token)?;
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.retain(|_, v| v.principal.expires_at + self.leeway > now);
+                    if cache.len() >= CACHE_CAPACITY {
+                        cache.clear();
+                    }
+                }
+                cache.insert(key, c.clone());
+                c
+            }
+        };
+        // Checked on every call, cached or not.
+        if now >= cached.principal.expires_at + self.leeway {
+            return Err(TokenRejection::Expired);
+        }
+        if cached.nbf > now + self.leeway {
+            return Err(TokenRejection::NotYetValid);
+        }
+        if self.keys.snapshot().key(&cached.kid).is_none() {
+            return Err(TokenRejection::BadSignature);
+        }
+        if self
+            .revocations
+            .is_revoked(&cached.principal.grant_id, &cached.principal.jti)
+        {
+            return Err(TokenRejection::Revoked);
+        }
+        Ok(cached.principal)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Cached, TokenRejection> {
+        let keys = self.keys.snapshot();
+        let (payload, header) = keys
+            .verify_jwt(token)
+            .map_err(|_| TokenRejection::BadSignature)?;
+        // RFC 9068 §4: the type must be at+jwt (or application/at+jwt).
+        let typ = header.token_type().map(str::to_ascii_lowercase);
+        if !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {
+            return Err(TokenRejection::WrongType);
+        }
+        let claims_map = payload.claims_set().clone();
+        // `aud` may be a string or an array that contains this resource.
+        let aud_ok = match claims_map.get("aud") {
+            Some(serde_json::Value::String(a)) => *a == self.audience,
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .any(|a| a.as_str() == Some(self.audience.as_str())),
+            _ => false,
+        };
+        let mut normalized = claims_map.clone();
+        normalized.insert(
+            "aud".to_owned(),
+            serde_json::Value::String(self.audience.clone()),
+        );
+        let claims: AccessClaims = serde_json::from_value(serde_json::Value::Object(normalized))
+            .map_err(|_| TokenRejection::BadSignature)?;
+        if claims.iss != self.issuer {
+            return Err(TokenRejection::WrongIssuer);
+        }
+        if !aud_ok {
+            return Err(TokenRejection::WrongAudience);
+        }
+        let kid = header.key_id().unwrap_or_default().to_owned();
+        Ok(Cached {
+            principal: Principal {
+                subject: claims.sub,
+                client_id: claims.client_id,
+                scopes: self.effective_scopes(&claims.scope),
+                grant_id: claims.grant_id,
+                jti: claims.jti,
+                expires_at: claims.exp,
+            },
+            kid,
+            nbf: claims.nbf,
+        })
+    }
+}
