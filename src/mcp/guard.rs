@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
@@ -161,10 +162,17 @@ impl Guard {
         B::Error: Into<axum::BoxError>,
     {
         let config = &self.state.config;
+        // As axum's own ConnectInfo extractor: the real one, or the mock that tests install.
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .map(|c| c.0.ip())
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<MockConnectInfo<SocketAddr>>()
+                    .map(|m| m.0.ip())
+            });
         let ip = web::client_ip(peer, request.headers(), &config.trusted_proxies);
 
         // 1. DNS-rebinding defence for browsers: only configured origins.

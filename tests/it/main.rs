@@ -13,6 +13,7 @@ mod errors;
 mod health;
 mod keys;
 mod mcp;
+mod mcp_server;
 pub mod process;
 mod readme;
 mod register;
