@@ -54,12 +54,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(&format!("{}/", routes::PRM_MCP), get(prm::prm_get))
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(web::public_cors());
-    let mcp_state = state.clone();
-    let service = StreamableHttpService::new(
-        move || Ok(server::GatehouseMcp::new(mcp_state.clone())),
-        LocalSessionManager::default().into(),
-        StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(config)),
-    );
+    let service = mcp_service(state);
     let mcp = Router::new()
         .route_service(routes::MCP, service.clone())
         .route_service(&format!("{}/", routes::MCP), service)
@@ -68,6 +63,18 @@ pub fn router(state: &AppState) -> Router<AppState> {
         ))))
         .layer(mcp_cors(config));
     prm.merge(mcp)
+}
+
+/// The MCP service itself (rmcp, Streamable HTTP), without the bearer layer: it expects a
+/// [`verify::Principal`] in each request's extensions. Public for benchmarks and for fronting it
+/// with another authentication layer.
+pub fn mcp_service(state: &AppState) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
+    let mcp_state = state.clone();
+    StreamableHttpService::new(
+        move || Ok(server::GatehouseMcp::new(mcp_state.clone())),
+        LocalSessionManager::default().into(),
+        StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config)),
+    )
 }
 
 /// The `Host` values rmcp accepts (its DNS-rebinding guard): the issuer's host, and loopback

@@ -1,0 +1,160 @@
+//! Load run of the MCP endpoint: authenticated `tools/call whoami` throughput and latency at 1,
+//! 16 and 64 concurrent clients, against the same service with the bearer layer taken out (a
+//! fixed caller put in the request instead), so the difference is the layer's cost: token
+//! verification (cached), rate limiting, the scope gate's body read and session ownership.
+//!
+//! `cargo bench --bench mcp_tools` (release build). Requests go through the real router in
+//! process (no socket) on a SQLite file; each is a stateless 2026-07-28 `tools/call`. Run by
+//! `cargo test` (without `--bench`) it does a tiny smoke pass instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use gatehouse::clock::SystemClock;
+use gatehouse::config::Config;
+use gatehouse::mcp::verify::Principal;
+use gatehouse::state::AppState;
+use gatehouse::store::GrantRecord;
+use tower::ServiceExt;
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+
+async fn setup() -> (AppState, String, tempfile::TempDir) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let mut config = Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
+    config.mcp.rate_limit_per_token = u32::MAX;
+    let state = AppState::start(config, Arc::new(SystemClock)).await.unwrap();
+    let now = state.clock.now();
+    state
+        .store
+        .insert_user(&gatehouse::account::User {
+            id: "u_bench".into(),
+            username: gatehouse::account::Username::parse("bench").unwrap(),
+            password_hash: "unused".into(),
+            roles: vec!["user".into()],
+            created_at: now,
+            password_changed_at: now,
+        })
+        .await
+        .unwrap();
+    let grant = GrantRecord {
+        grant_id: "g_bench".into(),
+        client_id: "gh_bench".into(),
+        user_id: Some("u_bench".into()),
+        resource: state.config.resource(),
+        scopes: "mcp".into(),
+        created_at: now,
+        expires_at: now + time::Duration::days(1),
+        revoked_at: None,
+    };
+    let token = gatehouse::tokens::mint(
+        &state.keys.snapshot(),
+        state.config.issuer.as_str(),
+        &grant,
+        "mcp",
+        now,
+        time::Duration::hours(1),
+    )
+    .unwrap()
+    .jwt;
+    (state, token, dir)
+}
+
+async fn one(router: &Router, token: &str) -> Duration {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/mcp")
+        .header("host", "mcp.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "whoami")
+        .body(Body::from(BODY))
+        .unwrap();
+    let started = Instant::now();
+    let res = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    assert!(body.windows(7).any(|w| w == b"u_bench"), "whoami answered");
+    started.elapsed()
+}
+
+/// Runs `clients` concurrent clients, each sending `per_client` requests; returns (requests/s,
+/// p50, p99).
+async fn load(router: &Router, token: &str, clients: usize, per_client: usize) -> (f64, Duration, Duration) {
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (router, token) = (router.clone(), token.to_owned());
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                latencies.push(one(&router, &token).await);
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    (rate, pct(0.50), pct(0.99))
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let total = if full { 4000 } else { 8 };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let (state, token, _dir) = setup().await;
+        let guarded = gatehouse::app(state.clone());
+        // The same service with the layer taken out: a fixed caller instead.
+        let principal = Principal {
+            subject: "u_bench".into(),
+            client_id: "gh_bench".into(),
+            scopes: vec!["mcp".into()],
+            grant_id: "g_bench".into(),
+            jti: "bench".into(),
+            expires_at: i64::MAX,
+        };
+        let service = gatehouse::mcp::mcp_service(&state);
+        let bare = Router::new().route_service("/mcp", service).layer(axum::middleware::from_fn(
+            move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+                let principal = principal.clone();
+                async move {
+                    req.extensions_mut().insert(principal);
+                    next.run(req).await
+                }
+            },
+        ));
+        // Warm both (token cache, connections).
+        for _ in 0..20.min(total) {
+            one(&guarded, &token).await;
+            one(&bare, &token).await;
+        }
+        for clients in [1usize, 16, 64] {
+            let per_client = (total / clients).max(1);
+            let (without, w50, w99) = load(&bare, &token, clients, per_client).await;
+            let (with, g50, g99) = load(&guarded, &token, clients, per_client).await;
+            println!(
+                "tools/call whoami, {clients:>2} clients: with the bearer layer {with:.0}/s (p50 {:.2} ms, p99 {:.2} ms); without {without:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.0}%",
+                g50.as_secs_f64() * 1e3,
+                g99.as_secs_f64() * 1e3,
+                w50.as_secs_f64() * 1e3,
+                w99.as_secs_f64() * 1e3,
+                100.0 * with / without
+            );
+        }
+    });
+}
