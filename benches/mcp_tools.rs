@@ -7,7 +7,12 @@
 //! process (no socket) on a SQLite file; each is a stateless 2026-07-28 `tools/call`. Run by
 //! `cargo test` (without `--bench`) it does a tiny smoke pass instead.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +32,12 @@ const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"n
 async fn setup() -> (AppState, String, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let mut config = Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
+    let mut config =
+        Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
     config.mcp.rate_limit_per_token = u32::MAX;
-    let state = AppState::start(config, Arc::new(SystemClock)).await.unwrap();
+    let state = AppState::start(config, Arc::new(SystemClock))
+        .await
+        .unwrap();
     let now = state.clock.now();
     state
         .store
@@ -82,14 +90,21 @@ async fn one(router: &Router, token: &str) -> Duration {
     let started = Instant::now();
     let res = router.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), 200);
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
     assert!(body.windows(7).any(|w| w == b"u_bench"), "whoami answered");
     started.elapsed()
 }
 
 /// Runs `clients` concurrent clients, each sending `per_client` requests; returns (requests/s,
 /// p50, p99).
-async fn load(router: &Router, token: &str, clients: usize, per_client: usize) -> (f64, Duration, Duration) {
+async fn load(
+    router: &Router,
+    token: &str,
+    clients: usize,
+    per_client: usize,
+) -> (f64, Duration, Duration) {
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..clients {
@@ -115,7 +130,10 @@ async fn load(router: &Router, token: &str, clients: usize, per_client: usize) -
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let total = if full { 4000 } else { 8 };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let (state, token, _dir) = setup().await;
         let guarded = gatehouse::app(state.clone());

@@ -86,6 +86,8 @@ pub struct RawConfig {
     pub trusted_proxies: Vec<String>,
     /// The MCP endpoint: scopes per tool, rate limits, token checks.
     pub mcp: McpConfig,
+    /// Per-client-IP budgets of the other endpoints.
+    pub rate_limits: RateLimitsConfig,
     /// Dynamic client registration (RFC 7591) at `/register`.
     pub registration: RegistrationConfig,
     /// Client ID Metadata Documents: https `client_id`s whose metadata is fetched.
@@ -140,6 +142,26 @@ impl Default for McpConfig {
             clock_leeway: 30,
             admin_role: "admin".to_owned(),
             max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[rate_limits]`: requests per minute per client IP (per instance).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Discovery documents, the JWK set and `/health`. Default 600.
+    pub public_per_minute: u32,
+    /// `/authorize`, `/login`, `/consent`, `/logout`, `/token`, `/revoke`, `/introspect`,
+    /// `/register` (which also has its own hourly limit). Default 300.
+    pub oauth_per_minute: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            public_per_minute: 600,
+            oauth_per_minute: 300,
         }
     }
 }
@@ -261,6 +283,7 @@ impl Default for RawConfig {
             session_absolute_timeout: 12 * 3600,
             trusted_proxies: Vec::new(),
             mcp: McpConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             registration: RegistrationConfig::default(),
             client_metadata: ClientMetadataConfig::default(),
         }
@@ -334,6 +357,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The MCP endpoint's settings (validated).
     pub mcp: McpConfig,
+    /// Per-IP budgets of the other endpoints.
+    pub rate_limits: RateLimitsConfig,
     /// Idle timeout of browser sessions.
     pub session_idle_timeout: Duration,
     /// Absolute timeout of browser sessions.
@@ -666,6 +691,9 @@ impl Config {
                 mcp.max_body_bytes
             ));
         }
+        if raw.rate_limits.public_per_minute == 0 || raw.rate_limits.oauth_per_minute == 0 {
+            problems.push("rate_limits must allow at least 1 request per minute".to_owned());
+        }
         let reg = &raw.registration;
         let rate_limit_per_hour = NonZeroU32::new(reg.rate_limit_per_hour).unwrap_or_else(|| {
             problems.push("registration.rate_limit_per_hour must be at least 1".to_owned());
@@ -737,6 +765,7 @@ impl Config {
                 allowed_origins,
                 trusted_proxies,
                 mcp: raw.mcp,
+                rate_limits: raw.rate_limits,
                 session_idle_timeout,
                 session_absolute_timeout,
                 registration,

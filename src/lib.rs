@@ -72,6 +72,10 @@ fn pages_router(state: &AppState) -> Router<AppState> {
         )
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(sessions)
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), limits::Endpoints::OAuth),
+            web::budget,
+        ))
         .layer(axum::middleware::from_fn(pages::harden))
         .route(routes::STYLESHEET, get(pages::stylesheet_get))
 }
@@ -80,9 +84,17 @@ fn pages_router(state: &AppState) -> Router<AppState> {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(pages_router(&state))
-        .merge(oauth::router(&state.config))
+        .merge(oauth::router(&state))
         .merge(mcp::router(&state))
-        .route(routes::HEALTH, get(health::health_get))
+        .merge(
+            Router::new()
+                .route(routes::HEALTH, get(health::health_get))
+                .method_not_allowed_fallback(web::method_not_allowed)
+                .layer(axum::middleware::from_fn_with_state(
+                    (state.clone(), limits::Endpoints::Public),
+                    web::budget,
+                )),
+        )
         .fallback(web::not_found)
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(SetResponseHeaderLayer::if_not_present(

@@ -18,6 +18,17 @@ pub struct Limits {
     mcp_token_limit: u32,
     mcp_unauthenticated_limit: u32,
     refusal_audit: DefaultKeyedRateLimiter<String>,
+    public: DefaultKeyedRateLimiter<IpAddr>,
+    oauth: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// Which endpoints a request belongs to, for the per-IP budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Discovery documents, the JWK set, `/health`.
+    Public,
+    /// The authorization server's endpoints and pages.
+    OAuth,
 }
 
 /// A keyed limiter that reports the remaining budget (for `X-RateLimit-Remaining`).
@@ -92,6 +103,8 @@ impl Limits {
             mcp_token_limit: config.mcp.rate_limit_per_token,
             mcp_unauthenticated_limit: config.mcp.rate_limit_unauthenticated,
             refusal_audit: RateLimiter::keyed(per_minute(1)),
+            public: RateLimiter::keyed(per_minute(config.rate_limits.public_per_minute)),
+            oauth: RateLimiter::keyed(per_minute(config.rate_limits.oauth_per_minute)),
             metadata_fetch: RateLimiter::keyed(Quota::per_minute(
                 std::num::NonZeroU32::new(METADATA_FETCHES_PER_MINUTE)
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -123,6 +136,14 @@ impl Limits {
         )
     }
 
+    /// Takes one request to `endpoints` from `ip`'s budget; `Err` holds how long to wait.
+    pub fn endpoints(&self, endpoints: Endpoints, ip: IpAddr) -> Result<(), Duration> {
+        match endpoints {
+            Endpoints::Public => check(&self.public, ip),
+            Endpoints::OAuth => check(&self.oauth, ip),
+        }
+    }
+
     /// True at most once a minute per `key`: refusals are audited, floods are not.
     pub fn audit_refusal(&self, key: &str) -> bool {
         self.refusal_audit.check_key(&key.to_owned()).is_ok()
@@ -130,7 +151,12 @@ impl Limits {
 
     /// Forgets keys whose budget is full again, so memory stays bounded.
     pub fn prune(&self) {
-        for limiter in [&self.registration, &self.metadata_fetch] {
+        for limiter in [
+            &self.registration,
+            &self.metadata_fetch,
+            &self.public,
+            &self.oauth,
+        ] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }

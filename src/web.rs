@@ -132,6 +132,21 @@ pub fn client_ip(
     )
 }
 
+/// The connection's peer address, as axum's own `ConnectInfo` extractor finds it: the real one
+/// (`gatehouse serve`), or the mock that in-process tests install.
+pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    use axum::extract::ConnectInfo;
+    use axum::extract::connect_info::MockConnectInfo;
+    extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            extensions
+                .get::<MockConnectInfo<std::net::SocketAddr>>()
+                .map(|m| m.0.ip())
+        })
+}
+
 /// The client's address (see [`client_ip`]). Never rejects: a request without connection info
 /// is simply not attributed.
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +168,24 @@ impl axum::extract::FromRequestParts<crate::state::AppState> for ClientIp {
             &state.config.trusted_proxies,
         )))
     }
+}
+
+/// Middleware: one request from the client address's budget for `endpoints`; 429 when spent.
+pub async fn budget(
+    axum::extract::State((state, endpoints)): axum::extract::State<(
+        crate::state::AppState,
+        crate::limits::Endpoints,
+    )>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = peer_ip(request.extensions());
+    if let Some(ip) = client_ip(peer, request.headers(), &state.config.trusted_proxies) {
+        if let Err(wait) = state.limits.endpoints(endpoints, ip) {
+            return rate_limited(wait);
+        }
+    }
+    next.run(request).await
 }
 
 /// 429 with `Retry-After` and a body that says "rate limited", never an auth error.

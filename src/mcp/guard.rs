@@ -19,14 +19,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
-use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
@@ -162,17 +160,7 @@ impl Guard {
         B::Error: Into<axum::BoxError>,
     {
         let config = &self.state.config;
-        // As axum's own ConnectInfo extractor: the real one, or the mock that tests install.
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .or_else(|| {
-                request
-                    .extensions()
-                    .get::<MockConnectInfo<SocketAddr>>()
-                    .map(|m| m.0.ip())
-            });
+        let peer = web::peer_ip(request.extensions());
         let ip = web::client_ip(peer, request.headers(), &config.trusted_proxies);
 
         // 1. DNS-rebinding defence for browsers: only configured origins.

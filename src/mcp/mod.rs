@@ -53,6 +53,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         // The Python SDK keeps a trailing slash of the server URL (checklist item 8).
         .route(&format!("{}/", routes::PRM_MCP), get(prm::prm_get))
         .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), crate::limits::Endpoints::Public),
+            web::budget,
+        ))
         .layer(web::public_cors());
     let service = mcp_service(state);
     let mcp = Router::new()
@@ -68,7 +72,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// The MCP service itself (rmcp, Streamable HTTP), without the bearer layer: it expects a
 /// [`verify::Principal`] in each request's extensions. Public for benchmarks and for fronting it
 /// with another authentication layer.
-pub fn mcp_service(state: &AppState) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
+pub fn mcp_service(
+    state: &AppState,
+) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
     let mcp_state = state.clone();
     StreamableHttpService::new(
         move || Ok(server::GatehouseMcp::new(mcp_state.clone())),

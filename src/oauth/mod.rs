@@ -19,7 +19,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-use crate::config::Config;
+use axum::middleware::from_fn_with_state;
+
+use crate::limits::Endpoints;
 
 use crate::routes;
 use crate::state::AppState;
@@ -29,11 +31,14 @@ use crate::web;
 const TOKEN_BODY_LIMIT: usize = 16 * 1024;
 
 /// The authorization server's routes, all CORS-enabled for browser-based clients.
-pub fn router(config: &Config) -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
+    let config = &state.config;
+    let oauth_budget = from_fn_with_state((state.clone(), Endpoints::OAuth), web::budget);
     let register = Router::new()
         .route(routes::REGISTER, post(register::register_post))
         .layer(DefaultBodyLimit::max(config.registration.max_body_bytes))
         .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(oauth_budget.clone())
         .layer(web::public_cors());
     // Browser-based clients (MCP Inspector) exchange and refresh from the page: CORS too.
     let tokens = Router::new()
@@ -42,6 +47,7 @@ pub fn router(config: &Config) -> Router<AppState> {
         .route(routes::INTROSPECT, post(introspect::introspect_post))
         .layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT))
         .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(oauth_budget)
         .layer(web::public_cors());
     Router::new()
         .route(routes::AS_METADATA, get(metadata::metadata_get))
@@ -53,6 +59,10 @@ pub fn router(config: &Config) -> Router<AppState> {
         // Set before the CORS layer so the 405 fallback is wrapped too and preflights are
         // answered; set after it, axum would replace the wrapped fallback.
         .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(from_fn_with_state(
+            (state.clone(), Endpoints::Public),
+            web::budget,
+        ))
         .layer(web::public_cors())
         .merge(register)
         .merge(tokens)

@@ -28,7 +28,7 @@ fn reference_rows() -> Vec<(String, String)> {
 }
 
 /// Configuration tables whose keys are fixed by the struct.
-const FIXED_TABLES: [&str; 3] = ["registration", "client_metadata", "mcp"];
+const FIXED_TABLES: [&str; 4] = ["registration", "client_metadata", "mcp", "rate_limits"];
 
 #[test]
 fn configuration_reference_lists_exactly_the_settings() {
