@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::{CONFIG_FILE_ENV, Config, ConfigErrors};
-use crate::keys::KeyFile;
+use crate::domain::SigningAlgorithm;
+use crate::keys::{KeyFile, RotationPolicy, Vault, lifecycle};
 use crate::store::Store;
 
 /// Gatehouse: an OAuth 2.1 authorization server and an MCP resource server in one binary.
@@ -111,11 +112,17 @@ pub enum ClientsCommand {
 pub enum KeysCommand {
     /// List signing keys: kid, algorithm, state, created, activated, retire-after.
     List,
-    /// Start a rotation: publish a new key, which signs once clients had time to fetch it.
+    /// Start a rotation: publish a new key as `next`; it signs once `key_rotation.publish_lead`
+    /// has passed, so every verifier knows it first. The old key keeps verifying until the
+    /// tokens it signed have expired.
     Rotate {
-        /// Emergency: the new key signs at once; the old one only verifies.
+        /// Emergency: a key signs at once (the waiting next key, or a new one); the old one
+        /// only verifies until its tokens expire.
         #[arg(long)]
         now: bool,
+        /// Algorithm of the new key: ES256, EdDSA or RS256. Default: `signing_algorithm`.
+        #[arg(long, value_parser = parse_algorithm)]
+        alg: Option<SigningAlgorithm>,
     },
     /// Emergency: withdraw a key; tokens it signed stop working at once.
     Retire {
@@ -196,14 +203,105 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::List) => keys_list(&config).await,
         Command::Users(cmd) => crate::admin::users(&config, cmd).await,
         Command::Clients(cmd) => crate::admin::clients(&config, cmd).await,
-        Command::Keys(KeysCommand::Rotate { .. }) => not_yet("keys rotate"),
-        Command::Keys(KeysCommand::Retire { .. }) => not_yet("keys retire"),
+        Command::Keys(KeysCommand::Rotate { now, alg }) => keys_rotate(&config, now, alg).await,
+        Command::Keys(KeysCommand::Retire { kid, yes }) => keys_retire(&config, &kid, yes).await,
         Command::Tokens(cmd) => crate::admin::tokens(&config, cmd).await,
     }
 }
 
-fn not_yet(command: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`gatehouse {command}` is not available yet in this version of Gatehouse")
+fn parse_algorithm(raw: &str) -> Result<SigningAlgorithm, String> {
+    SigningAlgorithm::parse(raw).ok_or_else(|| format!("{raw:?} is not ES256, EdDSA or RS256"))
+}
+
+/// The database and private-key vault the key commands work on: the same as `serve`'s.
+async fn key_context(config: &Config) -> anyhow::Result<(Store, Vault, RotationPolicy)> {
+    let store = Store::open(&config.database)
+        .await
+        .with_context(|| format!("cannot open database {}", config.database))?;
+    let vault = Vault::open(
+        &store,
+        &config.keys_dir,
+        config.keys_passphrase.as_ref().map(|p| p.0.as_str()),
+        OffsetDateTime::now_utc(),
+    )
+    .await?;
+    Ok((store, vault, RotationPolicy::from_config(config)))
+}
+
+const RUNNING_SERVERS: &str =
+    "running servers pick this up within key_rotation.check_interval (or at once on SIGHUP)";
+
+/// `gatehouse keys rotate [--now] [--alg ALG]`
+async fn keys_rotate(
+    config: &Config,
+    now: bool,
+    alg: Option<SigningAlgorithm>,
+) -> anyhow::Result<()> {
+    let (store, vault, policy) = key_context(config).await?;
+    let alg = alg.unwrap_or(config.signing_algorithm);
+    let at = OffsetDateTime::now_utc();
+    let result = if now {
+        lifecycle::rotate_now(&store, &vault, alg, &policy, at)
+            .await
+            .map(|kid| {
+                format!(
+                    "Signing key {kid} signs from now on; the previous key verifies until {} and is then retired; {RUNNING_SERVERS}.",
+                    format_time(Some(at + policy.retire_delay))
+                )
+            })
+    } else {
+        lifecycle::rotate(&store, &vault, alg, &policy, at)
+            .await
+            .map(|key| {
+                format!(
+                    "Published signing key {} ({}) as next: it starts signing at {}; {RUNNING_SERVERS}.",
+                    key.kid,
+                    key.alg,
+                    format_time(key.activate_after)
+                )
+            })
+    };
+    store.close().await;
+    println!("{}", result?);
+    Ok(())
+}
+
+/// `gatehouse keys retire KID [--yes]`
+async fn keys_retire(config: &Config, kid: &str, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            anyhow::bail!(
+                "retiring {kid} makes every token it signed fail at once; add --yes to confirm"
+            );
+        }
+        print!(
+            "Retiring {kid} makes every access token it signed fail at once (clients must refresh). Type the key id to confirm: "
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        stdin.lock().read_line(&mut answer)?;
+        if answer.trim() != kid {
+            anyhow::bail!("not confirmed; nothing changed");
+        }
+    }
+    let (store, vault, policy) = key_context(config).await?;
+    let result = lifecycle::retire_now(
+        &store,
+        &vault,
+        config.signing_algorithm,
+        &policy,
+        kid,
+        OffsetDateTime::now_utc(),
+    )
+    .await;
+    store.close().await;
+    let signing = result?;
+    println!(
+        "Retired signing key {kid}: tokens it signed no longer verify. Signing key: {signing}; {RUNNING_SERVERS}."
+    );
+    Ok(())
 }
 
 /// A time for the operator's tables (RFC 3339), or `-`.
@@ -225,22 +323,27 @@ async fn keys_list(config: &Config) -> anyhow::Result<()> {
     }
     println!(
         "{:<43}  {:<5}  {:<8}  {:<20}  {:<20}  {:<20}  PRIVATE KEY FILE",
-        "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRE AFTER"
+        "KID", "ALG", "STATE", "CREATED", "SIGNS FROM", "RETIRE AFTER / RETIRED"
     );
     for key in keys {
         let file = match KeyFile::read(&config.keys_dir, &key.kid) {
+            Ok(Some(f)) if f.sealed_private_jwk.is_some() => "present (sealed)".to_owned(),
             Ok(Some(_)) => "present".to_owned(),
+            Ok(None) if key.private_sealed.is_some() => "sealed in the database".to_owned(),
+            Ok(None) if key.state == crate::keys::KeyState::Retired => "destroyed".to_owned(),
             Ok(None) => "missing".to_owned(),
             Err(err) => format!("unreadable ({err})"),
         };
+        // A next key has not signed yet: show when it will.
+        let activated = key.activated_at.or(key.activate_after);
         println!(
             "{:<43}  {:<5}  {:<8}  {:<20}  {:<20}  {:<20}  {file}",
             key.kid,
             key.alg.as_str(),
             key.state.as_str(),
             format_time(Some(key.created_at)),
-            format_time(key.activated_at),
-            format_time(key.retire_after),
+            format_time(activated),
+            format_time(key.retire_after.or(key.retired_at)),
         );
     }
     Ok(())

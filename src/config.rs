@@ -92,6 +92,66 @@ pub struct RawConfig {
     pub registration: RegistrationConfig,
     /// Client ID Metadata Documents: https `client_id`s whose metadata is fetched.
     pub client_metadata: ClientMetadataConfig,
+    /// Passphrase that seals the private signing keys at rest, in `keys_dir` and in the database
+    /// (so that several instances sharing a database share the keys). Set it in the environment
+    /// (`GATEHOUSE_KEYS_PASSPHRASE`), not in the file. Unset (default): key files are plain JSON
+    /// protected by mode 0600.
+    pub keys_passphrase: Option<Passphrase>,
+    /// Signing-key rotation: schedule and waits.
+    pub key_rotation: KeyRotationConfig,
+}
+
+/// A passphrase; `Debug` never shows it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Passphrase(pub String);
+
+impl fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+/// `[key_rotation]`: when signing keys move through next -> current -> previous -> retired.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyRotationConfig {
+    /// Seconds a key signs before the next one takes over; 0 rotates only when an operator
+    /// runs `gatehouse keys rotate`. Default 2592000 (30 days).
+    pub interval: u64,
+    /// Seconds a new key is published in the JWK set before it signs, so every verifier and
+    /// JWK-set cache knows it first. At least the JWK set's max-age (300). Default 3600.
+    pub publish_lead: u64,
+    /// Seconds between this instance's reads of the key states (changes made by the CLI or
+    /// another instance; the schedule runs at the same pace). Default 5.
+    pub check_interval: u64,
+    /// Seconds a retired key's record is kept (for `keys list` and the audit trail) before it is
+    /// deleted. Default 604800 (7 days).
+    pub retired_retention: u64,
+}
+
+impl Default for KeyRotationConfig {
+    fn default() -> Self {
+        Self {
+            interval: 30 * 86_400,
+            publish_lead: 3600,
+            check_interval: 5,
+            retired_retention: 7 * 86_400,
+        }
+    }
+}
+
+/// The validated rotation settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// Rotation period; `None` for manual rotation only.
+    pub interval: Option<Duration>,
+    /// Publication lead of a new key.
+    pub publish_lead: Duration,
+    /// Interval of the key-state reads and the schedule.
+    pub check_interval: Duration,
+    /// Retention of retired keys' records.
+    pub retired_retention: Duration,
 }
 
 /// How `tools/list` shows a tool the caller lacks a scope for.
@@ -286,6 +346,8 @@ impl Default for RawConfig {
             rate_limits: RateLimitsConfig::default(),
             registration: RegistrationConfig::default(),
             client_metadata: ClientMetadataConfig::default(),
+            keys_passphrase: None,
+            key_rotation: KeyRotationConfig::default(),
         }
     }
 }
@@ -367,6 +429,10 @@ pub struct Config {
     pub registration: RegistrationPolicy,
     /// Client ID Metadata Documents.
     pub client_metadata: ClientMetadataConfig,
+    /// Passphrase sealing the private signing keys, if any.
+    pub keys_passphrase: Option<Passphrase>,
+    /// Signing-key rotation.
+    pub key_rotation: KeyRotation,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }
@@ -744,6 +810,49 @@ impl Config {
             );
         }
 
+        let kr = &raw.key_rotation;
+        let secs = |n: u64| Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX));
+        if !(1..=300).contains(&kr.check_interval) {
+            problems.push(format!(
+                "key_rotation.check_interval must be between 1 and 300 seconds, not {}",
+                kr.check_interval
+            ));
+        }
+        let jwks_max_age = crate::web::PUBLIC_DOCUMENT_MAX_AGE;
+        if kr.publish_lead < jwks_max_age.max(2 * kr.check_interval)
+            || kr.publish_lead > 30 * 86_400
+        {
+            problems.push(format!(
+                "key_rotation.publish_lead must be between {} seconds (the JWK set's max-age, and twice check_interval) and 2592000, not {}",
+                jwks_max_age.max(2 * kr.check_interval),
+                kr.publish_lead
+            ));
+        }
+        if kr.interval != 0 && kr.interval < 2 * kr.publish_lead {
+            problems.push(format!(
+                "key_rotation.interval ({}) must be 0 (manual rotation) or at least twice key_rotation.publish_lead ({})",
+                kr.interval, kr.publish_lead
+            ));
+        }
+        if kr.retired_retention > 366 * 86_400 {
+            problems.push(format!(
+                "key_rotation.retired_retention must be at most 31622400 seconds, not {}",
+                kr.retired_retention
+            ));
+        }
+        let key_rotation = KeyRotation {
+            interval: (kr.interval > 0).then(|| secs(kr.interval)),
+            publish_lead: secs(kr.publish_lead),
+            check_interval: secs(kr.check_interval),
+            retired_retention: secs(kr.retired_retention),
+        };
+        if raw.keys_passphrase.as_ref().is_some_and(|p| p.0.len() < 12) {
+            problems.push(
+                "keys_passphrase must be at least 12 characters (set it with GATEHOUSE_KEYS_PASSPHRASE)"
+                    .to_owned(),
+            );
+        }
+
         match (issuer, database, problems.is_empty()) {
             (Some(issuer), Some(database), true) => Ok(Self {
                 issuer,
@@ -770,6 +879,8 @@ impl Config {
                 session_absolute_timeout,
                 registration,
                 client_metadata: raw.client_metadata,
+                keys_passphrase: raw.keys_passphrase,
+                key_rotation,
                 development_defaults,
             }),
             _ => Err(ConfigErrors(problems)),

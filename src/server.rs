@@ -32,6 +32,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let revocation_sync = tokio::spawn(revocation_sync(state.clone()));
+    let key_maintenance = tokio::spawn(key_maintenance(state.clone()));
+    let reload_on_hangup = tokio::spawn(reload_on_hangup(state.clone()));
     axum::serve(
         listener,
         crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -41,6 +43,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .context("server failed")?;
     housekeeping.abort();
     revocation_sync.abort();
+    key_maintenance.abort();
+    reload_on_hangup.abort();
     state.store.close().await;
     tracing::info!("Gatehouse stopped");
     Ok(())
@@ -64,6 +68,51 @@ async fn revocation_sync(state: AppState) {
             .await
         {
             tracing::error!(error = %err, "cannot read revocations; retrying at the next interval");
+        }
+    }
+}
+
+/// Runs the key-rotation schedule and re-reads the key states every
+/// `key_rotation.check_interval`: the bound on how long a `gatehouse keys` command or another
+/// instance's change takes to reach this instance.
+async fn key_maintenance(state: AppState) {
+    let every = std::time::Duration::from_secs(
+        u64::try_from(state.config.key_rotation.check_interval.whole_seconds()).unwrap_or(5),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = state.maintain_keys().await {
+            tracing::error!(error = %err, "signing-key maintenance failed; the keys in force stay, retrying at the next interval");
+        }
+    }
+}
+
+/// `kill -HUP` re-reads keys and revocations at once, without waiting for the next interval.
+async fn reload_on_hangup(state: AppState) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(sig) => sig,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading signing keys and revocations");
+        if let Err(err) = state.keys.reload(&state.store).await {
+            tracing::error!(error = %err, "cannot reload signing keys");
+        }
+        if let Err(err) = state
+            .revocations
+            .sync(
+                &state.store,
+                state.clock.now(),
+                state.config.access_token_ttl,
+            )
+            .await
+        {
+            tracing::error!(error = %err, "cannot read revocations");
         }
     }
 }

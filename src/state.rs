@@ -78,6 +78,23 @@ async fn session_key(store: &Store, now: time::OffsetDateTime) -> Result<Session
 }
 
 impl AppState {
+    /// One round of key maintenance: what the rotation schedule says is due, then a reload of
+    /// the key states (which also picks up what the CLI or another instance changed).
+    /// Returns the steps this instance made.
+    pub async fn maintain_keys(&self) -> Result<Vec<keys::Transition>, KeyError> {
+        let policy = keys::RotationPolicy::from_config(&self.config);
+        let done = keys::lifecycle::maintain(
+            &self.store,
+            self.keys.vault(),
+            self.config.signing_algorithm,
+            &policy,
+            self.clock.now(),
+        )
+        .await?;
+        self.keys.reload(&self.store).await?;
+        Ok(done)
+    }
+
     /// Opens the database (applying migrations) and loads or creates the signing keys.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         let store = Store::open(&config.database)
@@ -86,13 +103,15 @@ impl AppState {
                 url: config.database.redacted(),
                 source,
             })?;
-        let keyset = keys::load_or_create(
+        let vault = keys::Vault::open(
             &store,
             &config.keys_dir,
-            config.signing_algorithm,
+            config.keys_passphrase.as_ref().map(|p| p.0.as_str()),
             clock.now(),
         )
         .await?;
+        let keyset =
+            keys::load_or_create(&store, &vault, config.signing_algorithm, clock.now()).await?;
         let session_key =
             session_key(&store, clock.now())
                 .await
@@ -117,7 +136,7 @@ impl AppState {
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             store,
-            keys: Arc::new(KeyStore::new(keyset)),
+            keys: Arc::new(KeyStore::new(keyset, vault)),
             clock,
         })
     }

@@ -28,8 +28,12 @@ pub struct KeyFile {
     pub alg: String,
     /// Unix seconds of generation.
     pub created_at: i64,
-    /// The private JWK (both halves).
-    pub private_jwk: Map<String, Value>,
+    /// The private JWK (both halves), when no passphrase is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_jwk: Option<Map<String, Value>>,
+    /// The private JWK sealed under `keys_passphrase` (see `vault`), when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_private_jwk: Option<String>,
 }
 
 impl std::fmt::Debug for KeyFile {
@@ -38,6 +42,7 @@ impl std::fmt::Debug for KeyFile {
             .field("kid", &self.kid)
             .field("alg", &self.alg)
             .field("private_jwk", &"<redacted>")
+            .field("sealed", &self.sealed_private_jwk.is_some())
             .finish()
     }
 }

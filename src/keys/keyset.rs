@@ -1,6 +1,6 @@
 //! Loading the key set at start (generating the first key when there is none) and using it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use josekit::jwk::Jwk;
 use josekit::jws::{JwsHeader, JwsSigner, JwsVerifier};
@@ -9,8 +9,9 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::KeyState;
-use super::files::{KeyFile, key_path, prepare_dir};
+use super::files::{KeyFile, key_path};
 use super::material::{generate, public_jwk, thumbprint};
+use super::vault::Vault;
 use crate::audit::{self, AuditEvent};
 use crate::domain::SigningAlgorithm;
 use crate::store::{KeyRecord, Store, StoreError};
@@ -98,23 +99,8 @@ fn verifier_for(
     })
 }
 
-/// Reads a key's private half from `dir` and checks it belongs to `kid`.
-fn load_private(dir: &Path, record: &KeyRecord) -> Result<Option<Jwk>, KeyError> {
-    let Some(file) = KeyFile::read(dir, &record.kid)? else {
-        return Ok(None);
-    };
-    let jwk = Jwk::from_map(file.private_jwk).map_err(|e| invalid(&record.kid, e))?;
-    if thumbprint(&jwk).as_deref() != Some(record.kid.as_str()) {
-        return Err(invalid(
-            &record.kid,
-            "the private key file does not match its kid",
-        ));
-    }
-    Ok(Some(jwk))
-}
-
 impl LoadedKey {
-    fn load(dir: &Path, record: KeyRecord) -> Result<Self, KeyError> {
+    fn load(vault: &Vault, record: KeyRecord) -> Result<Self, KeyError> {
         let public: Map<String, Value> =
             serde_json::from_str(&record.public_jwk).map_err(|e| invalid(&record.kid, e))?;
         let public_key = Jwk::from_map(public.clone()).map_err(|e| invalid(&record.kid, e))?;
@@ -123,11 +109,13 @@ impl LoadedKey {
         // Only a key that signs now, or will sign next, needs its private half.
         let needs_private = matches!(record.state, KeyState::Current | KeyState::Next);
         let signer = if needs_private {
-            let jwk = load_private(dir, &record)?.ok_or_else(|| KeyError::MissingPrivate {
-                kid: record.kid.clone(),
-                state: record.state.as_str(),
-                path: key_path(dir, &record.kid),
-            })?;
+            let jwk = vault
+                .load_private(&record)?
+                .ok_or_else(|| KeyError::MissingPrivate {
+                    kid: record.kid.clone(),
+                    state: record.state.as_str(),
+                    path: key_path(vault.dir(), &record.kid),
+                })?;
             Some(signer_for(record.alg, &jwk).map_err(|e| invalid(&record.kid, e))?)
         } else {
             None
@@ -187,35 +175,57 @@ impl KeySet {
     }
 }
 
-/// Prepares `dir`, then loads the key set from the database and `dir`. On first start (no
-/// current key) it imports the newest key file left from an earlier database, or generates a
-/// key of `alg`; either is written to the audit log.
+impl KeySet {
+    /// Loads the published keys (next, current, previous) from the database and the vault.
+    pub async fn load(store: &Store, vault: &Vault) -> Result<Self, KeyError> {
+        let records = store.signing_keys().await?;
+        Self::from_records(vault, records)
+    }
+
+    fn from_records(vault: &Vault, records: Vec<KeyRecord>) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        for record in records.into_iter().filter(|r| r.state.is_published()) {
+            keys.push(LoadedKey::load(vault, record)?);
+        }
+        let current = keys
+            .iter()
+            .position(|k| k.record.state == KeyState::Current)
+            .ok_or_else(|| invalid("-", "no current signing key"))?;
+        Ok(Self { keys, current })
+    }
+
+    /// True when `records` (every stored key) publish exactly the keys of this set, in the
+    /// same states: then there is nothing to reload.
+    fn matches(&self, records: &[KeyRecord]) -> bool {
+        let published: Vec<&KeyRecord> =
+            records.iter().filter(|r| r.state.is_published()).collect();
+        published.len() == self.keys.len()
+            && published
+                .iter()
+                .zip(&self.keys)
+                .all(|(r, k)| r.kid == k.record.kid && r.state == k.record.state)
+    }
+}
+
+/// Loads the key set from the database and the vault. On first start (no current key) it
+/// imports the newest key file left from an earlier database, or generates a key of `alg`;
+/// either is written to the audit log.
 pub async fn load_or_create(
     store: &Store,
-    dir: &Path,
+    vault: &Vault,
     alg: SigningAlgorithm,
     now: OffsetDateTime,
 ) -> Result<KeySet, KeyError> {
-    prepare_dir(dir)?;
-    let mut records = store.signing_keys().await?;
+    let records = store.signing_keys().await?;
     if !records.iter().any(|r| r.state == KeyState::Current) {
-        create_current(store, dir, alg, now, records.is_empty()).await?;
-        records = store.signing_keys().await?;
+        create_current(store, vault, alg, now, records.is_empty()).await?;
     }
-    let mut keys = Vec::new();
-    for record in records.into_iter().filter(|r| r.state.is_published()) {
-        keys.push(LoadedKey::load(dir, record)?);
-    }
-    let current = keys
-        .iter()
-        .position(|k| k.record.state == KeyState::Current)
-        .ok_or_else(|| invalid("-", "no current signing key after start-up"))?;
-    Ok(KeySet { keys, current })
+    KeySet::load(store, vault).await
 }
 
 async fn create_current(
     store: &Store,
-    dir: &Path,
+    vault: &Vault,
     alg: SigningAlgorithm,
     now: OffsetDateTime,
     database_is_empty: bool,
@@ -223,47 +233,41 @@ async fn create_current(
     // A key directory that outlived its database: keep using its newest key, so tokens and
     // JWK-set caches elsewhere stay valid.
     let imported = if database_is_empty {
-        KeyFile::read_all(dir)?
+        KeyFile::read_all(vault.dir())?
             .into_iter()
             .filter(|f| SigningAlgorithm::parse(&f.alg).is_some())
             .max_by_key(|f| f.created_at)
     } else {
         None
     };
-    let (file, kind) = match imported {
-        Some(file) => (file, "key.imported"),
+    let (kid, alg, created_at, private, sealed, kind) = match imported {
+        Some(file) => {
+            let alg = SigningAlgorithm::parse(&file.alg)
+                .ok_or_else(|| invalid(&file.kid, "algorithm"))?;
+            let private = vault.file_private(&file)?;
+            let created = OffsetDateTime::from_unix_timestamp(file.created_at).unwrap_or(now);
+            let sealed = file.sealed_private_jwk.clone();
+            (file.kid, alg, created, private, sealed, "key.imported")
+        }
         None => {
             let private = generate(alg).map_err(|e| invalid("(new)", e))?;
             let kid = thumbprint(&private).ok_or_else(|| invalid("(new)", "no thumbprint"))?;
-            let file = KeyFile {
-                kid,
-                alg: alg.as_str().to_owned(),
-                created_at: now.unix_timestamp(),
-                private_jwk: private.as_ref().clone(),
-            };
-            file.write(dir)?;
-            (file, "key.generated")
+            let sealed = vault.store_private(&kid, alg.as_str(), now, &private)?;
+            (kid, alg, now, private, sealed, "key.generated")
         }
     };
-    let alg = SigningAlgorithm::parse(&file.alg).ok_or_else(|| invalid(&file.kid, "algorithm"))?;
-    let private = Jwk::from_map(file.private_jwk.clone()).map_err(|e| invalid(&file.kid, e))?;
-    if thumbprint(&private).as_deref() != Some(file.kid.as_str()) {
-        return Err(invalid(
-            &file.kid,
-            "the private key file does not match its kid",
-        ));
-    }
-    let public =
-        public_jwk(&private, &file.kid, alg).ok_or_else(|| invalid(&file.kid, "public key"))?;
+    let public = public_jwk(&private, &kid, alg).ok_or_else(|| invalid(&kid, "public key"))?;
     let record = KeyRecord {
-        kid: file.kid.clone(),
+        kid,
         alg,
         state: KeyState::Current,
         public_jwk: Value::Object(public).to_string(),
-        created_at: OffsetDateTime::from_unix_timestamp(file.created_at).unwrap_or(now),
+        created_at,
         activated_at: Some(now),
         retire_after: None,
         retired_at: None,
+        activate_after: None,
+        private_sealed: sealed,
     };
     match store.insert_signing_key(&record).await {
         Ok(()) => {}
@@ -272,7 +276,7 @@ async fn create_current(
         Err(StoreError::Conflict(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    tracing::warn!(kid = %record.kid, alg = %alg, dir = %dir.display(), "{kind}: new current signing key");
+    tracing::warn!(kid = %record.kid, alg = %alg, dir = %vault.dir().display(), "{kind}: new current signing key");
     audit::record(
         store,
         AuditEvent::new(
@@ -288,22 +292,79 @@ async fn create_current(
 /// The key set shared by the authorization and resource halves; replaced whole when keys change,
 /// so a reader always sees one consistent set.
 #[derive(Debug)]
-pub struct KeyStore(std::sync::RwLock<std::sync::Arc<KeySet>>);
+pub struct KeyStore {
+    set: std::sync::RwLock<std::sync::Arc<KeySet>>,
+    vault: Vault,
+    /// When a reload for an unknown `kid` was last tried (at most one a second).
+    last_on_demand: std::sync::Mutex<Option<std::time::Instant>>,
+}
 
 impl KeyStore {
-    /// Wraps a loaded set.
-    pub fn new(set: KeySet) -> Self {
-        Self(std::sync::RwLock::new(std::sync::Arc::new(set)))
+    /// Wraps a loaded set and the vault its private keys come from.
+    pub fn new(set: KeySet, vault: Vault) -> Self {
+        Self {
+            set: std::sync::RwLock::new(std::sync::Arc::new(set)),
+            vault,
+            last_on_demand: std::sync::Mutex::new(None),
+        }
     }
 
     /// The set in force now.
     pub fn snapshot(&self) -> std::sync::Arc<KeySet> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The vault of private keys.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// Installs a new set.
     pub fn replace(&self, set: KeySet) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(set);
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(set);
+    }
+
+    /// Re-reads the key states from the database (changes made by the CLI, another instance
+    /// or the schedule) and installs the new set when anything changed. `true` when it did.
+    /// On an error the set in force stays.
+    pub async fn reload(&self, store: &Store) -> Result<bool, KeyError> {
+        let records = store.signing_keys().await?;
+        if self.snapshot().matches(&records) {
+            return Ok(false);
+        }
+        let set = KeySet::from_records(&self.vault, records)?;
+        let kid = set.current().kid().to_owned();
+        let published: Vec<String> = set
+            .keys()
+            .iter()
+            .map(|k| format!("{}={}", k.kid(), k.record.state.as_str()))
+            .collect();
+        self.replace(set);
+        tracing::info!(signing_key = %kid, published = ?published, "signing keys reloaded");
+        Ok(true)
+    }
+
+    /// A token named a `kid` this instance does not know: another instance may have activated
+    /// a key a moment ago. Reloads at most once a second; `true` when the set changed.
+    pub async fn reload_for_unknown_kid(&self, store: &Store) -> bool {
+        {
+            let mut last = self
+                .last_on_demand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        match self.reload(store).await {
+            Ok(changed) => changed,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot reload signing keys");
+                false
+            }
+        }
     }
 }
 

@@ -2,19 +2,23 @@
 //! the public JWK set.
 //!
 //! A key moves `next` (published, not signing) -> `current` (signing; exactly one) -> `previous`
-//! (published, verifies only) -> `retired` (gone from the JWK set). Rotation itself is a later
-//! piece of work; the model carries the states now so stored keys never need migrating.
+//! (published, verifies only) -> `retired` (gone from the JWK set) -> deleted; `lifecycle` holds
+//! the schedule and the operator's emergency steps.
 
 mod files;
 mod keyset;
+pub mod lifecycle;
 mod material;
+mod vault;
 
 pub use files::{KeyFile, prepare_dir};
 pub use keyset::{KeyError, KeySet, KeyStore, LoadedKey, load_or_create};
+pub use lifecycle::{RotationPolicy, Transition};
 pub use material::{generate, public_jwk, thumbprint};
+pub use vault::Vault;
 
 /// Where a key is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyState {
     /// Published in the JWK set, not yet signing.
     Next,

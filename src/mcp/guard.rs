@@ -201,7 +201,20 @@ impl Guard {
         };
         let principal = match token.as_deref() {
             None => Err(None),
-            Some(t) => self.verifier.verify(t).map_err(Some),
+            Some(t) => match self.verifier.verify(t) {
+                // Another instance may have activated a key a moment ago: read the key states
+                // once (at most once a second) and try again.
+                Err(TokenRejection::UnknownKey)
+                    if self
+                        .state
+                        .keys
+                        .reload_for_unknown_kid(&self.state.store)
+                        .await =>
+                {
+                    self.verifier.verify(t).map_err(Some)
+                }
+                other => other.map_err(Some),
+            },
         };
         let principal = match principal {
             Ok(p) => p,

@@ -58,6 +58,21 @@ pub enum TokenRejection {
     NotYetValid,
     #[error("the access token has been revoked")]
     Revoked,
+    /// Signed by a key this instance does not know (yet): the caller may reload the key set
+    /// (another instance may have just activated a key) and verify again.
+    #[error("the access token was signed by a key this server does not know")]
+    UnknownKey,
+}
+
+/// The `kid` in a compact JWS's header, if it has one.
+fn header_kid(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("kid")?.as_str().map(str::to_owned)
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +189,10 @@ impl TokenVerifier {
         let keys = self.keys.snapshot();
         let (payload, header) = keys
             .verify_jwt(token)
-            .map_err(|_| TokenRejection::BadSignature)?;
+            .map_err(|_| match header_kid(token) {
+                Some(kid) if keys.key(&kid).is_none() => TokenRejection::UnknownKey,
+                _ => TokenRejection::BadSignature,
+            })?;
         // RFC 9068 §4: the type must be at+jwt (or application/at+jwt).
         let typ = header.token_type().map(str::to_ascii_lowercase);
         if !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {

@@ -22,7 +22,7 @@ const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
 const HOST: &str = "mcp.example.com";
 
 /// One JSON-RPC message to /mcp, as a client sends it.
-async fn mcp(
+pub(crate) async fn mcp(
     app: &TestApp,
     token: Option<&str>,
     session: Option<&str>,
@@ -54,7 +54,7 @@ async fn mcp(
 }
 
 /// The JSON-RPC message of a response, JSON or SSE.
-fn message(res: &TestResponse) -> Value {
+pub(crate) fn message(res: &TestResponse) -> Value {
     let text = res.text();
     if res
         .header("content-type")
@@ -76,13 +76,13 @@ fn initialize(protocol: &str) -> Value {
             "params": { "protocolVersion": protocol, "capabilities": {}, "clientInfo": { "name": "test", "version": "1" } } })
 }
 
-fn call(id: i64, tool: &str, arguments: Value) -> Value {
+pub(crate) fn call(id: i64, tool: &str, arguments: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": tool, "arguments": arguments } })
 }
 
 /// A request as a 2026-07-28 client sends it: no session, and the protocol signals in `_meta`
 /// of every request (SEP-2567).
-fn stateless(mut message: Value) -> Value {
+pub(crate) fn stateless(mut message: Value) -> Value {
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": { "name": "test", "version": "1" },

@@ -22,6 +22,8 @@ fn key(kid: &str, state: KeyState) -> KeyRecord {
         activated_at: None,
         retire_after: None,
         retired_at: None,
+        activate_after: None,
+        private_sealed: None,
     }
 }
 
@@ -44,6 +46,8 @@ async fn storage_suite(url: &str, backend: Backend) {
         .expect("insert current");
     let mut next = key("kid-next", KeyState::Next);
     next.created_at = datetime!(2026-11-03 00:00 UTC);
+    next.activate_after = Some(datetime!(2026-11-04 00:00 UTC));
+    next.private_sealed = Some("sealed-blob".to_owned());
     store.insert_signing_key(&next).await.expect("insert next");
     assert_eq!(
         store.signing_keys().await.expect("list"),
@@ -72,6 +76,88 @@ async fn storage_suite(url: &str, backend: Backend) {
         2,
         "failed inserts left nothing"
     );
+    // At most one key waits as next, too.
+    let second_next = store
+        .insert_signing_key(&key("kid-next-2", KeyState::Next))
+        .await;
+    assert!(
+        matches!(second_next, Err(StoreError::Conflict(_))),
+        "{second_next:?}"
+    );
+
+    // Activation swaps current and next in one transaction, only from the states the caller
+    // saw: a stale request (another instance was first) changes nothing.
+    let at = datetime!(2026-11-04 00:00 UTC);
+    let retire_after = datetime!(2026-11-04 02:00 UTC);
+    assert!(
+        !store
+            .promote_signing_key("kid-next", "kid-current", at, retire_after)
+            .await
+            .expect("stale promote"),
+        "roles swapped: nothing to do"
+    );
+    assert!(
+        store
+            .promote_signing_key("kid-current", "kid-next", at, retire_after)
+            .await
+            .expect("promote")
+    );
+    assert!(
+        !store
+            .promote_signing_key("kid-current", "kid-next", at, retire_after)
+            .await
+            .expect("second promote"),
+        "a second instance making the same step changes nothing"
+    );
+    let promoted = store
+        .signing_key("kid-next")
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(promoted.state, KeyState::Current);
+    assert_eq!(promoted.activated_at, Some(at));
+    assert_eq!(promoted.activate_after, None);
+    let demoted = store
+        .signing_key("kid-current")
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(demoted.state, KeyState::Previous);
+    assert_eq!(demoted.retire_after, Some(retire_after));
+
+    // Retirement only from next or previous, never of the signing key; deletion only retired.
+    assert!(
+        !store
+            .retire_signing_key("kid-next", retire_after)
+            .await
+            .expect("retire current")
+    );
+    assert!(
+        !store
+            .delete_retired_signing_key("kid-current")
+            .await
+            .expect("delete previous")
+    );
+    assert!(
+        store
+            .retire_signing_key("kid-current", retire_after)
+            .await
+            .expect("retire")
+    );
+    let retired = store
+        .signing_key("kid-current")
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(retired.state, KeyState::Retired);
+    assert_eq!(retired.retired_at, Some(retire_after));
+    assert!(
+        store
+            .delete_retired_signing_key("kid-current")
+            .await
+            .expect("delete")
+    );
+    assert_eq!(store.signing_key("kid-current").await.expect("get"), None);
 
     // Audit: newest first, per-subject filter, paging, structured detail.
     for (i, subject) in ["alice", "bob", "alice"].iter().enumerate() {

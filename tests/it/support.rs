@@ -138,6 +138,13 @@ impl TestApp {
         Self::with(self.dir, &self.database_url, |_| {}).await
     }
 
+    /// Stops this instance (closing its pool) and hands back its directory, for a restart with
+    /// other settings.
+    pub async fn restart_parts(self) -> TempDir {
+        self.state.store.close().await;
+        self.dir
+    }
+
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self
             .router

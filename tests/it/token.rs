@@ -16,15 +16,15 @@ use oauth2::{
 };
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery staple";
-const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
 
 fn resource() -> String {
     format!("{ISSUER}/mcp")
 }
 
 /// Runs the browser leg for `client_id`; returns the code and the PKCE verifier.
-async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
     let client = BasicClient::new(ClientId::new(client_id.to_owned()))
         .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
         .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
@@ -108,7 +108,12 @@ async fn post(
     app.send(req.body(Body::from(body)).expect("request")).await
 }
 
-async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> TestResponse {
+pub(crate) async fn exchange(
+    app: &TestApp,
+    client_id: &str,
+    code: &str,
+    verifier: &str,
+) -> TestResponse {
     post(
         app,
         "/token",
@@ -125,7 +130,7 @@ async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) ->
     .await
 }
 
-async fn refresh(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
+pub(crate) async fn refresh(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
     post(
         app,
         "/token",

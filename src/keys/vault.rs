@@ -1,0 +1,188 @@
+//! Where the private halves of signing keys are kept: one file per key in `keys_dir`, and, when
+//! a `keys_passphrase` is configured, sealed (AES-256-GCM) both in that file and in the
+//! database row, so every instance sharing the database can load a key another instance made.
+//!
+//! The key-encryption key is derived once per process with argon2id from the passphrase and a
+//! random salt kept in the database (`server_secrets.keys_kdf_salt`); each sealed key is bound
+//! to its `kid`, so a sealed blob moved to another row does not open.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use josekit::jwk::Jwk;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::KeyError;
+use super::files::{KeyFile, prepare_dir};
+use super::material::thumbprint;
+use crate::store::{KeyRecord, Store};
+use crate::tokens::sealed;
+
+/// The key-encryption key. `Debug` never shows it.
+struct Kek([u8; 32]);
+
+impl fmt::Debug for Kek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Kek(<redacted>)")
+    }
+}
+
+/// The private-key store of one instance.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    dir: PathBuf,
+    kek: Option<Arc<Kek>>,
+}
+
+fn invalid(kid: &str, err: impl fmt::Display) -> KeyError {
+    KeyError::Invalid(kid.to_owned(), err.to_string())
+}
+
+impl Vault {
+    /// Prepares `dir` and, with a passphrase, derives the key-encryption key (argon2id, off the
+    /// async runtime: it is deliberately slow).
+    pub async fn open(
+        store: &Store,
+        dir: &Path,
+        passphrase: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Self, KeyError> {
+        prepare_dir(dir)?;
+        let kek = match passphrase {
+            None => None,
+            Some(passphrase) => {
+                let fresh = crate::domain::random_token(16)
+                    .map_err(|_| invalid("-", "random number generator failed"))?;
+                let salt = store.server_secret("keys_kdf_salt", || fresh, now).await?;
+                let passphrase = passphrase.as_bytes().to_vec();
+                let derived = tokio::task::spawn_blocking(move || {
+                    let mut out = [0u8; 32];
+                    argon2::Argon2::default()
+                        .hash_password_into(&passphrase, salt.as_bytes(), &mut out)
+                        .map(|()| out)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| invalid("-", e))?
+                .map_err(|e| invalid("-", format!("keys_passphrase: {e}")))?;
+                Some(Arc::new(Kek(derived)))
+            }
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            kek,
+        })
+    }
+
+    /// The key directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True when private keys are sealed under a passphrase.
+    pub fn encrypted(&self) -> bool {
+        self.kek.is_some()
+    }
+
+    fn seal(&self, kid: &str, private: &Map<String, Value>) -> Result<Option<String>, KeyError> {
+        let Some(kek) = &self.kek else {
+            return Ok(None);
+        };
+        let clear = serde_json::to_vec(private).map_err(|e| invalid(kid, e))?;
+        sealed::seal(&kek.0, kid.as_bytes(), &clear)
+            .map(Some)
+            .ok_or_else(|| invalid(kid, "cannot seal the private key"))
+    }
+
+    fn open_sealed(&self, kid: &str, blob: &str) -> Result<Map<String, Value>, KeyError> {
+        let Some(kek) = &self.kek else {
+            return Err(invalid(
+                kid,
+                "the private key is sealed under a passphrase: set GATEHOUSE_KEYS_PASSPHRASE",
+            ));
+        };
+        let clear = sealed::open(&kek.0, kid.as_bytes(), blob).ok_or_else(|| {
+            invalid(
+                kid,
+                "cannot decrypt the private key: keys_passphrase is not the one it was sealed with",
+            )
+        })?;
+        serde_json::from_slice(&clear).map_err(|e| invalid(kid, e))
+    }
+
+    /// Writes a new private key to `keys_dir` (sealed when a passphrase is set) and returns
+    /// what the database row keeps: the sealed form, or nothing.
+    pub fn store_private(
+        &self,
+        kid: &str,
+        alg: &str,
+        created_at: OffsetDateTime,
+        private: &Jwk,
+    ) -> Result<Option<String>, KeyError> {
+        let sealed = self.seal(kid, private.as_ref())?;
+        let file = KeyFile {
+            kid: kid.to_owned(),
+            alg: alg.to_owned(),
+            created_at: created_at.unix_timestamp(),
+            private_jwk: if sealed.is_some() {
+                None
+            } else {
+                Some(private.as_ref().clone())
+            },
+            sealed_private_jwk: sealed.clone(),
+        };
+        file.write(&self.dir)?;
+        Ok(sealed)
+    }
+
+    /// The private half of a file's key, opening it when sealed.
+    pub fn file_private(&self, file: &KeyFile) -> Result<Jwk, KeyError> {
+        let map = match (&file.private_jwk, &file.sealed_private_jwk) {
+            (Some(map), _) => map.clone(),
+            (None, Some(blob)) => self.open_sealed(&file.kid, blob)?,
+            (None, None) => return Err(invalid(&file.kid, "the key file holds no private key")),
+        };
+        let jwk = Jwk::from_map(map).map_err(|e| invalid(&file.kid, e))?;
+        if thumbprint(&jwk).as_deref() != Some(file.kid.as_str()) {
+            return Err(invalid(
+                &file.kid,
+                "the private key file does not match its kid",
+            ));
+        }
+        Ok(jwk)
+    }
+
+    /// The private half of a stored key: from `keys_dir`, else from the database row's sealed
+    /// copy. `None` when neither holds it.
+    pub fn load_private(&self, record: &KeyRecord) -> Result<Option<Jwk>, KeyError> {
+        if let Some(file) = KeyFile::read(&self.dir, &record.kid)? {
+            return self.file_private(&file).map(Some);
+        }
+        let Some(blob) = &record.private_sealed else {
+            return Ok(None);
+        };
+        let jwk = Jwk::from_map(self.open_sealed(&record.kid, blob)?)
+            .map_err(|e| invalid(&record.kid, e))?;
+        if thumbprint(&jwk).as_deref() != Some(record.kid.as_str()) {
+            return Err(invalid(
+                &record.kid,
+                "the sealed key does not match its kid",
+            ));
+        }
+        Ok(Some(jwk))
+    }
+
+    /// Destroys a key's private file (a retired key never signs or verifies again).
+    pub fn delete_private(&self, kid: &str) {
+        let path = super::files::key_path(&self.dir, kid);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete a retired key's private file");
+            }
+        }
+    }
+}
