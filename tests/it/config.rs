@@ -160,17 +160,26 @@ fn unusable_keys_dir_stops_start_with_one_line() {
     );
 }
 
+/// Key commands on a database no server has started yet say what to do, in one line.
 #[test]
-fn commands_not_built_yet_say_so_and_fail() {
+fn key_commands_before_the_first_start_say_what_to_do() {
     let cwd = TempDir::new().expect("tempdir");
-    for args in [vec!["keys", "rotate"], vec!["keys", "retire", "some-kid"]] {
+    for (args, says) in [
+        (
+            vec!["keys", "rotate"],
+            "there is no current signing key yet: start `gatehouse serve` once first",
+        ),
+        (
+            vec!["keys", "retire", "some-kid", "--yes"],
+            "no signing key has the id some-kid",
+        ),
+        (vec!["keys", "retire", "some-kid"], "add --yes to confirm"),
+    ] {
         let output = gatehouse(cwd.path()).args(&args).output().expect("run");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("is not available yet"),
-            "{args:?}: {stderr}"
-        );
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
 

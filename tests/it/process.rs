@@ -237,3 +237,124 @@ fn environment_overrides_the_configuration_file() {
     assert_eq!(prm["resource_name"], "From the environment");
     assert!(stop(child).status.success());
 }
+
+/// The JWK set's kids, read over the socket.
+fn jwks_kids(base: &str) -> Vec<String> {
+    let (status, _, body) = raw_http::get(&format!("{base}/jwks.json")).expect("get");
+    assert_eq!(status, 200);
+    let jwks: serde_json::Value = serde_json::from_str(&body).expect("json");
+    jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_owned())
+        .collect()
+}
+
+/// Polls the JWK set until `wanted` holds; the bound is a few check intervals.
+fn wait_for_jwks(base: &str, what: &str, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let kids = jwks_kids(base);
+        if wanted(&kids) {
+            return kids;
+        }
+        assert!(Instant::now() < deadline, "{what}: JWK set still {kids:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `gatehouse keys rotate` and `keys retire` against a running server: it notices each change
+/// within `key_rotation.check_interval` without a restart; a retire needs confirmation.
+#[test]
+fn key_commands_act_on_a_running_server() {
+    let cwd = TempDir::new().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let with_env = |cmd: &mut Command| {
+        cmd.env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+            .env("GATEHOUSE_KEY_ROTATION__CHECK_INTERVAL", "1");
+    };
+    let mut serve = gatehouse(cwd.path());
+    serve.arg("serve");
+    with_env(&mut serve);
+    let mut child = serve
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_healthy(&mut child, &base);
+    let first = jwks_kids(&base);
+    assert_eq!(first.len(), 1);
+    let a = first[0].clone();
+
+    let run = |args: &[&str]| {
+        let mut cmd = gatehouse(cwd.path());
+        cmd.args(args).stdin(Stdio::null());
+        with_env(&mut cmd);
+        cmd.output().expect("run")
+    };
+
+    let rotate = run(&["keys", "rotate"]);
+    let stdout = String::from_utf8_lossy(&rotate.stdout);
+    assert!(
+        rotate.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    assert!(stdout.contains("as next"), "{stdout}");
+    let kids = wait_for_jwks(&base, "next key published", |k| k.len() == 2);
+    let b = kids.iter().find(|k| **k != a).expect("new kid").clone();
+    assert!(stdout.contains(&b), "{stdout}");
+
+    // A second rotation while one waits is a clear one-line error.
+    let again = run(&["keys", "rotate"]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already published as next"), "{stderr}");
+
+    // Retire needs confirmation; with no terminal, --yes.
+    let unconfirmed = run(&["keys", "retire", &a]);
+    assert_eq!(unconfirmed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unconfirmed.stderr);
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(jwks_kids(&base).len(), 2, "nothing changed");
+
+    let retire = run(&["keys", "retire", &a, "--yes"]);
+    assert!(
+        retire.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retire.stderr)
+    );
+    let kids = wait_for_jwks(&base, "retired key withdrawn", |k| !k.contains(&a));
+    assert_eq!(kids, vec![b.clone()]);
+
+    let list = run(&["keys", "list"]);
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    let row = |kid: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(kid))
+            .unwrap_or_else(|| panic!("{stdout}"))
+            .to_owned()
+    };
+    assert!(
+        row(&a).contains("retired") && row(&a).ends_with("destroyed"),
+        "{stdout}"
+    );
+    assert!(row(&b).contains("current"), "{stdout}");
+
+    let unknown = run(&["keys", "retire", "no-such-kid", "--yes"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no signing key has the id no-such-kid"),
+        "{stderr}"
+    );
+
+    let output = stop(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("signing keys reloaded"), "{stderr}");
+}

@@ -28,7 +28,13 @@ fn reference_rows() -> Vec<(String, String)> {
 }
 
 /// Configuration tables whose keys are fixed by the struct.
-const FIXED_TABLES: [&str; 4] = ["registration", "client_metadata", "mcp", "rate_limits"];
+const FIXED_TABLES: [&str; 5] = [
+    "registration",
+    "client_metadata",
+    "mcp",
+    "rate_limits",
+    "key_rotation",
+];
 
 #[test]
 fn configuration_reference_lists_exactly_the_settings() {
