@@ -174,7 +174,7 @@ async fn rotation_under_load_breaks_no_session() {
             tokio::spawn(async move { app.state.maintain_keys().await.expect("maintain") })
         };
         let mut load = Vec::new();
-        for token in live.iter().cloned() {
+        for token in &live {
             for _ in 0..3 {
                 let app = app.clone();
                 let token = token.clone();
