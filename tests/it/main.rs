@@ -11,6 +11,7 @@ mod config;
 mod discovery;
 mod errors;
 mod health;
+mod instances;
 mod key_rotation;
 mod keys;
 mod mcp;

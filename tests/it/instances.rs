@@ -1,0 +1,503 @@
+//! Two real `gatehouse serve` processes behind one issuer, sharing one real PostgreSQL database
+//! (anchors §3.1 item 11: state lost on restart, refresh races between replicas, keys that differ
+//! per replica). Each instance has its own key directory: keys reach the other through the
+//! database, sealed under the shared passphrase. Every request goes over a loopback socket.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::process::gatehouse;
+
+const PASSWORD: &str = "correct horse battery staple";
+const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+const PASSPHRASE: &str = "shared by every instance";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One instance: its process, its address, its own working and key directory.
+struct Instance {
+    child: Option<Child>,
+    base: String,
+    _dir: TempDir,
+}
+
+/// The settings every instance shares: the issuer (the load balancer's address), the database,
+/// the passphrase, and short sync intervals so the test's bounds are short.
+fn configure(cmd: &mut Command, issuer: &str, db: &str) {
+    cmd.env("GATEHOUSE_ISSUER", issuer)
+        .env("GATEHOUSE_DATABASE_URL", db)
+        .env("GATEHOUSE_KEYS_PASSPHRASE", PASSPHRASE)
+        .env("GATEHOUSE_REVOCATION_SYNC_INTERVAL", "1")
+        .env("GATEHOUSE_KEY_ROTATION__CHECK_INTERVAL", "1")
+        .env("GATEHOUSE_MCP__RATE_LIMIT_UNAUTHENTICATED", "10000")
+        .env("GATEHOUSE_MCP__RATE_LIMIT_PER_TOKEN", "10000")
+        .env("GATEHOUSE_RATE_LIMITS__OAUTH_PER_MINUTE", "10000");
+}
+
+async fn start(issuer: &str, db: &str, port: u16) -> Instance {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cmd = gatehouse(dir.path());
+    cmd.arg("serve")
+        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    configure(&mut cmd, issuer, db);
+    let child = cmd.spawn().expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = http();
+    loop {
+        if let Ok(res) = client.get(format!("{base}/health")).send().await {
+            if res.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{base} did not become healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Instance {
+        child: Some(child),
+        base,
+        _dir: dir,
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A browser: follows nothing by itself, keeps cookies.
+struct Browser {
+    http: reqwest::Client,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Self {
+            http: http(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> (u16, String, String) {
+        let res = req
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .expect("send");
+        for value in res.headers().get_all("set-cookie") {
+            let pair = value
+                .to_str()
+                .expect("cookie")
+                .split(';')
+                .next()
+                .expect("pair");
+            if let Some((k, v)) = pair.split_once('=') {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = res.status().as_u16();
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, location, res.text().await.expect("body"))
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    let end = html[start..].find('"').expect("quote") + start;
+    html[start..end]
+        .replace("&#x2B;", "+")
+        .replace("&#x2F;", "/")
+        .replace("&#x3D;", "=")
+}
+
+/// The browser leg on `base`: authorize, sign in, consent; returns the code.
+async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> String {
+    let mut browser = Browser::new();
+    let url = reqwest::Url::parse_with_params(
+        &format!("{base}/authorize"),
+        &[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", CALLBACK),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+            ("state", "s1"),
+            ("scope", "mcp"),
+            ("resource", &format!("{issuer}/mcp")),
+        ],
+    )
+    .expect("url");
+    let (_, mut location, _) = browser.send(browser.http.get(url)).await;
+    loop {
+        if location.starts_with(CALLBACK) {
+            let url = reqwest::Url::parse(&location).expect("callback");
+            let q: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+            assert_eq!(q["iss"], issuer);
+            return q["code"].clone();
+        }
+        let page_url = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location.replace(issuer, base)
+        };
+        let (status, next, html) = browser.send(browser.http.get(&page_url)).await;
+        if [302, 303].contains(&status) {
+            location = next;
+            continue;
+        }
+        assert_eq!(status, 200, "{page_url}: {html}");
+        let (csrf, request) = (hidden(&html, "csrf"), hidden(&html, "request"));
+        let (path, extra): (&str, Vec<(&str, &str)>) = if page_url.contains("/login") {
+            (
+                "/login",
+                vec![("username", "alice"), ("password", PASSWORD)],
+            )
+        } else {
+            ("/consent", vec![("decision", "allow")])
+        };
+        let mut form = vec![("csrf", csrf.as_str()), ("request", request.as_str())];
+        form.extend(extra);
+        let (status, next, body) = browser
+            .send(browser.http.post(format!("{base}{path}")).form(&form))
+            .await;
+        assert!([302, 303].contains(&status), "{path}: {status} {body}");
+        location = next;
+    }
+}
+
+async fn token_post(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let res = http()
+        .post(format!("{base}/token"))
+        .form(form)
+        .send()
+        .await
+        .expect("token");
+    let status = res.status().as_u16();
+    let body = res.bytes().await.expect("body");
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    (status, json)
+}
+
+async fn refresh(base: &str, client_id: &str, token: &str) -> (u16, Value) {
+    token_post(
+        base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+async fn whoami(base: &str, token: &str) -> u16 {
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "whoami", "arguments": {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": { "name": "test", "version": "1" },
+            "io.modelcontextprotocol/clientCapabilities": {} } } });
+    http()
+        .post(format!("{base}/mcp"))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "whoami")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("mcp")
+        .status()
+        .as_u16()
+}
+
+fn kid_of(jwt: &str) -> String {
+    use base64::Engine;
+    let header = jwt.split('.').next().expect("header");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("b64");
+    let value: Value = serde_json::from_slice(&bytes).expect("json");
+    value["kid"].as_str().expect("kid").to_owned()
+}
+
+fn pkce() -> (String, String) {
+    use base64::Engine;
+    let verifier = gatehouse::domain::random_token(32).expect("rng");
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    (verifier, challenge)
+}
+
+/// Waits until `check` holds, polling; panics naming `what` after `bound`.
+async fn within<F, Fut>(bound: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + bound;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_behave_as_one() {
+    let db = crate::support::fresh_postgres_url().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // Clients know one issuer (the load balancer); here it is A's address.
+    let issuer = format!("http://127.0.0.1:{port_a}");
+    let a = start(&issuer, &db, port_a).await;
+    let b = start(&issuer, &db, port_b).await;
+
+    // The operator adds a user with the CLI against the same database.
+    let cwd = TempDir::new().expect("tempdir");
+    let mut add = gatehouse(cwd.path());
+    add.args(["users", "add", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    configure(&mut add, &issuer, &db);
+    let mut child = add.spawn().expect("users add");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{PASSWORD}").expect("write");
+    }
+    assert!(child.wait().expect("wait").success());
+
+    // Register on A.
+    let res = http()
+        .post(format!("{}/register", a.base))
+        .header("content-type", "application/json")
+        .body(json!({ "client_name": "Claude", "redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none" }).to_string())
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(res.status(), 201);
+    let registered: Value =
+        serde_json::from_slice(&res.bytes().await.expect("body")).expect("json");
+    let client_id = registered["client_id"].as_str().expect("id").to_owned();
+
+    // Sign in on B; exchange the code on A; call /mcp on B.
+    let (verifier, challenge) = pkce();
+    let code = sign_in(&b.base, &issuer, &client_id, &challenge).await;
+    let resource = format!("{issuer}/mcp");
+    let (status, tokens) = token_post(
+        &a.base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &verifier),
+            ("redirect_uri", CALLBACK),
+            ("client_id", &client_id),
+            ("resource", &resource),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().expect("at").to_owned();
+    let refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    assert_eq!(whoami(&b.base, &access).await, 200);
+
+    // The same refresh token on A and B at the same moment: one rotation, and the loser gets
+    // the grace-window replay of the same pair.
+    let (on_a, on_b) = tokio::join!(
+        refresh(&a.base, &client_id, &refresh_token),
+        refresh(&b.base, &client_id, &refresh_token)
+    );
+    assert_eq!((on_a.0, on_b.0), (200, 200), "{} / {}", on_a.1, on_b.1);
+    assert_eq!(
+        on_a.1["refresh_token"], on_b.1["refresh_token"],
+        "one family, one winner"
+    );
+    assert_eq!(on_a.1["access_token"], on_b.1["access_token"]);
+    let access = on_a.1["access_token"].as_str().expect("at").to_owned();
+    let refresh_token = on_a.1["refresh_token"].as_str().expect("rt").to_owned();
+
+    // Revoke on B; A refuses the token within the sync bound (1 s here).
+    assert_eq!(whoami(&a.base, &access).await, 200);
+    let res = http()
+        .post(format!("{}/revoke", b.base))
+        .form(&[
+            ("token", access.as_str()),
+            ("client_id", client_id.as_str()),
+        ])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(res.status(), 200);
+    let revoked_at = Instant::now();
+    within(
+        Duration::from_secs(3),
+        "revocation on B seen by A",
+        || async { whoami(&a.base, &access).await == 401 },
+    )
+    .await;
+    eprintln!(
+        "revocation reached the other instance in {:?}",
+        revoked_at.elapsed()
+    );
+
+    // Rotate keys on A (the CLI, at once); tokens from both verify on both.
+    let (status, tokens) = refresh(&a.base, &client_id, &refresh_token).await;
+    assert_eq!(status, 200, "{tokens}");
+    let before = tokens["access_token"].as_str().expect("at").to_owned();
+    let mut refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let mut rotate = gatehouse(cwd.path());
+    rotate.args(["keys", "rotate", "--now"]);
+    configure(&mut rotate, &issuer, &db);
+    let out = rotate.output().expect("keys rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each instance signs with the new key within the check interval (1 s here).
+    let old = kid_of(&before);
+    let mut minted = vec![before.clone()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for instance in [&a, &b] {
+        loop {
+            let (status, tokens) = refresh(&instance.base, &client_id, &refresh_token).await;
+            assert_eq!(status, 200, "{tokens}");
+            refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
+            let access = tokens["access_token"].as_str().expect("at").to_owned();
+            let rotated = kid_of(&access) != old;
+            minted.push(access);
+            if rotated {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still signs with {old}",
+                instance.base
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for base in [&a.base, &b.base] {
+        for token in &minted {
+            assert_eq!(whoami(base, token).await, 200, "{base} {}", kid_of(token));
+        }
+    }
+
+    // kill -9 B in the middle of refresh chains on B: every rotation a client saw answered is
+    // committed, and A keeps serving every family.
+    let mut chains = Vec::new();
+    for _ in 0..4 {
+        let (verifier, challenge) = pkce();
+        let code = sign_in(&a.base, &issuer, &client_id, &challenge).await;
+        let (status, tokens) = token_post(
+            &a.base,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &verifier),
+                ("redirect_uri", CALLBACK),
+                ("client_id", &client_id),
+                ("resource", &resource),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{tokens}");
+        chains.push(tokens["refresh_token"].as_str().expect("rt").to_owned());
+    }
+    let mut load = Vec::new();
+    for start_token in chains {
+        let (base, cid) = (b.base.clone(), client_id.clone());
+        load.push(tokio::spawn(async move {
+            // The newest token this client was answered with.
+            let mut newest = start_token;
+            let mut rotations = 0u32;
+            for _ in 0..200 {
+                // The connection dies with B: that ends this client's chain.
+                let sent = http()
+                    .post(format!("{base}/token"))
+                    .form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", newest.as_str()),
+                        ("client_id", cid.as_str()),
+                    ])
+                    .send()
+                    .await;
+                let Ok(res) = sent else { break };
+                assert_eq!(res.status(), 200, "refresh on B refused before the kill");
+                let Ok(body) = res.bytes().await else { break };
+                let body: Value = serde_json::from_slice(&body).expect("json");
+                newest = body["refresh_token"].as_str().expect("rt").to_owned();
+                rotations += 1;
+            }
+            (newest, rotations)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = b;
+    let mut victim = b.child.take().expect("child");
+    Command::new("kill")
+        .args(["-KILL", &victim.id().to_string()])
+        .status()
+        .expect("kill -9");
+    let _ = victim.wait();
+    let mut rotations = 0;
+    for handle in load {
+        let (newest, done) = handle.await.expect("join");
+        rotations += done;
+        let (status, body) = refresh(&a.base, &client_id, &newest).await;
+        assert_eq!(status, 200, "a family lost or corrupted by kill -9: {body}");
+        let access = body["access_token"].as_str().expect("at");
+        assert_eq!(whoami(&a.base, access).await, 200);
+    }
+    let health = http()
+        .get(format!("{}/health", a.base))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200, "the survivor keeps serving");
+    assert!(rotations > 0, "B rotated nothing before the kill");
+    eprintln!("{rotations} rotations on B before kill -9; every family intact on A");
+}
