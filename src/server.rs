@@ -30,9 +30,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "Gatehouse is listening; MCP clients connect to {}",
         config.resource()
     );
-    let housekeeping = tokio::spawn(housekeeping(state.clone()));
-    let revocation_sync = tokio::spawn(revocation_sync(state.clone()));
-    let key_maintenance = tokio::spawn(key_maintenance(state.clone()));
+    let (s1, s2, s3) = (state.clone(), state.clone(), state.clone());
+    let housekeeping = tokio::spawn(every(HOUSEKEEPING_INTERVAL, move || {
+        housekeeping(s1.clone())
+    }));
+    let revocation_sync = tokio::spawn(every(config.revocation_sync_interval, move || {
+        sync_revocations(s2.clone())
+    }));
+    let key_maintenance = tokio::spawn(every(config.key_rotation.check_interval, move || {
+        maintain_keys(s3.clone())
+    }));
     let reload_on_hangup = tokio::spawn(reload_on_hangup(state.clone()));
     axum::serve(
         listener,
@@ -50,42 +57,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps this instance's revocation view current with revocations made elsewhere.
-async fn revocation_sync(state: AppState) {
-    let every = std::time::Duration::from_secs(
-        u64::try_from(state.config.revocation_sync_interval.whole_seconds()).unwrap_or(5),
-    );
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        if let Err(err) = state
-            .revocations
-            .sync(
-                &state.store,
-                state.clock.now(),
-                state.config.access_token_ttl,
-            )
-            .await
-        {
-            tracing::error!(error = %err, "cannot read revocations; retrying at the next interval");
-        }
-    }
-}
-
-/// Runs the key-rotation schedule and re-reads the key states every
-/// `key_rotation.check_interval`: the bound on how long a `gatehouse keys` command or another
-/// instance's change takes to reach this instance.
-async fn key_maintenance(state: AppState) {
-    let every = std::time::Duration::from_secs(
-        u64::try_from(state.config.key_rotation.check_interval.whole_seconds()).unwrap_or(5),
-    );
-    let mut tick = tokio::time::interval(every);
+/// Runs `task` every `period`; a tick missed while the task ran waits instead of bursting.
+async fn every<F, Fut>(period: time::Duration, mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let secs = u64::try_from(period.whole_seconds()).unwrap_or(1).max(1);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(err) = state.maintain_keys().await {
-            tracing::error!(error = %err, "signing-key maintenance failed; the keys in force stay, retrying at the next interval");
-        }
+        task().await;
+    }
+}
+
+/// Reads revocations made elsewhere; run every `revocation_sync_interval`, the bound on how long
+/// one takes to reach this instance.
+async fn sync_revocations(state: AppState) {
+    if let Err(err) = state.sync_revocations().await {
+        tracing::error!(error = %err, "cannot read revocations; retrying at the next interval");
+    }
+}
+
+/// Runs the key-rotation schedule and re-reads the key states; run every
+/// `key_rotation.check_interval`, the bound on how long a `gatehouse keys` command or another
+/// instance's change takes to reach this instance.
+async fn maintain_keys(state: AppState) {
+    if let Err(err) = state.maintain_keys().await {
+        tracing::error!(error = %err, "signing-key maintenance failed; the keys in force stay, retrying at the next interval");
     }
 }
 
@@ -103,39 +103,25 @@ async fn reload_on_hangup(state: AppState) {
         if let Err(err) = state.keys.reload(&state.store).await {
             tracing::error!(error = %err, "cannot reload signing keys");
         }
-        if let Err(err) = state
-            .revocations
-            .sync(
-                &state.store,
-                state.clock.now(),
-                state.config.access_token_ttl,
-            )
-            .await
-        {
-            tracing::error!(error = %err, "cannot read revocations");
-        }
+        sync_revocations(state.clone()).await;
     }
 }
 
 /// How often the periodic clean-up runs.
-const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+const HOUSEKEEPING_INTERVAL: time::Duration = time::Duration::minutes(10);
 
 /// Periodic clean-up: never-used registrations, expired sessions, idle rate-limiter entries.
 async fn housekeeping(state: AppState) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-    loop {
-        tick.tick().await;
-        match crate::oauth::register::expire_unused_clients(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "expired never-used client registrations"),
-            Err(err) => tracing::error!(error = %err, "cannot expire unused client registrations"),
-        }
-        match state.store.delete_expired_sessions(state.clock.now()).await {
-            Ok(_) => {}
-            Err(err) => tracing::error!(error = %err, "cannot delete expired sessions"),
-        }
-        state.limits.prune();
+    match crate::oauth::register::expire_unused_clients(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "expired never-used client registrations"),
+        Err(err) => tracing::error!(error = %err, "cannot expire unused client registrations"),
     }
+    match state.store.delete_expired_sessions(state.clock.now()).await {
+        Ok(_) => {}
+        Err(err) => tracing::error!(error = %err, "cannot delete expired sessions"),
+    }
+    state.limits.prune();
 }
 
 async fn shutdown_signal() {

@@ -78,21 +78,33 @@ async fn session_key(store: &Store, now: time::OffsetDateTime) -> Result<Session
 }
 
 impl AppState {
-    /// One round of key maintenance: what the rotation schedule says is due, then a reload of
-    /// the key states (which also picks up what the CLI or another instance changed).
-    /// Returns the steps this instance made.
+    /// One round of key maintenance: what the rotation schedule says is due, then the key set
+    /// the database describes (which also picks up what the CLI or another instance changed).
+    /// One read of the keys when nothing is due. Returns the steps this instance made.
     pub async fn maintain_keys(&self) -> Result<Vec<keys::Transition>, KeyError> {
         let policy = keys::RotationPolicy::from_config(&self.config);
+        let mut records = self.store.signing_keys().await?;
         let done = keys::lifecycle::maintain(
             &self.store,
             self.keys.vault(),
             self.config.signing_algorithm,
             &policy,
+            &records,
             self.clock.now(),
         )
         .await?;
-        self.keys.reload(&self.store).await?;
+        if !done.is_empty() {
+            records = self.store.signing_keys().await?;
+        }
+        self.keys.install(records)?;
         Ok(done)
+    }
+
+    /// Reads revocations made by other instances or the CLI into this instance's view.
+    pub async fn sync_revocations(&self) -> Result<(), StoreError> {
+        self.revocations
+            .sync(&self.store, self.clock.now(), self.config.access_token_ttl)
+            .await
     }
 
     /// Opens the database (applying migrations) and loads or creates the signing keys.

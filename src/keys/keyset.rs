@@ -182,7 +182,12 @@ impl KeySet {
         Self::from_records(vault, records)
     }
 
+    /// Builds the set from every stored key. Withdrawn keys' private halves are destroyed here,
+    /// where every instance (each with its own `keys_dir`, perhaps) sees the retirement.
     fn from_records(vault: &Vault, records: Vec<KeyRecord>) -> Result<Self, KeyError> {
+        for retired in records.iter().filter(|r| !r.state.is_published()) {
+            vault.delete_private(&retired.kid);
+        }
         let mut keys = Vec::new();
         for record in records.into_iter().filter(|r| r.state.is_published()) {
             keys.push(LoadedKey::load(vault, record)?);
@@ -223,6 +228,44 @@ pub async fn load_or_create(
     KeySet::load(store, vault).await
 }
 
+/// The stored record of a key whose private half is `private`; no lifecycle times set.
+fn key_record(
+    kid: &str,
+    alg: SigningAlgorithm,
+    private: &Jwk,
+    created_at: OffsetDateTime,
+    private_sealed: Option<String>,
+    state: KeyState,
+) -> Result<KeyRecord, KeyError> {
+    let public = public_jwk(private, kid, alg).ok_or_else(|| invalid(kid, "public key"))?;
+    Ok(KeyRecord {
+        kid: kid.to_owned(),
+        alg,
+        state,
+        public_jwk: Value::Object(public).to_string(),
+        created_at,
+        activated_at: None,
+        retire_after: None,
+        retired_at: None,
+        activate_after: None,
+        private_sealed,
+    })
+}
+
+/// Generates a key of `alg`, keeps its private half in the vault, and returns its record in
+/// `state` (not yet inserted; lifecycle times are the caller's to set).
+pub(super) fn new_key_record(
+    vault: &Vault,
+    alg: SigningAlgorithm,
+    state: KeyState,
+    now: OffsetDateTime,
+) -> Result<KeyRecord, KeyError> {
+    let private = generate(alg).map_err(|e| invalid("(new)", e))?;
+    let kid = thumbprint(&private).ok_or_else(|| invalid("(new)", "no thumbprint"))?;
+    let sealed = vault.store_private(&kid, alg.as_str(), now, &private)?;
+    key_record(&kid, alg, &private, now, sealed, state)
+}
+
 async fn create_current(
     store: &Store,
     vault: &Vault,
@@ -240,35 +283,22 @@ async fn create_current(
     } else {
         None
     };
-    let (kid, alg, created_at, private, sealed, kind) = match imported {
+    let (mut record, kind) = match imported {
         Some(file) => {
             let alg = SigningAlgorithm::parse(&file.alg)
                 .ok_or_else(|| invalid(&file.kid, "algorithm"))?;
             let private = vault.file_private(&file)?;
             let created = OffsetDateTime::from_unix_timestamp(file.created_at).unwrap_or(now);
             let sealed = file.sealed_private_jwk.clone();
-            (file.kid, alg, created, private, sealed, "key.imported")
+            let record = key_record(&file.kid, alg, &private, created, sealed, KeyState::Current)?;
+            (record, "key.imported")
         }
-        None => {
-            let private = generate(alg).map_err(|e| invalid("(new)", e))?;
-            let kid = thumbprint(&private).ok_or_else(|| invalid("(new)", "no thumbprint"))?;
-            let sealed = vault.store_private(&kid, alg.as_str(), now, &private)?;
-            (kid, alg, now, private, sealed, "key.generated")
-        }
+        None => (
+            new_key_record(vault, alg, KeyState::Current, now)?,
+            "key.generated",
+        ),
     };
-    let public = public_jwk(&private, &kid, alg).ok_or_else(|| invalid(&kid, "public key"))?;
-    let record = KeyRecord {
-        kid,
-        alg,
-        state: KeyState::Current,
-        public_jwk: Value::Object(public).to_string(),
-        created_at,
-        activated_at: Some(now),
-        retire_after: None,
-        retired_at: None,
-        activate_after: None,
-        private_sealed: sealed,
-    };
+    record.activated_at = Some(now);
     match store.insert_signing_key(&record).await {
         Ok(()) => {}
         // Another instance sharing the database won the race: its key is current; ours stays
@@ -328,7 +358,12 @@ impl KeyStore {
     /// or the schedule) and installs the new set when anything changed. `true` when it did.
     /// On an error the set in force stays.
     pub async fn reload(&self, store: &Store) -> Result<bool, KeyError> {
-        let records = store.signing_keys().await?;
+        self.install(store.signing_keys().await?)
+    }
+
+    /// Installs the set that `records` (every stored key, just read) describe, unless it is the
+    /// set in force. `true` when it changed.
+    pub fn install(&self, records: Vec<KeyRecord>) -> Result<bool, KeyError> {
         if self.snapshot().matches(&records) {
             return Ok(false);
         }
@@ -373,14 +408,18 @@ impl KeySet {
     /// must be exactly that key's algorithm, so `none`, HMAC-with-the-public-key and algorithm
     /// confusion are refused; an unknown or retired `kid` is refused. Claims are not checked
     /// here: that is the caller's job (issuer, audience, expiry, type).
-    pub fn verify_jwt(&self, token: &str) -> Result<(JwtPayload, JwsHeader), String> {
+    pub fn verify_jwt(&self, token: &str) -> Result<(JwtPayload, JwsHeader), JwtRejection> {
+        let unknown_kid = std::cell::Cell::new(false);
         jwt::decode_with_verifier_selector(token, |header| {
             let kid = header
                 .key_id()
                 .ok_or_else(|| josekit::JoseError::InvalidJwtFormat(anyhow_error("no kid")))?;
-            let key = self
-                .key(kid)
-                .ok_or_else(|| josekit::JoseError::InvalidJwtFormat(anyhow_error("unknown kid")))?;
+            let Some(key) = self.key(kid) else {
+                unknown_kid.set(true);
+                return Err(josekit::JoseError::InvalidJwtFormat(anyhow_error(
+                    "unknown kid",
+                )));
+            };
             if header.algorithm() != Some(key.record.alg.as_str()) {
                 return Err(josekit::JoseError::InvalidJwtFormat(anyhow_error(
                     "alg does not match the key",
@@ -388,8 +427,23 @@ impl KeySet {
             }
             Ok(Some(key.verifier()))
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            if unknown_kid.get() {
+                JwtRejection::UnknownKey
+            } else {
+                JwtRejection::Invalid(e.to_string())
+            }
+        })
     }
+}
+
+/// Why [`KeySet::verify_jwt`] refused a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtRejection {
+    /// Its `kid` names no key of this set: unknown here, or retired.
+    UnknownKey,
+    /// Malformed, wrong algorithm, or a signature that does not verify.
+    Invalid(String),
 }
 
 fn anyhow_error(message: &'static str) -> anyhow::Error {

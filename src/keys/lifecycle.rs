@@ -17,7 +17,7 @@
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
-use super::material::{generate, public_jwk, thumbprint};
+use super::keyset::new_key_record;
 use super::{KeyError, KeyState, Vault};
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
@@ -134,18 +134,19 @@ pub fn due(keys: &[KeyRecord], policy: &RotationPolicy, now: OffsetDateTime) -> 
     steps
 }
 
-/// Carries out what [`due`] says, returning the steps this call made (another instance may have
-/// made some first). The caller reloads the key set when anything changed.
+/// Carries out what [`due`] says of `keys` (every stored key, just read), returning the steps
+/// this call made (another instance may have made some first). The caller reloads the key set
+/// when anything changed.
 pub async fn maintain(
     store: &Store,
     vault: &Vault,
     alg: SigningAlgorithm,
     policy: &RotationPolicy,
+    keys: &[KeyRecord],
     now: OffsetDateTime,
 ) -> Result<Vec<Transition>, KeyError> {
-    let keys = store.signing_keys().await?;
     let mut done = Vec::new();
-    for step in due(&keys, policy, now) {
+    for step in due(keys, policy, now) {
         if apply(store, vault, alg, &step, now, "schedule").await? {
             done.push(step);
         }
@@ -153,9 +154,11 @@ pub async fn maintain(
     Ok(done)
 }
 
-fn event(kind: &str, now: OffsetDateTime, by: &str, detail: serde_json::Value) -> AuditEvent {
-    let mut detail = detail;
-    detail["by"] = json!(by);
+/// A key event for the audit log; `by` (schedule or operator) joins the detail's members.
+fn event(kind: &str, now: OffsetDateTime, by: &str, mut detail: serde_json::Value) -> AuditEvent {
+    if let serde_json::Value::Object(members) = &mut detail {
+        members.insert("by".to_owned(), json!(by));
+    }
     AuditEvent::new(kind, now, detail)
 }
 
@@ -200,10 +203,10 @@ pub async fn apply(
             Ok(true)
         }
         Transition::Retire { kid } => {
+            // The private half is destroyed when each instance reloads its key set.
             if !store.retire_signing_key(kid, now).await? {
                 return Ok(false);
             }
-            vault.delete_private(kid);
             tracing::warn!(kid = %kid, "signing key retired: tokens it signed no longer verify");
             audit::record(store, event("key.retired", now, by, json!({ "kid": kid }))).await?;
             Ok(true)
@@ -212,7 +215,6 @@ pub async fn apply(
             if !store.delete_retired_signing_key(kid).await? {
                 return Ok(false);
             }
-            vault.delete_private(kid);
             audit::record(store, event("key.deleted", now, by, json!({ "kid": kid }))).await?;
             Ok(true)
         }
@@ -229,23 +231,9 @@ pub async fn publish_next(
     now: OffsetDateTime,
     by: &str,
 ) -> Result<Option<KeyRecord>, KeyError> {
-    let invalid = |e: &dyn std::fmt::Display| KeyError::Invalid("(new)".to_owned(), e.to_string());
-    let private = generate(alg).map_err(|e| invalid(&e))?;
-    let kid = thumbprint(&private).ok_or_else(|| invalid(&"no thumbprint"))?;
-    let public = public_jwk(&private, &kid, alg).ok_or_else(|| invalid(&"public key"))?;
-    let sealed = vault.store_private(&kid, alg.as_str(), now, &private)?;
-    let record = KeyRecord {
-        kid: kid.clone(),
-        alg,
-        state: KeyState::Next,
-        public_jwk: serde_json::Value::Object(public).to_string(),
-        created_at: now,
-        activated_at: None,
-        retire_after: None,
-        retired_at: None,
-        activate_after: Some(activate_at),
-        private_sealed: sealed,
-    };
+    let mut record = new_key_record(vault, alg, KeyState::Next, now)?;
+    record.activate_after = Some(activate_at);
+    let kid = record.kid.clone();
     match store.insert_signing_key(&record).await {
         Ok(()) => {}
         Err(crate::store::StoreError::Conflict(_)) => {
@@ -387,19 +375,18 @@ pub async fn retire_now(
     kid: &str,
     now: OffsetDateTime,
 ) -> Result<String, OperatorError> {
-    let key = store
-        .signing_key(kid)
-        .await?
+    let keys = store.signing_keys().await?;
+    let key = keys
+        .iter()
+        .find(|k| k.kid == kid)
         .ok_or_else(|| OperatorError::UnknownKey(kid.to_owned()))?;
     let signing = match key.state {
         KeyState::Retired => return Err(OperatorError::AlreadyRetired(kid.to_owned())),
         KeyState::Current => rotate_now(store, vault, alg, policy, now).await?,
-        KeyState::Next | KeyState::Previous => store
-            .signing_keys()
-            .await?
-            .into_iter()
+        KeyState::Next | KeyState::Previous => keys
+            .iter()
             .find(|k| k.state == KeyState::Current)
-            .map(|k| k.kid)
+            .map(|k| k.kid.clone())
             .ok_or(OperatorError::NoCurrent)?,
     };
     let step = Transition::Retire {

@@ -12,7 +12,7 @@ mod material;
 mod vault;
 
 pub use files::{KeyFile, prepare_dir};
-pub use keyset::{KeyError, KeySet, KeyStore, LoadedKey, load_or_create};
+pub use keyset::{JwtRejection, KeyError, KeySet, KeyStore, LoadedKey, load_or_create};
 pub use lifecycle::{RotationPolicy, Transition};
 pub use material::{generate, public_jwk, thumbprint};
 pub use vault::Vault;

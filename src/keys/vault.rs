@@ -40,6 +40,15 @@ fn invalid(kid: &str, err: impl fmt::Display) -> KeyError {
     KeyError::Invalid(kid.to_owned(), err.to_string())
 }
 
+/// A private JWK that must be the key `kid` names (its RFC 7638 thumbprint).
+fn checked(kid: &str, private: Map<String, Value>) -> Result<Jwk, KeyError> {
+    let jwk = Jwk::from_map(private).map_err(|e| invalid(kid, e))?;
+    if thumbprint(&jwk).as_deref() != Some(kid) {
+        return Err(invalid(kid, "the private key does not match its kid"));
+    }
+    Ok(jwk)
+}
+
 impl Vault {
     /// Prepares `dir` and, with a passphrase, derives the key-encryption key (argon2id, off the
     /// async runtime: it is deliberately slow).
@@ -144,14 +153,7 @@ impl Vault {
             (None, Some(blob)) => self.open_sealed(&file.kid, blob)?,
             (None, None) => return Err(invalid(&file.kid, "the key file holds no private key")),
         };
-        let jwk = Jwk::from_map(map).map_err(|e| invalid(&file.kid, e))?;
-        if thumbprint(&jwk).as_deref() != Some(file.kid.as_str()) {
-            return Err(invalid(
-                &file.kid,
-                "the private key file does not match its kid",
-            ));
-        }
-        Ok(jwk)
+        checked(&file.kid, map)
     }
 
     /// The private half of a stored key: from `keys_dir`, else from the database row's sealed
@@ -163,15 +165,7 @@ impl Vault {
         let Some(blob) = &record.private_sealed else {
             return Ok(None);
         };
-        let jwk = Jwk::from_map(self.open_sealed(&record.kid, blob)?)
-            .map_err(|e| invalid(&record.kid, e))?;
-        if thumbprint(&jwk).as_deref() != Some(record.kid.as_str()) {
-            return Err(invalid(
-                &record.kid,
-                "the sealed key does not match its kid",
-            ));
-        }
-        Ok(Some(jwk))
+        checked(&record.kid, self.open_sealed(&record.kid, blob)?).map(Some)
     }
 
     /// Destroys a key's private file (a retired key never signs or verifies again).

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
-use crate::keys::KeyStore;
+use crate::keys::{JwtRejection, KeyStore};
 use crate::tokens::{AccessClaims, RevocationView};
 
 /// Most verified tokens kept.
@@ -62,17 +62,6 @@ pub enum TokenRejection {
     /// (another instance may have just activated a key) and verify again.
     #[error("the access token was signed by a key this server does not know")]
     UnknownKey,
-}
-
-/// The `kid` in a compact JWS's header, if it has one.
-fn header_kid(token: &str) -> Option<String> {
-    use base64::Engine;
-    let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("kid")?.as_str().map(str::to_owned)
 }
 
 #[derive(Debug, Clone)]
@@ -187,12 +176,10 @@ impl TokenVerifier {
 
     fn verify_signed(&self, token: &str) -> Result<Cached, TokenRejection> {
         let keys = self.keys.snapshot();
-        let (payload, header) = keys
-            .verify_jwt(token)
-            .map_err(|_| match header_kid(token) {
-                Some(kid) if keys.key(&kid).is_none() => TokenRejection::UnknownKey,
-                _ => TokenRejection::BadSignature,
-            })?;
+        let (payload, header) = keys.verify_jwt(token).map_err(|e| match e {
+            JwtRejection::UnknownKey => TokenRejection::UnknownKey,
+            JwtRejection::Invalid(_) => TokenRejection::BadSignature,
+        })?;
         // RFC 9068 §4: the type must be at+jwt (or application/at+jwt).
         let typ = header.token_type().map(str::to_ascii_lowercase);
         if !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {

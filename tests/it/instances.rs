@@ -207,22 +207,29 @@ async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> 
     }
 }
 
-async fn token_post(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+/// A token request; `None` when the connection failed (an instance that died under it).
+async fn try_token_post(base: &str, form: &[(&str, &str)]) -> Option<(u16, Value)> {
     let res = http()
         .post(format!("{base}/token"))
         .form(form)
         .send()
         .await
-        .expect("token");
+        .ok()?;
     let status = res.status().as_u16();
-    let body = res.bytes().await.expect("body");
+    let body = res.bytes().await.ok()?;
     let json = serde_json::from_slice(&body)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
-    (status, json)
+    Some((status, json))
 }
 
-async fn refresh(base: &str, client_id: &str, token: &str) -> (u16, Value) {
-    token_post(
+async fn token_post(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    try_token_post(base, form)
+        .await
+        .expect("token endpoint answered")
+}
+
+async fn try_refresh(base: &str, client_id: &str, token: &str) -> Option<(u16, Value)> {
+    try_token_post(
         base,
         &[
             ("grant_type", "refresh_token"),
@@ -231,6 +238,32 @@ async fn refresh(base: &str, client_id: &str, token: &str) -> (u16, Value) {
         ],
     )
     .await
+}
+
+async fn refresh(base: &str, client_id: &str, token: &str) -> (u16, Value) {
+    try_refresh(base, client_id, token)
+        .await
+        .expect("token endpoint answered")
+}
+
+/// Signs alice in on `sign_in_base` and redeems the code on `redeem_base`; the token response.
+async fn authorize(sign_in_base: &str, redeem_base: &str, issuer: &str, client_id: &str) -> Value {
+    let (verifier, challenge) = pkce();
+    let code = sign_in(sign_in_base, issuer, client_id, &challenge).await;
+    let (status, tokens) = token_post(
+        redeem_base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &verifier),
+            ("redirect_uri", CALLBACK),
+            ("client_id", client_id),
+            ("resource", &format!("{issuer}/mcp")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens
 }
 
 async fn whoami(base: &str, token: &str) -> u16 {
@@ -324,22 +357,7 @@ async fn two_instances_on_one_postgres_behave_as_one() {
     let client_id = registered["client_id"].as_str().expect("id").to_owned();
 
     // Sign in on B; exchange the code on A; call /mcp on B.
-    let (verifier, challenge) = pkce();
-    let code = sign_in(&b.base, &issuer, &client_id, &challenge).await;
-    let resource = format!("{issuer}/mcp");
-    let (status, tokens) = token_post(
-        &a.base,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &verifier),
-            ("redirect_uri", CALLBACK),
-            ("client_id", &client_id),
-            ("resource", &resource),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    let tokens = authorize(&b.base, &a.base, &issuer, &client_id).await;
     let access = tokens["access_token"].as_str().expect("at").to_owned();
     let refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
     assert_eq!(whoami(&b.base, &access).await, 200);
@@ -430,21 +448,7 @@ async fn two_instances_on_one_postgres_behave_as_one() {
     // committed, and A keeps serving every family.
     let mut chains = Vec::new();
     for _ in 0..4 {
-        let (verifier, challenge) = pkce();
-        let code = sign_in(&a.base, &issuer, &client_id, &challenge).await;
-        let (status, tokens) = token_post(
-            &a.base,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("code_verifier", &verifier),
-                ("redirect_uri", CALLBACK),
-                ("client_id", &client_id),
-                ("resource", &resource),
-            ],
-        )
-        .await;
-        assert_eq!(status, 200, "{tokens}");
+        let tokens = authorize(&a.base, &a.base, &issuer, &client_id).await;
         chains.push(tokens["refresh_token"].as_str().expect("rt").to_owned());
     }
     let mut load = Vec::new();
@@ -456,19 +460,10 @@ async fn two_instances_on_one_postgres_behave_as_one() {
             let mut rotations = 0u32;
             for _ in 0..200 {
                 // The connection dies with B: that ends this client's chain.
-                let sent = http()
-                    .post(format!("{base}/token"))
-                    .form(&[
-                        ("grant_type", "refresh_token"),
-                        ("refresh_token", newest.as_str()),
-                        ("client_id", cid.as_str()),
-                    ])
-                    .send()
-                    .await;
-                let Ok(res) = sent else { break };
-                assert_eq!(res.status(), 200, "refresh on B refused before the kill");
-                let Ok(body) = res.bytes().await else { break };
-                let body: Value = serde_json::from_slice(&body).expect("json");
+                let Some((status, body)) = try_refresh(&base, &cid, &newest).await else {
+                    break;
+                };
+                assert_eq!(status, 200, "refresh on B refused before the kill: {body}");
                 newest = body["refresh_token"].as_str().expect("rt").to_owned();
                 rotations += 1;
             }

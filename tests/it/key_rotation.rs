@@ -88,16 +88,21 @@ fn exp_of(jwt: &str) -> i64 {
     claims["exp"].as_i64().expect("exp")
 }
 
-/// `tools/call whoami` with `token`; the status.
-async fn whoami(app: &TestApp, token: &str) -> u16 {
-    let res = mcp(
+/// `tools/call whoami` with `token`, as a 2026-07-28 client sends it.
+async fn whoami_response(app: &TestApp, token: &str) -> crate::support::TestResponse {
+    mcp(
         app,
         Some(token),
         None,
         "2026-07-28",
         stateless(call(1, "whoami", json!({}))),
     )
-    .await;
+    .await
+}
+
+/// `tools/call whoami` with `token`; the status.
+async fn whoami(app: &TestApp, token: &str) -> u16 {
+    let res = whoami_response(app, token).await;
     if res.status == 200 {
         assert!(
             message(&res)["result"].is_object(),
@@ -318,29 +323,26 @@ async fn emergency_retire_fails_its_tokens_at_once_and_new_tokens_work() {
     let leaked = kid_of(&token);
     assert_eq!(whoami(&app, &token).await, 200, "verified and cached");
 
-    let policy = RotationPolicy::from_config(&app.state.config);
-    let signing = lifecycle::retire_now(
-        &app.state.store,
-        app.state.keys.vault(),
-        app.state.config.signing_algorithm,
-        &policy,
-        &leaked,
-        app.clock.now(),
-    )
-    .await
-    .expect("retire");
+    let retire = |kid: String| {
+        let app = &app;
+        async move {
+            lifecycle::retire_now(
+                &app.state.store,
+                app.state.keys.vault(),
+                app.state.config.signing_algorithm,
+                &RotationPolicy::from_config(&app.state.config),
+                &kid,
+                app.clock.now(),
+            )
+            .await
+        }
+    };
+    let signing = retire(leaked.clone()).await.expect("retire");
     assert_ne!(signing, leaked);
     // What the running server does every check_interval (or at once on SIGHUP).
     app.state.maintain_keys().await.expect("maintain");
 
-    let res = mcp(
-        &app,
-        Some(&token),
-        None,
-        "2026-07-28",
-        stateless(call(1, "whoami", json!({}))),
-    )
-    .await;
+    let res = whoami_response(&app, &token).await;
     assert_eq!(res.status, 401);
     assert!(
         res.header("www-authenticate")
@@ -355,18 +357,15 @@ async fn emergency_retire_fails_its_tokens_at_once_and_new_tokens_work() {
     assert_eq!(whoami(&app, &fresh).await, 200);
 
     // Retiring again, or a key that does not exist, is a clear operator error.
-    let again = lifecycle::retire_now(
-        &app.state.store,
-        app.state.keys.vault(),
-        app.state.config.signing_algorithm,
-        &policy,
-        &leaked,
-        app.clock.now(),
-    )
-    .await;
+    let again = retire(leaked.clone()).await;
     assert!(
         matches!(again, Err(lifecycle::OperatorError::AlreadyRetired(_))),
         "{again:?}"
+    );
+    let unknown = retire("no-such-kid".to_owned()).await;
+    assert!(
+        matches!(unknown, Err(lifecycle::OperatorError::UnknownKey(_))),
+        "{unknown:?}"
     );
     let kinds = audit_kinds(&app).await;
     assert!(kinds.iter().any(|k| k == "key.retired"), "{kinds:?}");
@@ -533,12 +532,15 @@ async fn instances_share_sealed_keys_through_postgres() {
             .join(format!("{second}.json"))
             .exists()
     );
-    b.state.maintain_keys().await.expect("B reloads");
-    assert_eq!(b.state.keys.snapshot().current().kid(), second);
     a.state.maintain_keys().await.expect("A reloads");
-
     let (client_id, token_a, refresh_token) = sign_in(&a).await;
     assert_eq!(kid_of(&token_a), second);
+    // B has not read the key states since: the unknown kid makes it read them at once rather
+    // than refuse a token another instance signed a moment ago.
+    assert_ne!(b.state.keys.snapshot().current().kid(), second);
+    assert_eq!(whoami(&b, &token_a).await, 200);
+    assert_eq!(b.state.keys.snapshot().current().kid(), second);
+    b.state.maintain_keys().await.expect("B reloads");
     let (token_b, _) = refreshed(&b, &client_id, &refresh_token).await;
     assert_eq!(kid_of(&token_b), second, "B signs with the key A made");
     for app in [&a, &b] {
@@ -546,13 +548,26 @@ async fn instances_share_sealed_keys_through_postgres() {
             assert_eq!(whoami(app, token).await, 200);
         }
     }
+    // Every private key in the database is sealed: B opens it with the passphrase, and the
+    // stored text does not hold its private member.
     let rows = a.state.store.signing_keys().await.expect("keys");
-    for row in &rows {
-        if let Some(sealed) = &row.private_sealed {
-            assert!(!sealed.contains("\"d\""));
-        }
+    for row in rows.iter().filter(|r| r.state.is_published()) {
+        let sealed = row
+            .private_sealed
+            .as_deref()
+            .expect("sealed copy in the database");
+        let private = b
+            .state
+            .keys
+            .vault()
+            .load_private(row)
+            .expect("opens")
+            .expect("private key");
+        let Some(serde_json::Value::String(d)) = private.parameter("d") else {
+            panic!("no private member in {}", row.kid)
+        };
+        assert!(!sealed.contains(d.as_str()), "{} stored in clear", row.kid);
     }
-    assert!(rows.iter().any(|r| r.private_sealed.is_some()));
 
     // A third instance with the wrong passphrase refuses to start, saying why.
     let dir = TempDir::new().expect("tempdir");
