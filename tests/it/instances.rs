@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::process::gatehouse;
+use crate::support::hidden_input;
 
 const PASSWORD: &str = "correct horse battery staple";
 const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
@@ -139,19 +140,6 @@ impl Browser {
     }
 }
 
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    let end = html[start..].find('"').expect("quote") + start;
-    html[start..end]
-        .replace("&#x2B;", "+")
-        .replace("&#x2F;", "/")
-        .replace("&#x3D;", "=")
-}
-
 /// The browser leg on `base`: authorize, sign in, consent; returns the code.
 async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> String {
     let mut browser = Browser::new();
@@ -188,7 +176,7 @@ async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> 
             continue;
         }
         assert_eq!(status, 200, "{page_url}: {html}");
-        let (csrf, request) = (hidden(&html, "csrf"), hidden(&html, "request"));
+        let (csrf, request) = (hidden_input(&html, "csrf"), hidden_input(&html, "request"));
         let (path, extra): (&str, Vec<(&str, &str)>) = if page_url.contains("/login") {
             (
                 "/login",

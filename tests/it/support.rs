@@ -274,15 +274,19 @@ impl TestResponse {
 
     /// The value of the hidden input `name` in an HTML page.
     pub fn hidden(&self, name: &str) -> String {
-        let html = self.text();
-        let marker = format!("name=\"{name}\" value=\"");
-        let start = html
-            .find(&marker)
-            .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
-            + marker.len();
-        let end = html[start..].find('"').expect("closing quote") + start;
-        html[start..end].to_owned()
+        hidden_input(&self.text(), name)
     }
+}
+
+/// The value of the hidden input `name` in an HTML page.
+pub fn hidden_input(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+        + marker.len();
+    let end = html[start..].find('"').expect("closing quote") + start;
+    html[start..end].to_owned()
 }
 
 /// The query parameters of a URL.
