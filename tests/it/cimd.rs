@@ -385,11 +385,10 @@ async fn uncached_fetches_are_budgeted_per_address_and_errors_stay_generic() {
                 break;
             }
             Err(ClientLookupError::Metadata(e)) => {
-                assert!(
-                    !e.public_message().contains("404"),
-                    "{}",
-                    e.public_message()
-                );
+                // The document's address is named; the status it got is not. (The address
+                // itself is left out of the check: its port may well contain "404".)
+                let message = e.public_message().replace(&base, "<base>");
+                assert!(!message.contains("404"), "{message}");
             }
             other => panic!("{other:?}"),
         }
