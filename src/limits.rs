@@ -1,4 +1,5 @@
-//! In-memory rate limiters (per instance).
+//! Rate limiters: in memory per instance, and the per-token limit of `/mcp` in the database
+//! when several instances share one (PostgreSQL).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::Config;
+use crate::store::{Backend, RateTake, Store};
 
 /// The limiters of one server instance.
 #[derive(Debug)]
@@ -16,6 +18,8 @@ pub struct Limits {
     mcp_token: Informed<String>,
     mcp_unauthenticated: Informed<IpAddr>,
     mcp_token_limit: u32,
+    /// Where the per-token budgets are counted when they are global.
+    shared: Option<Store>,
     mcp_unauthenticated_limit: u32,
     refusal_audit: DefaultKeyedRateLimiter<String>,
     public: DefaultKeyedRateLimiter<IpAddr>,
@@ -87,10 +91,38 @@ fn key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A microsecond timestamp.
+fn micros(at: time::OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// The budget a shared take leaves, in the same terms as the in-memory limiters: `limit`
+/// requests a minute, all of which may come at once.
+fn shared_budget(take: RateTake, now: i64, interval: i64, limit: u32) -> Budget {
+    let tolerance = interval.saturating_mul(i64::from(limit));
+    match take {
+        RateTake::Allowed(tat) => Budget {
+            limit,
+            remaining: u32::try_from((tolerance - (tat - now)).max(0) / interval).unwrap_or(0),
+            retry_after: None,
+        },
+        RateTake::Refused(tat) => Budget {
+            limit,
+            remaining: 0,
+            retry_after: Some(Duration::from_micros(
+                u64::try_from(tat + interval - tolerance - now).unwrap_or(0),
+            )),
+        },
+    }
+}
+
 impl Limits {
-    /// Limiters sized from the configuration.
-    pub fn new(config: &Config) -> Self {
+    /// Limiters sized from the configuration. On PostgreSQL the per-token limit of `/mcp` is
+    /// counted in `store`, so that it holds across every instance sharing the database; on
+    /// SQLite (one instance) it is counted in memory.
+    pub fn new(config: &Config, store: &Store) -> Self {
         Self {
+            shared: (store.backend() == Backend::Postgres).then(|| store.clone()),
             registration: RateLimiter::keyed(Quota::per_hour(
                 config.registration.rate_limit_per_hour,
             )),
@@ -122,9 +154,43 @@ impl Limits {
         check(&self.metadata_fetch, ip)
     }
 
-    /// Takes one MCP request from an access token's budget (keyed by its `jti`).
-    pub fn mcp_token(&self, jti: &str) -> Budget {
+    /// Takes one MCP request from an access token's budget (keyed by its `jti`) at `now`.
+    /// Shared by every instance when the database is; if the database cannot be asked, this
+    /// instance counts alone (and says so in the log) rather than refuse every request.
+    pub async fn mcp_token(&self, jti: &str, now: time::OffsetDateTime) -> Budget {
+        if let Some(store) = &self.shared {
+            let limit = self.mcp_token_limit.max(1);
+            let interval = (60_000_000 / i64::from(limit)).max(1);
+            let now = micros(now);
+            match store
+                .take_rate_budget(&format!("mcp_token:{jti}"), now, interval, i64::from(limit))
+                .await
+            {
+                Ok(outcome) => return shared_budget(outcome, now, interval, limit),
+                Err(err) => {
+                    if self.audit_refusal("rate-limit-store") {
+                        tracing::warn!(error = %err, "cannot count the per-token rate limit in the database; counting in this instance only");
+                    }
+                }
+            }
+        }
         take(&self.mcp_token, &jti.to_owned(), self.mcp_token_limit)
+    }
+
+    /// Whether the per-token limit is counted in the database (shared by every instance).
+    pub fn mcp_token_is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Forgets the shared budgets that are full again; returns how many.
+    pub async fn prune_shared(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> Result<u64, crate::store::StoreError> {
+        match &self.shared {
+            Some(store) => store.delete_idle_rate_budgets(micros(now)).await,
+            None => Ok(0),
+        }
     }
 
     /// Takes one MCP request without valid credentials from the client address's budget.
@@ -175,6 +241,20 @@ fn check(limiter: &DefaultKeyedRateLimiter<IpAddr>, ip: IpAddr) -> Result<(), Du
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_budgets_read_like_the_in_memory_ones() {
+        let (limit, interval, now) = (4u32, 15_000_000i64, 1_000_000_000i64);
+        // The first request of a full budget leaves limit - 1.
+        let first = shared_budget(RateTake::Allowed(now + interval), now, interval, limit);
+        assert_eq!((first.remaining, first.retry_after), (3, None));
+        // The last one leaves none, and the next must wait one interval.
+        let last = shared_budget(RateTake::Allowed(now + 4 * interval), now, interval, limit);
+        assert_eq!((last.remaining, last.retry_after), (0, None));
+        let refused = shared_budget(RateTake::Refused(now + 4 * interval), now, interval, limit);
+        assert_eq!(refused.remaining, 0);
+        assert_eq!(refused.retry_after, Some(Duration::from_secs(15)));
+    }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64() {

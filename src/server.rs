@@ -122,6 +122,9 @@ async fn housekeeping(state: AppState) {
         Err(err) => tracing::error!(error = %err, "cannot delete expired sessions"),
     }
     state.limits.prune();
+    if let Err(err) = state.limits.prune_shared(state.clock.now()).await {
+        tracing::error!(error = %err, "cannot delete idle rate-limit budgets");
+    }
 }
 
 async fn shutdown_signal() {

@@ -21,7 +21,7 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     /// Current time.
     pub clock: Arc<dyn Clock>,
-    /// Rate limiters of this instance.
+    /// Rate limiters (in memory, and the per-token limit in the database on PostgreSQL).
     pub limits: Arc<Limits>,
     /// Fetches and caches Client ID Metadata Documents.
     pub client_metadata: Arc<ClientMetadataFetcher>,
@@ -145,7 +145,7 @@ impl AppState {
             revocations: Arc::new(revocations),
             session_key,
             client_metadata: Arc::new(client_metadata),
-            limits: Arc::new(Limits::new(&config)),
+            limits: Arc::new(Limits::new(&config, &store)),
             config: Arc::new(config),
             store,
             keys: Arc::new(KeyStore::new(keyset, vault)),

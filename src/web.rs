@@ -190,7 +190,8 @@ pub async fn budget(
 
 /// 429 with `Retry-After` and a body that says "rate limited", never an auth error.
 pub fn rate_limited(retry_after: std::time::Duration) -> Response {
-    let seconds = retry_after.as_secs().max(1);
+    // Rounded up: a client that waits exactly this long fits.
+    let seconds = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
     let mut response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",

@@ -250,7 +250,11 @@ impl Guard {
         };
 
         // 3. The token's own budget.
-        let budget = self.state.limits.mcp_token(&principal.jti);
+        let budget = self
+            .state
+            .limits
+            .mcp_token(&principal.jti, self.state.clock.now())
+            .await;
         if let Some(wait) = budget.retry_after {
             let mut response = web::rate_limited(wait);
             rate_headers(&mut response, budget);

@@ -8,6 +8,7 @@ mod audit;
 mod clients;
 mod grants;
 mod keys;
+mod limits;
 mod sessions;
 mod url;
 mod users;
@@ -24,6 +25,7 @@ pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
 pub use grants::{ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
+pub use limits::RateTake;
 pub use sessions::SessionStoreAdapter;
 pub use users::{CodeRecord, ThrottleState};
 

@@ -34,6 +34,9 @@ struct Instance {
 
 /// The settings every instance shares: the issuer (the load balancer's address), the database,
 /// the passphrase, and short sync intervals so the test's bounds are short.
+/// The per-token budget of `/mcp` (a minute), shared by both instances.
+const PER_TOKEN: u32 = 30;
+
 fn configure(cmd: &mut Command, issuer: &str, db: &str) {
     cmd.env("GATEHOUSE_ISSUER", issuer)
         .env("GATEHOUSE_DATABASE_URL", db)
@@ -41,7 +44,7 @@ fn configure(cmd: &mut Command, issuer: &str, db: &str) {
         .env("GATEHOUSE_REVOCATION_SYNC_INTERVAL", "1")
         .env("GATEHOUSE_KEY_ROTATION__CHECK_INTERVAL", "1")
         .env("GATEHOUSE_MCP__RATE_LIMIT_UNAUTHENTICATED", "10000")
-        .env("GATEHOUSE_MCP__RATE_LIMIT_PER_TOKEN", "10000")
+        .env("GATEHOUSE_MCP__RATE_LIMIT_PER_TOKEN", PER_TOKEN.to_string())
         .env("GATEHOUSE_RATE_LIMITS__OAUTH_PER_MINUTE", "10000");
 }
 
@@ -255,6 +258,10 @@ async fn authorize(sign_in_base: &str, redeem_base: &str, issuer: &str, client_i
 }
 
 async fn whoami(base: &str, token: &str) -> u16 {
+    whoami_response(base, token).await.status().as_u16()
+}
+
+async fn whoami_response(base: &str, token: &str) -> reqwest::Response {
     let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": { "name": "whoami", "arguments": {}, "_meta": {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -272,8 +279,6 @@ async fn whoami(base: &str, token: &str) -> u16 {
         .send()
         .await
         .expect("mcp")
-        .status()
-        .as_u16()
 }
 
 fn kid_of(jwt: &str) -> String {
@@ -430,6 +435,31 @@ async fn two_instances_on_one_postgres_behave_as_one() {
         for token in &minted {
             assert_eq!(whoami(base, token).await, 200, "{base} {}", kid_of(token));
         }
+    }
+
+    // The per-token limit is one budget across both instances: a token used on A and B in turn
+    // gets PER_TOKEN calls in all, then 429 on either, with the remaining count shared.
+    let (status, tokens) = refresh(&a.base, &client_id, &refresh_token).await;
+    assert_eq!(status, 200, "{tokens}");
+    let limited = tokens["access_token"].as_str().expect("at").to_owned();
+    for n in 1..=PER_TOKEN {
+        let base = if n % 2 == 0 { &a.base } else { &b.base };
+        let res = whoami_response(base, &limited).await;
+        assert_eq!(res.status(), 200, "call {n} on {base}");
+        let remaining = res.headers()["x-ratelimit-remaining"]
+            .to_str()
+            .expect("header");
+        assert_eq!(remaining, (PER_TOKEN - n).to_string(), "call {n} on {base}");
+    }
+    for base in [&a.base, &b.base] {
+        let res = whoami_response(base, &limited).await;
+        assert_eq!(res.status(), 429, "over the shared budget on {base}");
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .expect("header")
+            .parse()
+            .expect("seconds");
+        assert!((1..=2).contains(&wait), "one call's worth (2 s): {wait}");
     }
 
     // kill -9 B in the middle of refresh chains on B: every rotation a client saw answered is

@@ -198,7 +198,86 @@ async fn storage_suite(url: &str, backend: Backend) {
     assert_eq!(page[0].id, all[1].id);
 
     clients_suite(&store).await;
+    rate_budget_suite(&store).await;
     store.close().await;
+}
+
+/// Shared request budgets (issue 8: the per-token limit is global on PostgreSQL): many
+/// simultaneous takes of one budget admit exactly its size, then one per interval.
+async fn rate_budget_suite(store: &Store) {
+    use gatehouse::store::RateTake;
+    let (now, interval, burst) = (1_800_000_000_000_000i64, 6_000_000i64, 10i64);
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let store = store.clone();
+        racers.spawn(async move {
+            store
+                .take_rate_budget("mcp_token:race", now, interval, burst)
+                .await
+                .expect("take")
+        });
+    }
+    let takes = racers.join_all().await;
+    let allowed: Vec<i64> = takes
+        .iter()
+        .filter_map(|t| match t {
+            RateTake::Allowed(tat) => Some(*tat),
+            RateTake::Refused(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        allowed.len(),
+        10,
+        "exactly the burst is admitted: {takes:?}"
+    );
+    let mut tats = allowed.clone();
+    tats.sort_unstable();
+    assert_eq!(tats.first(), Some(&(now + interval)));
+    assert_eq!(tats.last(), Some(&(now + 10 * interval)));
+    assert!(
+        takes
+            .iter()
+            .all(|t| *t == RateTake::Refused(now + 10 * interval)
+                || matches!(t, RateTake::Allowed(_)))
+    );
+    // One interval later, exactly one more fits; other keys are untouched.
+    let later = now + interval;
+    assert_eq!(
+        store
+            .take_rate_budget("mcp_token:race", later, interval, burst)
+            .await
+            .expect("take"),
+        RateTake::Allowed(now + 11 * interval)
+    );
+    assert!(matches!(
+        store
+            .take_rate_budget("mcp_token:race", later, interval, burst)
+            .await
+            .expect("take"),
+        RateTake::Refused(_)
+    ));
+    assert_eq!(
+        store
+            .take_rate_budget("mcp_token:other", later, interval, burst)
+            .await
+            .expect("take"),
+        RateTake::Allowed(later + interval)
+    );
+    // Budgets that are full again are deleted; the others stay.
+    assert_eq!(
+        store
+            .delete_idle_rate_budgets(later + interval)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert!(matches!(
+        store
+            .take_rate_budget("mcp_token:race", later, interval, burst)
+            .await
+            .expect("take"),
+        RateTake::Refused(_)
+    ));
 }
 
 fn client(id: &str, kind: ClientKind, created_at: time::OffsetDateTime) -> Client {
