@@ -70,8 +70,14 @@ impl AuditEvent {
 
 /// Records an event.
 pub async fn record(store: &Store, event: AuditEvent) -> Result<(), StoreError> {
-    tracing::info!(target: "audit", kind = %event.kind, outcome = event.outcome.as_str(), detail = %event.detail);
+    log(&event);
     store.insert_audit_event(&event).await
+}
+
+/// Writes an event to the process log (target `audit`). [`record`] does this; call it directly
+/// for an event the store wrote inside the transaction of the change it describes.
+pub fn log(event: &AuditEvent) {
+    tracing::info!(target: "audit", kind = %event.kind, outcome = event.outcome.as_str(), detail = %event.detail);
 }
 
 /// Records an event after the state it describes was already committed: a failure to write it

@@ -2,6 +2,7 @@
 
 use time::OffsetDateTime;
 
+use super::write::Insert;
 use super::{Store, StoreError};
 use crate::audit::{AuditEvent, Outcome};
 
@@ -55,21 +56,7 @@ impl TryFrom<AuditRow> for AuditRecord {
 impl Store {
     /// Appends one event.
     pub async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_events (at, kind, outcome, subject, client_id, grant_id, ip, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(event.at.unix_timestamp())
-        .bind(&event.kind)
-        .bind(event.outcome.as_str())
-        .bind(event.subject.as_deref())
-        .bind(event.client_id.as_deref())
-        .bind(event.grant_id.as_deref())
-        .bind(event.ip.as_deref())
-        .bind(event.detail.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        audit_insert(event).execute_on(&self.writer).await
     }
 
     /// The newest events first, optionally only one subject's, at most `limit`, older than
@@ -91,5 +78,25 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AuditRecord::try_from).collect()
+    }
+}
+
+/// The row of one event, to insert on its own or inside the transaction of the change it
+/// records (so that both commit together).
+pub(super) fn audit_insert(event: &AuditEvent) -> Insert {
+    Insert {
+        table: "audit_events",
+        columns: "at, kind, outcome, subject, client_id, grant_id, ip, detail",
+        values: vec![
+            event.at.unix_timestamp().into(),
+            event.kind.as_str().into(),
+            event.outcome.as_str().into(),
+            event.subject.as_deref().into(),
+            event.client_id.as_deref().into(),
+            event.grant_id.as_deref().into(),
+            event.ip.as_deref().into(),
+            event.detail.to_string().into(),
+        ],
+        what: "audit event".to_owned(),
     }
 }

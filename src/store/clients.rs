@@ -95,7 +95,7 @@ impl Store {
         .bind(client.secret_hash.as_ref().map(SecretHash::as_str))
         .bind(client.created_at.unix_timestamp())
         .bind(client.last_used_at.map(OffsetDateTime::unix_timestamp))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| StoreError::from_write(e, &format!("client {}", client.id)))?;
         Ok(())
@@ -121,7 +121,7 @@ impl Store {
     /// Deletes a client with its consents and codes; false when there was none.
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
         // One transaction: the client, the consents given to it and its unredeemed codes.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for table in ["consents", "authorization_codes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
                 .bind(client_id)
@@ -145,7 +145,7 @@ impl Store {
         sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1")
             .bind(client_id)
             .bind(at.unix_timestamp())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -161,7 +161,7 @@ impl Store {
              RETURNING client_id",
         )
         .bind(cutoff.unix_timestamp())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         Ok(ids)
     }

@@ -8,7 +8,11 @@
 
 use time::OffsetDateTime;
 
+use super::audit::audit_insert;
+use super::users::CodeRecord;
+use super::write::{GuardedWrite, Insert};
 use super::{Store, StoreError, from_unix};
+use crate::audit::AuditEvent;
 
 /// A grant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,15 @@ pub struct ConsumedCode {
     pub replay_response: Option<String>,
 }
 
+/// An authorization code as the token endpoint finds it: one read tells both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeState {
+    /// Not redeemed yet.
+    Fresh(CodeRecord),
+    /// Already redeemed: what a replay needs.
+    Consumed(ConsumedCode),
+}
+
 /// Revocations recorded since some time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revocations {
@@ -108,9 +121,60 @@ fn grant_from(row: GrantRow) -> Result<GrantRecord, StoreError> {
 const GRANT_COLUMNS: &str = "g.grant_id, g.client_id, g.user_id, g.resource, g.scopes, g.created_at, g.expires_at, g.revoked_at";
 
 impl Store {
-    /// Consumes the code and creates its grant (and first refresh token) in one transaction.
-    /// `Ok(false)` when the code was already consumed (by a concurrent or earlier request):
-    /// nothing is written then.
+    /// A code by hash, fresh or consumed, in one read.
+    pub async fn code_for_exchange(
+        &self,
+        code_hash: &str,
+    ) -> Result<Option<CodeState>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, resource, scopes, \
+             created_at, expires_at, consumed_at, replay_until, replay_response \
+             FROM authorization_codes WHERE code_hash = $1",
+        )
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        if r.10.is_some() {
+            return Ok(Some(CodeState::Consumed(ConsumedCode {
+                grant_id: r.1,
+                replay_until: r.11.map(from_unix).transpose()?,
+                replay_response: r.12,
+            })));
+        }
+        Ok(Some(CodeState::Fresh(CodeRecord {
+            code_hash: r.0,
+            grant_id: r.1,
+            client_id: r.2,
+            user_id: r.3,
+            redirect_uri: r.4,
+            code_challenge: r.5,
+            resource: r.6,
+            scopes: r.7,
+            created_at: from_unix(r.8)?,
+            expires_at: from_unix(r.9)?,
+        })))
+    }
+
+    /// Consumes the code and creates its grant (and first refresh token) in one transaction,
+    /// which also writes `event` to the audit log. `Ok(false)` when the code was already
+    /// consumed (by a concurrent or earlier request): nothing is written then.
+    #[allow(clippy::too_many_arguments)]
     pub async fn redeem_code(
         &self,
         code_hash: &str,
@@ -119,55 +183,32 @@ impl Store {
         sealed_response: &str,
         grant: &GrantRecord,
         refresh: Option<&NewRefresh>,
+        event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let consumed = sqlx::query(
-            "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
-             WHERE code_hash = $1 AND consumed_at IS NULL",
-        )
-        .bind(code_hash)
-        .bind(now.unix_timestamp())
-        .bind(replay_until.unix_timestamp())
-        .bind(sealed_response)
-        .execute(&mut *tx)
-        .await?;
-        if consumed.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        insert_grant(&mut tx, grant).await?;
+        let mut inserts = vec![grant_insert(grant)];
         if let Some(refresh) = refresh {
-            insert_refresh(&mut tx, &grant.grant_id, refresh, now).await?;
+            inserts.push(refresh_insert(&grant.grant_id, refresh, now));
         }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// The replay state of a consumed code, if it is consumed.
-    pub async fn consumed_code(&self, code_hash: &str) -> Result<Option<ConsumedCode>, StoreError> {
-        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT grant_id, replay_until, replay_response FROM authorization_codes \
-             WHERE code_hash = $1 AND consumed_at IS NOT NULL",
-        )
-        .bind(code_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|(grant_id, until, response)| {
-            Ok(ConsumedCode {
-                grant_id,
-                replay_until: until.map(from_unix).transpose()?,
-                replay_response: response,
-            })
+        inserts.push(audit_insert(event));
+        self.guarded_write(GuardedWrite {
+            update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
+                     WHERE code_hash = $1 AND consumed_at IS NULL",
+            params: vec![
+                code_hash.into(),
+                now.unix_timestamp().into(),
+                replay_until.unix_timestamp().into(),
+                sealed_response.into(),
+            ],
+            // The sealed response has a fresh random nonce: only this redemption wrote it.
+            applied: "EXISTS (SELECT 1 FROM authorization_codes WHERE code_hash = $1 AND replay_response = $4)",
+            inserts,
         })
-        .transpose()
+        .await
     }
 
     /// Creates a grant with no refresh token (client_credentials).
     pub async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_grant(&mut tx, grant).await?;
-        tx.commit().await?;
-        Ok(())
+        grant_insert(grant).execute_on(&self.writer).await
     }
 
     /// A grant by id.
@@ -224,8 +265,10 @@ impl Store {
     }
 
     /// Rotates a refresh token: marks it used (keeping the sealed response for the grace window)
-    /// and stores its successor, in one transaction. `Ok(false)` when it was already rotated
-    /// (a concurrent request won): nothing is written then.
+    /// and stores its successor, in one transaction that also writes `event` to the audit log.
+    /// `Ok(false)` when it was already rotated (a concurrent request won): nothing is written
+    /// then.
+    #[allow(clippy::too_many_arguments)]
     pub async fn rotate_refresh(
         &self,
         token_hash: &str,
@@ -234,25 +277,22 @@ impl Store {
         sealed_response: &str,
         grant_id: &str,
         next: &NewRefresh,
+        event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let rotated = sqlx::query(
-            "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
-             WHERE token_hash = $1 AND rotated_at IS NULL",
-        )
-        .bind(token_hash)
-        .bind(now.unix_timestamp())
-        .bind(replay_until.unix_timestamp())
-        .bind(sealed_response)
-        .execute(&mut *tx)
-        .await?;
-        if rotated.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        insert_refresh(&mut tx, grant_id, next, now).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.guarded_write(GuardedWrite {
+            update: "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
+                     WHERE token_hash = $1 AND rotated_at IS NULL",
+            params: vec![
+                token_hash.into(),
+                now.unix_timestamp().into(),
+                replay_until.unix_timestamp().into(),
+                sealed_response.into(),
+            ],
+            // The sealed response has a fresh random nonce: only this rotation wrote it.
+            applied: "EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND replay_response = $4)",
+            inserts: vec![refresh_insert(grant_id, next, now), audit_insert(event)],
+        })
+        .await
     }
 
     /// Revokes a grant (and so its refresh family and access tokens). True when it was live.
@@ -268,7 +308,7 @@ impl Store {
         .bind(grant_id)
         .bind(now.unix_timestamp())
         .bind(reason)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -290,7 +330,7 @@ impl Store {
         .bind(client_id)
         .bind(now.unix_timestamp())
         .bind(reason)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         Ok(ids)
     }
@@ -311,7 +351,7 @@ impl Store {
         .bind(grant_id)
         .bind(expires_at.unix_timestamp())
         .bind(now.unix_timestamp())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -325,13 +365,13 @@ impl Store {
             "SELECT grant_id, revoked_at FROM grants WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
         )
         .bind(since.unix_timestamp())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let tokens: Vec<(String, i64)> = sqlx::query_as(
             "SELECT jti, expires_at FROM revoked_access_tokens WHERE revoked_at >= $1",
         )
         .bind(since.unix_timestamp())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         Ok(Revocations {
             grants: grants
@@ -346,44 +386,34 @@ impl Store {
     }
 }
 
-async fn insert_grant(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    grant: &GrantRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO grants (grant_id, client_id, user_id, resource, scopes, created_at, expires_at, revoked_at, revoked_reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
-    )
-    .bind(&grant.grant_id)
-    .bind(&grant.client_id)
-    .bind(grant.user_id.as_deref())
-    .bind(&grant.resource)
-    .bind(&grant.scopes)
-    .bind(grant.created_at.unix_timestamp())
-    .bind(grant.expires_at.unix_timestamp())
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| StoreError::from_write(e, &format!("grant {}", grant.grant_id)))?;
-    Ok(())
+fn grant_insert(grant: &GrantRecord) -> Insert {
+    Insert {
+        table: "grants",
+        columns: "grant_id, client_id, user_id, resource, scopes, created_at, expires_at",
+        values: vec![
+            grant.grant_id.as_str().into(),
+            grant.client_id.as_str().into(),
+            grant.user_id.as_deref().into(),
+            grant.resource.as_str().into(),
+            grant.scopes.as_str().into(),
+            grant.created_at.unix_timestamp().into(),
+            grant.expires_at.unix_timestamp().into(),
+        ],
+        what: format!("grant {}", grant.grant_id),
+    }
 }
 
-async fn insert_refresh(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    grant_id: &str,
-    refresh: &NewRefresh,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, grant_id, generation, created_at, expires_at, rotated_at, replay_until, replay_response) \
-         VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL)",
-    )
-    .bind(&refresh.token_hash)
-    .bind(grant_id)
-    .bind(refresh.generation)
-    .bind(now.unix_timestamp())
-    .bind(refresh.expires_at.unix_timestamp())
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| StoreError::from_write(e, "refresh token"))?;
-    Ok(())
+fn refresh_insert(grant_id: &str, refresh: &NewRefresh, now: OffsetDateTime) -> Insert {
+    Insert {
+        table: "refresh_tokens",
+        columns: "token_hash, grant_id, generation, created_at, expires_at",
+        values: vec![
+            refresh.token_hash.as_str().into(),
+            grant_id.into(),
+            refresh.generation.into(),
+            now.unix_timestamp().into(),
+            refresh.expires_at.unix_timestamp().into(),
+        ],
+        what: "refresh token".to_owned(),
+    }
 }

@@ -12,6 +12,7 @@ mod limits;
 mod sessions;
 mod url;
 mod users;
+mod write;
 
 use std::str::FromStr;
 use std::sync::Once;
@@ -23,7 +24,7 @@ use sqlx::{AnyPool, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
-pub use grants::{ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
+pub use grants::{CodeState, ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
 pub use limits::RateTake;
 pub use sessions::SessionStoreAdapter;
@@ -77,13 +78,54 @@ impl StoreError {
 }
 
 /// The database handle shared by every request.
+///
+/// Reads go to `pool`; writes to `writer`. On PostgreSQL both are the same pool. On SQLite, which
+/// admits one writer at a time, `writer` is a pool of one connection: writers queue for it in
+/// the process (a wake-up when it is free) instead of colliding inside SQLite, whose busy
+/// handler sleeps for milliseconds between retries.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    writer: AnyPool,
     backend: Backend,
 }
 
 static DRIVERS: Once = Once::new();
+
+/// Reading connections to a SQLite file. Each is a thread; more than the two cores can use only
+/// adds wake-ups (measured in `BENCHMARKS.md`).
+const SQLITE_READERS: u32 = 4;
+
+/// One pool of `size` connections.
+async fn connect(
+    backend: Backend,
+    options: AnyConnectOptions,
+    size: u32,
+) -> Result<AnyPool, StoreError> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(10))
+        // A SQLite connection is a file handle in this process: it cannot have gone away, so
+        // the ping sqlx makes on every checkout would only add a round trip to its thread.
+        .test_before_acquire(backend == Backend::Postgres)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run while one writer commits; the busy timeout makes
+                    // writers of other processes (the CLI) wait instead of failing.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
 
 impl Store {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
@@ -92,37 +134,30 @@ impl Store {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = url.backend();
         let options = AnyConnectOptions::from_str(&url.connect_string())?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 8,
-                Backend::Postgres => 16,
-            })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run while one writer commits; the busy timeout makes
-                        // concurrent writers wait instead of failing with SQLITE_BUSY.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        let store = Self { pool, backend };
+        let (pool, writer) = match backend {
+            Backend::Sqlite => {
+                // The writer first: it creates the file and switches it to WAL.
+                let writer = connect(backend, options.clone(), 1).await?;
+                (connect(backend, options, SQLITE_READERS).await?, writer)
+            }
+            Backend::Postgres => {
+                let pool = connect(backend, options, 16).await?;
+                (pool.clone(), pool)
+            }
+        };
+        let store = Self {
+            pool,
+            writer,
+            backend,
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.writer).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.writer).await?,
         }
         Ok(())
     }
@@ -142,6 +177,7 @@ impl Store {
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// The SQLite journal mode (`wal` expected); `None` on PostgreSQL.

@@ -1,6 +1,7 @@
 //! The authorization code grant (RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707 §2.2).
 //!
-//! The code is checked, then consumed in the same transaction that creates its grant. The
+//! The code is checked, then consumed in the same transaction that creates its grant and writes
+//! the `token.issued` audit event (so there is never a grant without its event). The
 //! identical request repeated within `code_replay_window` (same client, code and verifier; ChatGPT
 //! may POST twice) gets the identical response, which was stored sealed under a key derived from
 //! exactly those values. Any other reuse is `invalid_grant` and revokes everything issued from the
@@ -15,7 +16,7 @@ use crate::domain::{Client, Secret, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
-use crate::store::{ConsumedCode, GrantRecord, NewRefresh};
+use crate::store::{CodeState, ConsumedCode, GrantRecord, NewRefresh};
 use crate::tokens::{TokenResponse, mint, sealed};
 
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Z a-z 0-9 - . _ ~]`.
@@ -61,13 +62,17 @@ pub async fn exchange(
     let now = state.clock.now();
     let code_hash = Secret::presented(code).hash();
 
-    if let Some(consumed) = state.store.consumed_code(code_hash.as_str()).await? {
-        return replay(state, client, code, verifier, consumed).await;
-    }
-    let record =
-        state.store.code(code_hash.as_str()).await?.ok_or_else(|| {
-            TokenError::InvalidGrant("the authorization code is not valid".into())
-        })?;
+    let record = match state.store.code_for_exchange(code_hash.as_str()).await? {
+        None => {
+            return Err(TokenError::InvalidGrant(
+                "the authorization code is not valid".into(),
+            ));
+        }
+        Some(CodeState::Consumed(consumed)) => {
+            return replay(state, client, code, verifier, consumed).await;
+        }
+        Some(CodeState::Fresh(record)) => record,
+    };
     if record.client_id != client.id {
         return Err(TokenError::InvalidGrant(
             "the authorization code was issued to another client".into(),
@@ -131,6 +136,14 @@ pub async fn exchange(
         generation: 0,
         expires_at: (now + config.refresh_token_ttl).min(grant.expires_at),
     };
+    let mut event = AuditEvent::new(
+        "token.issued",
+        now,
+        json!({ "grant_type": "authorization_code", "scope": grant.scopes, "jti": access.claims.jti }),
+    );
+    event.subject = grant.user_id.clone();
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(grant.grant_id.clone());
     let redeemed = state
         .store
         .redeem_code(
@@ -140,28 +153,21 @@ pub async fn exchange(
             &sealed_response,
             &grant,
             Some(&next),
+            &event,
         )
         .await?;
     if !redeemed {
         // A concurrent request consumed it first: answer as a replay of that one.
-        let consumed = state
-            .store
-            .consumed_code(code_hash.as_str())
-            .await?
-            .ok_or_else(|| {
-                TokenError::InvalidGrant("the authorization code is not valid".into())
-            })?;
+        let Some(CodeState::Consumed(consumed)) =
+            state.store.code_for_exchange(code_hash.as_str()).await?
+        else {
+            return Err(TokenError::InvalidGrant(
+                "the authorization code is not valid".into(),
+            ));
+        };
         return replay(state, client, code, verifier, consumed).await;
     }
-    let mut event = AuditEvent::new(
-        "token.issued",
-        now,
-        json!({ "grant_type": "authorization_code", "scope": grant.scopes, "jti": access.claims.jti }),
-    );
-    event.subject = grant.user_id.clone();
-    event.client_id = Some(client.id.clone());
-    event.grant_id = Some(grant.grant_id.clone());
-    audit::record_after_commit(&state.store, event).await;
+    audit::log(&event);
     Ok(response)
 }
 

@@ -1,8 +1,8 @@
 //! The refresh token grant (RFC 6749 §6, OAuth 2.1 §4.3.1): rotation on every use, strict and
 //! retry-safe (anchors §4 item 1).
 //!
-//! - The first use rotates the token, in one transaction that also stores its successor and the
-//!   response sealed under a key derived from the used token.
+//! - The first use rotates the token, in one transaction that also stores its successor, the
+//!   response sealed under a key derived from the used token, and the audit event.
 //! - The same token presented again within `refresh_grace_period` (a client that retried, or two
 //!   egress addresses racing) gets that same response: the same new pair, not another one.
 //! - Presented again after the grace window: theft is assumed and the whole family (the grant) is
@@ -92,6 +92,14 @@ pub async fn refresh(
         generation: record.generation + 1,
         expires_at: (now + config.refresh_token_ttl).min(grant.expires_at),
     };
+    let mut event = AuditEvent::new(
+        "token.refreshed",
+        now,
+        json!({ "generation": successor.generation, "scope": scope, "jti": access.claims.jti }),
+    );
+    event.subject = grant.user_id.clone();
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(grant.grant_id.clone());
     let rotated = state
         .store
         .rotate_refresh(
@@ -101,6 +109,7 @@ pub async fn refresh(
             &sealed_response,
             &grant.grant_id,
             &successor,
+            &event,
         )
         .await?;
     if !rotated {
@@ -112,15 +121,7 @@ pub async fn refresh(
             .ok_or_else(|| TokenError::InvalidGrant("the refresh token is not valid".into()))?;
         return replay(state, client, token, record).await;
     }
-    let mut event = AuditEvent::new(
-        "token.refreshed",
-        now,
-        json!({ "generation": successor.generation, "scope": scope, "jti": access.claims.jti }),
-    );
-    event.subject = grant.user_id.clone();
-    event.client_id = Some(client.id.clone());
-    event.grant_id = Some(grant.grant_id.clone());
-    audit::record_after_commit(&state.store, event).await;
+    audit::log(&event);
     Ok(response)
 }
 
