@@ -87,6 +87,8 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     writer: AnyPool,
+    /// SQLite: the task that commits guarded writes in batches (see `write.rs`).
+    committer: Option<tokio::sync::mpsc::Sender<write::Job>>,
     backend: Backend,
 }
 
@@ -145,9 +147,12 @@ impl Store {
                 (pool.clone(), pool)
             }
         };
+        let committer =
+            (backend == Backend::Sqlite).then(|| write::start_committer(writer.clone()));
         let store = Self {
             pool,
             writer,
+            committer,
             backend,
         };
         store.migrate().await?;

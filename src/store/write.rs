@@ -6,14 +6,22 @@
 //! wake-ups), not SQLite, set the token endpoint's rate (`BENCHMARKS.md`). There the whole
 //! transaction is one script sent in one round trip: `BEGIN IMMEDIATE`, the guarded update
 //! (`RETURNING 1` says whether it matched), each insert as `INSERT ... SELECT ... WHERE <the update
-//! matched>`, `COMMIT`. The script runs on its own task, so a client that hangs up cannot cut it
-//! in half; a statement that fails is followed by `ROLLBACK`.
+//! matched>`, `COMMIT`.
+//!
+//! Better still, one script carries many writes: a single task (the committer) owns the writer
+//! connection, and every guarded write waiting when it is free goes into the next transaction
+//! (group commit), each update returning its place in the batch when it matched. Writes in one
+//! batch see each other, in order, as in separate transactions: of two rotations of one token,
+//! the second finds it rotated. If a batch fails, it is rolled back and its writes are retried
+//! one by one, so only the write at fault fails. The committer runs apart from the requests, so
+//! a client that hangs up cannot cut a transaction in half.
 
-use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, Store, StoreError};
+use super::{Store, StoreError};
 
 /// One value to bind.
 #[derive(Debug, Clone)]
@@ -126,59 +134,164 @@ pub(super) struct GuardedWrite {
     pub inserts: Vec<Insert>,
 }
 
-impl GuardedWrite {
-    /// The SQLite script: one transaction, one round trip.
-    fn script(&self) -> (String, Vec<Param>) {
-        let mut sql = format!("BEGIN IMMEDIATE; {} RETURNING 1;", self.update);
-        let mut params = self.params.clone();
-        for insert in &self.inserts {
+/// `sql` with every `$n` made `$(n + offset)`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let start = i + 1;
+        let mut end = start;
+        while let Some(&(j, d)) = chars.peek() {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            end = j + 1;
+            chars.next();
+        }
+        if end > start {
+            let n: usize = sql[start..end].parse().unwrap_or(0);
+            out.push_str(&(n + offset).to_string());
+        }
+    }
+    out
+}
+
+/// The SQLite script of a batch: one transaction, one round trip. Each update returns its index
+/// in `writes` when it matched.
+fn batch_script(writes: &[&GuardedWrite]) -> (String, Vec<Param>) {
+    let mut sql = String::from("BEGIN IMMEDIATE;");
+    let mut params = Vec::new();
+    for (index, write) in writes.iter().enumerate() {
+        let base = params.len();
+        let applied = renumber(write.applied, base);
+        sql.push_str(&format!(
+            " {} RETURNING {index};",
+            renumber(write.update, base)
+        ));
+        params.extend(write.params.iter().cloned());
+        for insert in &write.inserts {
             sql.push_str(&format!(
-                " INSERT INTO {} ({}) SELECT {} WHERE {};",
+                " INSERT INTO {} ({}) SELECT {} WHERE {applied};",
                 insert.table,
                 insert.columns,
                 insert.placeholders(params.len() + 1),
-                self.applied
             ));
             params.extend(insert.values.iter().cloned());
         }
-        sql.push_str(" COMMIT;");
-        (sql, params)
     }
+    sql.push_str(" COMMIT;");
+    (sql, params)
+}
+
+/// Runs one batch in one transaction; the indices of the writes whose update matched.
+async fn commit_batch(
+    writer: &AnyPool,
+    writes: &[&GuardedWrite],
+) -> Result<Vec<usize>, StoreError> {
+    let (sql, params) = batch_script(writes);
+    let mut conn = writer.acquire().await?;
+    match bind_all(sqlx::query(&sql), &params)
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| {
+                let index: i64 = row.try_get(0)?;
+                usize::try_from(index)
+                    .map_err(|_| StoreError::Corrupt(format!("batch index {index}")))
+            })
+            .collect(),
+        Err(err) => {
+            // The script stopped at the failing statement, inside its transaction: end it, or
+            // drop the connection if even that fails.
+            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                drop(conn.detach());
+            }
+            let what = match writes {
+                [one] => one
+                    .inserts
+                    .first()
+                    .map(|i| i.what.as_str())
+                    .unwrap_or("write"),
+                _ => "batch",
+            };
+            Err(StoreError::from_write(err, what))
+        }
+    }
+}
+
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 64;
+
+/// A write waiting for the committer.
+#[derive(Debug)]
+pub(super) struct Job {
+    write: GuardedWrite,
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Starts the committer of a SQLite writer pool; writes are sent to the returned channel.
+pub(super) fn start_committer(writer: AnyPool) -> mpsc::Sender<Job> {
+    let (tx, mut rx) = mpsc::channel::<Job>(1024);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            // Writes of one shape together: the script of a batch is prepared once and cached.
+            batch.sort_by_key(|job| (job.write.update, job.write.inserts.len()));
+            let writes: Vec<&GuardedWrite> = batch.iter().map(|job| &job.write).collect();
+            match commit_batch(&writer, &writes).await {
+                Ok(matched) => {
+                    for (index, job) in batch.into_iter().enumerate() {
+                        let _ = job.done.send(Ok(matched.contains(&index)));
+                    }
+                }
+                Err(err) if batch.len() == 1 => {
+                    if let Some(job) = batch.pop() {
+                        let _ = job.done.send(Err(err));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, writes = batch.len(), "a batched write failed; retrying its writes one by one");
+                    for job in batch {
+                        let outcome = commit_batch(&writer, &[&job.write])
+                            .await
+                            .map(|matched| !matched.is_empty());
+                        let _ = job.done.send(outcome);
+                    }
+                }
+            }
+        }
+    });
+    tx
 }
 
 impl Store {
     /// Runs `write`; `Ok(false)` when its update matched nothing (then nothing is written).
     pub(super) async fn guarded_write(&self, write: GuardedWrite) -> Result<bool, StoreError> {
-        match self.backend {
-            Backend::Postgres => self.guarded_write_in_transaction(write).await,
-            Backend::Sqlite => {
-                let writer = self.writer.clone();
-                let what = write
-                    .inserts
-                    .first()
-                    .map(|i| i.what.clone())
-                    .unwrap_or_default();
-                tokio::spawn(async move {
-                    let (sql, params) = write.script();
-                    let mut conn = writer.acquire().await?;
-                    match bind_all(sqlx::query(&sql), &params)
-                        .fetch_all(&mut *conn)
-                        .await
-                    {
-                        Ok(rows) => Ok(!rows.is_empty()),
-                        Err(err) => {
-                            // The script stopped at the failing statement, inside its
-                            // transaction: end it, or drop the connection if even that fails.
-                            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                                drop(conn.detach());
-                            }
-                            Err(StoreError::from_write(err, &what))
-                        }
-                    }
-                })
+        let Some(committer) = &self.committer else {
+            return self.guarded_write_in_transaction(write).await;
+        };
+        let (done, outcome) = oneshot::channel();
+        match committer.send(Job { write, done }).await {
+            Ok(()) => outcome
                 .await
-                .map_err(|e| StoreError::Corrupt(format!("write task failed: {e}")))?
-            }
+                .map_err(|_| StoreError::Corrupt("the committer stopped".into()))?,
+            // The committer's runtime has ended (a store used from another runtime): commit
+            // here, alone.
+            Err(mpsc::error::SendError(job)) => commit_batch(&self.writer, &[&job.write])
+                .await
+                .map(|matched| !matched.is_empty()),
         }
     }
 
@@ -204,7 +317,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_numbers_every_insert_after_the_update() {
+    fn a_batch_numbers_every_statement_after_the_ones_before() {
         let write = GuardedWrite {
             update: "UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL",
             params: vec!["a".into(), 7.into()],
@@ -224,14 +337,21 @@ mod tests {
                 },
             ],
         };
-        let (sql, params) = write.script();
+        let (sql, params) = batch_script(&[&write, &write]);
         assert_eq!(
             sql,
-            "BEGIN IMMEDIATE; UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL RETURNING 1; \
+            "BEGIN IMMEDIATE; UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL RETURNING 0; \
              INSERT INTO u (x, y) SELECT $3, $4 WHERE EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2); \
-             INSERT INTO v (z) SELECT $5 WHERE EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2); COMMIT;"
+             INSERT INTO v (z) SELECT $5 WHERE EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2); \
+             UPDATE t SET done = $7 WHERE id = $6 AND done IS NULL RETURNING 1; \
+             INSERT INTO u (x, y) SELECT $8, $9 WHERE EXISTS (SELECT 1 FROM t WHERE id = $6 AND done = $7); \
+             INSERT INTO v (z) SELECT $10 WHERE EXISTS (SELECT 1 FROM t WHERE id = $6 AND done = $7); COMMIT;"
         );
-        assert_eq!(params.len(), 5);
+        assert_eq!(params.len(), 10);
+        assert_eq!(
+            renumber("a = $1 AND b = $12, '$'", 3),
+            "a = $4 AND b = $15, '$'"
+        );
         assert_eq!(
             write.inserts[0].sql(),
             "INSERT INTO u (x, y) VALUES ($1, $2)"

@@ -199,7 +199,149 @@ async fn storage_suite(url: &str, backend: Backend) {
 
     clients_suite(&store).await;
     rate_budget_suite(&store).await;
+    redemption_suite(&store).await;
     store.close().await;
+}
+
+/// Guarded writes (issue 5): a redemption that fails (here: its grant id is taken) is rolled
+/// back whole and fails alone, while redemptions committed with it (SQLite batches the writes
+/// waiting at the same moment into one transaction) succeed; the writer keeps working after.
+async fn redemption_suite(store: &Store) {
+    use gatehouse::store::{CodeRecord, CodeState, GrantRecord, NewRefresh};
+    let now = datetime!(2026-11-30 12:00 UTC);
+    store
+        .insert_user(&gatehouse::account::User {
+            id: "u_redeem".into(),
+            username: gatehouse::account::Username::parse("redeemer").expect("name"),
+            password_hash: "unused".into(),
+            roles: vec![],
+            created_at: now,
+            password_changed_at: now,
+        })
+        .await
+        .expect("user");
+    let grant = |id: &str| GrantRecord {
+        grant_id: id.to_owned(),
+        client_id: "gh_redeem".into(),
+        user_id: Some("u_redeem".into()),
+        resource: "https://mcp.example.com/mcp".into(),
+        scopes: "mcp".into(),
+        created_at: now,
+        expires_at: now + time::Duration::days(30),
+        revoked_at: None,
+    };
+    store.insert_grant(&grant("g_taken")).await.expect("grant");
+    let code = |n: usize, grant_id: &str| CodeRecord {
+        code_hash: format!("code-hash-{n}"),
+        grant_id: grant_id.to_owned(),
+        client_id: "gh_redeem".into(),
+        user_id: "u_redeem".into(),
+        redirect_uri: "https://claude.ai/api/mcp/auth_callback".into(),
+        code_challenge: "challenge".into(),
+        resource: "https://mcp.example.com/mcp".into(),
+        scopes: "mcp".into(),
+        created_at: now,
+        expires_at: now + time::Duration::minutes(1),
+    };
+    // Code 0 would create the grant that already exists; codes 1..8 are fine.
+    store.insert_code(&code(0, "g_taken")).await.expect("code");
+    for n in 1..8 {
+        store
+            .insert_code(&code(n, &format!("g_new_{n}")))
+            .await
+            .expect("code");
+    }
+    let mut racers = tokio::task::JoinSet::new();
+    for n in 0..8usize {
+        let store = store.clone();
+        let grant = grant(if n == 0 { "g_taken" } else { "g_fresh" });
+        racers.spawn(async move {
+            let grant = GrantRecord {
+                grant_id: if n == 0 {
+                    grant.grant_id
+                } else {
+                    format!("g_new_{n}")
+                },
+                ..grant
+            };
+            let refresh = NewRefresh {
+                token_hash: format!("refresh-hash-{n}"),
+                generation: 0,
+                expires_at: now + time::Duration::days(1),
+            };
+            let mut event = AuditEvent::new("token.issued", now, json!({ "n": n }));
+            event.grant_id = Some(grant.grant_id.clone());
+            let outcome = store
+                .redeem_code(
+                    &format!("code-hash-{n}"),
+                    now,
+                    now + time::Duration::seconds(5),
+                    &format!("sealed-{n}"),
+                    &grant,
+                    Some(&refresh),
+                    &event,
+                )
+                .await;
+            (n, outcome)
+        });
+    }
+    for (n, outcome) in racers.join_all().await {
+        match n {
+            0 => assert!(
+                matches!(outcome, Err(StoreError::Conflict(_))),
+                "the taken grant id: {outcome:?}"
+            ),
+            _ => assert!(matches!(outcome, Ok(true)), "code {n}: {outcome:?}"),
+        }
+    }
+    // The failed redemption left nothing behind: its code is still fresh, no refresh token.
+    assert!(matches!(
+        store.code_for_exchange("code-hash-0").await.expect("read"),
+        Some(CodeState::Fresh(_))
+    ));
+    assert_eq!(
+        store.refresh_token("refresh-hash-0").await.expect("read"),
+        None
+    );
+    for n in 1..8 {
+        assert!(matches!(
+            store.code_for_exchange(&format!("code-hash-{n}")).await.expect("read"),
+            Some(CodeState::Consumed(c)) if c.replay_response.as_deref() == Some(&*format!("sealed-{n}"))
+        ));
+        let refresh = store
+            .refresh_token(&format!("refresh-hash-{n}"))
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(refresh.grant.grant_id, format!("g_new_{n}"));
+    }
+    let issued = store.audit_events(None, None, 100).await.expect("audit");
+    let issued: Vec<_> = issued
+        .iter()
+        .filter(|r| r.event.kind == "token.issued")
+        .map(|r| r.event.detail["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(
+        issued.len(),
+        7,
+        "one event per redemption, none for the failed one: {issued:?}"
+    );
+    assert!(!issued.contains(&0));
+    // A second redemption of a consumed code changes nothing; the writer still works.
+    let again = store
+        .redeem_code(
+            "code-hash-1",
+            now,
+            now,
+            "sealed-again",
+            &grant("g_again"),
+            None,
+            &AuditEvent::new("token.issued", now, json!({ "n": 99 })),
+        )
+        .await
+        .expect("redeem again");
+    assert!(!again);
+    assert_eq!(store.grant("g_again").await.expect("read"), None);
 }
 
 /// Shared request budgets (issue 8: the per-token limit is global on PostgreSQL): many
