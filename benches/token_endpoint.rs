@@ -158,6 +158,10 @@ fn split(items: Vec<String>, parts: usize) -> Vec<Vec<String>> {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    // `cargo bench --bench token_endpoint -- exchanges` (or `refreshes`) runs one half, to
+    // profile it alone.
+    let only = std::env::args().find(|a| a == "exchanges" || a == "refreshes");
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let (exchanges, refreshes, signs) = if full {
         (3000, 3000, 20_000)
     } else {
@@ -184,7 +188,7 @@ fn main() {
         let sign_rate = 1e6 / sign_us;
         println!("ES256 JWT signature (josekit, one core): {sign_us:.1} µs = {sign_rate:.0} signatures/s");
 
-        for clients in [1usize, 16] {
+        for clients in [1usize, 16].into_iter().filter(|_| run("exchanges")) {
             let work = split(codes(&bench, exchanges).await, clients);
             let start = Instant::now();
             let mut handles = Vec::new();
@@ -208,7 +212,7 @@ fn main() {
             );
         }
 
-        for clients in [1usize, 16] {
+        for clients in [1usize, 16].into_iter().filter(|_| run("refreshes")) {
             // One refresh chain per client: each refresh rotates and the next uses the new token.
             let router = bench.router.clone();
             let starts = codes(&bench, clients).await;

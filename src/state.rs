@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::keys::{self, KeyError, KeyStore};
 use crate::limits::Limits;
 use crate::oauth::client_metadata::ClientMetadataFetcher;
+use crate::oauth::clients::ClientCache;
 use crate::store::{Store, StoreError};
 use crate::tokens::RevocationView;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub session_key: SessionKey,
     /// Revoked grants and access tokens, checked on every resource request.
     pub revocations: Arc<RevocationView>,
+    /// Registered clients recently read from the database.
+    pub clients: Arc<ClientCache>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -142,6 +145,9 @@ impl AppState {
                 source,
             })?;
         Ok(Self {
+            clients: Arc::new(ClientCache::new(
+                config.revocation_sync_interval.unsigned_abs(),
+            )),
             revocations: Arc::new(revocations),
             session_key,
             client_metadata: Arc::new(client_metadata),

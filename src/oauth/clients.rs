@@ -1,6 +1,10 @@
 //! Turning a `client_id` into a [`Client`], whichever way the client is known: a metadata
 //! document URL is fetched (when enabled), anything else is looked up among registered clients.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use super::client_metadata::ClientMetadataError;
@@ -24,6 +28,61 @@ pub enum ClientLookupError {
     /// This address asked for too many new metadata documents.
     #[error("too many new applications from this address; wait {} s", .0.as_secs())]
     RateLimited(std::time::Duration),
+}
+
+/// Registered clients as read from the database, kept for a short while: every token request
+/// names its client, and reading it each time was a database round trip per request. A client
+/// removed by this instance is forgotten at once; one removed by another instance or by the
+/// CLI is refused within `ttl` (the revocation bound, `revocation_sync_interval`). Unknown ids
+/// are not kept, so a client registered elsewhere is found at once.
+#[derive(Debug)]
+pub struct ClientCache {
+    entries: Mutex<HashMap<String, (Client, Instant)>>,
+    ttl: Duration,
+}
+
+/// Most clients kept; beyond, expired ones are dropped, then all.
+const CLIENT_CACHE_CAPACITY: usize = 10_000;
+
+impl ClientCache {
+    /// A cache whose entries live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Client> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(client, _)| client.clone())
+    }
+
+    fn put(&self, client: &Client) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CLIENT_CACHE_CAPACITY {
+                let ttl = self.ttl;
+                entries.retain(|_, (_, at)| at.elapsed() < ttl);
+                if entries.len() >= CLIENT_CACHE_CAPACITY {
+                    entries.clear();
+                }
+            }
+            entries.insert(client.id.clone(), (client.clone(), Instant::now()));
+        }
+    }
+
+    /// Drops a client this instance removed.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+    }
 }
 
 /// The client `client_id` names. `ip` is the requester's address: fetching a document not yet
@@ -56,9 +115,14 @@ pub async fn resolve_client(
             }
         };
     }
-    state
+    if let Some(client) = state.clients.get(client_id) {
+        return Ok(client);
+    }
+    let client = state
         .store
         .client(client_id)
         .await?
-        .ok_or_else(|| ClientLookupError::Unknown(client_id.to_owned()))
+        .ok_or_else(|| ClientLookupError::Unknown(client_id.to_owned()))?;
+    state.clients.put(&client);
+    Ok(client)
 }

@@ -392,6 +392,7 @@ pub async fn expire_unused_clients(state: &AppState) -> Result<usize, StoreError
     let now = state.clock.now();
     let ids = state.store.delete_unused_clients(now - ttl).await?;
     for id in &ids {
+        state.clients.forget(id);
         let mut event = AuditEvent::new(
             "client.expired",
             now,

@@ -513,4 +513,27 @@ async fn two_instances_on_one_postgres_behave_as_one() {
     assert_eq!(health.status(), 200, "the survivor keeps serving");
     assert!(rotations > 0, "B rotated nothing before the kill");
     eprintln!("{rotations} rotations on B before kill -9; every family intact on A");
+
+    // The operator removes the client with the CLI: A, which has it cached from the requests
+    // above, refuses it within the revocation bound (1 s here) as an unknown client.
+    let mut remove = gatehouse(cwd.path());
+    remove.args(["clients", "remove", &client_id]);
+    configure(&mut remove, &issuer, &db);
+    let out = remove.output().expect("clients remove");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed_at = Instant::now();
+    within(
+        Duration::from_secs(3),
+        "client removal seen by A",
+        || async {
+            let (status, body) = refresh(&a.base, &client_id, &refresh_token).await;
+            status == 401 && body["error"] == "invalid_client"
+        },
+    )
+    .await;
+    eprintln!("client removal reached A in {:?}", removed_at.elapsed());
 }
