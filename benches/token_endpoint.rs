@@ -188,6 +188,32 @@ fn main() {
         let sign_rate = 1e6 / sign_us;
         println!("ES256 JWT signature (josekit, one core): {sign_us:.1} µs = {sign_rate:.0} signatures/s");
 
+        // One database read (a primary-key lookup), alone and 16 at once: the round trip to a
+        // SQLite connection's thread that every request pays at least once.
+        if run("exchanges") && run("refreshes") {
+            for clients in [1usize, 16] {
+                let reads = if full { 20_000 } else { 16 };
+                let start = Instant::now();
+                let mut handles = Vec::new();
+                for _ in 0..clients {
+                    let store = bench.state.store.clone();
+                    handles.push(tokio::spawn(async move {
+                        for _ in 0..reads / clients {
+                            std::hint::black_box(store.grant("g_none").await.unwrap());
+                        }
+                    }));
+                }
+                for h in handles {
+                    h.await.unwrap();
+                }
+                let rate = reads as f64 / start.elapsed().as_secs_f64();
+                println!(
+                    "database reads, {clients:>2} concurrent: {rate:.0}/s ({:.1} µs each at 1)",
+                    1e6 / rate
+                );
+            }
+        }
+
         for clients in [1usize, 16].into_iter().filter(|_| run("exchanges")) {
             let work = split(codes(&bench, exchanges).await, clients);
             let start = Instant::now();
