@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::audit::audit_insert;
 use super::users::CodeRecord;
-use super::write::{GuardedWrite, Insert};
+use super::write::{GuardedWrite, Insert, Param};
 use super::{Store, StoreError, from_unix};
 use crate::audit::AuditEvent;
 
@@ -193,13 +193,7 @@ impl Store {
         self.guarded_write(GuardedWrite {
             update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
                      WHERE code_hash = $1 AND consumed_at IS NULL",
-            params: vec![
-                code_hash.into(),
-                now.unix_timestamp().into(),
-                replay_until.unix_timestamp().into(),
-                sealed_response.into(),
-            ],
-            // The sealed response has a fresh random nonce: only this redemption wrote it.
+            params: once_params(code_hash, now, replay_until, sealed_response),
             applied: "EXISTS (SELECT 1 FROM authorization_codes WHERE code_hash = $1 AND replay_response = $4)",
             inserts,
         })
@@ -282,13 +276,7 @@ impl Store {
         self.guarded_write(GuardedWrite {
             update: "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
                      WHERE token_hash = $1 AND rotated_at IS NULL",
-            params: vec![
-                token_hash.into(),
-                now.unix_timestamp().into(),
-                replay_until.unix_timestamp().into(),
-                sealed_response.into(),
-            ],
-            // The sealed response has a fresh random nonce: only this rotation wrote it.
+            params: once_params(token_hash, now, replay_until, sealed_response),
             applied: "EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND replay_response = $4)",
             inserts: vec![refresh_insert(grant_id, next, now), audit_insert(event)],
         })
@@ -384,6 +372,23 @@ impl Store {
                 .collect::<Result<_, StoreError>>()?,
         })
     }
+}
+
+/// The parameters of a consume-once update (a code redeemed, a token rotated): `$1` the secret's
+/// hash, `$2` now, `$3` the end of the replay window, `$4` the sealed response. That response has
+/// a fresh random nonce, so "the row holds `$4`" is true only for the write that made it so.
+fn once_params(
+    hash: &str,
+    now: OffsetDateTime,
+    replay_until: OffsetDateTime,
+    sealed_response: &str,
+) -> Vec<Param> {
+    vec![
+        hash.into(),
+        now.unix_timestamp().into(),
+        replay_until.unix_timestamp().into(),
+        sealed_response.into(),
+    ]
 }
 
 fn grant_insert(grant: &GrantRecord) -> Insert {

@@ -264,44 +264,6 @@ impl Store {
         Ok(())
     }
 
-    /// An authorization code by hash (consumed or not).
-    pub async fn code(&self, code_hash: &str) -> Result<Option<CodeRecord>, StoreError> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-        );
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, resource, scopes, created_at, expires_at \
-             FROM authorization_codes WHERE code_hash = $1",
-        )
-        .bind(code_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(CodeRecord {
-                code_hash: r.0,
-                grant_id: r.1,
-                client_id: r.2,
-                user_id: r.3,
-                redirect_uri: r.4,
-                code_challenge: r.5,
-                resource: r.6,
-                scopes: r.7,
-                created_at: from_unix(r.8)?,
-                expires_at: from_unix(r.9)?,
-            })
-        })
-        .transpose()
-    }
-
     /// A server-wide secret, created with `make` by whichever instance asks first.
     pub async fn server_secret(
         &self,

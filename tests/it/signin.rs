@@ -129,13 +129,15 @@ async fn full_browser_leg_login_consent_redirect_with_code_state_iss() {
     assert!(code.len() >= 43, "at least 128 bits: {code}");
 
     // Stored by hash only, with everything the exchange needs.
-    let record = app
+    let Some(gatehouse::store::CodeState::Fresh(record)) = app
         .state
         .store
-        .code(Secret::presented(code).hash().as_str())
+        .code_for_exchange(Secret::presented(code).hash().as_str())
         .await
         .expect("store")
-        .expect("code stored by hash");
+    else {
+        panic!("code not stored by hash, or not fresh");
+    };
     assert_eq!(record.client_id, client_id);
     assert_eq!(record.user_id, "u_alice");
     assert_eq!(record.redirect_uri, CLAUDE_CALLBACK);
@@ -832,7 +834,7 @@ async fn removing_a_client_removes_its_consents_and_codes() {
     assert!(
         app.state
             .store
-            .code(hash.as_str())
+            .code_for_exchange(hash.as_str())
             .await
             .expect("store")
             .is_some()
@@ -847,7 +849,7 @@ async fn removing_a_client_removes_its_consents_and_codes() {
     assert!(
         app.state
             .store
-            .code(hash.as_str())
+            .code_for_exchange(hash.as_str())
             .await
             .expect("store")
             .is_none()
