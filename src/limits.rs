@@ -73,6 +73,9 @@ fn take<K: std::hash::Hash + Eq + Clone>(limiter: &Informed<K>, key: &K, limit: 
     }
 }
 
+/// How long a request waits for the database to count its token's budget.
+const SHARED_BUDGET_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Metadata documents a client address may have fetched (uncached) per minute.
 const METADATA_FETCHES_PER_MINUTE: u32 = 20;
 
@@ -162,12 +165,19 @@ impl Limits {
             let limit = self.mcp_token_limit.max(1);
             let interval = (60_000_000 / i64::from(limit)).max(1);
             let now = micros(now);
-            match store
-                .take_rate_budget(&format!("mcp_token:{jti}"), now, interval, i64::from(limit))
-                .await
-            {
-                Ok(outcome) => return shared_budget(outcome, now, interval, limit),
-                Err(err) => {
+            let key = format!("mcp_token:{jti}");
+            let take = store.take_rate_budget(&key, now, interval, i64::from(limit));
+            // A slow database must not hold every MCP call: past this, count locally.
+            match tokio::time::timeout(SHARED_BUDGET_TIMEOUT, take).await {
+                Ok(Ok(outcome)) => return shared_budget(outcome, now, interval, limit),
+                Err(_) => {
+                    if self.audit_refusal("rate-limit-store") {
+                        tracing::warn!(
+                            "the database did not count the per-token rate limit in time; counting in this instance only"
+                        );
+                    }
+                }
+                Ok(Err(err)) => {
                     if self.audit_refusal("rate-limit-store") {
                         tracing::warn!(error = %err, "cannot count the per-token rate limit in the database; counting in this instance only");
                     }

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::clients::{ClientLookupError, resolve_client};
+use super::clients::{ClientLookupError, Lookup, lookup_client};
 use super::error::TokenError;
 use super::params::Params;
 use crate::domain::{Client, Secret};
@@ -93,10 +93,15 @@ pub fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, Toke
     }
 }
 
-/// Authenticates the client that presented `credentials`.
-pub async fn authenticate(state: &AppState, credentials: Presented) -> Result<Client, TokenError> {
+/// Authenticates the client that presented `credentials`; `lookup` says whether a recently read
+/// copy of the client will do (see [`crate::oauth::clients::ClientCache`]).
+pub async fn authenticate(
+    state: &AppState,
+    credentials: Presented,
+    lookup: Lookup,
+) -> Result<Client, TokenError> {
     let basic = credentials.basic;
-    let client = match resolve_client(state, &credentials.client_id, None).await {
+    let client = match lookup_client(state, &credentials.client_id, None, lookup).await {
         Ok(client) => client,
         Err(ClientLookupError::Unknown(_)) => return Err(invalid_client("unknown client", basic)),
         Err(ClientLookupError::Metadata(e)) => {

@@ -30,11 +30,16 @@ pub enum ClientLookupError {
     RateLimited(std::time::Duration),
 }
 
-/// Registered clients as read from the database, kept for a short while: every token request
-/// names its client, and reading it each time was a database round trip per request. A client
-/// removed by this instance is forgotten at once; one removed by another instance or by the
-/// CLI is refused within `ttl` (the revocation bound, `revocation_sync_interval`). Unknown ids
-/// are not kept, so a client registered elsewhere is found at once.
+/// Registered clients as read from the database, kept for a short while: every code exchange
+/// and refresh names its client, and reading it each time was a database round trip per
+/// request. Only those two grants use it ([`Lookup::Cached`]), and neither can create a grant
+/// for a removed client: removing a client revokes its grants and deletes its codes first, and
+/// a refresh of a revoked grant, or an exchange of a deleted code, is refused whatever the cache
+/// holds. Everything that could start something new for a client (`/authorize`, the sign-in
+/// and consent pages, client credentials, revocation, introspection) reads the database. A
+/// client removed by this instance is forgotten at once; one removed by another instance or by
+/// the CLI is dropped within `ttl` (`revocation_sync_interval`). Unknown ids are not kept, so a
+/// client registered elsewhere is found at once.
 #[derive(Debug)]
 pub struct ClientCache {
     entries: Mutex<HashMap<String, (Client, Instant)>>,
@@ -85,12 +90,31 @@ impl ClientCache {
     }
 }
 
-/// The client `client_id` names. `ip` is the requester's address: fetching a document not yet
+/// Whether a lookup may use the [`ClientCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Read the database (anything that may start something new for the client).
+    Fresh,
+    /// The cache may answer (code exchange and refresh, see [`ClientCache`]).
+    Cached,
+}
+
+/// The client `client_id` names, read from the database. `ip` is the requester's address: fetching a document not yet
 /// cached spends from its budget.
 pub async fn resolve_client(
     state: &AppState,
     client_id: &str,
     ip: Option<std::net::IpAddr>,
+) -> Result<Client, ClientLookupError> {
+    lookup_client(state, client_id, ip, Lookup::Fresh).await
+}
+
+/// The client `client_id` names, from the cache when `lookup` allows.
+pub async fn lookup_client(
+    state: &AppState,
+    client_id: &str,
+    ip: Option<std::net::IpAddr>,
+    lookup: Lookup,
 ) -> Result<Client, ClientLookupError> {
     let fetcher = &state.client_metadata;
     if state.config.client_metadata.enabled && fetcher.is_metadata_url(client_id) {
@@ -115,8 +139,10 @@ pub async fn resolve_client(
             }
         };
     }
-    if let Some(client) = state.clients.get(client_id) {
-        return Ok(client);
+    if lookup == Lookup::Cached {
+        if let Some(client) = state.clients.get(client_id) {
+            return Ok(client);
+        }
     }
     let client = state
         .store

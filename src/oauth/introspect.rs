@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::client_auth::{authenticate, presented};
+use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::required;
 use super::revoke::{KnownToken, identify};
@@ -39,7 +40,7 @@ async fn introspect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, TokenError> {
     let params = form_params(headers, body)?;
-    let client = authenticate(state, presented(headers, &params)?).await?;
+    let client = authenticate(state, presented(headers, &params)?, Lookup::Fresh).await?;
     if !client.is_confidential() {
         return Err(TokenError::InvalidClient {
             description: "introspection is for clients that authenticate with a secret".into(),

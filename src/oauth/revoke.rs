@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::client_auth::{authenticate, presented};
+use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::{optional, required};
 use super::token::form_params;
@@ -77,7 +78,7 @@ async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(), TokenError> {
     let params = form_params(headers, body)?;
-    let client = authenticate(state, presented(headers, &params)?).await?;
+    let client = authenticate(state, presented(headers, &params)?, Lookup::Fresh).await?;
     let token = required(&params, "token")?;
     // RFC 7009 §2.1: the hint is only a hint; both kinds are looked up.
     let _hint = optional(&params, "token_type_hint")?;

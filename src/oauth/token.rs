@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::client_auth::{authenticate, presented};
+use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants;
 use super::params::Params;
@@ -121,7 +122,13 @@ async fn token(
         ));
     }
     let credentials = presented(headers, &params).map_err(|e| fail(e, None))?;
-    let client = authenticate(state, credentials)
+    // Exchanges and refreshes only continue what a grant or code already started; client
+    // credentials start a grant, so they read the client afresh.
+    let lookup = match grant_type.as_str() {
+        "authorization_code" | "refresh_token" => Lookup::Cached,
+        _ => Lookup::Fresh,
+    };
+    let client = authenticate(state, credentials, lookup)
         .await
         .map_err(|e| fail(e, None))?;
     let client_id = Some(client.id.clone());

@@ -353,13 +353,13 @@ impl Store {
             "SELECT grant_id, revoked_at FROM grants WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
         )
         .bind(since.unix_timestamp())
-        .fetch_all(&self.writer)
+        .fetch_all(&self.pool)
         .await?;
         let tokens: Vec<(String, i64)> = sqlx::query_as(
             "SELECT jti, expires_at FROM revoked_access_tokens WHERE revoked_at >= $1",
         )
         .bind(since.unix_timestamp())
-        .fetch_all(&self.writer)
+        .fetch_all(&self.pool)
         .await?;
         Ok(Revocations {
             grants: grants

@@ -187,42 +187,96 @@ fn batch_script(writes: &[&GuardedWrite]) -> (String, Vec<Param>) {
     (sql, params)
 }
 
+/// Why a batch failed.
+#[derive(Debug)]
+struct BatchError {
+    /// The database's error.
+    error: sqlx::Error,
+    /// Whether one statement refused its data (a constraint): then one write is at fault, and
+    /// the others may succeed alone. Otherwise (busy, I/O, a lost connection) all would fail.
+    one_at_fault: bool,
+}
+
+impl BatchError {
+    fn into_store_error(self, writes: &[&GuardedWrite]) -> StoreError {
+        let what = match writes {
+            [one] => one
+                .inserts
+                .first()
+                .map(|i| i.what.as_str())
+                .unwrap_or("write"),
+            _ => "batch",
+        };
+        StoreError::from_write(self.error, what)
+    }
+}
+
+/// Largest batch whose script is kept prepared: smaller ones recur, and each kept script holds
+/// a prepared statement per line, so this bounds the writer's statement cache.
+const MAX_PREPARED_BATCH: usize = 16;
+
 /// Runs one batch in one transaction; the indices of the writes whose update matched.
 async fn commit_batch(
     writer: &AnyPool,
     writes: &[&GuardedWrite],
-) -> Result<Vec<usize>, StoreError> {
+) -> Result<Vec<usize>, BatchError> {
+    let failed = |error: sqlx::Error| BatchError {
+        error,
+        one_at_fault: false,
+    };
     let (sql, params) = batch_script(writes);
-    let mut conn = writer.acquire().await?;
-    match bind_all(sqlx::query(&sql), &params)
+    let mut conn = writer.acquire().await.map_err(failed)?;
+    let outcome = bind_all(sqlx::query(&sql), &params)
+        .persistent(writes.len() <= MAX_PREPARED_BATCH)
         .fetch_all(&mut *conn)
-        .await
-    {
+        .await;
+    match outcome {
         Ok(rows) => rows
             .iter()
             .map(|row| {
-                let index: i64 = row.try_get(0)?;
-                usize::try_from(index)
-                    .map_err(|_| StoreError::Corrupt(format!("batch index {index}")))
+                let index: i64 = row.try_get(0).map_err(failed)?;
+                usize::try_from(index).map_err(|_| failed(sqlx::Error::RowNotFound))
             })
             .collect(),
-        Err(err) => {
-            // The script stopped at the failing statement, inside its transaction: end it, or
-            // drop the connection if even that fails.
-            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                drop(conn.detach());
+        Err(error) => {
+            tracing::warn!(error = %error, writes = writes.len(), "a guarded write failed");
+            // The script stopped at the failing statement, inside its transaction: end it. If
+            // SQLite ended it already (or BEGIN itself failed) there is nothing to end; any
+            // other failure leaves the connection in doubt, so it is dropped.
+            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                let nothing_to_end = matches!(&rollback, sqlx::Error::Database(db)
+                    if db.message().contains("no transaction is active"));
+                if !nothing_to_end {
+                    drop(conn.detach());
+                }
             }
-            let what = match writes {
-                [one] => one
-                    .inserts
-                    .first()
-                    .map(|i| i.what.as_str())
-                    .unwrap_or("write"),
-                _ => "batch",
-            };
-            Err(StoreError::from_write(err, what))
+            let one_at_fault = matches!(&error, sqlx::Error::Database(db) if matches!(
+                db.kind(),
+                sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation
+                    | sqlx::error::ErrorKind::CheckViolation
+            ));
+            Err(BatchError {
+                error,
+                one_at_fault,
+            })
         }
     }
+}
+
+/// One write alone, on a task of its own so that a caller that goes away cannot stop the script
+/// between `BEGIN` and `COMMIT`.
+async fn commit_one(writer: &AnyPool, write: GuardedWrite) -> Result<bool, StoreError> {
+    let writer = writer.clone();
+    tokio::spawn(async move {
+        commit_batch(&writer, &[&write])
+            .await
+            .map(|matched| !matched.is_empty())
+            .map_err(|e| e.into_store_error(&[&write]))
+    })
+    .await
+    .map_err(|e| StoreError::Corrupt(format!("write task failed: {e}")))?
 }
 
 /// Most writes in one transaction.
@@ -256,18 +310,28 @@ pub(super) fn start_committer(writer: AnyPool) -> mpsc::Sender<Job> {
                         let _ = job.done.send(Ok(matched.contains(&index)));
                     }
                 }
-                Err(err) if batch.len() == 1 => {
-                    if let Some(job) = batch.pop() {
-                        let _ = job.done.send(Err(err));
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, writes = batch.len(), "a batched write failed; retrying its writes one by one");
+                // One write refused its data: the others are retried alone, so only it fails.
+                Err(err) if err.one_at_fault && batch.len() > 1 => {
+                    tracing::warn!(error = %err.error, writes = batch.len(), "retrying the writes of a failed batch one by one");
                     for job in batch {
                         let outcome = commit_batch(&writer, &[&job.write])
                             .await
-                            .map(|matched| !matched.is_empty());
+                            .map(|matched| !matched.is_empty())
+                            .map_err(|e| e.into_store_error(&[&job.write]));
                         let _ = job.done.send(outcome);
+                    }
+                }
+                // The database itself failed (or the only write did): every write of the batch
+                // fails with it, at once, rather than each waiting out the same failure again.
+                Err(err) => {
+                    let message = err.error.to_string();
+                    let mut first = Some(err);
+                    for job in batch {
+                        let error = match first.take() {
+                            Some(err) => err.into_store_error(&[&job.write]),
+                            None => StoreError::Database(sqlx::Error::Protocol(message.clone())),
+                        };
+                        let _ = job.done.send(Err(error));
                     }
                 }
             }
@@ -288,10 +352,8 @@ impl Store {
                 .await
                 .map_err(|_| StoreError::Corrupt("the committer stopped".into()))?,
             // The committer's runtime has ended (a store used from another runtime): commit
-            // here, alone.
-            Err(mpsc::error::SendError(job)) => commit_batch(&self.writer, &[&job.write])
-                .await
-                .map(|matched| !matched.is_empty()),
+            // alone.
+            Err(mpsc::error::SendError(job)) => commit_one(&self.writer, job.write).await,
         }
     }
 

@@ -1052,3 +1052,43 @@ async fn the_operator_revokes_everything_of_a_user() {
         "invalid_grant",
     );
 }
+
+/// Clients are kept for `revocation_sync_interval` for exchanges and refreshes only (review of
+/// the client cache): a client removed elsewhere (here: straight from the database, as another
+/// instance or the CLI would, so this instance's cache still holds it) can start nothing new.
+/// Client credentials and introspection read the database and refuse it at once; a refresh
+/// still finds the cached client but no live grant.
+#[tokio::test]
+async fn a_removed_client_starts_nothing_new_while_it_is_still_cached() {
+    let app = TestApp::sqlite().await;
+    let (id, secret) = confidential(
+        &app,
+        "client_secret_basic",
+        &["client_credentials", "refresh_token"],
+        "mcp",
+    )
+    .await;
+    let cc = [("grant_type", "client_credentials")];
+    assert_eq!(
+        post(&app, "/token", &cc, Some((&id, &secret))).await.status,
+        200
+    );
+    // A refresh caches the client (and fails: there is no such token).
+    let bogus = [("grant_type", "refresh_token"), ("refresh_token", "nope")];
+    let res = post(&app, "/token", &bogus, Some((&id, &secret))).await;
+    assert_error(&res, 400, "invalid_grant");
+    assert!(app.state.store.delete_client(&id).await.expect("delete"));
+
+    let res = post(&app, "/token", &cc, Some((&id, &secret))).await;
+    assert_error(&res, 401, "invalid_client");
+    let res = post(
+        &app,
+        "/introspect",
+        &[("token", "anything")],
+        Some((&id, &secret)),
+    )
+    .await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    let res = post(&app, "/token", &bogus, Some((&id, &secret))).await;
+    assert_error(&res, 400, "invalid_grant");
+}
