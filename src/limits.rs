@@ -168,28 +168,16 @@ impl Limits {
             let key = format!("mcp_token:{jti}");
             let take = store.take_rate_budget(&key, now, interval, i64::from(limit));
             // A slow database must not hold every MCP call: past this, count locally.
-            match tokio::time::timeout(SHARED_BUDGET_TIMEOUT, take).await {
+            let failure = match tokio::time::timeout(SHARED_BUDGET_TIMEOUT, take).await {
                 Ok(Ok(outcome)) => return shared_budget(outcome, now, interval, limit),
-                Err(_) => {
-                    if self.audit_refusal("rate-limit-store") {
-                        tracing::warn!(
-                            "the database did not count the per-token rate limit in time; counting in this instance only"
-                        );
-                    }
-                }
-                Ok(Err(err)) => {
-                    if self.audit_refusal("rate-limit-store") {
-                        tracing::warn!(error = %err, "cannot count the per-token rate limit in the database; counting in this instance only");
-                    }
-                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {SHARED_BUDGET_TIMEOUT:?}"),
+            };
+            if self.audit_refusal("rate-limit-store") {
+                tracing::warn!(error = %failure, "cannot count the per-token rate limit in the database; counting in this instance only");
             }
         }
         take(&self.mcp_token, &jti.to_owned(), self.mcp_token_limit)
-    }
-
-    /// Whether the per-token limit is counted in the database (shared by every instance).
-    pub fn mcp_token_is_shared(&self) -> bool {
-        self.shared.is_some()
     }
 
     /// Forgets the shared budgets that are full again; returns how many.

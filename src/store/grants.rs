@@ -94,6 +94,23 @@ pub struct Revocations {
     pub access_tokens: Vec<(String, OffsetDateTime)>,
 }
 
+#[derive(sqlx::FromRow)]
+struct CodeRow {
+    code_hash: String,
+    grant_id: String,
+    client_id: String,
+    user_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    resource: String,
+    scopes: String,
+    created_at: i64,
+    expires_at: i64,
+    consumed_at: Option<i64>,
+    replay_until: Option<i64>,
+    replay_response: Option<String>,
+}
+
 type GrantRow = (
     String,
     String,
@@ -126,22 +143,7 @@ impl Store {
         &self,
         code_hash: &str,
     ) -> Result<Option<CodeState>, StoreError> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-        );
-        let row: Option<Row> = sqlx::query_as(
+        let row: Option<CodeRow> = sqlx::query_as(
             "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, resource, scopes, \
              created_at, expires_at, consumed_at, replay_until, replay_response \
              FROM authorization_codes WHERE code_hash = $1",
@@ -149,25 +151,25 @@ impl Store {
         .bind(code_hash)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        if r.10.is_some() {
+        let Some(row) = row else { return Ok(None) };
+        if row.consumed_at.is_some() {
             return Ok(Some(CodeState::Consumed(ConsumedCode {
-                grant_id: r.1,
-                replay_until: r.11.map(from_unix).transpose()?,
-                replay_response: r.12,
+                grant_id: row.grant_id,
+                replay_until: row.replay_until.map(from_unix).transpose()?,
+                replay_response: row.replay_response,
             })));
         }
         Ok(Some(CodeState::Fresh(CodeRecord {
-            code_hash: r.0,
-            grant_id: r.1,
-            client_id: r.2,
-            user_id: r.3,
-            redirect_uri: r.4,
-            code_challenge: r.5,
-            resource: r.6,
-            scopes: r.7,
-            created_at: from_unix(r.8)?,
-            expires_at: from_unix(r.9)?,
+            code_hash: row.code_hash,
+            grant_id: row.grant_id,
+            client_id: row.client_id,
+            user_id: row.user_id,
+            redirect_uri: row.redirect_uri,
+            code_challenge: row.code_challenge,
+            resource: row.resource,
+            scopes: row.scopes,
+            created_at: from_unix(row.created_at)?,
+            expires_at: from_unix(row.expires_at)?,
         })))
     }
 

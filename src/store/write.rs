@@ -101,11 +101,6 @@ impl Insert {
         )
     }
 
-    /// Runs it in `tx`.
-    pub async fn execute(&self, tx: &mut sqlx::Transaction<'_, Any>) -> Result<(), StoreError> {
-        self.execute_on(&mut **tx).await
-    }
-
     /// Runs it on `executor` (a pool: a transaction of its own).
     pub async fn execute_on<'e, E>(&self, executor: E) -> Result<(), StoreError>
     where
@@ -265,18 +260,21 @@ async fn commit_batch(
     }
 }
 
+/// One write in a transaction of its own.
+async fn commit_alone(writer: &AnyPool, write: &GuardedWrite) -> Result<bool, StoreError> {
+    commit_batch(writer, &[write])
+        .await
+        .map(|matched| !matched.is_empty())
+        .map_err(|e| e.into_store_error(&[write]))
+}
+
 /// One write alone, on a task of its own so that a caller that goes away cannot stop the script
 /// between `BEGIN` and `COMMIT`.
 async fn commit_one(writer: &AnyPool, write: GuardedWrite) -> Result<bool, StoreError> {
     let writer = writer.clone();
-    tokio::spawn(async move {
-        commit_batch(&writer, &[&write])
-            .await
-            .map(|matched| !matched.is_empty())
-            .map_err(|e| e.into_store_error(&[&write]))
-    })
-    .await
-    .map_err(|e| StoreError::Corrupt(format!("write task failed: {e}")))?
+    tokio::spawn(async move { commit_alone(&writer, &write).await })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("write task failed: {e}")))?
 }
 
 /// Most writes in one transaction.
@@ -314,23 +312,22 @@ pub(super) fn start_committer(writer: AnyPool) -> mpsc::Sender<Job> {
                 Err(err) if err.one_at_fault && batch.len() > 1 => {
                     tracing::warn!(error = %err.error, writes = batch.len(), "retrying the writes of a failed batch one by one");
                     for job in batch {
-                        let outcome = commit_batch(&writer, &[&job.write])
-                            .await
-                            .map(|matched| !matched.is_empty())
-                            .map_err(|e| e.into_store_error(&[&job.write]));
+                        let outcome = commit_alone(&writer, &job.write).await;
                         let _ = job.done.send(outcome);
                     }
                 }
                 // The database itself failed (or the only write did): every write of the batch
                 // fails with it, at once, rather than each waiting out the same failure again.
+                Err(err) if batch.len() == 1 => {
+                    if let Some(job) = batch.pop() {
+                        let error = err.into_store_error(&[&job.write]);
+                        let _ = job.done.send(Err(error));
+                    }
+                }
                 Err(err) => {
                     let message = err.error.to_string();
-                    let mut first = Some(err);
                     for job in batch {
-                        let error = match first.take() {
-                            Some(err) => err.into_store_error(&[&job.write]),
-                            None => StoreError::Database(sqlx::Error::Protocol(message.clone())),
-                        };
+                        let error = StoreError::Database(sqlx::Error::Protocol(message.clone()));
                         let _ = job.done.send(Err(error));
                     }
                 }
@@ -367,7 +364,7 @@ impl Store {
             return Ok(false);
         }
         for insert in &write.inserts {
-            insert.execute(&mut tx).await?;
+            insert.execute_on(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
