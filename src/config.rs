@@ -819,18 +819,18 @@ impl Config {
             ));
         }
         let jwks_max_age = crate::web::PUBLIC_DOCUMENT_MAX_AGE;
-        if kr.publish_lead < jwks_max_age.max(2 * kr.check_interval)
-            || kr.publish_lead > 30 * 86_400
-        {
+        let min_lead = jwks_max_age.max(kr.check_interval.saturating_mul(2));
+        if kr.publish_lead < min_lead || kr.publish_lead > 30 * 86_400 {
             problems.push(format!(
-                "key_rotation.publish_lead must be between {} seconds (the JWK set's max-age, and twice check_interval) and 2592000, not {}",
-                jwks_max_age.max(2 * kr.check_interval),
+                "key_rotation.publish_lead must be between {min_lead} seconds (the JWK set's max-age, and twice check_interval) and 2592000, not {}",
                 kr.publish_lead
             ));
         }
-        if kr.interval != 0 && kr.interval < 2 * kr.publish_lead {
+        if kr.interval != 0
+            && (kr.interval < kr.publish_lead.saturating_mul(2) || kr.interval > 366 * 86_400)
+        {
             problems.push(format!(
-                "key_rotation.interval ({}) must be 0 (manual rotation) or at least twice key_rotation.publish_lead ({})",
+                "key_rotation.interval ({}) must be 0 (manual rotation), or between twice key_rotation.publish_lead ({}) and 31622400 (a year)",
                 kr.interval, kr.publish_lead
             ));
         }
@@ -1040,6 +1040,27 @@ mod tests {
             "{err}"
         );
         assert!(err.0.iter().all(|l| !l.contains('\n')));
+    }
+
+    /// Out-of-range rotation settings are refused with a line each, never a panic or an
+    /// overflowed bound (a huge interval used to panic the key-maintenance task).
+    #[test]
+    fn key_rotation_bounds_are_checked_without_overflow() {
+        let err = from_toml(
+            "[key_rotation]\ninterval = 9223372036854775807\ncheck_interval = 9223372036854775807",
+        )
+        .expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("key_rotation.interval"), "{text}");
+        assert!(text.contains("key_rotation.check_interval"), "{text}");
+        let err = from_toml("[key_rotation]\ninterval = 31622401").expect_err("over a year");
+        assert!(err.to_string().contains("31622400"), "{err}");
+        let config =
+            from_toml("[key_rotation]\ninterval = 31622400").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.key_rotation.interval,
+            Some(Duration::seconds(31_622_400))
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum KeyError {
         /// Where the file was expected.
         path: PathBuf,
     },
+    /// `keys_passphrase` cannot be used: wrong for this database, or unusable.
+    #[error("keys_passphrase: {0}")]
+    Passphrase(String),
     /// Key material that does not parse or does not match its `kid`.
     #[error("signing key {0}: {1}")]
     Invalid(String, String),
@@ -76,7 +79,7 @@ pub struct KeySet {
     current: usize,
 }
 
-fn invalid(kid: &str, err: impl std::fmt::Display) -> KeyError {
+pub(super) fn invalid(kid: &str, err: impl std::fmt::Display) -> KeyError {
     KeyError::Invalid(kid.to_owned(), err.to_string())
 }
 
@@ -176,12 +179,6 @@ impl KeySet {
 }
 
 impl KeySet {
-    /// Loads the published keys (next, current, previous) from the database and the vault.
-    pub async fn load(store: &Store, vault: &Vault) -> Result<Self, KeyError> {
-        let records = store.signing_keys().await?;
-        Self::from_records(vault, records)
-    }
-
     /// Builds the set from every stored key. Withdrawn keys' private halves are destroyed here,
     /// where every instance (each with its own `keys_dir`, perhaps) sees the retirement.
     fn from_records(vault: &Vault, records: Vec<KeyRecord>) -> Result<Self, KeyError> {
@@ -221,11 +218,12 @@ pub async fn load_or_create(
     alg: SigningAlgorithm,
     now: OffsetDateTime,
 ) -> Result<KeySet, KeyError> {
-    let records = store.signing_keys().await?;
+    let mut records = store.signing_keys().await?;
     if !records.iter().any(|r| r.state == KeyState::Current) {
         create_current(store, vault, alg, now, records.is_empty()).await?;
+        records = store.signing_keys().await?;
     }
-    KeySet::load(store, vault).await
+    KeySet::from_records(vault, records)
 }
 
 /// The stored record of a key whose private half is `private`; no lifecycle times set.
@@ -377,6 +375,21 @@ impl KeyStore {
         self.replace(set);
         tracing::info!(signing_key = %kid, published = ?published, "signing keys reloaded");
         Ok(true)
+    }
+
+    /// Verifies a JWT with the keys in force; one signed by a `kid` this instance does not know
+    /// yet makes it re-read the keys (see [`Self::reload_for_unknown_kid`]) and try once more.
+    pub async fn verify_jwt(
+        &self,
+        store: &Store,
+        token: &str,
+    ) -> Result<(JwtPayload, JwsHeader), JwtRejection> {
+        match self.snapshot().verify_jwt(token) {
+            Err(JwtRejection::UnknownKey) if self.reload_for_unknown_kid(store).await => {
+                self.snapshot().verify_jwt(token)
+            }
+            other => other,
+        }
     }
 
     /// A token named a `kid` this instance does not know: another instance may have activated

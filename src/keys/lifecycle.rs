@@ -47,7 +47,12 @@ impl RotationPolicy {
         Self {
             interval: config.key_rotation.interval,
             publish_lead: config.key_rotation.publish_lead,
-            retire_delay: config.access_token_ttl + leeway + RETIRE_MARGIN,
+            // An instance that has not yet noticed the activation signs with the old key for
+            // up to check_interval more: its tokens must expire before the key is withdrawn.
+            retire_delay: config.access_token_ttl
+                + leeway
+                + config.key_rotation.check_interval
+                + RETIRE_MARGIN,
             retired_retention: config.key_rotation.retired_retention,
         }
     }
@@ -294,11 +299,6 @@ impl From<crate::store::StoreError> for OperatorError {
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
 /// `keys rotate`: publishes a new key as `next`; it signs once `publish_lead` has passed.
 pub async fn rotate(
     store: &Store,
@@ -311,7 +311,7 @@ pub async fn rotate(
     if let Some(next) = keys.iter().find(|k| k.state == KeyState::Next) {
         return Err(OperatorError::NextWaiting {
             kid: next.kid.clone(),
-            at: next.activate_after.map_or_else(|| "-".to_owned(), rfc3339),
+            at: crate::cli::format_time(next.activate_after),
         });
     }
     if !keys.iter().any(|k| k.state == KeyState::Current) {

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use super::KeyError;
 use super::files::{KeyFile, prepare_dir};
+use super::keyset::invalid;
 use super::material::thumbprint;
 use crate::store::{KeyRecord, Store};
 use crate::tokens::sealed;
@@ -36,10 +37,6 @@ pub struct Vault {
     kek: Option<Arc<Kek>>,
 }
 
-fn invalid(kid: &str, err: impl fmt::Display) -> KeyError {
-    KeyError::Invalid(kid.to_owned(), err.to_string())
-}
-
 /// A private JWK that must be the key `kid` names (its RFC 7638 thumbprint).
 fn checked(kid: &str, private: Map<String, Value>) -> Result<Jwk, KeyError> {
     let jwk = Jwk::from_map(private).map_err(|e| invalid(kid, e))?;
@@ -48,6 +45,9 @@ fn checked(kid: &str, private: Map<String, Value>) -> Result<Jwk, KeyError> {
     }
     Ok(jwk)
 }
+
+/// What the passphrase check seals (and binds the seal to).
+const PASSPHRASE_CHECK: &[u8] = b"gatehouse keys_passphrase check v1";
 
 impl Vault {
     /// Prepares `dir` and, with a passphrase, derives the key-encryption key (argon2id, off the
@@ -63,7 +63,7 @@ impl Vault {
             None => None,
             Some(passphrase) => {
                 let fresh = crate::domain::random_token(16)
-                    .map_err(|_| invalid("-", "random number generator failed"))?;
+                    .map_err(|_| KeyError::Passphrase("random number generator failed".into()))?;
                 let salt = store.server_secret("keys_kdf_salt", || fresh, now).await?;
                 let passphrase = passphrase.as_bytes().to_vec();
                 let derived = tokio::task::spawn_blocking(move || {
@@ -74,9 +74,36 @@ impl Vault {
                         .map_err(|e| e.to_string())
                 })
                 .await
-                .map_err(|e| invalid("-", e))?
-                .map_err(|e| invalid("-", format!("keys_passphrase: {e}")))?;
-                Some(Arc::new(Kek(derived)))
+                .map_err(|e| KeyError::Passphrase(e.to_string()))?
+                .map_err(KeyError::Passphrase)?;
+                let kek = Kek(derived);
+                let wrong = || {
+                    KeyError::Passphrase(
+                        "it is not the passphrase this database's signing keys are sealed with"
+                            .into(),
+                    )
+                };
+                // A mistyped passphrase must stop start-up (or the CLI) before it seals a key no
+                // other instance could open: it must open a key already sealed, and a known text
+                // the first instance with a passphrase sealed.
+                let records = store.signing_keys().await?;
+                if let Some(key) = records.iter().find(|r| r.private_sealed.is_some()) {
+                    let blob = key.private_sealed.as_deref().unwrap_or_default();
+                    if sealed::open(&kek.0, key.kid.as_bytes(), blob).is_none() {
+                        return Err(wrong());
+                    }
+                }
+                let check = sealed::seal(&kek.0, PASSPHRASE_CHECK, PASSPHRASE_CHECK)
+                    .ok_or_else(|| KeyError::Passphrase("cannot seal the check value".into()))?;
+                let stored = store
+                    .server_secret("keys_passphrase_check", || check, now)
+                    .await?;
+                if sealed::open(&kek.0, PASSPHRASE_CHECK, &stored).as_deref()
+                    != Some(PASSPHRASE_CHECK)
+                {
+                    return Err(wrong());
+                }
+                Some(Arc::new(kek))
             }
         };
         Ok(Self {
@@ -88,11 +115,6 @@ impl Vault {
     /// The key directory.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// True when private keys are sealed under a passphrase.
-    pub fn encrypted(&self) -> bool {
-        self.kek.is_some()
     }
 
     fn seal(&self, kid: &str, private: &Map<String, Value>) -> Result<Option<String>, KeyError> {

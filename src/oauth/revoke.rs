@@ -32,7 +32,7 @@ pub enum KnownToken {
 /// Identifies `token`: an access token by its signature, a refresh token by its hash.
 pub async fn identify(state: &AppState, token: &str) -> Result<Option<KnownToken>, TokenError> {
     if token.split('.').count() == 3 {
-        let Ok((payload, header)) = state.keys.snapshot().verify_jwt(token) else {
+        let Ok((payload, header)) = state.keys.verify_jwt(&state.store, token).await else {
             return Ok(None);
         };
         if header.token_type() != Some("at+jwt") {

@@ -499,6 +499,12 @@ async fn instances_share_sealed_keys_through_postgres() {
     })
     .await;
     b.clock.advance(a.clock.now() - b.clock.now());
+    let c = TestApp::with(TempDir::new().expect("tempdir"), &url, |c| {
+        rotation(c);
+        c.keys_passphrase = passphrase();
+    })
+    .await;
+    c.clock.advance(a.clock.now() - c.clock.now());
     let first = a.state.keys.snapshot().current().kid().to_owned();
     assert_eq!(
         b.state.keys.snapshot().current().kid(),
@@ -525,13 +531,6 @@ async fn instances_share_sealed_keys_through_postgres() {
     )
     .await
     .expect("rotate --now");
-    assert!(
-        !b.dir
-            .path()
-            .join("keys")
-            .join(format!("{second}.json"))
-            .exists()
-    );
     a.state.maintain_keys().await.expect("A reloads");
     let (client_id, token_a, refresh_token) = sign_in(&a).await;
     assert_eq!(kid_of(&token_a), second);
@@ -541,8 +540,16 @@ async fn instances_share_sealed_keys_through_postgres() {
     assert_eq!(whoami(&b, &token_a).await, 200);
     assert_eq!(b.state.keys.snapshot().current().kid(), second);
     b.state.maintain_keys().await.expect("B reloads");
-    let (token_b, _) = refreshed(&b, &client_id, &refresh_token).await;
+    let (token_b, refresh_b) = refreshed(&b, &client_id, &refresh_token).await;
     assert_eq!(kid_of(&token_b), second, "B signs with the key A made");
+    // ... from the database's sealed copy: B never had a file for it.
+    assert!(
+        !b.dir
+            .path()
+            .join("keys")
+            .join(format!("{second}.json"))
+            .exists()
+    );
     for app in [&a, &b] {
         for token in [&token_a, &token_b] {
             assert_eq!(whoami(app, token).await, 200);
@@ -569,6 +576,25 @@ async fn instances_share_sealed_keys_through_postgres() {
         assert!(!sealed.contains(d.as_str()), "{} stored in clear", row.kid);
     }
 
+    // Revocation reads a token's key the same way: C, which has not read the key states since
+    // A's rotation, is asked to revoke a token of A's new key, and does (before, it did not
+    // know the kid, answered 200 as RFC 7009 asks, and revoked nothing).
+    assert_ne!(c.state.keys.snapshot().current().kid(), second);
+    let (token_a2, _) = refreshed(&a, &client_id, &refresh_b).await;
+    assert_eq!(kid_of(&token_a2), second);
+    let res = crate::support::Agent::new(&c)
+        .post_form(
+            "/revoke",
+            &[
+                ("token", token_a2.as_str()),
+                ("client_id", client_id.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(c.state.keys.snapshot().current().kid(), second);
+    assert_eq!(whoami(&c, &token_a2).await, 401, "revoked on C");
+
     // A third instance with the wrong passphrase refuses to start, saying why.
     let dir = TempDir::new().expect("tempdir");
     let clock = Arc::new(gatehouse::clock::FixedClock::new(a.clock.now()));
@@ -586,4 +612,47 @@ async fn instances_share_sealed_keys_through_postgres() {
     .await
     .expect_err("wrong passphrase");
     assert!(err.to_string().contains("keys_passphrase"), "{err}");
+    assert!(err.to_string().contains("not the passphrase"), "{err}");
+}
+
+/// A passphrase set on a database whose keys predate it (none sealed yet) is recorded on first
+/// use: a later start with another passphrase is refused before it can seal a key nobody else
+/// could open.
+#[tokio::test]
+async fn a_mistyped_passphrase_is_refused_before_any_key_is_sealed_with_it() {
+    let plain = TestApp::sqlite().await;
+    let url = plain.database_url.clone();
+    let dir = plain.restart_parts().await;
+    let with = |p: &str| {
+        let p = p.to_owned();
+        move |c: &mut gatehouse::config::Config| {
+            c.keys_passphrase = Some(gatehouse::config::Passphrase(p));
+        }
+    };
+    let clock = || {
+        Arc::new(gatehouse::clock::FixedClock::new(
+            time::macros::datetime!(2026-11-22 12:00 UTC),
+        ))
+    };
+    let first = TestApp::try_start(&dir, &url, with("the right passphrase"), clock())
+        .await
+        .expect("first start with a passphrase");
+    assert!(
+        first
+            .store
+            .signing_keys()
+            .await
+            .expect("keys")
+            .iter()
+            .all(|k| k.private_sealed.is_none()),
+        "nothing sealed yet"
+    );
+    first.store.close().await;
+    let err = TestApp::try_start(&dir, &url, with("the wrong passphrase"), clock())
+        .await
+        .expect_err("another passphrase");
+    assert!(err.to_string().contains("not the passphrase"), "{err}");
+    TestApp::try_start(&dir, &url, with("the right passphrase"), clock())
+        .await
+        .expect("the right one still opens");
 }
