@@ -280,6 +280,19 @@ pub enum OperatorError {
         /// When it activates (RFC 3339).
         at: String,
     },
+    /// `rotate --now` for one algorithm while a key of another waits as next (which would sign
+    /// instead).
+    #[error(
+        "signing key {kid} ({waiting}) is waiting as next and `rotate --now` would activate it, not a new {asked} key: retire it first (`gatehouse keys retire {kid}`), or rotate without --alg"
+    )]
+    NextOtherAlgorithm {
+        /// The waiting key.
+        kid: String,
+        /// Its algorithm.
+        waiting: SigningAlgorithm,
+        /// The algorithm asked for.
+        asked: SigningAlgorithm,
+    },
     /// The database has no current key (the server has never started).
     #[error("there is no current signing key yet: start `gatehouse serve` once first")]
     NoCurrent,
@@ -345,6 +358,13 @@ pub async fn rotate_now(
         .find(|k| k.state == KeyState::Current)
         .ok_or(OperatorError::NoCurrent)?;
     let next = match keys.iter().find(|k| k.state == KeyState::Next) {
+        Some(next) if next.alg != alg => {
+            return Err(OperatorError::NextOtherAlgorithm {
+                kid: next.kid.clone(),
+                waiting: next.alg,
+                asked: alg,
+            });
+        }
         Some(next) => next.kid.clone(),
         None => {
             publish_next(store, vault, alg, now, now, "operator")

@@ -404,6 +404,22 @@ async fn operator_rotation_normal_and_immediate() {
     app.state.maintain_keys().await.expect("maintain");
     assert_eq!(published_kids(&app).await.len(), 2);
 
+    // Asking for another algorithm at once would activate the waiting key instead: refused,
+    // saying which key waits, and nothing changes.
+    let other = lifecycle::rotate_now(
+        store,
+        vault,
+        gatehouse::domain::SigningAlgorithm::RS256,
+        &policy,
+        app.clock.now(),
+    )
+    .await;
+    assert!(
+        matches!(&other, Err(lifecycle::OperatorError::NextOtherAlgorithm { kid, .. }) if *kid == next.kid),
+        "{other:?}"
+    );
+    assert_eq!(published_kids(&app).await.len(), 2);
+
     // Emergency: the waiting key signs at once.
     let now_kid = lifecycle::rotate_now(store, vault, alg, &policy, app.clock.now())
         .await
