@@ -293,17 +293,9 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
         })
         .await
         .expect("user");
-    let registration = reqwest::Client::new()
-        .post(format!("{issuer}/register"))
-        .header("content-type", "application/json")
-        .body(json!({ "client_name": "MCP Inspector", "redirect_uris": [redirect_uri], "token_endpoint_auth_method": "none" }).to_string())
-        .send()
-        .await
-        .expect("register");
-    assert_eq!(registration.status(), 201);
-    let registered: Value =
-        serde_json::from_slice(&registration.bytes().await.expect("body")).expect("json");
-    let client_id = registered["client_id"].as_str().expect("client_id");
+    let client_id =
+        crate::support::register_over_http(&issuer, "MCP Inspector", &redirect_uri).await;
+    let client_id = client_id.as_str();
 
     let oauth = BasicClient::new(ClientId::new(client_id.to_owned()))
         .set_auth_uri(AuthUrl::new(format!("{issuer}/authorize")).expect("url"))

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use time::Duration;
 
 use crate::mcp_server::{call, mcp, message, stateless};
-use crate::support::{TestApp, sqlite_url};
+use crate::support::{TestApp, jwt_part, sqlite_url};
 use crate::token::{CALLBACK, PASSWORD, code_for, exchange, refresh};
 
 const LEAD: Duration = Duration::hours(1);
@@ -66,26 +66,15 @@ async fn refreshed(app: &TestApp, client_id: &str, token: &str) -> (String, Stri
 }
 
 fn header_of(jwt: &str) -> Value {
-    use base64::Engine;
-    let part = jwt.split('.').next().expect("header");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .expect("b64");
-    serde_json::from_slice(&bytes).expect("json")
+    jwt_part(jwt, 0)
 }
 
-fn kid_of(jwt: &str) -> String {
+pub(crate) fn kid_of(jwt: &str) -> String {
     header_of(jwt)["kid"].as_str().expect("kid").to_owned()
 }
 
 fn exp_of(jwt: &str) -> i64 {
-    use base64::Engine;
-    let part = jwt.split('.').nth(1).expect("payload");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .expect("b64");
-    let claims: Value = serde_json::from_slice(&bytes).expect("json");
-    claims["exp"].as_i64().expect("exp")
+    jwt_part(jwt, 1)["exp"].as_i64().expect("exp")
 }
 
 /// `tools/call whoami` with `token`, as a 2026-07-28 client sends it.
@@ -151,13 +140,14 @@ async fn audit_kinds(app: &TestApp) -> Vec<String> {
 /// retirements: at every step the schedule runs while every live token (minted before, during
 /// and after each rotation) calls `/mcp` at the same moment. Zero failures, and the JWK set
 /// always holds the `kid` of every token still valid.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_breaks_no_session() {
     let dir = TempDir::new().expect("tempdir");
     let url = sqlite_url(&dir);
     let app = Arc::new(app_on(dir, &url, rotation).await);
     let (client_id, first, mut refresh_token) = sign_in(&app).await;
     let first_kid = kid_of(&first);
+    assert!(app.key_file(&first_kid).exists(), "the key's private file");
     let mut live: Vec<String> = vec![first];
     let mut signing_kids = vec![first_kid.clone()];
     let mut calls = 0usize;
@@ -223,13 +213,7 @@ async fn rotation_under_load_breaks_no_session() {
     );
     assert!(!published_kids(&app).await.contains(&first_kid));
     // A retired key's private half is destroyed.
-    assert!(
-        !app.dir
-            .path()
-            .join("keys")
-            .join(format!("{first_kid}.json"))
-            .exists()
-    );
+    assert!(!app.key_file(&first_kid).exists());
 }
 
 /// The schedule step by step on a fixed clock: nothing early, publication one lead before the
@@ -266,7 +250,8 @@ async fn schedule_follows_the_fixed_clock() {
         BTreeSet::from([a.clone(), b.clone()])
     );
     assert_eq!(app.state.keys.snapshot().current().kid(), a);
-    // A second instance running the same schedule at the same moment adds nothing.
+    // Running the schedule again at the same moment (as a second instance would) adds
+    // nothing: the step is made, and the next one is not due.
     assert_eq!(app.state.maintain_keys().await.expect("maintain"), vec![]);
 
     app.clock.advance(LEAD - Duration::seconds(1));
@@ -529,8 +514,7 @@ async fn instances_share_sealed_keys_through_postgres() {
     );
 
     // A's key file is sealed: no private member in clear.
-    let file = std::fs::read_to_string(a.dir.path().join("keys").join(format!("{first}.json")))
-        .expect("key file");
+    let file = std::fs::read_to_string(a.key_file(&first)).expect("key file");
     assert!(
         file.contains("sealed_private_jwk") && !file.contains("\"d\""),
         "{file}"
@@ -559,13 +543,7 @@ async fn instances_share_sealed_keys_through_postgres() {
     let (token_b, refresh_b) = refreshed(&b, &client_id, &refresh_token).await;
     assert_eq!(kid_of(&token_b), second, "B signs with the key A made");
     // ... from the database's sealed copy: B never had a file for it.
-    assert!(
-        !b.dir
-            .path()
-            .join("keys")
-            .join(format!("{second}.json"))
-            .exists()
-    );
+    assert!(!b.key_file(&second).exists());
     for app in [&a, &b] {
         for token in [&token_a, &token_b] {
             assert_eq!(whoami(app, token).await, 200);

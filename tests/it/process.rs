@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -30,7 +30,28 @@ pub fn gatehouse(cwd: &Path) -> Command {
     cmd
 }
 
-fn wait_healthy(child: &mut Child, base: &str) {
+/// A server process that is killed when this is dropped (a failed assertion included).
+pub(crate) struct Running(pub Option<Child>);
+
+impl Running {
+    /// The process, to stop it on purpose.
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("still running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until the server at `base` answers `/health` with 200; panics if it exits first or
+/// takes over 60 s.
+pub(crate) fn wait_healthy(child: &mut Child, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -278,12 +299,14 @@ fn key_commands_act_on_a_running_server() {
     let mut serve = gatehouse(cwd.path());
     serve.arg("serve");
     with_env(&mut serve);
-    let mut child = serve
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    wait_healthy(&mut child, &base);
+    let mut server = Running(Some(
+        serve
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    ));
+    wait_healthy(server.0.as_mut().expect("child"), &base);
     let first = jwks_kids(&base);
     assert_eq!(first.len(), 1);
     let a = first[0].clone();
@@ -319,6 +342,15 @@ fn key_commands_act_on_a_running_server() {
     let stderr = String::from_utf8_lossy(&unconfirmed.stderr);
     assert!(stderr.contains("--yes"), "{stderr}");
     assert_eq!(jwks_kids(&base).len(), 2, "nothing changed");
+    // The JWK set alone could not tell (the server reads the key states once a second): the
+    // database says the key is still current.
+    let list = run(&["keys", "list"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    let row_a = listed.lines().find(|l| l.starts_with(a.as_str()));
+    assert!(
+        row_a.is_some_and(|l| l.contains("current") && !l.contains("retired")),
+        "{listed}"
+    );
 
     let retire = run(&["keys", "retire", &a, "--yes"]);
     assert!(
@@ -353,7 +385,7 @@ fn key_commands_act_on_a_running_server() {
         "{stderr}"
     );
 
-    let output = stop(child);
+    let output = stop(server.take());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("signing keys reloaded"), "{stderr}");

@@ -204,8 +204,10 @@ async fn storage_suite(url: &str, backend: Backend) {
 }
 
 /// Guarded writes (issue 5): a redemption that fails (here: its grant id is taken) is rolled
-/// back whole and fails alone, while redemptions committed with it (SQLite batches the writes
-/// waiting at the same moment into one transaction) succeed; the writer keeps working after.
+/// back whole and fails alone, while the redemptions sent with it succeed; the writer keeps
+/// working after. On SQLite the eight arrive as one batch: on this one-thread runtime every
+/// task queues its write before the committer runs (seen once with a print in the committer;
+/// nothing here observes the batch itself, so the test also holds for writes taken one by one).
 async fn redemption_suite(store: &Store) {
     use gatehouse::store::{CodeRecord, CodeState, GrantRecord, NewRefresh};
     let now = datetime!(2026-11-30 12:00 UTC);

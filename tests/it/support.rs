@@ -322,6 +322,11 @@ impl TestApp {
         user
     }
 
+    /// Where this app keeps the private key file of `kid`.
+    pub fn key_file(&self, kid: &str) -> std::path::PathBuf {
+        self.dir.path().join("keys").join(format!("{kid}.json"))
+    }
+
     /// Registers a public client with these redirect URIs; returns its id.
     pub async fn register_client(&self, name: &str, redirect_uris: &[&str]) -> String {
         let res = self
@@ -333,6 +338,37 @@ impl TestApp {
         assert_eq!(res.status, 201, "{}", res.text());
         res.json()["client_id"].as_str().expect("id").to_owned()
     }
+}
+
+/// Registers a public client over HTTP at `base` (a real server on a socket); returns its id.
+pub async fn register_over_http(base: &str, name: &str, redirect_uri: &str) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/register"))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({ "client_name": name, "redirect_uris": [redirect_uri], "token_endpoint_auth_method": "none" })
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(res.status(), 201);
+    let registered: serde_json::Value =
+        serde_json::from_slice(&res.bytes().await.expect("body")).expect("json");
+    registered["client_id"]
+        .as_str()
+        .expect("client_id")
+        .to_owned()
+}
+
+/// Part `index` of a compact JWT (0: header, 1: claims), decoded, without checking anything.
+pub fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(index).expect("JWT part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
 }
 
 /// The `oauth2` crate's HTTP client for this app: requests go to the router in process.

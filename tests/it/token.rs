@@ -1091,4 +1091,33 @@ async fn a_removed_client_starts_nothing_new_while_it_is_still_cached() {
     assert_eq!(res.status, 401, "{}", res.text());
     let res = post(&app, "/token", &bogus, Some((&id, &secret))).await;
     assert_error(&res, 400, "invalid_grant");
+
+    // A real refresh token of a removed client: the removal (as `gatehouse clients remove` does
+    // it, on another process) revokes the client's grants, then deletes it. The cached client
+    // is found, the revoked grant is not honoured.
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let public = app.register_client("Claude", &[CALLBACK]).await;
+    let (code, verifier) = code_for(&app, &public, &["mcp"]).await;
+    let res = exchange(&app, &public, &code, &verifier).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let first = res.json()["refresh_token"].as_str().expect("rt").to_owned();
+    let res = refresh(&app, &public, &first).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let live = res.json()["refresh_token"].as_str().expect("rt").to_owned();
+    let revoked = app
+        .state
+        .store
+        .revoke_grants_of(None, Some(&public), "client removed", app.clock.now())
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.len(), 1);
+    assert!(
+        app.state
+            .store
+            .delete_client(&public)
+            .await
+            .expect("delete")
+    );
+    let res = refresh(&app, &public, &live).await;
+    assert_error(&res, 400, "invalid_grant");
 }
