@@ -177,53 +177,44 @@ pub async fn apply(
     now: OffsetDateTime,
     by: &str,
 ) -> Result<bool, KeyError> {
-    match step {
+    let (changed, kind, detail) = match step {
         Transition::PublishNext { activate_at } => {
-            Ok(publish_next(store, vault, alg, *activate_at, now, by)
+            return Ok(publish_next(store, vault, alg, *activate_at, now, by)
                 .await?
-                .is_some())
+                .is_some());
         }
         Transition::Activate {
             current,
             next,
             retire_after,
-        } => {
-            if !store
+        } => (
+            store
                 .promote_signing_key(current, next, now, *retire_after)
-                .await?
-            {
-                return Ok(false);
-            }
-            tracing::warn!(kid = %next, previous = %current, "signing key activated");
-            audit::record(
-                store,
-                event(
-                    "key.activated",
-                    now,
-                    by,
-                    json!({ "kid": next, "previous": current, "previous_retire_after": retire_after.unix_timestamp() }),
-                ),
-            )
-            .await?;
-            Ok(true)
-        }
-        Transition::Retire { kid } => {
-            // The private half is destroyed when each instance reloads its key set.
-            if !store.retire_signing_key(kid, now).await? {
-                return Ok(false);
-            }
-            tracing::warn!(kid = %kid, "signing key retired: tokens it signed no longer verify");
-            audit::record(store, event("key.retired", now, by, json!({ "kid": kid }))).await?;
-            Ok(true)
-        }
-        Transition::Delete { kid } => {
-            if !store.delete_retired_signing_key(kid).await? {
-                return Ok(false);
-            }
-            audit::record(store, event("key.deleted", now, by, json!({ "kid": kid }))).await?;
-            Ok(true)
-        }
+                .await?,
+            "key.activated",
+            json!({ "kid": next, "previous": current, "previous_retire_after": retire_after.unix_timestamp() }),
+        ),
+        // The private half is destroyed when each instance reloads its key set.
+        Transition::Retire { kid } => (
+            store.retire_signing_key(kid, now).await?,
+            "key.retired",
+            json!({ "kid": kid }),
+        ),
+        Transition::Delete { kid } => (
+            store.delete_retired_signing_key(kid).await?,
+            "key.deleted",
+            json!({ "kid": kid }),
+        ),
+    };
+    if !changed {
+        return Ok(false);
     }
+    // Activations and retirements change which tokens verify: operators should see them.
+    if kind != "key.deleted" {
+        tracing::warn!(event = kind, detail = %detail, "signing keys changed");
+    }
+    audit::record(store, event(kind, now, by, detail)).await?;
+    Ok(true)
 }
 
 /// Generates a key of `alg` and publishes it as `next`, to sign from `activate_at`. `None` when
