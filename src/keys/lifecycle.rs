@@ -370,7 +370,15 @@ pub async fn rotate_now(
         retire_after: now + policy.retire_delay,
     };
     if !apply(store, vault, alg, &step, now, "operator").await? {
-        return Err(OperatorError::Raced);
+        // A running server's schedule may have activated the key first (it was due at once):
+        // what the operator asked for happened all the same.
+        let activated = store
+            .signing_key(&next)
+            .await?
+            .is_some_and(|k| k.state == KeyState::Current);
+        if !activated {
+            return Err(OperatorError::Raced);
+        }
     }
     Ok(next)
 }
