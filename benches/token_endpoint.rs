@@ -162,8 +162,22 @@ fn main() {
     // profile it alone.
     let only = std::env::args().find(|a| a == "exchanges" || a == "refreshes");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    // `BENCH_N=30000` makes each measured run longer (for a profiler); `BENCH_CLIENTS=16` runs
+    // only that concurrency.
+    let per_run = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000);
+    let only_clients: Option<usize> = std::env::var("BENCH_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    let levels = move || {
+        [1usize, 16]
+            .into_iter()
+            .filter(move |c| only_clients.is_none_or(|o| o == *c))
+    };
     let (exchanges, refreshes, signs) = if full {
-        (3000, 3000, 20_000)
+        (per_run, per_run, 20_000)
     } else {
         (16, 16, 10)
     };
@@ -214,7 +228,7 @@ fn main() {
             }
         }
 
-        for clients in [1usize, 16].into_iter().filter(|_| run("exchanges")) {
+        for clients in levels().filter(|_| run("exchanges")) {
             let work = split(codes(&bench, exchanges).await, clients);
             let start = Instant::now();
             let mut handles = Vec::new();
@@ -238,7 +252,7 @@ fn main() {
             );
         }
 
-        for clients in [1usize, 16].into_iter().filter(|_| run("refreshes")) {
+        for clients in levels().filter(|_| run("refreshes")) {
             // One refresh chain per client: each refresh rotates and the next uses the new token.
             let router = bench.router.clone();
             let starts = codes(&bench, clients).await;

@@ -56,7 +56,9 @@ impl TryFrom<AuditRow> for AuditRecord {
 impl Store {
     /// Appends one event.
     pub async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        audit_insert(event).execute_on(&self.writer).await
+        audit_insert(event)
+            .execute_on(&mut *self.writer().await?)
+            .await
     }
 
     /// The newest events first, optionally only one subject's, at most `limit`, older than

@@ -2,6 +2,8 @@
 
 use time::OffsetDateTime;
 
+use sqlx::Connection;
+
 use super::{Store, StoreError, from_unix};
 use crate::domain::{
     Client, ClientKind, RedirectPolicy, RedirectUri, SecretHash, TokenEndpointAuthMethod,
@@ -95,7 +97,7 @@ impl Store {
         .bind(client.secret_hash.as_ref().map(SecretHash::as_str))
         .bind(client.created_at.unix_timestamp())
         .bind(client.last_used_at.map(OffsetDateTime::unix_timestamp))
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await
         .map_err(|e| StoreError::from_write(e, &format!("client {}", client.id)))?;
         Ok(())
@@ -121,7 +123,8 @@ impl Store {
     /// Deletes a client with its consents and codes; false when there was none.
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
         // One transaction: the client, the consents given to it and its unredeemed codes.
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         for table in ["consents", "authorization_codes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
                 .bind(client_id)
@@ -145,7 +148,7 @@ impl Store {
         sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1")
             .bind(client_id)
             .bind(at.unix_timestamp())
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -161,7 +164,7 @@ impl Store {
              RETURNING client_id",
         )
         .bind(cutoff.unix_timestamp())
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         Ok(ids)
     }

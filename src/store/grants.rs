@@ -204,7 +204,9 @@ impl Store {
 
     /// Creates a grant with no refresh token (client_credentials).
     pub async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        grant_insert(grant).execute_on(&self.writer).await
+        grant_insert(grant)
+            .execute_on(&mut *self.writer().await?)
+            .await
     }
 
     /// A grant by id.
@@ -298,7 +300,7 @@ impl Store {
         .bind(grant_id)
         .bind(now.unix_timestamp())
         .bind(reason)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -320,7 +322,7 @@ impl Store {
         .bind(client_id)
         .bind(now.unix_timestamp())
         .bind(reason)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         Ok(ids)
     }
@@ -341,7 +343,7 @@ impl Store {
         .bind(grant_id)
         .bind(expires_at.unix_timestamp())
         .bind(now.unix_timestamp())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }

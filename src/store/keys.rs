@@ -2,6 +2,8 @@
 
 use time::OffsetDateTime;
 
+use sqlx::Connection;
+
 use super::{Store, StoreError, from_unix};
 use crate::domain::SigningAlgorithm;
 use crate::keys::KeyState;
@@ -93,7 +95,7 @@ impl Store {
             .bind(unix(key.retired_at))
             .bind(unix(key.activate_after))
             .bind(&key.private_sealed)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await
             .map_err(|e| {
                 StoreError::from_write(
@@ -119,7 +121,8 @@ impl Store {
         now: OffsetDateTime,
         retire_after: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         // The old key steps down first: the unique index admits one current key at a time.
         let demoted = sqlx::query(
             "UPDATE signing_keys SET state = 'previous', retire_after = $1 \
@@ -158,7 +161,7 @@ impl Store {
         )
         .bind(now.unix_timestamp())
         .bind(kid)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -167,7 +170,7 @@ impl Store {
     pub async fn delete_retired_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM signing_keys WHERE kid = $1 AND state = 'retired'")
             .bind(kid)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -38,14 +38,14 @@ impl Store {
         .bind(now)
         .bind(interval)
         .bind(tolerance)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer().await?)
         .await?;
         if let Some(tat) = allowed {
             return Ok(RateTake::Allowed(tat));
         }
         let tat: Option<i64> = sqlx::query_scalar("SELECT tat FROM rate_limits WHERE key = $1")
             .bind(key)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer().await?)
             .await?;
         // The row is there (the update was refused), unless it was pruned in between.
         Ok(RateTake::Refused(tat.unwrap_or(now)))
@@ -55,7 +55,7 @@ impl Store {
     pub async fn delete_idle_rate_budgets(&self, now: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM rate_limits WHERE tat <= $1")
             .bind(now)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected())
     }

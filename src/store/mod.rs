@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Connection, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
@@ -79,16 +79,14 @@ impl StoreError {
 
 /// The database handle shared by every request.
 ///
-/// Reads go to `pool`; writes to `writer`. On PostgreSQL both are the same pool. On SQLite, which
-/// admits one writer at a time, `writer` is a pool of one connection: writers queue for it in
-/// the process (a wake-up when it is free) instead of colliding inside SQLite, whose busy
-/// handler sleeps for milliseconds between retries.
+/// Reads go to `pool`. On PostgreSQL writes go to the same pool. On SQLite, which admits one
+/// writer at a time, one task (the committer, `write.rs`) owns the only writing connection:
+/// writes queue for it in the process (a wake-up when it is free) instead of colliding inside
+/// SQLite, whose busy handler sleeps for milliseconds between retries.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    writer: AnyPool,
-    /// SQLite: the task that commits guarded writes in batches (see `write.rs`).
-    committer: Option<tokio::sync::mpsc::Sender<write::Job>>,
+    writer: write::Writer,
     backend: Backend,
 }
 
@@ -97,6 +95,18 @@ static DRIVERS: Once = Once::new();
 /// Reading connections to a SQLite file. Each is a thread; more than the two cores can use only
 /// adds wake-ups (measured in `BENCHMARKS.md`).
 const SQLITE_READERS: u32 = 4;
+
+/// What every SQLite connection is set to. WAL lets readers run while one writer commits; the
+/// busy timeout makes writers of other processes (the CLI) wait instead of failing.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
+
+/// One SQLite connection outside any pool (the writer), set up as the pooled ones are.
+async fn open_sqlite_connection(options: &AnyConnectOptions) -> Result<AnyConnection, StoreError> {
+    let mut conn = AnyConnection::connect_with(options).await?;
+    conn.execute(SQLITE_PRAGMAS).await?;
+    Ok(conn)
+}
 
 /// One pool of `size` connections.
 async fn connect(
@@ -113,13 +123,7 @@ async fn connect(
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
-                    // WAL lets readers run while one writer commits; the busy timeout makes
-                    // writers of other processes (the CLI) wait instead of failing.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                    )
-                    .await?;
+                    conn.execute(SQLITE_PRAGMAS).await?;
                 }
                 Ok(())
             })
@@ -136,35 +140,28 @@ impl Store {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = url.backend();
         let options = AnyConnectOptions::from_str(&url.connect_string())?;
-        let (pool, writer) = match backend {
+        let store = match backend {
             Backend::Sqlite => {
-                // The writer first: it creates the file and switches it to WAL.
-                let writer = connect(backend, options.clone(), 1).await?;
-                (connect(backend, options, SQLITE_READERS).await?, writer)
+                // The writer first: it creates the file, switches it to WAL and migrates it.
+                let mut writer = open_sqlite_connection(&options).await?;
+                SQLITE_MIGRATIONS.run(&mut writer).await?;
+                Self {
+                    pool: connect(backend, options.clone(), SQLITE_READERS).await?,
+                    writer: write::Writer::Committer(write::start_committer(writer, options)),
+                    backend,
+                }
             }
             Backend::Postgres => {
                 let pool = connect(backend, options, 16).await?;
-                (pool.clone(), pool)
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                Self {
+                    writer: write::Writer::Pool(pool.clone()),
+                    pool,
+                    backend,
+                }
             }
         };
-        let committer =
-            (backend == Backend::Sqlite).then(|| write::start_committer(writer.clone()));
-        let store = Self {
-            pool,
-            writer,
-            committer,
-            backend,
-        };
-        store.migrate().await?;
         Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.writer).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.writer).await?,
-        }
-        Ok(())
     }
 
     /// Which engine this is.
@@ -181,8 +178,8 @@ impl Store {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
-        self.pool.close().await;
         self.writer.close().await;
+        self.pool.close().await;
     }
 
     /// The SQLite journal mode (`wal` expected); `None` on PostgreSQL.

@@ -29,7 +29,7 @@ impl SessionStore for SessionStoreAdapter {
             .bind(record.id.to_string())
             .bind(data)
             .bind(record.expiry_date.unix_timestamp())
-            .execute(&self.0.writer)
+            .execute(&mut *self.0.writer().await.map_err(backend)?)
             .await
             .map_err(backend)?;
             if inserted.rows_affected() == 1 {
@@ -49,7 +49,7 @@ impl SessionStore for SessionStoreAdapter {
         .bind(record.id.to_string())
         .bind(data)
         .bind(record.expiry_date.unix_timestamp())
-        .execute(&self.0.writer)
+        .execute(&mut *self.0.writer().await.map_err(backend)?)
         .await
         .map_err(backend)?;
         Ok(())
@@ -78,7 +78,7 @@ impl SessionStore for SessionStoreAdapter {
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
             .bind(id.to_string())
-            .execute(&self.0.writer)
+            .execute(&mut *self.0.writer().await.map_err(backend)?)
             .await
             .map_err(backend)?;
         Ok(())
@@ -93,7 +93,7 @@ impl Store {
     ) -> Result<u64, super::StoreError> {
         let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
             .bind(now.unix_timestamp())
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected())
     }

@@ -83,7 +83,7 @@ impl Store {
         .bind(serde_json::Value::from(user.roles.clone()).to_string())
         .bind(user.created_at.unix_timestamp())
         .bind(user.password_changed_at.unix_timestamp())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await
         .map_err(|e| StoreError::from_write(e, &format!("user {}", user.username)))?;
         Ok(())
@@ -120,7 +120,7 @@ impl Store {
     pub async fn delete_user(&self, username: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM users WHERE username = $1")
             .bind(username)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -138,7 +138,7 @@ impl Store {
         .bind(username)
         .bind(hash)
         .bind(at.unix_timestamp())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -178,7 +178,7 @@ impl Store {
         .bind(key)
         .bind(at.unix_timestamp())
         .bind(reset_before.unix_timestamp())
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *self.writer().await?)
         .await?;
         Ok(failures)
     }
@@ -188,7 +188,7 @@ impl Store {
         sqlx::query("UPDATE login_throttle SET locked_until = $2 WHERE throttle_key = $1")
             .bind(key)
             .bind(until.unix_timestamp())
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -197,7 +197,7 @@ impl Store {
     pub async fn clear_throttle(&self, key: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM login_throttle WHERE throttle_key = $1")
             .bind(key)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -237,7 +237,7 @@ impl Store {
         .bind(resource)
         .bind(scopes)
         .bind(at.unix_timestamp())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -258,7 +258,7 @@ impl Store {
         .bind(&code.scopes)
         .bind(code.created_at.unix_timestamp())
         .bind(code.expires_at.unix_timestamp())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await
         .map_err(|e| StoreError::from_write(e, "authorization code"))?;
         Ok(())
@@ -275,12 +275,12 @@ impl Store {
             .bind(name)
             .bind(make())
             .bind(at.unix_timestamp())
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(
             sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
                 .bind(name)
-                .fetch_one(&self.writer)
+                .fetch_one(&mut *self.writer().await?)
                 .await?,
         )
     }

@@ -15,10 +15,19 @@
 //! the second finds it rotated. If a batch fails, it is rolled back and its writes are retried
 //! one by one, so only the write at fault fails. The committer runs apart from the requests, so
 //! a client that hangs up cannot cut a transaction in half.
+//!
+//! The committer holds the connection itself, not a pool's: a pool pings a SQLite connection
+//! each time it is given back (one more round trip, measured at about a quarter of a batch's
+//! time). Every other write on SQLite borrows the connection from the committer
+//! ([`Store::writer`]), so the file still has one writer in this process.
 
-use sqlx::any::AnyArguments;
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+
+use sqlx::any::{AnyArguments, AnyConnectOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
@@ -210,20 +219,23 @@ impl BatchError {
 /// a prepared statement per line, so this bounds the writer's statement cache.
 const MAX_PREPARED_BATCH: usize = 16;
 
-/// Runs one batch in one transaction; the indices of the writes whose update matched.
+/// Runs one batch in one transaction; the indices of the writes whose update matched. On a
+/// failure that leaves the connection in doubt, `conn` is emptied (the committer reconnects).
 async fn commit_batch(
-    writer: &AnyPool,
+    conn: &mut Option<AnyConnection>,
     writes: &[&GuardedWrite],
 ) -> Result<Vec<usize>, BatchError> {
     let failed = |error: sqlx::Error| BatchError {
         error,
         one_at_fault: false,
     };
+    let Some(connection) = conn.as_mut() else {
+        return Err(failed(sqlx::Error::PoolClosed));
+    };
     let (sql, params) = batch_script(writes);
-    let mut conn = writer.acquire().await.map_err(failed)?;
     let outcome = bind_all(sqlx::query(&sql), &params)
         .persistent(writes.len() <= MAX_PREPARED_BATCH)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *connection)
         .await;
     match outcome {
         Ok(rows) => rows
@@ -238,11 +250,11 @@ async fn commit_batch(
             // The script stopped at the failing statement, inside its transaction: end it. If
             // SQLite ended it already (or BEGIN itself failed) there is nothing to end; any
             // other failure leaves the connection in doubt, so it is dropped.
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
                 let nothing_to_end = matches!(&rollback, sqlx::Error::Database(db)
                     if db.message().contains("no transaction is active"));
                 if !nothing_to_end {
-                    drop(conn.detach());
+                    *conn = None;
                 }
             }
             let one_at_fault = matches!(&error, sqlx::Error::Database(db) if matches!(
@@ -261,101 +273,303 @@ async fn commit_batch(
 }
 
 /// One write in a transaction of its own.
-async fn commit_alone(writer: &AnyPool, write: &GuardedWrite) -> Result<bool, StoreError> {
-    commit_batch(writer, &[write])
+async fn commit_alone(
+    conn: &mut Option<AnyConnection>,
+    write: &GuardedWrite,
+) -> Result<bool, StoreError> {
+    commit_batch(conn, &[write])
         .await
         .map(|matched| !matched.is_empty())
         .map_err(|e| e.into_store_error(&[write]))
 }
 
-/// One write alone, on a task of its own so that a caller that goes away cannot stop the script
-/// between `BEGIN` and `COMMIT`.
-async fn commit_one(writer: &AnyPool, write: GuardedWrite) -> Result<bool, StoreError> {
-    let writer = writer.clone();
-    tokio::spawn(async move { commit_alone(&writer, &write).await })
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("write task failed: {e}")))?
-}
-
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 64;
 
-/// A write waiting for the committer.
+/// Work for the committer.
 #[derive(Debug)]
-pub(super) struct Job {
-    write: GuardedWrite,
-    done: oneshot::Sender<Result<bool, StoreError>>,
+pub(super) enum Job {
+    /// A guarded write, committed with whichever others are waiting.
+    Guarded {
+        write: GuardedWrite,
+        done: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Any other write: the connection is lent to the caller until its [`Lease`] is dropped.
+    Lend(oneshot::Sender<Result<Lease, StoreError>>),
+    /// Close the connection and stop.
+    Close(oneshot::Sender<()>),
 }
 
-/// Starts the committer of a SQLite writer pool; writes are sent to the returned channel.
-pub(super) fn start_committer(writer: AnyPool) -> mpsc::Sender<Job> {
-    let (tx, mut rx) = mpsc::channel::<Job>(1024);
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            // Writes of one shape together: the script of a batch is prepared once and cached.
-            batch.sort_by_key(|job| (job.write.update, job.write.inserts.len()));
-            let writes: Vec<&GuardedWrite> = batch.iter().map(|job| &job.write).collect();
-            match commit_batch(&writer, &writes).await {
-                Ok(matched) => {
-                    for (index, job) in batch.into_iter().enumerate() {
-                        let _ = job.done.send(Ok(matched.contains(&index)));
+/// The SQLite writer connection, lent by the committer to one caller; it goes back when this
+/// is dropped, whatever the caller did with it (a statement left running finishes first: the
+/// connection's thread runs them in order).
+#[derive(Debug)]
+pub(crate) struct Lease {
+    conn: Option<AnyConnection>,
+    back: Option<oneshot::Sender<AnyConnection>>,
+}
+
+impl Deref for Lease {
+    type Target = AnyConnection;
+    #[allow(clippy::expect_used)]
+    fn deref(&self) -> &AnyConnection {
+        // Only `Drop` takes it.
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl DerefMut for Lease {
+    #[allow(clippy::expect_used)]
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) {
+            // If the committer is gone, the connection simply closes.
+            let _ = back.send(conn);
+        }
+    }
+}
+
+/// The task that owns the SQLite writer connection: the one writer of the file in this process.
+/// Guarded writes are committed in batches without any hand-over of the connection; other writes
+/// borrow it in turn. Holding the connection itself, not a pool's, spares the ping sqlx makes on
+/// every return to a pool (a round trip to the connection's thread, once per batch).
+struct Committer {
+    conn: Option<AnyConnection>,
+    options: AnyConnectOptions,
+    jobs: mpsc::Receiver<Job>,
+    /// Jobs taken from the channel while a batch was gathered, to run after it.
+    later: VecDeque<Job>,
+}
+
+impl Committer {
+    /// The connection, opened again if a failure dropped it.
+    async fn connection(&mut self) -> Result<&mut Option<AnyConnection>, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(super::open_sqlite_connection(&self.options).await?);
+        }
+        Ok(&mut self.conn)
+    }
+
+    async fn run(mut self) {
+        loop {
+            let job = match self.later.pop_front() {
+                Some(job) => job,
+                None => match self.jobs.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            match job {
+                Job::Guarded { write, done } => self.batch(write, done).await,
+                Job::Lend(reply) => self.lend(reply).await,
+                Job::Close(done) => {
+                    if let Some(conn) = self.conn.take() {
+                        let _ = conn.close().await;
                     }
-                }
-                // One write refused its data: the others are retried alone, so only it fails.
-                Err(err) if err.one_at_fault && batch.len() > 1 => {
-                    tracing::warn!(error = %err.error, writes = batch.len(), "retrying the writes of a failed batch one by one");
-                    for job in batch {
-                        let outcome = commit_alone(&writer, &job.write).await;
-                        let _ = job.done.send(outcome);
-                    }
-                }
-                // The database itself failed (or the only write did): every write of the batch
-                // fails with it, at once, rather than each waiting out the same failure again.
-                Err(err) if batch.len() == 1 => {
-                    if let Some(job) = batch.pop() {
-                        let error = err.into_store_error(&[&job.write]);
-                        let _ = job.done.send(Err(error));
-                    }
-                }
-                Err(err) => {
-                    let message = err.error.to_string();
-                    for job in batch {
-                        let error = StoreError::Database(sqlx::Error::Protocol(message.clone()));
-                        let _ = job.done.send(Err(error));
-                    }
+                    let _ = done.send(());
+                    break;
                 }
             }
         }
-    });
+    }
+
+    async fn lend(&mut self, reply: oneshot::Sender<Result<Lease, StoreError>>) {
+        let conn = match self.connection().await {
+            Ok(conn) => conn.take(),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (back, returned) = oneshot::channel();
+        // If the caller went away, the lease comes back at once as it is dropped.
+        let _ = reply.send(Ok(Lease {
+            conn,
+            back: Some(back),
+        }));
+        // A lease dropped without its connection cannot happen; if it did, the next job
+        // reconnects.
+        self.conn = returned.await.ok();
+    }
+
+    async fn batch(
+        &mut self,
+        first: GuardedWrite,
+        first_done: oneshot::Sender<Result<bool, StoreError>>,
+    ) {
+        let mut batch = vec![(first, first_done)];
+        while batch.len() < MAX_BATCH {
+            match self.jobs.try_recv() {
+                Ok(Job::Guarded { write, done }) => batch.push((write, done)),
+                Ok(other) => self.later.push_back(other),
+                Err(_) => break,
+            }
+        }
+        let conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let message = e.to_string();
+                for (_, done) in batch {
+                    let _ = done.send(Err(StoreError::Database(sqlx::Error::Protocol(
+                        message.clone(),
+                    ))));
+                }
+                return;
+            }
+        };
+        // Writes of one shape together: the script of a batch is prepared once and cached.
+        batch.sort_by_key(|(write, _)| (write.update, write.inserts.len()));
+        let writes: Vec<&GuardedWrite> = batch.iter().map(|(write, _)| write).collect();
+        match commit_batch(conn, &writes).await {
+            Ok(matched) => {
+                for (index, (_, done)) in batch.into_iter().enumerate() {
+                    let _ = done.send(Ok(matched.contains(&index)));
+                }
+            }
+            // One write refused its data: the others are retried alone, so only it fails.
+            Err(err) if err.one_at_fault && batch.len() > 1 => {
+                tracing::warn!(error = %err.error, writes = batch.len(), "retrying the writes of a failed batch one by one");
+                for (write, done) in batch {
+                    let outcome = match self.connection().await {
+                        Ok(conn) => commit_alone(conn, &write).await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = done.send(outcome);
+                }
+            }
+            // The database itself failed (or the only write did): every write of the batch
+            // fails with it, at once, rather than each waiting out the same failure again.
+            Err(err) if batch.len() == 1 => {
+                if let Some((write, done)) = batch.pop() {
+                    let _ = done.send(Err(err.into_store_error(&[&write])));
+                }
+            }
+            Err(err) => {
+                let message = err.error.to_string();
+                for (_, done) in batch {
+                    let error = StoreError::Database(sqlx::Error::Protocol(message.clone()));
+                    let _ = done.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Starts the committer of a SQLite file on `conn`, its writer connection (`options` open it
+/// again after a failure); writes are sent to the returned channel.
+pub(super) fn start_committer(
+    conn: AnyConnection,
+    options: AnyConnectOptions,
+) -> mpsc::Sender<Job> {
+    let (tx, jobs) = mpsc::channel::<Job>(1024);
+    let committer = Committer {
+        conn: Some(conn),
+        options,
+        jobs,
+        later: VecDeque::new(),
+    };
+    tokio::spawn(committer.run());
     tx
 }
 
+/// The error of a write sent to a committer that has stopped.
+fn stopped() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+/// A connection to write on: the SQLite writer lent by the committer, or one from the
+/// PostgreSQL pool.
+#[derive(Debug)]
+pub(crate) enum WriteConnection {
+    /// SQLite.
+    Lent(Lease),
+    /// PostgreSQL.
+    Pooled(PoolConnection<Any>),
+}
+
+impl Deref for WriteConnection {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Self::Lent(lease) => lease,
+            Self::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for WriteConnection {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Lent(lease) => lease,
+            Self::Pooled(conn) => conn,
+        }
+    }
+}
+
+/// Where writes go.
+#[derive(Debug, Clone)]
+pub(super) enum Writer {
+    /// SQLite: the committer task, which owns the one writer connection.
+    Committer(mpsc::Sender<Job>),
+    /// PostgreSQL: the pool, where transactions run side by side.
+    Pool(AnyPool),
+}
+
+impl Writer {
+    /// Stops writing: closes the SQLite writer connection (waiting for a lent one to come back).
+    pub(super) async fn close(&self) {
+        match self {
+            Self::Committer(jobs) => {
+                let (done, closed) = oneshot::channel();
+                if jobs.send(Job::Close(done)).await.is_ok() {
+                    let _ = closed.await;
+                }
+            }
+            Self::Pool(pool) => pool.close().await,
+        }
+    }
+}
+
 impl Store {
+    /// A connection for a write that is not a guarded one. Hold it only for that write: on
+    /// SQLite every other write waits for it.
+    pub(super) async fn writer(&self) -> Result<WriteConnection, StoreError> {
+        match &self.writer {
+            Writer::Committer(jobs) => {
+                let (reply, lease) = oneshot::channel();
+                jobs.send(Job::Lend(reply)).await.map_err(|_| stopped())?;
+                Ok(WriteConnection::Lent(lease.await.map_err(|_| stopped())??))
+            }
+            Writer::Pool(pool) => Ok(WriteConnection::Pooled(pool.acquire().await?)),
+        }
+    }
+
     /// Runs `write`; `Ok(false)` when its update matched nothing (then nothing is written).
     pub(super) async fn guarded_write(&self, write: GuardedWrite) -> Result<bool, StoreError> {
-        let Some(committer) = &self.committer else {
-            return self.guarded_write_in_transaction(write).await;
-        };
-        let (done, outcome) = oneshot::channel();
-        match committer.send(Job { write, done }).await {
-            Ok(()) => outcome
-                .await
-                .map_err(|_| StoreError::Corrupt("the committer stopped".into()))?,
-            // The committer's runtime has ended (a store used from another runtime): commit
-            // alone.
-            Err(mpsc::error::SendError(job)) => commit_one(&self.writer, job.write).await,
+        match &self.writer {
+            Writer::Committer(jobs) => {
+                let (done, outcome) = oneshot::channel();
+                jobs.send(Job::Guarded { write, done })
+                    .await
+                    .map_err(|_| stopped())?;
+                outcome.await.map_err(|_| stopped())?
+            }
+            Writer::Pool(_) => self.guarded_write_in_transaction(write).await,
         }
     }
 
     async fn guarded_write_in_transaction(&self, write: GuardedWrite) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         let matched = bind_all(sqlx::query(write.update), &write.params)
             .execute(&mut *tx)
             .await?;
