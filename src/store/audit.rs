@@ -77,7 +77,7 @@ impl Store {
         .bind(subject)
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.into_iter().map(AuditRecord::try_from).collect()
     }

@@ -108,7 +108,7 @@ impl Store {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1");
         let row: Option<ClientRow> = sqlx::query_as(&sql)
             .bind(client_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(Client::try_from).transpose()
     }
@@ -116,7 +116,9 @@ impl Store {
     /// Every stored client, oldest first.
     pub async fn clients(&self) -> Result<Vec<Client>, StoreError> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY created_at, client_id");
-        let rows: Vec<ClientRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        let rows: Vec<ClientRow> = sqlx::query_as(&sql)
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
         rows.into_iter().map(Client::try_from).collect()
     }
 

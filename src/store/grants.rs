@@ -149,7 +149,7 @@ impl Store {
              FROM authorization_codes WHERE code_hash = $1",
         )
         .bind(code_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         if row.consumed_at.is_some() {
@@ -214,7 +214,7 @@ impl Store {
         let sql = format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.grant_id = $1");
         let row: Option<GrantRow> = sqlx::query_as(&sql)
             .bind(grant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(grant_from).transpose()
     }
@@ -246,7 +246,7 @@ impl Store {
         );
         let row: Option<Row> = sqlx::query_as(&sql)
             .bind(token_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(|r| {
             Ok(RefreshRecord {
@@ -357,13 +357,13 @@ impl Store {
             "SELECT grant_id, revoked_at FROM grants WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
         )
         .bind(since.unix_timestamp())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         let tokens: Vec<(String, i64)> = sqlx::query_as(
             "SELECT jti, expires_at FROM revoked_access_tokens WHERE revoked_at >= $1",
         )
         .bind(since.unix_timestamp())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(Revocations {
             grants: grants

@@ -178,7 +178,9 @@ impl Store {
     /// Every key, oldest first.
     pub async fn signing_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid");
-        let rows: Vec<KeyRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(&sql)
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
         rows.into_iter().map(KeyRecord::try_from).collect()
     }
 
@@ -187,7 +189,7 @@ impl Store {
         let sql = format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE kid = $1");
         let row: Option<KeyRow> = sqlx::query_as(&sql)
             .bind(kid)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(KeyRecord::try_from).transpose()
     }

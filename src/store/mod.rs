@@ -9,18 +9,19 @@ mod clients;
 mod grants;
 mod keys;
 mod limits;
+mod read;
 mod sessions;
 mod url;
 mod users;
 mod write;
 
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{AnyConnection, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
@@ -79,58 +80,30 @@ impl StoreError {
 
 /// The database handle shared by every request.
 ///
-/// Reads go to `pool`. On PostgreSQL writes go to the same pool. On SQLite, which admits one
-/// writer at a time, one task (the committer, `write.rs`) owns the only writing connection:
-/// writes queue for it in the process (a wake-up when it is free) instead of colliding inside
-/// SQLite, whose busy handler sleeps for milliseconds between retries.
+/// On PostgreSQL reads and writes share one pool. On SQLite, which admits one writer at a time,
+/// one task (the committer, `write.rs`) owns the only writing connection: writes queue for it in
+/// the process (a wake-up when it is free) instead of colliding inside SQLite, whose busy handler
+/// sleeps for milliseconds between retries; reads go to a few connections of their own
+/// (`read.rs`).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    readers: read::Readers,
     writer: write::Writer,
     backend: Backend,
 }
 
 static DRIVERS: Once = Once::new();
 
-/// Reading connections to a SQLite file. Each is a thread; more than the two cores can use only
-/// adds wake-ups (measured in `BENCHMARKS.md`).
-const SQLITE_READERS: u32 = 4;
-
 /// What every SQLite connection is set to. WAL lets readers run while one writer commits; the
 /// busy timeout makes writers of other processes (the CLI) wait instead of failing.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
 
-/// One SQLite connection outside any pool (the writer), set up as the pooled ones are.
+/// One SQLite connection (sqlx runs it on a thread of its own), set up for this store.
 async fn open_sqlite_connection(options: &AnyConnectOptions) -> Result<AnyConnection, StoreError> {
     let mut conn = AnyConnection::connect_with(options).await?;
     conn.execute(SQLITE_PRAGMAS).await?;
     Ok(conn)
-}
-
-/// One pool of `size` connections.
-async fn connect(
-    backend: Backend,
-    options: AnyConnectOptions,
-    size: u32,
-) -> Result<AnyPool, StoreError> {
-    let pool = AnyPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(10))
-        // A SQLite connection is a file handle in this process: it cannot have gone away, so
-        // the ping sqlx makes on every checkout would only add a round trip to its thread.
-        .test_before_acquire(backend == Backend::Postgres)
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    conn.execute(SQLITE_PRAGMAS).await?;
-                }
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await?;
-    Ok(pool)
 }
 
 impl Store {
@@ -144,19 +117,26 @@ impl Store {
             Backend::Sqlite => {
                 // The writer first: it creates the file, switches it to WAL and migrates it.
                 let mut writer = open_sqlite_connection(&options).await?;
+                writer.execute(write::WRITER_AUTOCHECKPOINT).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
+                let readers = Arc::new(read::SqliteReaders::new(options.clone()));
+                let committer = write::start_committer(writer, options, readers.clone());
                 Self {
-                    pool: connect(backend, options.clone(), SQLITE_READERS).await?,
-                    writer: write::Writer::Committer(write::start_committer(writer, options)),
+                    readers: read::Readers::Sqlite(readers),
+                    writer: write::Writer::Committer(committer),
                     backend,
                 }
             }
             Backend::Postgres => {
-                let pool = connect(backend, options, 16).await?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 Self {
-                    writer: write::Writer::Pool(pool.clone()),
-                    pool,
+                    readers: read::Readers::Pool(pool.clone()),
+                    writer: write::Writer::Pool(pool),
                     backend,
                 }
             }
@@ -171,15 +151,14 @@ impl Store {
 
     /// Checks the database answers (for `/health`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        conn.ping().await?;
+        self.reader().await?.ping().await?;
         Ok(())
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         self.writer.close().await;
-        self.pool.close().await;
+        self.readers.close().await;
     }
 
     /// The SQLite journal mode (`wal` expected); `None` on PostgreSQL.
@@ -188,7 +167,7 @@ impl Store {
             return Ok(None);
         }
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         Ok(Some(mode))
     }

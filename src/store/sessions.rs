@@ -61,7 +61,7 @@ impl SessionStore for SessionStoreAdapter {
         )
         .bind(id.to_string())
         .bind(OffsetDateTime::now_utc().unix_timestamp())
-        .fetch_optional(&self.0.pool)
+        .fetch_optional(&mut *self.0.reader().await.map_err(backend)?)
         .await
         .map_err(backend)?;
         let Some((data, expires_at)) = row else {

@@ -94,7 +94,7 @@ impl Store {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
         let row: Option<UserRow> = sqlx::query_as(&sql)
             .bind(username)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(User::try_from).transpose()
     }
@@ -104,7 +104,7 @@ impl Store {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1");
         let row: Option<UserRow> = sqlx::query_as(&sql)
             .bind(user_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(User::try_from).transpose()
     }
@@ -112,7 +112,9 @@ impl Store {
     /// Every user, by name.
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username");
-        let rows: Vec<UserRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        let rows: Vec<UserRow> = sqlx::query_as(&sql)
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
         rows.into_iter().map(User::try_from).collect()
     }
 
@@ -149,7 +151,7 @@ impl Store {
             "SELECT failures, last_failure_at, locked_until FROM login_throttle WHERE throttle_key = $1",
         )
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.map(|(failures, last, locked)| {
             Ok(ThrottleState {
@@ -215,7 +217,7 @@ impl Store {
         .bind(user_id)
         .bind(client_id)
         .bind(resource)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?)
     }
 

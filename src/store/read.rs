@@ -1,0 +1,174 @@
+//! Connections to read on.
+//!
+//! On PostgreSQL, the pool. On SQLite, a small set of connections the store holds itself: sqlx
+//! runs each SQLite connection on a thread of its own, and its pool pings a connection (a round
+//! trip to that thread) every time one is given back. For a one-row lookup that doubled the
+//! thread wake-ups; the token endpoint's refreshes went from about 4.6 context switches each to
+//! 2.9, and from 7,200-7,600/s to 8,700-9,200/s at 16 clients (`BENCHMARKS.md`). A SQLite
+//! connection is a file handle in this process, so there is nothing a ping could find out.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sqlx::any::AnyConnectOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::{Store, StoreError};
+
+/// Reading connections to a SQLite file. Each is a thread; more than the two cores can use only
+/// adds wake-ups (measured in `BENCHMARKS.md`).
+const SQLITE_READERS: usize = 4;
+
+/// The SQLite readers: at most [`SQLITE_READERS`], opened when first needed.
+#[derive(Debug)]
+pub(super) struct SqliteReaders {
+    idle: Mutex<Vec<AnyConnection>>,
+    permits: Semaphore,
+    options: AnyConnectOptions,
+}
+
+impl SqliteReaders {
+    pub(super) fn new(options: AnyConnectOptions) -> Self {
+        Self {
+            idle: Mutex::new(Vec::with_capacity(SQLITE_READERS)),
+            permits: Semaphore::new(SQLITE_READERS),
+            options,
+        }
+    }
+
+    pub(super) async fn get(&self) -> Result<ReadLease<'_>, StoreError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => super::open_sqlite_connection(&self.options).await?,
+        };
+        Ok(ReadLease {
+            conn: Some(conn),
+            readers: self,
+            _permit: permit,
+        })
+    }
+
+    /// Refuses new reads, then closes every connection once it is back.
+    async fn close(&self) {
+        let all = u32::try_from(SQLITE_READERS).unwrap_or(u32::MAX);
+        let Ok(permits) = self.permits.acquire_many(all).await else {
+            return; // closed already
+        };
+        self.permits.close();
+        drop(permits);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        for conn in idle {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// A SQLite reader, back in the set when dropped.
+#[derive(Debug)]
+pub(crate) struct ReadLease<'a> {
+    conn: Option<AnyConnection>,
+    readers: &'a SqliteReaders,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Deref for ReadLease<'_> {
+    type Target = AnyConnection;
+    #[allow(clippy::expect_used)]
+    fn deref(&self) -> &AnyConnection {
+        // Only `Drop` takes it.
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl DerefMut for ReadLease<'_> {
+    #[allow(clippy::expect_used)]
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for ReadLease<'_> {
+    fn drop(&mut self) {
+        // A statement the holder left running (its future dropped) finishes before the next one
+        // starts: the connection's thread runs them in order.
+        if let Some(conn) = self.conn.take() {
+            self.readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+        }
+    }
+}
+
+/// Where reads go.
+#[derive(Debug, Clone)]
+pub(super) enum Readers {
+    /// SQLite: the store's own connections.
+    Sqlite(Arc<SqliteReaders>),
+    /// PostgreSQL: the pool (shared with the writes).
+    Pool(AnyPool),
+}
+
+impl Readers {
+    pub(super) async fn close(&self) {
+        match self {
+            Self::Sqlite(readers) => readers.close().await,
+            Self::Pool(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A connection to read on.
+#[derive(Debug)]
+pub(crate) enum ReadConnection<'a> {
+    /// SQLite.
+    Own(ReadLease<'a>),
+    /// PostgreSQL.
+    Pooled(PoolConnection<Any>),
+}
+
+impl Deref for ReadConnection<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Self::Own(lease) => lease,
+            Self::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for ReadConnection<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Own(lease) => lease,
+            Self::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl Store {
+    /// A connection for reads. Hold it only for them: there are few.
+    pub(super) async fn reader(&self) -> Result<ReadConnection<'_>, StoreError> {
+        match &self.readers {
+            Readers::Sqlite(readers) => Ok(ReadConnection::Own(readers.get().await?)),
+            Readers::Pool(pool) => Ok(ReadConnection::Pooled(pool.acquire().await?)),
+        }
+    }
+}
