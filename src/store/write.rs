@@ -21,7 +21,7 @@
 //! time). Every other write on SQLite borrows the connection from the committer
 //! ([`Store::writer`]), so the file still has one writer in this process.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -64,6 +64,20 @@ impl From<i64> for Param {
     fn from(v: i64) -> Self {
         Self::Int(v)
     }
+}
+
+fn bind_owned<'q>(
+    mut query: Query<'q, Any, AnyArguments<'q>>,
+    params: Vec<Param>,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for p in params {
+        query = match p {
+            Param::Text(v) => query.bind(v),
+            Param::MaybeText(v) => query.bind(v),
+            Param::Int(v) => query.bind(v),
+        };
+    }
+    query
 }
 
 fn bind_all<'q>(
@@ -167,30 +181,97 @@ fn renumber(sql: &str, offset: usize) -> String {
 }
 
 /// The SQLite script of a batch: one transaction, one round trip. Each update returns its index
-/// in `writes` when it matched.
-fn batch_script(writes: &[&GuardedWrite]) -> (String, Vec<Param>) {
-    let mut sql = String::from("BEGIN IMMEDIATE;");
-    let mut params = Vec::new();
+/// in `writes` when it matched. The parameters are [`batch_params`].
+fn batch_sql(writes: &[&GuardedWrite]) -> String {
+    let mut sql = String::with_capacity(64 + 512 * writes.len());
+    sql.push_str("BEGIN IMMEDIATE;");
+    let mut params = 0;
     for (index, write) in writes.iter().enumerate() {
-        let base = params.len();
-        let applied = renumber(write.applied, base);
+        let applied = renumber(write.applied, params);
         sql.push_str(&format!(
             " {} RETURNING {index};",
-            renumber(write.update, base)
+            renumber(write.update, params)
         ));
-        params.extend(write.params.iter().cloned());
+        params += write.params.len();
         for insert in &write.inserts {
             sql.push_str(&format!(
                 " INSERT INTO {} ({}) SELECT {} WHERE {applied};",
                 insert.table,
                 insert.columns,
-                insert.placeholders(params.len() + 1),
+                insert.placeholders(params + 1),
             ));
-            params.extend(insert.values.iter().cloned());
+            params += insert.values.len();
         }
     }
     sql.push_str(" COMMIT;");
-    (sql, params)
+    sql
+}
+
+/// The parameters of [`batch_sql`], in order.
+fn batch_params(writes: &[&GuardedWrite]) -> Vec<Param> {
+    let mut params = Vec::with_capacity(
+        writes
+            .iter()
+            .map(|w| w.params.len() + w.inserts.iter().map(|i| i.values.len()).sum::<usize>())
+            .sum(),
+    );
+    for write in writes {
+        params.extend(write.params.iter().cloned());
+        for insert in &write.inserts {
+            params.extend(insert.values.iter().cloned());
+        }
+    }
+    params
+}
+
+/// What decides a batch's script: for each write, its statements and how many values each
+/// insert has. Texts are told apart by address: they are `'static`, so one address is one text
+/// (two copies of one text only cost a second entry).
+type Shape = Vec<(usize, usize, Vec<(usize, usize, usize)>)>;
+
+fn shape(writes: &[&GuardedWrite]) -> Shape {
+    writes
+        .iter()
+        .map(|w| {
+            (
+                w.update.as_ptr() as usize,
+                w.applied.as_ptr() as usize,
+                w.inserts
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.table.as_ptr() as usize,
+                            i.columns.as_ptr() as usize,
+                            i.values.len(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Scripts already written, by shape: a batch's script was rewritten for every batch, some 40 µs
+/// of the committer's time each, in which the writer waited.
+#[derive(Debug, Default)]
+struct Scripts(HashMap<Shape, Arc<str>>);
+
+/// Most scripts kept (batches of one kind come in at most [`MAX_BATCH`] sizes).
+const MAX_SCRIPTS: usize = 256;
+
+impl Scripts {
+    fn get(&mut self, writes: &[&GuardedWrite]) -> Arc<str> {
+        let key = shape(writes);
+        if let Some(sql) = self.0.get(&key) {
+            return sql.clone();
+        }
+        if self.0.len() >= MAX_SCRIPTS {
+            self.0.clear();
+        }
+        let sql: Arc<str> = batch_sql(writes).into();
+        self.0.insert(key, sql.clone());
+        sql
+    }
 }
 
 /// Why a batch failed.
@@ -225,6 +306,7 @@ const MAX_PREPARED_BATCH: usize = 16;
 /// failure that leaves the connection in doubt, `conn` is emptied (the committer reconnects).
 async fn commit_batch(
     conn: &mut Option<AnyConnection>,
+    scripts: &mut Scripts,
     writes: &[&GuardedWrite],
 ) -> Result<Vec<usize>, BatchError> {
     let failed = |error: sqlx::Error| BatchError {
@@ -234,8 +316,8 @@ async fn commit_batch(
     let Some(connection) = conn.as_mut() else {
         return Err(failed(sqlx::Error::PoolClosed));
     };
-    let (sql, params) = batch_script(writes);
-    let outcome = bind_all(sqlx::query(&sql), &params)
+    let sql = scripts.get(writes);
+    let outcome = bind_owned(sqlx::query(&sql), batch_params(writes))
         .persistent(writes.len() <= MAX_PREPARED_BATCH)
         .fetch_all(&mut *connection)
         .await;
@@ -277,9 +359,10 @@ async fn commit_batch(
 /// One write in a transaction of its own.
 async fn commit_alone(
     conn: &mut Option<AnyConnection>,
+    scripts: &mut Scripts,
     write: &GuardedWrite,
 ) -> Result<bool, StoreError> {
-    commit_batch(conn, &[write])
+    commit_batch(conn, scripts, &[write])
         .await
         .map(|matched| !matched.is_empty())
         .map_err(|e| e.into_store_error(&[write]))
@@ -350,6 +433,7 @@ struct Committer {
     jobs: mpsc::Receiver<Job>,
     /// Jobs taken from the channel while a batch was gathered, to run after it.
     later: VecDeque<Job>,
+    scripts: Scripts,
     /// Transactions run so far.
     transactions: u64,
     /// Wakes the checkpointer, which stops when this is dropped.
@@ -358,13 +442,14 @@ struct Committer {
 
 impl Committer {
     /// The connection, opened again if a failure dropped it.
-    async fn connection(&mut self) -> Result<&mut Option<AnyConnection>, StoreError> {
+    /// Opens the connection again if a failure dropped it.
+    async fn open(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             let mut conn = super::open_sqlite_connection(&self.options).await?;
             conn.execute(WRITER_AUTOCHECKPOINT).await?;
             self.conn = Some(conn);
         }
-        Ok(&mut self.conn)
+        Ok(())
     }
 
     async fn run(mut self) {
@@ -397,8 +482,8 @@ impl Committer {
     }
 
     async fn lend(&mut self, reply: oneshot::Sender<Result<Lease, StoreError>>) {
-        let conn = match self.connection().await {
-            Ok(conn) => conn.take(),
+        let conn = match self.open().await {
+            Ok(()) => self.conn.take(),
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
@@ -428,8 +513,8 @@ impl Committer {
                 Err(_) => break,
             }
         }
-        let conn = match self.connection().await {
-            Ok(conn) => conn,
+        match self.open().await {
+            Ok(()) => {}
             Err(e) => {
                 let message = e.to_string();
                 for (_, done) in batch {
@@ -443,7 +528,7 @@ impl Committer {
         // Writes of one shape together: the script of a batch is prepared once and cached.
         batch.sort_by_key(|(write, _)| (write.update, write.inserts.len()));
         let writes: Vec<&GuardedWrite> = batch.iter().map(|(write, _)| write).collect();
-        match commit_batch(conn, &writes).await {
+        match commit_batch(&mut self.conn, &mut self.scripts, &writes).await {
             Ok(matched) => {
                 for (index, (_, done)) in batch.into_iter().enumerate() {
                     let _ = done.send(Ok(matched.contains(&index)));
@@ -453,8 +538,8 @@ impl Committer {
             Err(err) if err.one_at_fault && batch.len() > 1 => {
                 tracing::warn!(error = %err.error, writes = batch.len(), "retrying the writes of a failed batch one by one");
                 for (write, done) in batch {
-                    let outcome = match self.connection().await {
-                        Ok(conn) => commit_alone(conn, &write).await,
+                    let outcome = match self.open().await {
+                        Ok(()) => commit_alone(&mut self.conn, &mut self.scripts, &write).await,
                         Err(e) => Err(e),
                     };
                     let _ = done.send(outcome);
@@ -507,6 +592,7 @@ pub(super) fn start_committer(
         options,
         jobs,
         later: VecDeque::new(),
+        scripts: Scripts::default(),
         transactions: 0,
         checkpoint,
     };
@@ -658,7 +744,8 @@ mod tests {
                 },
             ],
         };
-        let (sql, params) = batch_script(&[&write, &write]);
+        let sql = batch_sql(&[&write, &write]);
+        let params = batch_params(&[&write, &write]);
         assert_eq!(
             sql,
             "BEGIN IMMEDIATE; UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL RETURNING 0; \
@@ -677,5 +764,31 @@ mod tests {
             write.inserts[0].sql(),
             "INSERT INTO u (x, y) VALUES ($1, $2)"
         );
+    }
+
+    #[test]
+    fn a_script_is_written_once_per_shape_and_never_reused_for_another() {
+        let write = |values: usize| GuardedWrite {
+            update: "UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL",
+            params: vec!["a".into(), 7.into()],
+            applied: "EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2)",
+            inserts: vec![Insert {
+                table: "u",
+                columns: "x, y",
+                values: (0..values).map(|i| Param::Int(i as i64)).collect(),
+                what: "u".into(),
+            }],
+        };
+        let (two, other_values, three) = (write(2), write(2), write(3));
+        let mut scripts = Scripts::default();
+        let first = scripts.get(&[&two, &two]);
+        // Same shape, other values: the same script.
+        assert!(Arc::ptr_eq(&first, &scripts.get(&[&other_values, &two])));
+        assert_eq!(&*first, batch_sql(&[&two, &two]));
+        // Another count of writes or of values: its own script, as written from scratch.
+        assert_eq!(&*scripts.get(&[&two]), batch_sql(&[&two]));
+        assert_eq!(&*scripts.get(&[&two, &three]), batch_sql(&[&two, &three]));
+        assert_ne!(batch_sql(&[&two, &three]), batch_sql(&[&two, &two]));
+        assert_eq!(scripts.0.len(), 3);
     }
 }
