@@ -192,14 +192,34 @@ impl Store {
             inserts.push(refresh_insert(&grant.grant_id, refresh, now));
         }
         inserts.push(audit_insert(event));
-        self.guarded_write(GuardedWrite {
-            update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
-                     WHERE code_hash = $1 AND consumed_at IS NULL",
-            params: once_params(code_hash, now, replay_until, sealed_response),
-            applied: "EXISTS (SELECT 1 FROM authorization_codes WHERE code_hash = $1 AND replay_response = $4)",
-            inserts,
-        })
-        .await
+        let redeemed = self
+            .guarded_write(GuardedWrite {
+                update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
+                         WHERE code_hash = $1 AND consumed_at IS NULL",
+                params: once_params(code_hash, now, replay_until, sealed_response),
+                applied: "EXISTS (SELECT 1 FROM authorization_codes WHERE code_hash = $1 AND replay_response = $4)",
+                inserts,
+            })
+            .await;
+        self.fresh.forget_code(code_hash);
+        if let (Ok(true), Some(refresh)) = (&redeemed, refresh) {
+            self.fresh.keep_refresh_token(issued(grant, refresh), now);
+        }
+        redeemed
+    }
+
+    /// A code this store issued and has not seen redeemed: a hint, which the redemption's
+    /// guarded write confirms or refutes (`fresh.rs`). Read [`Store::code_for_exchange`] when
+    /// there is none, or when the hint proves stale.
+    pub fn fresh_code(&self, code_hash: &str) -> Option<CodeRecord> {
+        self.fresh.code(code_hash)
+    }
+
+    /// A refresh token this store issued and has not seen used: a hint, which the rotation's
+    /// guarded write confirms or refutes (`fresh.rs`). Read [`Store::refresh_token`] when there
+    /// is none, or when the hint proves stale.
+    pub fn fresh_refresh_token(&self, token_hash: &str) -> Option<RefreshRecord> {
+        self.fresh.refresh_token(token_hash)
     }
 
     /// Creates a grant with no refresh token (client_credentials).
@@ -273,18 +293,27 @@ impl Store {
         now: OffsetDateTime,
         replay_until: OffsetDateTime,
         sealed_response: &str,
-        grant_id: &str,
+        grant: &GrantRecord,
         next: &NewRefresh,
         event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        self.guarded_write(GuardedWrite {
-            update: "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
-                     WHERE token_hash = $1 AND rotated_at IS NULL",
-            params: once_params(token_hash, now, replay_until, sealed_response),
-            applied: "EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND replay_response = $4)",
-            inserts: vec![refresh_insert(grant_id, next, now), audit_insert(event)],
-        })
-        .await
+        // The grant's revocation is checked here too, not only by the caller's read: a
+        // revocation between that read (or hint) and this write leaves the token unused.
+        let rotated = self
+            .guarded_write(GuardedWrite {
+                update: "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
+                         WHERE token_hash = $1 AND rotated_at IS NULL AND NOT EXISTS \
+                         (SELECT 1 FROM grants g WHERE g.grant_id = refresh_tokens.grant_id AND g.revoked_at IS NOT NULL)",
+                params: once_params(token_hash, now, replay_until, sealed_response),
+                applied: "EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND replay_response = $4)",
+                inserts: vec![refresh_insert(&grant.grant_id, next, now), audit_insert(event)],
+            })
+            .await;
+        self.fresh.forget_refresh_token(token_hash);
+        if let Ok(true) = &rotated {
+            self.fresh.keep_refresh_token(issued(grant, next), now);
+        }
+        rotated
     }
 
     /// Revokes a grant (and so its refresh family and access tokens). True when it was live.
@@ -393,6 +422,19 @@ fn once_params(
         replay_until.unix_timestamp().into(),
         sealed_response.into(),
     ]
+}
+
+/// A refresh token just issued, as a read would find it.
+fn issued(grant: &GrantRecord, refresh: &NewRefresh) -> RefreshRecord {
+    RefreshRecord {
+        token_hash: refresh.token_hash.clone(),
+        generation: refresh.generation,
+        expires_at: refresh.expires_at,
+        rotated_at: None,
+        replay_until: None,
+        replay_response: None,
+        grant: grant.clone(),
+    }
 }
 
 fn grant_insert(grant: &GrantRecord) -> Insert {

@@ -6,6 +6,7 @@
 
 mod audit;
 mod clients;
+mod fresh;
 mod grants;
 mod keys;
 mod limits;
@@ -90,6 +91,8 @@ pub struct Store {
     readers: read::Readers,
     writer: write::Writer,
     backend: Backend,
+    /// Codes and refresh tokens issued here and not yet seen used (`fresh.rs`).
+    fresh: Arc<fresh::Fresh>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -125,6 +128,7 @@ impl Store {
                     readers: read::Readers::Sqlite(readers),
                     writer: write::Writer::Committer(committer),
                     backend,
+                    fresh: Arc::default(),
                 }
             }
             Backend::Postgres => {
@@ -138,6 +142,7 @@ impl Store {
                     readers: read::Readers::Pool(pool.clone()),
                     writer: write::Writer::Pool(pool),
                     backend,
+                    fresh: Arc::default(),
                 }
             }
         };

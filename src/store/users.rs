@@ -263,6 +263,7 @@ impl Store {
         .execute(&mut *self.writer().await?)
         .await
         .map_err(|e| StoreError::from_write(e, "authorization code"))?;
+        self.fresh.keep_code(code);
         Ok(())
     }
 

@@ -119,6 +119,23 @@ impl TestApp {
         }
     }
 
+    /// A second instance on the same database, keys and clock, as another process would be:
+    /// with caches, hints and a revocation view of its own.
+    pub async fn another_instance(&self) -> Self {
+        let state = AppState::start(self.state.config.as_ref().clone(), self.clock.clone())
+            .await
+            .unwrap_or_else(|e| panic!("second instance: {e}"));
+        let router = gatehouse::app(state.clone())
+            .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40000))));
+        Self {
+            state,
+            router,
+            clock: self.clock.clone(),
+            dir: TempDir::new().unwrap_or_else(|e| panic!("{e}")),
+            database_url: self.database_url.clone(),
+        }
+    }
+
     /// Starts the state only, returning the start-up error.
     pub async fn try_start(
         dir: &TempDir,

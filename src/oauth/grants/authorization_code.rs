@@ -12,11 +12,11 @@ use subtle::ConstantTimeEq;
 
 use super::{optional, required};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, Secret, same_resource};
+use crate::domain::{Client, Secret, SecretHash, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
-use crate::store::{CodeState, ConsumedCode, GrantRecord, NewRefresh};
+use crate::store::{CodeRecord, CodeState, ConsumedCode, GrantRecord, NewRefresh};
 use crate::tokens::{TokenResponse, mint, sealed};
 
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Z a-z 0-9 - . _ ~]`.
@@ -57,22 +57,71 @@ pub async fn exchange(
             "code_verifier must be 43 to 128 unreserved characters (RFC 7636 §4.1)".into(),
         ));
     }
-    let redirect_uri = optional(params, "redirect_uri")?;
-    let resource = optional(params, "resource")?;
-    let now = state.clock.now();
-    let code_hash = Secret::presented(code).hash();
-
-    let record = match state.store.code_for_exchange(code_hash.as_str()).await? {
-        None => {
-            return Err(TokenError::InvalidGrant(
-                "the authorization code is not valid".into(),
-            ));
-        }
+    let presented = Presented {
+        code,
+        verifier,
+        hash: Secret::presented(code).hash(),
+        redirect_uri: optional(params, "redirect_uri")?,
+        resource: optional(params, "resource")?,
+    };
+    // A code this instance issued and has not seen redeemed: straight to the redemption, without
+    // a read. Its guarded write has the last word; if it finds the code redeemed or gone, or if
+    // any check refuses, the database decides below, as for a code with no hint (a refused
+    // request is rare, and a second use of a code must revoke what it issued).
+    if let Some(hint) = state.store.fresh_code(presented.hash.as_str())
+        && let Ok(Some(response)) = redeem(state, client, &presented, hint).await
+    {
+        return Ok(response);
+    }
+    let record = match state
+        .store
+        .code_for_exchange(presented.hash.as_str())
+        .await?
+    {
+        None => return Err(not_valid()),
         Some(CodeState::Consumed(consumed)) => {
             return replay(state, client, code, verifier, consumed).await;
         }
         Some(CodeState::Fresh(record)) => record,
     };
+    if let Some(response) = redeem(state, client, &presented, record).await? {
+        return Ok(response);
+    }
+    // A concurrent request consumed it first: answer as a replay of that one.
+    match state
+        .store
+        .code_for_exchange(presented.hash.as_str())
+        .await?
+    {
+        Some(CodeState::Consumed(consumed)) => {
+            replay(state, client, code, verifier, consumed).await
+        }
+        _ => Err(not_valid()),
+    }
+}
+
+/// The request, as read from the form.
+struct Presented<'a> {
+    code: &'a str,
+    verifier: &'a str,
+    hash: SecretHash,
+    redirect_uri: Option<&'a str>,
+    resource: Option<&'a str>,
+}
+
+fn not_valid() -> TokenError {
+    TokenError::InvalidGrant("the authorization code is not valid".into())
+}
+
+/// Redeems an unused code: the tokens, or `None` when the guarded write found the code already
+/// consumed or gone (nothing is written then).
+async fn redeem(
+    state: &AppState,
+    client: &Client,
+    presented: &Presented<'_>,
+    record: CodeRecord,
+) -> Result<Option<TokenResponse>, TokenError> {
+    let now = state.clock.now();
     if record.client_id != client.id {
         return Err(TokenError::InvalidGrant(
             "the authorization code was issued to another client".into(),
@@ -83,17 +132,23 @@ pub async fn exchange(
             "the authorization code has expired".into(),
         ));
     }
-    if redirect_uri.is_some_and(|r| r != record.redirect_uri) {
+    if presented
+        .redirect_uri
+        .is_some_and(|r| r != record.redirect_uri)
+    {
         return Err(TokenError::InvalidGrant(
             "redirect_uri differs from the authorization request's".into(),
         ));
     }
-    if !pkce_matches(verifier, &record.code_challenge) {
+    if !pkce_matches(presented.verifier, &record.code_challenge) {
         return Err(TokenError::InvalidGrant(
             "code_verifier does not match the code_challenge".into(),
         ));
     }
-    if resource.is_some_and(|r| !same_resource(&record.resource, r)) {
+    if presented
+        .resource
+        .is_some_and(|r| !same_resource(&record.resource, r))
+    {
         return Err(TokenError::InvalidTarget(format!(
             "resource must be the authorization request's: {}",
             record.resource
@@ -129,8 +184,12 @@ pub async fn exchange(
         scope: grant.scopes.clone(),
     };
     let plain = serde_json::to_vec(&response).map_err(|e| TokenError::Internal(e.to_string()))?;
-    let sealed_response = sealed::seal(&replay_secret(code, verifier, &client.id), b"code", &plain)
-        .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
+    let sealed_response = sealed::seal(
+        &replay_secret(presented.code, presented.verifier, &client.id),
+        b"code",
+        &plain,
+    )
+    .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
     let next = NewRefresh {
         token_hash: refresh.hash().as_str().to_owned(),
         generation: 0,
@@ -147,7 +206,7 @@ pub async fn exchange(
     let redeemed = state
         .store
         .redeem_code(
-            code_hash.as_str(),
+            presented.hash.as_str(),
             now,
             now + config.code_replay_window,
             &sealed_response,
@@ -157,18 +216,10 @@ pub async fn exchange(
         )
         .await?;
     if !redeemed {
-        // A concurrent request consumed it first: answer as a replay of that one.
-        let Some(CodeState::Consumed(consumed)) =
-            state.store.code_for_exchange(code_hash.as_str()).await?
-        else {
-            return Err(TokenError::InvalidGrant(
-                "the authorization code is not valid".into(),
-            ));
-        };
-        return replay(state, client, code, verifier, consumed).await;
+        return Ok(None);
     }
     audit::log(&event);
-    Ok(response)
+    Ok(Some(response))
 }
 
 /// A code presented again: the identical request within the window gets the identical answer;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{narrowed_scope, optional, required};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, Secret, same_resource};
+use crate::domain::{Client, Secret, SecretHash, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
@@ -23,6 +23,18 @@ fn replay_secret(token: &str, client_id: &str) -> Vec<u8> {
     [token, client_id].join("\0").into_bytes()
 }
 
+/// The request, as read from the form.
+struct Presented<'a> {
+    token: &'a str,
+    hash: SecretHash,
+    scope: Option<&'a str>,
+    resource: Option<&'a str>,
+}
+
+fn not_valid() -> TokenError {
+    TokenError::InvalidGrant("the refresh token is not valid".into())
+}
+
 /// `grant_type=refresh_token`
 pub async fn refresh(
     state: &AppState,
@@ -30,41 +42,84 @@ pub async fn refresh(
     params: &Params,
 ) -> Result<TokenResponse, TokenError> {
     let token = required(params, "refresh_token")?;
-    let requested_scope = optional(params, "scope")?;
-    let resource = optional(params, "resource")?;
-    let hash = Secret::presented(token).hash();
-    let now = state.clock.now();
-    let record = state
-        .store
-        .refresh_token(hash.as_str())
-        .await?
-        .ok_or_else(|| TokenError::InvalidGrant("the refresh token is not valid".into()))?;
-    let grant = &record.grant;
-    if grant.client_id != client.id {
+    let presented = Presented {
+        token,
+        hash: Secret::presented(token).hash(),
+        scope: optional(params, "scope")?,
+        resource: optional(params, "resource")?,
+    };
+    // A token this instance issued and has not seen used: straight to the rotation, without a
+    // read. Its guarded write has the last word; if it finds the token used, revoked or gone,
+    // or if any check refuses, the database decides below, as for a token with no hint (a
+    // refused request is rare, and reuse detection must see it).
+    if let Some(hint) = state.store.fresh_refresh_token(presented.hash.as_str())
+        && let Ok(Some(response)) = rotate(state, client, &presented, hint).await
+    {
+        return Ok(response);
+    }
+    // Twice at most: a concurrent request may rotate the token (or a revocation land) between
+    // the read and the write, and the second read sees it.
+    for _ in 0..2 {
+        let record = state
+            .store
+            .refresh_token(presented.hash.as_str())
+            .await?
+            .ok_or_else(not_valid)?;
+        usable(client, &record)?;
+        if record.rotated_at.is_some() {
+            return replay(state, client, token, record).await;
+        }
+        if let Some(response) = rotate(state, client, &presented, record).await? {
+            return Ok(response);
+        }
+    }
+    Err(not_valid())
+}
+
+/// The checks on the token's grant, before anything else.
+fn usable(client: &Client, record: &RefreshRecord) -> Result<(), TokenError> {
+    if record.grant.client_id != client.id {
         return Err(TokenError::InvalidGrant(
             "the refresh token was issued to another client".into(),
         ));
     }
-    if grant.revoked_at.is_some() {
+    if record.grant.revoked_at.is_some() {
         return Err(TokenError::InvalidGrant(
             "the refresh token has been revoked".into(),
         ));
     }
+    Ok(())
+}
+
+/// Rotates an unused token: the new pair, or `None` when the guarded write found the token
+/// already used, its grant revoked or the row gone (nothing is written then).
+async fn rotate(
+    state: &AppState,
+    client: &Client,
+    presented: &Presented<'_>,
+    record: RefreshRecord,
+) -> Result<Option<TokenResponse>, TokenError> {
+    usable(client, &record)?;
     if record.rotated_at.is_some() {
-        return replay(state, client, token, record).await;
+        return Ok(None);
     }
+    let now = state.clock.now();
+    let grant = &record.grant;
     if now >= record.expires_at || now >= grant.expires_at {
         return Err(TokenError::InvalidGrant(
             "the refresh token has expired; sign in again".into(),
         ));
     }
-    if resource.is_some_and(|r| !same_resource(&grant.resource, r)) {
+    if presented
+        .resource
+        .is_some_and(|r| !same_resource(&grant.resource, r))
+    {
         return Err(TokenError::InvalidTarget(format!(
             "resource must be the grant's: {}",
             grant.resource
         )));
     }
-    let scope = narrowed_scope(requested_scope, &grant.scopes)?;
+    let scope = narrowed_scope(presented.scope, &grant.scopes)?;
 
     let config = &state.config;
     let access = mint(
@@ -85,8 +140,12 @@ pub async fn refresh(
         scope: scope.clone(),
     };
     let plain = serde_json::to_vec(&response).map_err(|e| TokenError::Internal(e.to_string()))?;
-    let sealed_response = sealed::seal(&replay_secret(token, &client.id), b"refresh", &plain)
-        .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
+    let sealed_response = sealed::seal(
+        &replay_secret(presented.token, &client.id),
+        b"refresh",
+        &plain,
+    )
+    .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
     let successor = NewRefresh {
         token_hash: next.hash().as_str().to_owned(),
         generation: record.generation + 1,
@@ -103,26 +162,20 @@ pub async fn refresh(
     let rotated = state
         .store
         .rotate_refresh(
-            hash.as_str(),
+            presented.hash.as_str(),
             now,
             now + config.refresh_grace_period,
             &sealed_response,
-            &grant.grant_id,
+            grant,
             &successor,
             &event,
         )
         .await?;
     if !rotated {
-        // A concurrent request rotated it first: answer as a replay of that one.
-        let record = state
-            .store
-            .refresh_token(hash.as_str())
-            .await?
-            .ok_or_else(|| TokenError::InvalidGrant("the refresh token is not valid".into()))?;
-        return replay(state, client, token, record).await;
+        return Ok(None);
     }
     audit::log(&event);
-    Ok(response)
+    Ok(Some(response))
 }
 
 /// A rotated token presented again.
