@@ -37,11 +37,16 @@ struct Bench {
     _dir: tempfile::TempDir,
 }
 
-async fn setup() -> Bench {
+/// A fresh directory and the configuration of a SQLite server in it.
+fn config() -> (tempfile::TempDir, Config) {
     let dir = tempfile::TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
     let config =
         Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
+    (dir, config)
+}
+
+async fn setup(dir: tempfile::TempDir, config: Config) -> Bench {
     let state = AppState::start(config, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -181,12 +186,11 @@ fn main() {
     } else {
         (16, 16, 10)
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // The runtime `gatehouse serve` runs on (`server::runtime`), for this configuration.
+    let (dir, config) = config();
+    let runtime = gatehouse::server::runtime(&config).unwrap();
     runtime.block_on(async move {
-        let bench = setup().await;
+        let bench = setup(dir, config).await;
 
         // One ES256 signature of a typical access-token payload, through the same key set.
         let keys = bench.state.keys.snapshot();

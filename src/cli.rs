@@ -166,10 +166,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::server::runtime(&config) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("gatehouse: error: cannot start the async runtime: {err}");

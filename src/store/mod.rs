@@ -122,7 +122,7 @@ impl Store {
                 let mut writer = open_sqlite_connection(&options).await?;
                 writer.execute(write::WRITER_AUTOCHECKPOINT).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
-                let readers = Arc::new(read::SqliteReaders::new(options.clone()));
+                let readers = Arc::new(read::SqliteReaders::open(options.clone()).await?);
                 let committer = write::start_committer(writer, options, readers.clone());
                 Self {
                     readers: read::Readers::Sqlite(readers),

@@ -21,7 +21,7 @@ use super::{Store, StoreError};
 /// adds wake-ups (measured in `BENCHMARKS.md`).
 const SQLITE_READERS: usize = 4;
 
-/// The SQLite readers: at most [`SQLITE_READERS`], opened when first needed.
+/// The SQLite readers: [`SQLITE_READERS`] of them.
 #[derive(Debug)]
 pub(super) struct SqliteReaders {
     idle: Mutex<Vec<AnyConnection>>,
@@ -30,12 +30,19 @@ pub(super) struct SqliteReaders {
 }
 
 impl SqliteReaders {
-    pub(super) fn new(options: AnyConnectOptions) -> Self {
-        Self {
-            idle: Mutex::new(Vec::with_capacity(SQLITE_READERS)),
+    /// Opens them all now, from the calling thread: a connection's thread inherits the
+    /// scheduling priority of the thread that starts it, and the runtime's workers run at a
+    /// lower one (`server::runtime`).
+    pub(super) async fn open(options: AnyConnectOptions) -> Result<Self, StoreError> {
+        let mut idle = Vec::with_capacity(SQLITE_READERS);
+        for _ in 0..SQLITE_READERS {
+            idle.push(super::open_sqlite_connection(&options).await?);
+        }
+        Ok(Self {
+            idle: Mutex::new(idle),
             permits: Semaphore::new(SQLITE_READERS),
             options,
-        }
+        })
     }
 
     pub(super) async fn get(&self) -> Result<ReadLease<'_>, StoreError> {
@@ -51,6 +58,7 @@ impl SqliteReaders {
             .pop();
         let conn = match idle {
             Some(conn) => conn,
+            // Only if a lease was leaked (never dropped): open a replacement.
             None => super::open_sqlite_connection(&self.options).await?,
         };
         Ok(ReadLease {

@@ -442,7 +442,9 @@ struct Committer {
 
 impl Committer {
     /// The connection, opened again if a failure dropped it.
-    /// Opens the connection again if a failure dropped it.
+    /// Opens the connection again if a failure dropped it. (Its thread is then started by a
+    /// runtime worker and shares that worker's lower priority, `server::runtime`: slower under
+    /// load, never wrong.)
     async fn open(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             let mut conn = super::open_sqlite_connection(&self.options).await?;
