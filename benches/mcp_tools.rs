@@ -136,9 +136,9 @@ async fn load(
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let total = if full { 4000 } else { 8 };
-    // The runtime `gatehouse serve` runs on (`server::runtime`), for this configuration.
+    // The runtime `gatehouse serve` runs on (`server::runtime`).
     let (dir, config) = config();
-    let runtime = gatehouse::server::runtime(&config).unwrap();
+    let runtime = gatehouse::server::runtime().unwrap();
     runtime.block_on(async move {
         let (state, token, _dir) = setup(dir, config).await;
         let guarded = gatehouse::app(state.clone());

@@ -172,7 +172,7 @@ fn main() {
     let per_run = std::env::var("BENCH_N")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(20_000);
     let only_clients: Option<usize> = std::env::var("BENCH_CLIENTS")
         .ok()
         .and_then(|n| n.parse().ok());
@@ -186,9 +186,9 @@ fn main() {
     } else {
         (16, 16, 10)
     };
-    // The runtime `gatehouse serve` runs on (`server::runtime`), for this configuration.
+    // The runtime `gatehouse serve` runs on (`server::runtime`).
     let (dir, config) = config();
-    let runtime = gatehouse::server::runtime(&config).unwrap();
+    let runtime = gatehouse::server::runtime().unwrap();
     runtime.block_on(async move {
         let bench = setup(dir, config).await;
 

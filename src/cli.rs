@@ -166,7 +166,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match crate::server::runtime(&config) {
+    let runtime = match crate::server::runtime() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("gatehouse: error: cannot start the async runtime: {err}");

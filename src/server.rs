@@ -9,43 +9,17 @@ use tokio::net::TcpListener;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::state::AppState;
-use crate::store::Backend;
-
-/// How much the runtime's threads yield to SQLite's on a SQLite database: added to the process's
-/// nice value (higher is humbler; 10 more gives a waiting SQLite thread about nine tenths of a
-/// core against one of them).
-const WORKER_NICENESS: i32 = 10;
 
 /// The async runtime every `gatehouse` command runs on, and the benches measure.
 ///
-/// On SQLite, every write in the process goes through one connection, whose statements run on a
-/// thread of its own (`store/write.rs`); every request that writes waits for it. With the
-/// runtime's workers as busy as the cores, that thread was kept waiting for a core about half
-/// the time it had work, and the token endpoint ran at 11,400-11,900 refreshes/s on two cores;
-/// with the workers at nice 10, 12,700-14,400/s (`BENCHMARKS.md`). So on SQLite the runtime's
-/// threads run [`WORKER_NICENESS`] nicer than the process: SQLite's threads (the writer, the readers) come
-/// first, and the workers still have every core they leave. The database's threads must be
-/// started by a thread that is not a worker (`Store::open`, from `block_on`) or they would
-/// inherit the lower priority. On PostgreSQL the database is another process and nothing changes.
-pub fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if config.database.backend() == Backend::Sqlite {
-        builder.on_thread_start(yield_to_the_database);
-    }
-    builder.build()
-}
-
-fn yield_to_the_database() {
-    let thread = rustix::thread::gettid();
-    // Relative to the process's own (a server started under `nice` keeps its place), and only
-    // ever lower, which needs no privilege. If refused, the thread keeps its priority.
-    let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|now| {
-        rustix::process::setpriority_process(Some(thread), (now + WORKER_NICENESS).min(19))
-    });
-    if let Err(error) = lowered {
-        tracing::debug!(%error, "cannot lower a worker thread's priority");
-    }
+/// Tried and not kept (`BENCHMARKS.md`): on SQLite, running the worker threads at a lower
+/// priority than SQLite's connection threads, so that the one writer is never kept from a core.
+/// Refreshes at 16 clients went from about 11,500/s to 12,700-15,500/s, but MCP tool calls,
+/// the steady traffic of a deployment, lost 10-20% in the same runs.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 /// Runs the server until a shutdown signal; then drains requests and closes the database.
@@ -186,83 +160,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
         () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-
-    /// (thread id, name, nice) of every thread of this process.
-    fn threads() -> Vec<(String, String, i32)> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/proc/self/task").unwrap() {
-            let tid = entry.unwrap().file_name().to_string_lossy().into_owned();
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
-                continue; // ended meanwhile
-            };
-            let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_owned();
-            // Fields after the name start at the third (state); nice is the nineteenth.
-            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-            out.push((tid, name, fields[16].parse().unwrap()));
-        }
-        out
-    }
-
-    #[test]
-    fn on_sqlite_the_workers_yield_to_the_database_threads() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let config =
-            Config::for_tests("https://mcp.example.com", &url, &dir.path().join("keys")).unwrap();
-        let before: Vec<String> = threads().into_iter().map(|t| t.0).collect();
-        let base = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-        let runtime = runtime(&config).unwrap();
-        let (store, worker_nice) = runtime.block_on(async {
-            let store = crate::store::Store::open(&config.database).await.unwrap();
-            // A write and a read, so that every connection has done work.
-            store.ping().await.unwrap();
-            let nice = tokio::spawn(async {
-                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
-            })
-            .await
-            .unwrap();
-            (store, nice)
-        });
-        assert_eq!(worker_nice, (base + WORKER_NICENESS).min(19));
-        let database: Vec<_> = threads()
-            .into_iter()
-            .filter(|(tid, name, _)| !before.contains(tid) && name.starts_with("sqlx-sqlite"))
-            .collect();
-        // The writer and the readers.
-        assert!(database.len() >= 5, "{database:?}");
-        assert!(
-            database.iter().all(|(_, _, nice)| *nice == base),
-            "a database thread inherited a worker's priority: {database:?}"
-        );
-        runtime.block_on(store.close());
-    }
-
-    #[test]
-    fn on_postgres_nothing_changes() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let config = Config::for_tests(
-            "https://mcp.example.com",
-            "postgres://u@127.0.0.1:1/none",
-            &dir.path().join("keys"),
-        )
-        .unwrap();
-        let base = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-        let runtime = runtime(&config).unwrap();
-        let nice = runtime.block_on(async {
-            tokio::spawn(async {
-                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
-            })
-            .await
-            .unwrap()
-        });
-        assert_eq!(nice, base);
     }
 }

@@ -54,11 +54,10 @@ impl TryFrom<AuditRow> for AuditRecord {
 }
 
 impl Store {
-    /// Appends one event.
+    /// Appends one event (on SQLite, in the next group commit: events come one per MCP tool
+    /// call, and each alone was a transaction of its own).
     pub async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        audit_insert(event)
-            .execute_on(&mut *self.writer().await?)
-            .await
+        self.append(audit_insert(event)).await
     }
 
     /// The newest events first, optionally only one subject's, at most `limit`, older than

@@ -30,9 +30,7 @@ pub(super) struct SqliteReaders {
 }
 
 impl SqliteReaders {
-    /// Opens them all now, from the calling thread: a connection's thread inherits the
-    /// scheduling priority of the thread that starts it, and the runtime's workers run at a
-    /// lower one (`server::runtime`).
+    /// Opens them all now, so that no request waits for a connection to be opened.
     pub(super) async fn open(options: AnyConnectOptions) -> Result<Self, StoreError> {
         let mut idle = Vec::with_capacity(SQLITE_READERS);
         for _ in 0..SQLITE_READERS {

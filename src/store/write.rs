@@ -154,6 +154,38 @@ pub(super) struct GuardedWrite {
     pub inserts: Vec<Insert>,
 }
 
+/// One write the committer can put in a batch.
+#[derive(Debug, Clone)]
+pub(super) enum Write {
+    /// Happens at most once (see [`GuardedWrite`]).
+    Guarded(GuardedWrite),
+    /// A row appended unconditionally (an audit event): batched so that a stream of them costs
+    /// one commit per batch, not one each.
+    Append(Insert),
+}
+
+impl Write {
+    /// Writes of one shape sort together (their batch's script is then one of few).
+    fn sort_key(&self) -> (&'static str, usize) {
+        match self {
+            Self::Guarded(w) => (w.update, w.inserts.len()),
+            Self::Append(i) => (i.table, i.values.len()),
+        }
+    }
+
+    /// What a unique violation of this write alone means.
+    fn what(&self) -> &str {
+        match self {
+            Self::Guarded(w) => w
+                .inserts
+                .first()
+                .map(|i| i.what.as_str())
+                .unwrap_or("write"),
+            Self::Append(i) => &i.what,
+        }
+    }
+}
+
 /// `sql` with every `$n` made `$(n + offset)`.
 fn renumber(sql: &str, offset: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
@@ -180,13 +212,26 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
-/// The SQLite script of a batch: one transaction, one round trip. Each update returns its index
-/// in `writes` when it matched. The parameters are [`batch_params`].
-fn batch_sql(writes: &[&GuardedWrite]) -> String {
+/// The SQLite script of a batch: one transaction, one round trip. Each update (or append) returns
+/// its index in `writes` when it matched. The parameters are [`batch_params`].
+fn batch_sql(writes: &[&Write]) -> String {
     let mut sql = String::with_capacity(64 + 512 * writes.len());
     sql.push_str("BEGIN IMMEDIATE;");
     let mut params = 0;
     for (index, write) in writes.iter().enumerate() {
+        let write = match write {
+            Write::Guarded(write) => write,
+            Write::Append(insert) => {
+                sql.push_str(&format!(
+                    " INSERT INTO {} ({}) VALUES ({}) RETURNING {index};",
+                    insert.table,
+                    insert.columns,
+                    insert.placeholders(params + 1),
+                ));
+                params += insert.values.len();
+                continue;
+            }
+        };
         let applied = renumber(write.applied, params);
         sql.push_str(&format!(
             " {} RETURNING {index};",
@@ -208,17 +253,17 @@ fn batch_sql(writes: &[&GuardedWrite]) -> String {
 }
 
 /// The parameters of [`batch_sql`], in order.
-fn batch_params(writes: &[&GuardedWrite]) -> Vec<Param> {
-    let mut params = Vec::with_capacity(
-        writes
-            .iter()
-            .map(|w| w.params.len() + w.inserts.iter().map(|i| i.values.len()).sum::<usize>())
-            .sum(),
-    );
+fn batch_params(writes: &[&Write]) -> Vec<Param> {
+    let mut params = Vec::new();
     for write in writes {
-        params.extend(write.params.iter().cloned());
-        for insert in &write.inserts {
-            params.extend(insert.values.iter().cloned());
+        match write {
+            Write::Guarded(write) => {
+                params.extend(write.params.iter().cloned());
+                for insert in &write.inserts {
+                    params.extend(insert.values.iter().cloned());
+                }
+            }
+            Write::Append(insert) => params.extend(insert.values.iter().cloned()),
         }
     }
     params
@@ -226,27 +271,27 @@ fn batch_params(writes: &[&GuardedWrite]) -> Vec<Param> {
 
 /// What decides a batch's script: for each write, its statements and how many values each
 /// insert has. Texts are told apart by address: they are `'static`, so one address is one text
-/// (two copies of one text only cost a second entry).
+/// (two copies of one text only cost a second entry). An append has no update (address 0).
 type Shape = Vec<(usize, usize, Vec<(usize, usize, usize)>)>;
 
-fn shape(writes: &[&GuardedWrite]) -> Shape {
+fn insert_shape(i: &Insert) -> (usize, usize, usize) {
+    (
+        i.table.as_ptr() as usize,
+        i.columns.as_ptr() as usize,
+        i.values.len(),
+    )
+}
+
+fn shape(writes: &[&Write]) -> Shape {
     writes
         .iter()
-        .map(|w| {
-            (
+        .map(|w| match w {
+            Write::Guarded(w) => (
                 w.update.as_ptr() as usize,
                 w.applied.as_ptr() as usize,
-                w.inserts
-                    .iter()
-                    .map(|i| {
-                        (
-                            i.table.as_ptr() as usize,
-                            i.columns.as_ptr() as usize,
-                            i.values.len(),
-                        )
-                    })
-                    .collect(),
-            )
+                w.inserts.iter().map(insert_shape).collect(),
+            ),
+            Write::Append(i) => (0, 0, vec![insert_shape(i)]),
         })
         .collect()
 }
@@ -260,7 +305,7 @@ struct Scripts(HashMap<Shape, Arc<str>>);
 const MAX_SCRIPTS: usize = 256;
 
 impl Scripts {
-    fn get(&mut self, writes: &[&GuardedWrite]) -> Arc<str> {
+    fn get(&mut self, writes: &[&Write]) -> Arc<str> {
         let key = shape(writes);
         if let Some(sql) = self.0.get(&key) {
             return sql.clone();
@@ -285,13 +330,9 @@ struct BatchError {
 }
 
 impl BatchError {
-    fn into_store_error(self, writes: &[&GuardedWrite]) -> StoreError {
+    fn into_store_error(self, writes: &[&Write]) -> StoreError {
         let what = match writes {
-            [one] => one
-                .inserts
-                .first()
-                .map(|i| i.what.as_str())
-                .unwrap_or("write"),
+            [one] => one.what(),
             _ => "batch",
         };
         StoreError::from_write(self.error, what)
@@ -307,7 +348,7 @@ const MAX_PREPARED_BATCH: usize = 16;
 async fn commit_batch(
     conn: &mut Option<AnyConnection>,
     scripts: &mut Scripts,
-    writes: &[&GuardedWrite],
+    writes: &[&Write],
 ) -> Result<Vec<usize>, BatchError> {
     let failed = |error: sqlx::Error| BatchError {
         error,
@@ -360,7 +401,7 @@ async fn commit_batch(
 async fn commit_alone(
     conn: &mut Option<AnyConnection>,
     scripts: &mut Scripts,
-    write: &GuardedWrite,
+    write: &Write,
 ) -> Result<bool, StoreError> {
     commit_batch(conn, scripts, &[write])
         .await
@@ -374,9 +415,9 @@ const MAX_BATCH: usize = 64;
 /// Work for the committer.
 #[derive(Debug)]
 pub(super) enum Job {
-    /// A guarded write, committed with whichever others are waiting.
-    Guarded {
-        write: GuardedWrite,
+    /// A guarded write or an append, committed with whichever others are waiting.
+    Write {
+        write: Write,
         done: oneshot::Sender<Result<bool, StoreError>>,
     },
     /// Any other write: the connection is lent to the caller until its [`Lease`] is dropped.
@@ -442,9 +483,7 @@ struct Committer {
 
 impl Committer {
     /// The connection, opened again if a failure dropped it.
-    /// Opens the connection again if a failure dropped it. (Its thread is then started by a
-    /// runtime worker and shares that worker's lower priority, `server::runtime`: slower under
-    /// load, never wrong.)
+    /// Opens the connection again if a failure dropped it.
     async fn open(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             let mut conn = super::open_sqlite_connection(&self.options).await?;
@@ -469,7 +508,7 @@ impl Committer {
                 let _ = self.checkpoint.try_send(());
             }
             match job {
-                Job::Guarded { write, done } => self.batch(write, done).await,
+                Job::Write { write, done } => self.batch(write, done).await,
                 Job::Lend(reply) => self.lend(reply).await,
                 Job::Close(done) => {
                     // The last connection to close checkpoints the whole log itself.
@@ -502,15 +541,11 @@ impl Committer {
         self.conn = returned.await.ok();
     }
 
-    async fn batch(
-        &mut self,
-        first: GuardedWrite,
-        first_done: oneshot::Sender<Result<bool, StoreError>>,
-    ) {
+    async fn batch(&mut self, first: Write, first_done: oneshot::Sender<Result<bool, StoreError>>) {
         let mut batch = vec![(first, first_done)];
         while batch.len() < MAX_BATCH {
             match self.jobs.try_recv() {
-                Ok(Job::Guarded { write, done }) => batch.push((write, done)),
+                Ok(Job::Write { write, done }) => batch.push((write, done)),
                 Ok(other) => self.later.push_back(other),
                 Err(_) => break,
             }
@@ -528,8 +563,8 @@ impl Committer {
             }
         };
         // Writes of one shape together: the script of a batch is prepared once and cached.
-        batch.sort_by_key(|(write, _)| (write.update, write.inserts.len()));
-        let writes: Vec<&GuardedWrite> = batch.iter().map(|(write, _)| write).collect();
+        batch.sort_by_key(|(write, _)| write.sort_key());
+        let writes: Vec<&Write> = batch.iter().map(|(write, _)| write).collect();
         match commit_batch(&mut self.conn, &mut self.scripts, &writes).await {
             Ok(matched) => {
                 for (index, (_, done)) in batch.into_iter().enumerate() {
@@ -617,6 +652,15 @@ pub(super) fn start_committer(
     tx
 }
 
+/// Hands `write` to the committer and waits for its batch.
+async fn commit(jobs: &mpsc::Sender<Job>, write: Write) -> Result<bool, StoreError> {
+    let (done, outcome) = oneshot::channel();
+    jobs.send(Job::Write { write, done })
+        .await
+        .map_err(|_| stopped())?;
+    outcome.await.map_err(|_| stopped())?
+}
+
 /// The error of a write sent to a committer that has stopped.
 fn stopped() -> StoreError {
     StoreError::Database(sqlx::Error::PoolClosed)
@@ -692,14 +736,16 @@ impl Store {
     /// Runs `write`; `Ok(false)` when its update matched nothing (then nothing is written).
     pub(super) async fn guarded_write(&self, write: GuardedWrite) -> Result<bool, StoreError> {
         match &self.writer {
-            Writer::Committer(jobs) => {
-                let (done, outcome) = oneshot::channel();
-                jobs.send(Job::Guarded { write, done })
-                    .await
-                    .map_err(|_| stopped())?;
-                outcome.await.map_err(|_| stopped())?
-            }
+            Writer::Committer(jobs) => commit(jobs, Write::Guarded(write)).await,
             Writer::Pool(_) => self.guarded_write_in_transaction(write).await,
+        }
+    }
+
+    /// Appends a row (on SQLite, in the committer's next batch).
+    pub(super) async fn append(&self, insert: Insert) -> Result<(), StoreError> {
+        match &self.writer {
+            Writer::Committer(jobs) => commit(jobs, Write::Append(insert)).await.map(drop),
+            Writer::Pool(_) => insert.execute_on(&mut *self.writer().await?).await,
         }
     }
 
@@ -746,18 +792,24 @@ mod tests {
                 },
             ],
         };
-        let sql = batch_sql(&[&write, &write]);
-        let params = batch_params(&[&write, &write]);
+        let append = Write::Append(write.inserts[0].clone());
+        let write = Write::Guarded(write);
+        let sql = batch_sql(&[&write, &append, &write]);
+        let params = batch_params(&[&write, &append, &write]);
         assert_eq!(
             sql,
             "BEGIN IMMEDIATE; UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL RETURNING 0; \
              INSERT INTO u (x, y) SELECT $3, $4 WHERE EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2); \
              INSERT INTO v (z) SELECT $5 WHERE EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2); \
-             UPDATE t SET done = $7 WHERE id = $6 AND done IS NULL RETURNING 1; \
-             INSERT INTO u (x, y) SELECT $8, $9 WHERE EXISTS (SELECT 1 FROM t WHERE id = $6 AND done = $7); \
-             INSERT INTO v (z) SELECT $10 WHERE EXISTS (SELECT 1 FROM t WHERE id = $6 AND done = $7); COMMIT;"
+             INSERT INTO u (x, y) VALUES ($6, $7) RETURNING 1; \
+             UPDATE t SET done = $9 WHERE id = $8 AND done IS NULL RETURNING 2; \
+             INSERT INTO u (x, y) SELECT $10, $11 WHERE EXISTS (SELECT 1 FROM t WHERE id = $8 AND done = $9); \
+             INSERT INTO v (z) SELECT $12 WHERE EXISTS (SELECT 1 FROM t WHERE id = $8 AND done = $9); COMMIT;"
         );
-        assert_eq!(params.len(), 10);
+        assert_eq!(params.len(), 12);
+        let Write::Guarded(write) = write else {
+            unreachable!()
+        };
         assert_eq!(
             renumber("a = $1 AND b = $12, '$'", 3),
             "a = $4 AND b = $15, '$'"
@@ -770,16 +822,19 @@ mod tests {
 
     #[test]
     fn a_script_is_written_once_per_shape_and_never_reused_for_another() {
-        let write = |values: usize| GuardedWrite {
-            update: "UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL",
-            params: vec!["a".into(), 7.into()],
-            applied: "EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2)",
-            inserts: vec![Insert {
-                table: "u",
-                columns: "x, y",
-                values: (0..values).map(|i| Param::Int(i as i64)).collect(),
-                what: "u".into(),
-            }],
+        let insert = |values: usize| Insert {
+            table: "u",
+            columns: "x, y",
+            values: (0..values).map(|i| Param::Int(i as i64)).collect(),
+            what: "u".into(),
+        };
+        let write = |values: usize| {
+            Write::Guarded(GuardedWrite {
+                update: "UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL",
+                params: vec!["a".into(), 7.into()],
+                applied: "EXISTS (SELECT 1 FROM t WHERE id = $1 AND done = $2)",
+                inserts: vec![insert(values)],
+            })
         };
         let (two, other_values, three) = (write(2), write(2), write(3));
         let mut scripts = Scripts::default();
@@ -791,6 +846,10 @@ mod tests {
         assert_eq!(&*scripts.get(&[&two]), batch_sql(&[&two]));
         assert_eq!(&*scripts.get(&[&two, &three]), batch_sql(&[&two, &three]));
         assert_ne!(batch_sql(&[&two, &three]), batch_sql(&[&two, &two]));
-        assert_eq!(scripts.0.len(), 3);
+        // An append of the guarded write's insert is another shape.
+        let append = Write::Append(insert(2));
+        assert_eq!(&*scripts.get(&[&two, &append]), batch_sql(&[&two, &append]));
+        assert_ne!(batch_sql(&[&two, &append]), batch_sql(&[&two, &two]));
+        assert_eq!(scripts.0.len(), 4);
     }
 }
