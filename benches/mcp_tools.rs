@@ -103,14 +103,14 @@ async fn one(router: &Router, token: &str) -> Duration {
     started.elapsed()
 }
 
-/// Runs `clients` concurrent clients, each sending `per_client` requests; returns (requests/s,
-/// p50, p99).
+/// Runs `clients` concurrent clients, each sending `per_client` requests; returns requests/s
+/// and every request's latency.
 async fn load(
     router: &Router,
     token: &str,
     clients: usize,
     per_client: usize,
-) -> (f64, Duration, Duration) {
+) -> (f64, Vec<Duration>) {
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..clients {
@@ -128,9 +128,19 @@ async fn load(
         all.extend(h.await.unwrap());
     }
     let rate = all.len() as f64 / started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    (rate, pct(0.50), pct(0.99))
+    (rate, all)
+}
+
+/// The `p` quantile of `latencies`, in milliseconds.
+fn quantile(latencies: &mut [Duration], p: f64) -> f64 {
+    latencies.sort();
+    let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
+    latencies[i].as_secs_f64() * 1e3
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn main() {
@@ -166,17 +176,33 @@ fn main() {
             one(&guarded, &token).await;
             one(&bare, &token).await;
         }
+        // Rounds alternate the two variants, so that both see the same moments of a noisy
+        // machine; the ratio is the median of the rounds' ratios.
+        let rounds = if full { 5 } else { 1 };
         for clients in [1usize, 16, 64] {
             let per_client = (total / clients).max(1);
-            let (without, w50, w99) = load(&bare, &token, clients, per_client).await;
-            let (with, g50, g99) = load(&guarded, &token, clients, per_client).await;
+            let (mut with, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut with_latency, mut without_latency) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let (bare_rate, bare_latency) = load(&bare, &token, clients, per_client).await;
+                let (rate, latency) = load(&guarded, &token, clients, per_client).await;
+                ratios.push(rate / bare_rate);
+                with.push(rate);
+                without.push(bare_rate);
+                with_latency.extend(latency);
+                without_latency.extend(bare_latency);
+            }
             println!(
-                "tools/call whoami, {clients:>2} clients: with the bearer layer {with:.0}/s (p50 {:.2} ms, p99 {:.2} ms); without {without:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.0}%",
-                g50.as_secs_f64() * 1e3,
-                g99.as_secs_f64() * 1e3,
-                w50.as_secs_f64() * 1e3,
-                w99.as_secs_f64() * 1e3,
-                100.0 * with / without
+                "tools/call whoami, {clients:>2} clients: with the bearer layer {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); without {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.0}% (rounds {:.0}%-{:.0}%)",
+                median(&mut with),
+                quantile(&mut with_latency, 0.50),
+                quantile(&mut with_latency, 0.99),
+                median(&mut without),
+                quantile(&mut without_latency, 0.50),
+                quantile(&mut without_latency, 0.99),
+                100.0 * median(&mut ratios),
+                100.0 * ratios.iter().copied().fold(f64::MAX, f64::min),
+                100.0 * ratios.iter().copied().fold(f64::MIN, f64::max),
             );
         }
     });
