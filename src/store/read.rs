@@ -4,7 +4,7 @@
 //! runs each SQLite connection on a thread of its own, and its pool pings a connection (a round
 //! trip to that thread) every time one is given back. For a one-row lookup that doubled the
 //! thread wake-ups; the token endpoint's refreshes went from about 4.6 context switches each to
-//! 2.9, and from 7,200-7,600/s to 8,700-9,200/s at 16 clients (`BENCHMARKS.md`). A SQLite
+//! 2.9, and from 7,200-7,600/s to 7,500-8,800/s at 16 clients (`BENCHMARKS.md`). A SQLite
 //! connection is a file handle in this process, so there is nothing a ping could find out.
 
 use std::ops::{Deref, DerefMut};
