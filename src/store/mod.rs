@@ -9,6 +9,7 @@ mod clients;
 mod fresh;
 mod grants;
 mod keys;
+mod lent;
 mod limits;
 mod read;
 mod sessions;

@@ -15,6 +15,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::lent::{Home, Lent};
 use super::{Store, StoreError};
 
 /// Reading connections to a SQLite file. Each is a thread; more than the two cores can use only
@@ -59,11 +60,13 @@ impl SqliteReaders {
             // Only if a lease was leaked (never dropped): open a replacement.
             None => super::open_sqlite_connection(&self.options).await?,
         };
-        Ok(ReadLease {
-            conn: Some(conn),
-            readers: self,
-            _permit: permit,
-        })
+        Ok(Lent::new(
+            conn,
+            BackToReaders {
+                readers: self,
+                _permit: permit,
+            },
+        ))
     }
 
     /// Refuses new reads, then closes every connection once it is back.
@@ -81,45 +84,23 @@ impl SqliteReaders {
     }
 }
 
-/// A SQLite reader, back in the set when dropped.
+/// A SQLite reader, lent until dropped.
+pub(crate) type ReadLease<'a> = Lent<BackToReaders<'a>>;
+
+/// The set a reader goes back to, with the permit it was lent under.
 #[derive(Debug)]
-pub(crate) struct ReadLease<'a> {
-    conn: Option<AnyConnection>,
+pub(crate) struct BackToReaders<'a> {
     readers: &'a SqliteReaders,
     _permit: SemaphorePermit<'a>,
 }
 
-impl Deref for ReadLease<'_> {
-    type Target = AnyConnection;
-    #[allow(clippy::expect_used)]
-    fn deref(&self) -> &AnyConnection {
-        // Only `Drop` takes it.
-        self.conn
-            .as_ref()
-            .expect("a lease holds its connection until dropped")
-    }
-}
-
-impl DerefMut for ReadLease<'_> {
-    #[allow(clippy::expect_used)]
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until dropped")
-    }
-}
-
-impl Drop for ReadLease<'_> {
-    fn drop(&mut self) {
-        // A statement the holder left running (its future dropped) finishes before the next one
-        // starts: the connection's thread runs them in order.
-        if let Some(conn) = self.conn.take() {
-            self.readers
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
-        }
+impl Home for BackToReaders<'_> {
+    fn take_back(&mut self, conn: AnyConnection) {
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
     }
 }
 

@@ -31,6 +31,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::lent::{Home, Lent};
 use super::read::SqliteReaders;
 use super::{Store, StoreError};
 
@@ -426,38 +427,16 @@ pub(super) enum Job {
     Close(oneshot::Sender<()>),
 }
 
-/// The SQLite writer connection, lent by the committer to one caller; it goes back when this
-/// is dropped, whatever the caller did with it (a statement left running finishes first: the
-/// connection's thread runs them in order).
+/// The SQLite writer connection, lent by the committer to one caller until dropped.
+pub(crate) type Lease = Lent<BackToCommitter>;
+
+/// The committer waiting for its lent connection.
 #[derive(Debug)]
-pub(crate) struct Lease {
-    conn: Option<AnyConnection>,
-    back: Option<oneshot::Sender<AnyConnection>>,
-}
+pub(crate) struct BackToCommitter(Option<oneshot::Sender<AnyConnection>>);
 
-impl Deref for Lease {
-    type Target = AnyConnection;
-    #[allow(clippy::expect_used)]
-    fn deref(&self) -> &AnyConnection {
-        // Only `Drop` takes it.
-        self.conn
-            .as_ref()
-            .expect("a lease holds its connection until dropped")
-    }
-}
-
-impl DerefMut for Lease {
-    #[allow(clippy::expect_used)]
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until dropped")
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) {
+impl Home for BackToCommitter {
+    fn take_back(&mut self, conn: AnyConnection) {
+        if let Some(back) = self.0.take() {
             // If the committer is gone, the connection simply closes.
             let _ = back.send(conn);
         }
@@ -523,8 +502,9 @@ impl Committer {
     }
 
     async fn lend(&mut self, reply: oneshot::Sender<Result<Lease, StoreError>>) {
-        let conn = match self.open().await {
-            Ok(()) => self.conn.take(),
+        let conn = match self.open().await.map(|()| self.conn.take()) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return, // `open` leaves a connection; not reached
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
@@ -532,10 +512,7 @@ impl Committer {
         };
         let (back, returned) = oneshot::channel();
         // If the caller went away, the lease comes back at once as it is dropped.
-        let _ = reply.send(Ok(Lease {
-            conn,
-            back: Some(back),
-        }));
+        let _ = reply.send(Ok(Lent::new(conn, BackToCommitter(Some(back)))));
         // A lease dropped without its connection cannot happen; if it did, the next job
         // reconnects.
         self.conn = returned.await.ok();
