@@ -121,7 +121,7 @@ impl Store {
             Backend::Sqlite => {
                 // The writer first: it creates the file, switches it to WAL and migrates it.
                 let mut writer = open_sqlite_connection(&options).await?;
-                writer.execute(write::WRITER_AUTOCHECKPOINT).await?;
+                writer.execute(write::WRITER_PRAGMAS).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
                 let readers = Arc::new(read::SqliteReaders::open(options.clone()).await?);
                 let committer = write::start_committer(writer, options, readers.clone());

@@ -45,11 +45,11 @@ impl SqliteReaders {
     }
 
     pub(super) async fn get(&self) -> Result<ReadLease<'_>, StoreError> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        let permit =
+            tokio::time::timeout(super::write::WAIT_FOR_CONNECTION, self.permits.acquire())
+                .await
+                .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+                .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
         let idle = self
             .idle
             .lock()

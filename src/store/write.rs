@@ -466,7 +466,7 @@ impl Committer {
     async fn open(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             let mut conn = super::open_sqlite_connection(&self.options).await?;
-            conn.execute(WRITER_AUTOCHECKPOINT).await?;
+            conn.execute(WRITER_PRAGMAS).await?;
             self.conn = Some(conn);
         }
         Ok(())
@@ -582,9 +582,12 @@ impl Committer {
 /// database file, once each however often they changed.
 const CHECKPOINT_EVERY: u64 = 64;
 
-/// The writer's own automatic checkpoint, in pages of log: only a backstop for a checkpointer
-/// that cannot keep up, since on the writer it would stop every write while it runs.
-pub(super) const WRITER_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 20000;";
+/// The writer's own settings. Its automatic checkpoint, in pages of log, is only a backstop for
+/// a checkpointer that cannot keep up, since on the writer it would stop every write while it
+/// runs. The log file, which SQLite reuses from its start after a complete checkpoint but never
+/// shrinks by itself, is cut back to 64 MiB when that happens, whatever it grew to meanwhile.
+pub(super) const WRITER_PRAGMAS: &str =
+    "PRAGMA wal_autocheckpoint = 20000; PRAGMA journal_size_limit = 67108864;";
 
 /// Starts the committer of a SQLite file on `conn`, its writer connection (`options` open it
 /// again after a failure); writes are sent to the returned channel.
@@ -637,6 +640,11 @@ async fn commit(jobs: &mpsc::Sender<Job>, write: Write) -> Result<bool, StoreErr
         .map_err(|_| stopped())?;
     outcome.await.map_err(|_| stopped())?
 }
+
+/// How long a write that needs the connection itself, or a read, waits for one before failing
+/// (as long as sqlx's pools wait). Guarded writes and appends wait for their batch without a
+/// limit: one that gave up could still be committed after its caller had answered an error.
+pub(super) const WAIT_FOR_CONNECTION: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The error of a write sent to a committer that has stopped.
 fn stopped() -> StoreError {
@@ -702,9 +710,17 @@ impl Store {
     pub(super) async fn writer(&self) -> Result<WriteConnection, StoreError> {
         match &self.writer {
             Writer::Committer(jobs) => {
-                let (reply, lease) = oneshot::channel();
-                jobs.send(Job::Lend(reply)).await.map_err(|_| stopped())?;
-                Ok(WriteConnection::Lent(lease.await.map_err(|_| stopped())??))
+                // As long as a pool would wait for a connection. Nothing has happened yet, so
+                // giving up is safe: a lease sent later comes straight back.
+                let lend = async {
+                    let (reply, lease) = oneshot::channel();
+                    jobs.send(Job::Lend(reply)).await.map_err(|_| stopped())?;
+                    lease.await.map_err(|_| stopped())?
+                };
+                let lease = tokio::time::timeout(WAIT_FOR_CONNECTION, lend)
+                    .await
+                    .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+                Ok(WriteConnection::Lent(lease))
             }
             Writer::Pool(pool) => Ok(WriteConnection::Pooled(pool.acquire().await?)),
         }
@@ -747,6 +763,47 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[allow(clippy::unwrap_used)]
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// The log file is cut back after a complete checkpoint (review: without a limit it stayed
+    /// at whatever size a burst had grown it to).
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn the_writer_limits_the_log_file_it_reuses() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = sqlite_store(&dir).await;
+        let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+            .fetch_one(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(limit, 64 * 1024 * 1024);
+        store.close().await;
+    }
+
+    /// A write that needs the connection itself gives up, as a pool would, when another holds it
+    /// (review: it used to wait without end).
+    #[tokio::test(start_paused = true)]
+    #[allow(clippy::unwrap_used)]
+    async fn a_lease_not_given_back_makes_the_next_one_time_out() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = sqlite_store(&dir).await;
+        let held = store.writer().await.unwrap();
+        let second = store.writer().await;
+        assert!(
+            matches!(second, Err(StoreError::Database(sqlx::Error::PoolTimedOut))),
+            "{second:?}"
+        );
+        drop(held);
+        store.writer().await.unwrap();
+        store.close().await;
+    }
 
     #[test]
     fn a_batch_numbers_every_statement_after_the_ones_before() {
