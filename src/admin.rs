@@ -105,9 +105,14 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
             if store.client(&id).await?.is_none() {
                 anyhow::bail!("no client with id {id:?}");
             }
-            // Revoked first, so its live access tokens die everywhere, not just its rows.
-            let revoked = revoke_grants(store, None, Some(&id), "client removed", now).await?;
-            store.delete_client(&id).await?;
+            // Its grants revoked too, so its live access tokens die everywhere, not just its rows
+            // (one transaction: `Store::remove_client`).
+            let reason = "client removed";
+            let ids = store
+                .remove_client(&id, reason, now)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no client with id {id:?}"))?;
+            let revoked = audit_revoked(store, &ids, None, Some(&id), reason, now).await?;
             let mut event = AuditEvent::new(
                 "client.removed",
                 now,
@@ -225,8 +230,12 @@ async fn run_users(
                 .user_by_name(&name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
-            let revoked = revoke_grants(store, Some(&user.id), None, "user removed", now).await?;
-            store.delete_user(&name).await?;
+            let reason = "user removed";
+            let ids = store
+                .remove_user(&user.id, reason, now)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let revoked = audit_revoked(store, &ids, Some(&user.id), None, reason, now).await?;
             let mut event = AuditEvent::new(
                 "user.removed",
                 now,
@@ -273,7 +282,19 @@ async fn revoke_grants(
     let ids = store
         .revoke_grants_of(user_id, client_id, reason, now)
         .await?;
-    for id in &ids {
+    audit_revoked(store, &ids, user_id, client_id, reason, now).await
+}
+
+/// One `grant.revoked` event per grant the operator revoked; how many.
+async fn audit_revoked(
+    store: &Store,
+    ids: &[String],
+    user_id: Option<&str>,
+    client_id: Option<&str>,
+    reason: &str,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<usize> {
+    for id in ids {
         let mut event = AuditEvent::new(
             "grant.revoked",
             now,

@@ -122,6 +122,37 @@ impl Store {
         rows.into_iter().map(Client::try_from).collect()
     }
 
+    /// Removes a client with its consents and codes, then revokes its live grants, in one
+    /// transaction and in that order (see [`Store::remove_user`]). `None` when there was none;
+    /// else the revoked grants' ids.
+    pub async fn remove_client(
+        &self,
+        client_id: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        for table in ["consents", "authorization_codes"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let revoked =
+            super::grants::revoke_live_grants(&mut tx, None, Some(client_id), reason, now).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+
     /// Deletes a client with its consents and codes; false when there was none.
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
         // One transaction: the client, the consents given to it and its unredeemed codes.

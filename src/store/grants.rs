@@ -342,18 +342,7 @@ impl Store {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE grants SET revoked_at = $3, revoked_reason = $4 \
-             WHERE revoked_at IS NULL AND (($1 IS NOT NULL AND user_id = $1) OR ($2 IS NOT NULL AND client_id = $2)) \
-             RETURNING grant_id",
-        )
-        .bind(user_id)
-        .bind(client_id)
-        .bind(now.unix_timestamp())
-        .bind(reason)
-        .fetch_all(&mut *self.writer().await?)
-        .await?;
-        Ok(ids)
+        revoke_live_grants(&mut *self.writer().await?, user_id, client_id, reason, now).await
     }
 
     /// Revokes one access token until it would have expired.
@@ -405,6 +394,29 @@ impl Store {
                 .collect::<Result<_, StoreError>>()?,
         })
     }
+}
+
+/// Revokes every live grant of a user or of a client on `conn` (a transaction of the caller's);
+/// returns their ids.
+pub(super) async fn revoke_live_grants(
+    conn: &mut sqlx::AnyConnection,
+    user_id: Option<&str>,
+    client_id: Option<&str>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<String>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE grants SET revoked_at = $3, revoked_reason = $4 \
+         WHERE revoked_at IS NULL AND (($1 IS NOT NULL AND user_id = $1) OR ($2 IS NOT NULL AND client_id = $2)) \
+         RETURNING grant_id",
+    )
+    .bind(user_id)
+    .bind(client_id)
+    .bind(now.unix_timestamp())
+    .bind(reason)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids)
 }
 
 /// The parameters of a consume-once update (a code redeemed, a token rotated): `$1` the secret's

@@ -2,6 +2,8 @@
 
 use time::OffsetDateTime;
 
+use sqlx::Connection;
+
 use super::{Store, StoreError, from_unix};
 use crate::account::{User, Username};
 
@@ -125,6 +127,33 @@ impl Store {
             .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes a user and revokes their live grants, in one transaction and in that order: a
+    /// code of theirs redeemed at the same moment either finds its row gone (codes and consents
+    /// go with the user) or has already made its grant, which the revocation then sees. (Revoked
+    /// first and removed after, a grant made in between would have outlived its user.) `None`
+    /// when there is no such user; else the revoked grants' ids.
+    pub async fn remove_user(
+        &self,
+        user_id: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        let done = sqlx::query("DELETE FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let revoked =
+            super::grants::revoke_live_grants(&mut tx, Some(user_id), None, reason, now).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
     }
 
     /// Sets a new password hash. False when there is no such user.

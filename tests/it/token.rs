@@ -1297,3 +1297,39 @@ async fn a_code_another_instance_redeemed_gets_the_databases_answer_here(app: Te
         .to_owned();
     assert_error(&refresh(&b, &client_id, &rt).await, 400, "invalid_grant");
 }
+
+/// Removing a user (`gatehouse users remove`, `Store::remove_user`) deletes them and revokes
+/// their live grants in one transaction, the removal first (review: revoked first and removed
+/// after, a code redeemed in between made a grant that outlived its user). A code issued before
+/// the removal is void after it, though this instance still holds its hint.
+#[tokio::test]
+async fn removing_a_user_revokes_their_grants_and_voids_their_codes_at_once() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t = exchange(&app, &client_id, &code, &verifier).await.json();
+    let (pending, pending_verifier) = code_for(&app, &client_id, &["mcp"]).await;
+
+    let store = &app.state.store;
+    let revoked = store
+        .remove_user("u_alice", "user removed", app.clock.now())
+        .await
+        .expect("remove")
+        .expect("alice was there");
+    assert_eq!(revoked.len(), 1);
+    assert!(store.user_by_name("alice").await.expect("read").is_none());
+    assert_error(
+        &refresh(&app, &client_id, t["refresh_token"].as_str().expect("rt")).await,
+        400,
+        "invalid_grant",
+    );
+    let late = exchange(&app, &client_id, &pending, &pending_verifier).await;
+    assert_error(&late, 400, "invalid_grant");
+    assert_eq!(count(&event_kinds(&app).await, "token.issued"), 1);
+    assert_eq!(
+        store
+            .remove_user("u_alice", "user removed", app.clock.now())
+            .await
+            .expect("remove"),
+        None
+    );
+}
