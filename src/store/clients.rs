@@ -133,43 +133,18 @@ impl Store {
     ) -> Result<Option<Vec<String>>, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        for table in ["consents", "authorization_codes"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
-                .bind(client_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let revoked =
-            super::grants::revoke_live_grants(&mut tx, None, Some(client_id), reason, now).await?;
-        tx.commit().await?;
-        Ok(Some(revoked))
+        let removed = delete_client_rows(&mut tx, client_id).await?;
+        super::grants::finish_removal(tx, removed, None, Some(client_id), reason, now).await
     }
 
-    /// Deletes a client with its consents and codes; false when there was none.
+    /// Deletes a client with its consents and codes; false when there was none. Its grants stay
+    /// live: `gatehouse clients remove` uses [`Store::remove_client`].
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
-        // One transaction: the client, the consents given to it and its unredeemed codes.
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        for table in ["consents", "authorization_codes"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
-                .bind(client_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?;
+        let removed = delete_client_rows(&mut tx, client_id).await?;
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(removed > 0)
     }
 
     /// Records that a client completed a sign-in or token request.
@@ -201,4 +176,23 @@ impl Store {
         .await?;
         Ok(ids)
     }
+}
+
+/// Deletes a client's consents, codes and row on `conn` (a transaction of the caller's); how
+/// many clients were deleted.
+async fn delete_client_rows(
+    conn: &mut sqlx::AnyConnection,
+    client_id: &str,
+) -> Result<u64, StoreError> {
+    for table in ["consents", "authorization_codes"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE client_id = $1"))
+            .bind(client_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+        .bind(client_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
 }

@@ -396,6 +396,26 @@ impl Store {
     }
 }
 
+/// Ends a removal begun in `tx`, which deleted `removed` rows: when there was nothing to remove,
+/// nothing changes (`None`); else the live grants of `user_id` or `client_id` are revoked and
+/// all is committed (their ids).
+pub(super) async fn finish_removal(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    removed: u64,
+    user_id: Option<&str>,
+    client_id: Option<&str>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Option<Vec<String>>, StoreError> {
+    if removed == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let revoked = revoke_live_grants(&mut tx, user_id, client_id, reason, now).await?;
+    tx.commit().await?;
+    Ok(Some(revoked))
+}
+
 /// Revokes every live grant of a user or of a client on `conn` (a transaction of the caller's);
 /// returns their ids.
 pub(super) async fn revoke_live_grants(

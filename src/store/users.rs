@@ -146,14 +146,8 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let revoked =
-            super::grants::revoke_live_grants(&mut tx, Some(user_id), None, reason, now).await?;
-        tx.commit().await?;
-        Ok(Some(revoked))
+        let removed = done.rows_affected();
+        super::grants::finish_removal(tx, removed, Some(user_id), None, reason, now).await
     }
 
     /// Sets a new password hash. False when there is no such user.
