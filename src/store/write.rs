@@ -3,7 +3,7 @@
 //!
 //! On PostgreSQL this is an ordinary transaction, statement by statement. On SQLite every
 //! statement is a round trip to the connection's own thread, and those round trips (thread
-//! wake-ups), not SQLite, set the token endpoint's rate (`BENCHMARKS.md`). There the whole
+//! wake-ups) cost more than SQLite's own work did (`BENCHMARKS.md`). There the whole
 //! transaction is one script sent in one round trip: `BEGIN IMMEDIATE`, the guarded update
 //! (`RETURNING 1` says whether it matched), each insert as `INSERT ... SELECT ... WHERE <the update
 //! matched>`, `COMMIT`.
@@ -14,7 +14,8 @@
 //! batch see each other, in order, as in separate transactions: of two rotations of one token,
 //! the second finds it rotated. If a batch fails, it is rolled back and its writes are retried
 //! one by one, so only the write at fault fails. The committer runs apart from the requests, so
-//! a client that hangs up cannot cut a transaction in half.
+//! a client that hangs up cannot cut a transaction in half. Rows appended unconditionally (audit
+//! events, one per MCP tool call) join the same batches.
 //!
 //! The committer holds the connection itself, not a pool's: a pool pings a SQLite connection
 //! each time it is given back (one more round trip, measured at about a quarter of a batch's
