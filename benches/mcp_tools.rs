@@ -1,7 +1,10 @@
 //! Load run of the MCP endpoint: authenticated `tools/call whoami` throughput and latency at 1,
-//! 16 and 64 concurrent clients, against the same service with the bearer layer taken out (a
-//! fixed caller put in the request instead), so the difference is the layer's cost: token
-//! verification (cached), rate limiting, the scope gate's body read and session ownership.
+//! 16 and 64 concurrent clients, against the same application with a stand-in in the bearer
+//! layer's place (a fixed caller put in the request), everything else equal (`app_with_mcp`,
+//! `mcp::router_with_auth`), so the difference is the layer's cost: token verification
+//! (cached), rate limiting, the scope gate's body read and session ownership. (Until
+//! 2026-12-01 the stand-in was the bare MCP service, without the application's other layers
+//! and routing, whose cost was counted as the bearer layer's.)
 //!
 //! `cargo bench --bench mcp_tools` (release build). Requests go through the real router in
 //! process (no socket) on a SQLite file; each is a stateless 2026-07-28 `tools/call`. Run by
@@ -161,8 +164,8 @@ fn main() {
             jti: "bench".into(),
             expires_at: i64::MAX,
         };
-        let service = gatehouse::mcp::mcp_service(&state);
-        let bare = Router::new().route_service("/mcp", service).layer(axum::middleware::from_fn(
+        // The whole application both times, with a stand-in in the bearer layer's place.
+        let stand_in = axum::middleware::from_fn(
             move |mut req: axum::extract::Request, next: axum::middleware::Next| {
                 let principal = principal.clone();
                 async move {
@@ -170,7 +173,11 @@ fn main() {
                     next.run(req).await
                 }
             },
-        ));
+        );
+        let bare = gatehouse::app_with_mcp(
+            state.clone(),
+            gatehouse::mcp::router_with_auth(&state, stand_in),
+        );
         // Warm both (token cache, connections).
         for _ in 0..20.min(total) {
             one(&guarded, &token).await;

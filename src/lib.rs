@@ -90,10 +90,17 @@ fn pages_router(state: &AppState) -> Router<AppState> {
 
 /// The whole HTTP surface: authorization server, resource server and health.
 pub fn app(state: AppState) -> Router {
+    let mcp = mcp::router(&state);
+    app_with_mcp(state, mcp)
+}
+
+/// [`app`] with `mcp` as the resource server's routes (see [`mcp::router_with_auth`]).
+#[doc(hidden)]
+pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
     Router::new()
         .merge(pages_router(&state))
         .merge(oauth::router(&state))
-        .merge(mcp::router(&state))
+        .merge(mcp)
         .merge(
             Router::new()
                 .route(routes::HEALTH, get(health::health_get))

@@ -12,11 +12,17 @@ pub mod verify;
 
 use std::sync::Arc;
 
+use std::convert::Infallible;
+
 use axum::Router;
+use axum::extract::Request;
 use axum::http::{HeaderName, Method};
+use axum::response::IntoResponse;
+use axum::routing::Route;
 use axum::routing::get;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::Config;
@@ -46,6 +52,23 @@ const MCP_EXPOSE_HEADERS: [&str; 5] = [
 
 /// The resource server's routes.
 pub fn router(state: &AppState) -> Router<AppState> {
+    router_with_auth(
+        state,
+        guard::GuardLayer(Arc::new(guard::Guard::new(state.clone()))),
+    )
+}
+
+/// The resource server's routes with `auth` in the bearer layer's place: for the benchmark
+/// that measures that layer against a stand-in, everything else being equal.
+#[doc(hidden)]
+pub fn router_with_auth<L>(state: &AppState, auth: L) -> Router<AppState>
+where
+    L: Layer<Route> + Clone + Send + Sync + 'static,
+    L::Service: Service<Request> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request>>::Response: IntoResponse + 'static,
+    <L::Service as Service<Request>>::Error: Into<Infallible> + 'static,
+    <L::Service as Service<Request>>::Future: Send + 'static,
+{
     let config = &state.config;
     let prm = Router::new()
         .route(routes::PRM, get(prm::prm_get))
@@ -62,9 +85,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let mcp = Router::new()
         .route_service(routes::MCP, service.clone())
         .route_service(&format!("{}/", routes::MCP), service)
-        .layer(guard::GuardLayer(Arc::new(guard::Guard::new(
-            state.clone(),
-        ))))
+        .layer(auth)
         .layer(mcp_cors(config));
     prm.merge(mcp)
 }
