@@ -137,16 +137,6 @@ impl Store {
         super::grants::finish_removal(tx, removed, None, Some(client_id), reason, now).await
     }
 
-    /// Deletes a client with its consents and codes; false when there was none. Its grants stay
-    /// live: `gatehouse clients remove` uses [`Store::remove_client`].
-    pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.writer().await?;
-        let mut tx = conn.begin().await?;
-        let removed = delete_client_rows(&mut tx, client_id).await?;
-        tx.commit().await?;
-        Ok(removed > 0)
-    }
-
     /// Records that a client completed a sign-in or token request.
     pub async fn touch_client(
         &self,

@@ -123,7 +123,7 @@ impl Store {
                 let mut writer = open_sqlite_connection(&options).await?;
                 writer.execute(write::WRITER_PRAGMAS).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
-                let readers = Arc::new(read::SqliteReaders::open(options.clone()).await?);
+                let readers = Arc::new(read::SqliteReaders::open(&options).await?);
                 let committer = write::start_committer(writer, options, readers.clone());
                 Self {
                     readers: read::Readers::Sqlite(readers),

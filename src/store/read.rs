@@ -27,20 +27,18 @@ const SQLITE_READERS: usize = 4;
 pub(super) struct SqliteReaders {
     idle: Mutex<Vec<AnyConnection>>,
     permits: Semaphore,
-    options: AnyConnectOptions,
 }
 
 impl SqliteReaders {
     /// Opens them all now, so that no request waits for a connection to be opened.
-    pub(super) async fn open(options: AnyConnectOptions) -> Result<Self, StoreError> {
+    pub(super) async fn open(options: &AnyConnectOptions) -> Result<Self, StoreError> {
         let mut idle = Vec::with_capacity(SQLITE_READERS);
         for _ in 0..SQLITE_READERS {
-            idle.push(super::open_sqlite_connection(&options).await?);
+            idle.push(super::open_sqlite_connection(options).await?);
         }
         Ok(Self {
             idle: Mutex::new(idle),
             permits: Semaphore::new(SQLITE_READERS),
-            options,
         })
     }
 
@@ -55,10 +53,12 @@ impl SqliteReaders {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            // Only if a lease was leaked (never dropped): open a replacement.
-            None => super::open_sqlite_connection(&self.options).await?,
+        // A permit and an idle connection go together: every lease gives its connection back
+        // when dropped.
+        let Some(conn) = idle else {
+            return Err(StoreError::Database(sqlx::Error::Protocol(
+                "a reading connection was not given back".into(),
+            )));
         };
         Ok(Lent::new(
             conn,

@@ -120,15 +120,6 @@ impl Store {
         rows.into_iter().map(User::try_from).collect()
     }
 
-    /// Removes a user; their consents and codes go with them (foreign keys). False when none.
-    pub async fn delete_user(&self, username: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE username = $1")
-            .bind(username)
-            .execute(&mut *self.writer().await?)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
     /// Removes a user and revokes their live grants, in one transaction and in that order: a
     /// code of theirs redeemed at the same moment either finds its row gone (codes and consents
     /// go with the user) or has already made its grant, which the revocation then sees. (Revoked

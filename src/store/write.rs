@@ -68,29 +68,16 @@ impl From<i64> for Param {
     }
 }
 
-fn bind_owned<'q>(
+/// `query` with `params` bound in order.
+fn bind<'q>(
     mut query: Query<'q, Any, AnyArguments<'q>>,
-    params: Vec<Param>,
+    params: impl IntoIterator<Item = Param>,
 ) -> Query<'q, Any, AnyArguments<'q>> {
     for p in params {
         query = match p {
             Param::Text(v) => query.bind(v),
             Param::MaybeText(v) => query.bind(v),
             Param::Int(v) => query.bind(v),
-        };
-    }
-    query
-}
-
-fn bind_all<'q>(
-    mut query: Query<'q, Any, AnyArguments<'q>>,
-    params: &[Param],
-) -> Query<'q, Any, AnyArguments<'q>> {
-    for p in params {
-        query = match p {
-            Param::Text(v) => query.bind(v.clone()),
-            Param::MaybeText(v) => query.bind(v.clone()),
-            Param::Int(v) => query.bind(*v),
         };
     }
     query
@@ -118,13 +105,13 @@ impl Insert {
             .join(", ")
     }
 
-    /// The statement on its own.
-    fn sql(&self) -> String {
+    /// The statement, its values numbered from `$first`.
+    fn sql(&self, first: usize) -> String {
         format!(
             "INSERT INTO {} ({}) VALUES ({})",
             self.table,
             self.columns,
-            self.placeholders(1)
+            self.placeholders(first)
         )
     }
 
@@ -133,8 +120,8 @@ impl Insert {
     where
         E: sqlx::Executor<'e, Database = Any>,
     {
-        let sql = self.sql();
-        bind_all(sqlx::query(&sql), &self.values)
+        let sql = self.sql(1);
+        bind(sqlx::query(&sql), self.values.iter().cloned())
             .execute(executor)
             .await
             .map_err(|e| StoreError::from_write(e, &self.what))?;
@@ -224,12 +211,7 @@ fn batch_sql(writes: &[&Write]) -> String {
         let write = match write {
             Write::Guarded(write) => write,
             Write::Append(insert) => {
-                sql.push_str(&format!(
-                    " INSERT INTO {} ({}) VALUES ({}) RETURNING {index};",
-                    insert.table,
-                    insert.columns,
-                    insert.placeholders(params + 1),
-                ));
+                sql.push_str(&format!(" {} RETURNING {index};", insert.sql(params + 1)));
                 params += insert.values.len();
                 continue;
             }
@@ -271,10 +253,10 @@ fn batch_params(writes: &[&Write]) -> Vec<Param> {
     params
 }
 
-/// What decides a batch's script: for each write, its statements and how many values each
-/// insert has. Texts are told apart by address: they are `'static`, so one address is one text
+/// What decides a batch's script: for each write, its statements, how many parameters its update
+/// has and how many values each insert has. Texts are told apart by address: they are `'static`, so one address is one text
 /// (two copies of one text only cost a second entry). An append has no update (address 0).
-type Shape = Vec<(usize, usize, Vec<(usize, usize, usize)>)>;
+type Shape = Vec<(usize, usize, usize, Vec<(usize, usize, usize)>)>;
 
 fn insert_shape(i: &Insert) -> (usize, usize, usize) {
     (
@@ -291,9 +273,10 @@ fn shape(writes: &[&Write]) -> Shape {
             Write::Guarded(w) => (
                 w.update.as_ptr() as usize,
                 w.applied.as_ptr() as usize,
+                w.params.len(),
                 w.inserts.iter().map(insert_shape).collect(),
             ),
-            Write::Append(i) => (0, 0, vec![insert_shape(i)]),
+            Write::Append(i) => (0, 0, 0, vec![insert_shape(i)]),
         })
         .collect()
 }
@@ -360,7 +343,7 @@ async fn commit_batch(
         return Err(failed(sqlx::Error::PoolClosed));
     };
     let sql = scripts.get(writes);
-    let outcome = bind_owned(sqlx::query(&sql), batch_params(writes))
+    let outcome = bind(sqlx::query(&sql), batch_params(writes))
         .persistent(writes.len() <= MAX_PREPARED_BATCH)
         .fetch_all(&mut *connection)
         .await;
@@ -746,7 +729,7 @@ impl Store {
     async fn guarded_write_in_transaction(&self, write: GuardedWrite) -> Result<bool, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let matched = bind_all(sqlx::query(write.update), &write.params)
+        let matched = bind(sqlx::query(write.update), write.params.iter().cloned())
             .execute(&mut *tx)
             .await?;
         if matched.rows_affected() == 0 {
@@ -850,7 +833,7 @@ mod tests {
             "a = $4 AND b = $15, '$'"
         );
         assert_eq!(
-            write.inserts[0].sql(),
+            write.inserts[0].sql(1),
             "INSERT INTO u (x, y) VALUES ($1, $2)"
         );
     }
@@ -885,6 +868,14 @@ mod tests {
         let append = Write::Append(insert(2));
         assert_eq!(&*scripts.get(&[&two, &append]), batch_sql(&[&two, &append]));
         assert_ne!(batch_sql(&[&two, &append]), batch_sql(&[&two, &two]));
-        assert_eq!(scripts.0.len(), 4);
+        // So is an update with another count of parameters: what follows it is numbered after.
+        let Write::Guarded(mut longer) = write(2) else {
+            unreachable!()
+        };
+        longer.params.push(Param::Int(9));
+        let longer = Write::Guarded(longer);
+        assert_eq!(&*scripts.get(&[&longer, &two]), batch_sql(&[&longer, &two]));
+        assert_ne!(batch_sql(&[&longer, &two]), batch_sql(&[&two, &two]));
+        assert_eq!(scripts.0.len(), 5);
     }
 }

@@ -750,7 +750,14 @@ async fn password_change_and_removal_end_what_the_user_had() {
         "signed out by the password change"
     );
 
-    assert!(app.state.store.delete_user("alice").await.expect("delete"));
+    assert!(
+        app.state
+            .store
+            .remove_user("u_alice", "test", app.clock.now())
+            .await
+            .expect("remove")
+            .is_some()
+    );
     assert!(
         app.state
             .store
@@ -842,9 +849,10 @@ async fn removing_a_client_removes_its_consents_and_codes() {
     assert!(
         app.state
             .store
-            .delete_client(&client_id)
+            .remove_client(&client_id, "test", app.clock.now())
             .await
-            .expect("delete")
+            .expect("remove")
+            .is_some()
     );
     assert!(
         app.state

@@ -505,12 +505,20 @@ async fn clients_suite(store: &Store) {
         .map(|c| c.id)
         .collect();
     assert_eq!(left, ["gh_operator", "gh_used", "gh_recent"]);
-    assert!(store.delete_client("gh_operator").await.expect("delete"));
+    let now = time::OffsetDateTime::now_utc();
     assert!(
-        !store
-            .delete_client("gh_operator")
+        store
+            .remove_client("gh_operator", "test", now)
             .await
-            .expect("delete again")
+            .expect("remove")
+            .is_some()
+    );
+    assert!(
+        store
+            .remove_client("gh_operator", "test", now)
+            .await
+            .expect("remove again")
+            .is_none()
     );
 }
 

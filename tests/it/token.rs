@@ -1080,7 +1080,14 @@ async fn a_removed_client_starts_nothing_new_while_it_is_still_cached() {
     let bogus = [("grant_type", "refresh_token"), ("refresh_token", "nope")];
     let res = post(&app, "/token", &bogus, Some((&id, &secret))).await;
     assert_error(&res, 400, "invalid_grant");
-    assert!(app.state.store.delete_client(&id).await.expect("delete"));
+    assert!(
+        app.state
+            .store
+            .remove_client(&id, "client removed", app.clock.now())
+            .await
+            .expect("remove")
+            .is_some()
+    );
 
     let res = post(&app, "/token", &cc, Some((&id, &secret))).await;
     assert_error(&res, 401, "invalid_client");
@@ -1096,8 +1103,8 @@ async fn a_removed_client_starts_nothing_new_while_it_is_still_cached() {
     assert_error(&res, 400, "invalid_grant");
 
     // A real refresh token of a removed client: the removal (as `gatehouse clients remove` does
-    // it, on another process) revokes the client's grants, then deletes it. The cached client
-    // is found, the revoked grant is not honoured.
+    // it, on another process) deletes the client and revokes its grants. The cached client is
+    // found, the revoked grant is not honoured.
     app.add_user("alice", PASSWORD, &["user"]).await;
     let public = app.register_client("Claude", &[CALLBACK]).await;
     let (code, verifier) = code_for(&app, &public, &["mcp"]).await;
@@ -1110,16 +1117,21 @@ async fn a_removed_client_starts_nothing_new_while_it_is_still_cached() {
     let revoked = app
         .state
         .store
-        .revoke_grants_of(None, Some(&public), "client removed", app.clock.now())
+        .remove_client(&public, "client removed", app.clock.now())
         .await
-        .expect("revoke");
-    assert_eq!(revoked.len(), 1);
+        .expect("remove");
+    assert_eq!(
+        revoked.map(|ids| ids.len()),
+        Some(1),
+        "removed, one grant revoked"
+    );
     assert!(
         app.state
             .store
-            .delete_client(&public)
+            .client(&public)
             .await
-            .expect("delete")
+            .expect("read")
+            .is_none()
     );
     let res = refresh(&app, &public, &live).await;
     assert_error(&res, 400, "invalid_grant");
