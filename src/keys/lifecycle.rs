@@ -177,7 +177,8 @@ pub async fn apply(
     now: OffsetDateTime,
     by: &str,
 ) -> Result<bool, KeyError> {
-    let (changed, kind, detail) = match step {
+    // Activations and retirements change which tokens verify: operators see them in the log.
+    let (changed, kind, logged, detail) = match step {
         Transition::PublishNext { activate_at } => {
             return Ok(publish_next(store, vault, alg, *activate_at, now, by)
                 .await?
@@ -192,25 +193,27 @@ pub async fn apply(
                 .promote_signing_key(current, next, now, *retire_after)
                 .await?,
             "key.activated",
+            true,
             json!({ "kid": next, "previous": current, "previous_retire_after": retire_after.unix_timestamp() }),
         ),
         // The private half is destroyed when each instance reloads its key set.
         Transition::Retire { kid } => (
             store.retire_signing_key(kid, now).await?,
             "key.retired",
+            true,
             json!({ "kid": kid }),
         ),
         Transition::Delete { kid } => (
             store.delete_retired_signing_key(kid).await?,
             "key.deleted",
+            false,
             json!({ "kid": kid }),
         ),
     };
     if !changed {
         return Ok(false);
     }
-    // Activations and retirements change which tokens verify: operators should see them.
-    if kind != "key.deleted" {
+    if logged {
         tracing::warn!(event = kind, detail = %detail, "signing keys changed");
     }
     audit::record(store, event(kind, now, by, detail)).await?;

@@ -46,6 +46,9 @@ fn checked(kid: &str, private: Map<String, Value>) -> Result<Jwk, KeyError> {
     Ok(jwk)
 }
 
+/// Where the sealed check value is kept (`server_secrets`).
+const PASSPHRASE_CHECK_NAME: &str = "keys_passphrase_check";
+
 /// What the passphrase check seals (and binds the seal to).
 const PASSPHRASE_CHECK: &[u8] = b"gatehouse keys_passphrase check v1";
 
@@ -84,20 +87,28 @@ impl Vault {
                     )
                 };
                 // A mistyped passphrase must stop start-up (or the CLI) before it seals a key no
-                // other instance could open: it must open a key already sealed, and a known text
-                // the first instance with a passphrase sealed.
-                let records = store.signing_keys().await?;
-                if let Some(key) = records.iter().find(|r| r.private_sealed.is_some()) {
-                    let blob = key.private_sealed.as_deref().unwrap_or_default();
-                    if sealed::open(&kek.0, key.kid.as_bytes(), blob).is_none() {
-                        return Err(wrong());
+                // other instance could open: it must open a known text the first instance with a
+                // passphrase sealed. That first instance checked it against a key already sealed,
+                // if any; later ones need not read the keys for it.
+                let stored = match store.existing_server_secret(PASSPHRASE_CHECK_NAME).await? {
+                    Some(stored) => stored,
+                    None => {
+                        let records = store.signing_keys().await?;
+                        if let Some(key) = records.iter().find(|r| r.private_sealed.is_some()) {
+                            let blob = key.private_sealed.as_deref().unwrap_or_default();
+                            if sealed::open(&kek.0, key.kid.as_bytes(), blob).is_none() {
+                                return Err(wrong());
+                            }
+                        }
+                        let check = sealed::seal(&kek.0, PASSPHRASE_CHECK, PASSPHRASE_CHECK)
+                            .ok_or_else(|| {
+                                KeyError::Passphrase("cannot seal the check value".into())
+                            })?;
+                        store
+                            .server_secret(PASSPHRASE_CHECK_NAME, || check, now)
+                            .await?
                     }
-                }
-                let check = sealed::seal(&kek.0, PASSPHRASE_CHECK, PASSPHRASE_CHECK)
-                    .ok_or_else(|| KeyError::Passphrase("cannot seal the check value".into()))?;
-                let stored = store
-                    .server_secret("keys_passphrase_check", || check, now)
-                    .await?;
+                };
                 if sealed::open(&kek.0, PASSPHRASE_CHECK, &stored).as_deref()
                     != Some(PASSPHRASE_CHECK)
                 {

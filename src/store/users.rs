@@ -281,6 +281,16 @@ impl Store {
         Ok(())
     }
 
+    /// A server-wide secret if one was created under `name`; never creates one.
+    pub async fn existing_server_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *self.reader().await?)
+                .await?,
+        )
+    }
+
     /// A server-wide secret, created with `make` by whichever instance asks first.
     pub async fn server_secret(
         &self,
