@@ -252,6 +252,27 @@ mod tests {
         let refused = shared_budget(RateTake::Refused(now + 4 * interval), now, interval, limit);
         assert_eq!(refused.remaining, 0);
         assert_eq!(refused.retry_after, Some(Duration::from_secs(15)));
+
+        // The in-memory limiter, fed the same five requests at once, reads the same.
+        let memory: Informed<String> = RateLimiter::keyed(per_minute(limit))
+            .with_middleware::<governor::middleware::StateInformationMiddleware>(
+        );
+        let jti = "t".to_owned();
+        let taken: Vec<Budget> = (0..5).map(|_| take(&memory, &jti, limit)).collect();
+        assert_eq!(
+            (taken[0].remaining, taken[0].retry_after),
+            (first.remaining, None)
+        );
+        assert_eq!(
+            (taken[3].remaining, taken[3].retry_after),
+            (last.remaining, None)
+        );
+        let wait = taken[4].retry_after.expect("the fifth is refused");
+        assert_eq!(taken[4].remaining, refused.remaining);
+        assert!(
+            wait <= Duration::from_secs(15) && wait > Duration::from_secs(14),
+            "{wait:?}"
+        );
     }
 
     #[test]
