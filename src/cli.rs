@@ -184,7 +184,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(serving: bool) {
-    let default = if serving { "info,sqlx=warn" } else { "warn" };
+    // A one-shot command answers in one line: sqlx's slow-statement warnings
+    // (a busy disk can make opening the file take a second) are for the
+    // operator of a running server, not for someone typing `keys rotate`.
+    let default = if serving {
+        "info,sqlx=warn"
+    } else {
+        "warn,sqlx=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
