@@ -197,7 +197,6 @@ impl Store {
                 update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
                          WHERE code_hash = $1 AND consumed_at IS NULL",
                 params: once_params(code_hash, now, replay_until, sealed_response),
-                applied: "EXISTS (SELECT 1 FROM authorization_codes WHERE code_hash = $1 AND replay_response = $4)",
                 inserts,
             })
             .await;
@@ -305,7 +304,6 @@ impl Store {
                          WHERE token_hash = $1 AND rotated_at IS NULL AND NOT EXISTS \
                          (SELECT 1 FROM grants g WHERE g.grant_id = refresh_tokens.grant_id AND g.revoked_at IS NOT NULL)",
                 params: once_params(token_hash, now, replay_until, sealed_response),
-                applied: "EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND replay_response = $4)",
                 inserts: vec![refresh_insert(&grant.grant_id, next, now), audit_insert(event)],
             })
             .await;

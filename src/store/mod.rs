@@ -6,6 +6,7 @@
 
 mod audit;
 mod clients;
+mod engine;
 mod fresh;
 mod grants;
 mod keys;
@@ -60,6 +61,10 @@ pub enum StoreError {
     /// Applying the schema migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The committer's SQLite connection failed (its message; one failure may fail several
+    /// writes).
+    #[error("database error: {0}")]
+    Engine(String),
     /// A uniqueness rule was violated (e.g. a second `current` signing key).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -83,10 +88,11 @@ impl StoreError {
 /// The database handle shared by every request.
 ///
 /// On PostgreSQL reads and writes share one pool. On SQLite, which admits one writer at a time,
-/// one task (the committer, `write.rs`) owns the only writing connection: writes queue for it in
-/// the process (a wake-up when it is free) instead of colliding inside SQLite, whose busy handler
-/// sleeps for milliseconds between retries; reads go to a few connections of their own
-/// (`read.rs`).
+/// one task (the committer, `write.rs`) does all the writing: guarded writes and appends in
+/// batches on a connection it calls directly (`engine.rs`), every other write on a connection it
+/// lends. Writes queue for it in the process (a wake-up when it is free) instead of colliding
+/// inside SQLite, whose busy handler sleeps for milliseconds between retries; reads go to a few
+/// connections of their own (`read.rs`).
 #[derive(Debug, Clone)]
 pub struct Store {
     readers: read::Readers,
@@ -124,7 +130,13 @@ impl Store {
                 writer.execute(write::WRITER_PRAGMAS).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
                 let readers = Arc::new(read::SqliteReaders::open(&options).await?);
-                let committer = write::start_committer(writer, options, readers.clone());
+                let path = sqlx::sqlite::SqliteConnectOptions::from_str(&url.connect_string())?
+                    .get_filename()
+                    .to_owned();
+                let engine = engine::Engine::open(&path)
+                    .map_err(|e| StoreError::Engine(e.to_string()))?;
+                let committer =
+                    write::start_committer(engine, path, writer, options, readers.clone());
                 Self {
                     readers: read::Readers::Sqlite(readers),
                     writer: write::Writer::Committer(committer),
