@@ -133,8 +133,8 @@ impl Store {
                 let path = sqlx::sqlite::SqliteConnectOptions::from_str(&url.connect_string())?
                     .get_filename()
                     .to_owned();
-                let engine = engine::Engine::open(&path)
-                    .map_err(|e| StoreError::Engine(e.to_string()))?;
+                let engine =
+                    engine::Engine::open(&path).map_err(|e| StoreError::Engine(e.to_string()))?;
                 let committer =
                     write::start_committer(engine, path, writer, options, readers.clone());
                 Self {

@@ -261,6 +261,12 @@ impl Committer {
 
     async fn batch(&mut self, first: Write, first_done: oneshot::Sender<Result<bool, StoreError>>) {
         let mut batch = vec![(first, first_done)];
+        // The batch runs on this thread as soon as it is gathered, so before gathering, the tasks
+        // ready to run go first: those about to write join this batch instead of waiting for the
+        // next. Each commit writes the pages it changed, the shared ones (the ends of the
+        // tables and indexes that grow) again each time: with this, MCP tool calls, one audit
+        // event each, wrote a third of the log pages and ran 40% faster (`BENCHMARKS.md`).
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match self.jobs.try_recv() {
                 Ok(Job::Write { write, done }) => batch.push((write, done)),
@@ -600,11 +606,10 @@ mod tests {
         waiting.await.unwrap().unwrap();
         // The connection is back from its thread, with its timeout of zero, and still writes.
         store.append(event("after")).await.unwrap();
-        let kinds: Vec<String> =
-            sqlx::query_scalar("SELECT kind FROM audit_events ORDER BY id")
-                .fetch_all(&mut *store.writer().await.unwrap())
-                .await
-                .unwrap();
+        let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM audit_events ORDER BY id")
+            .fetch_all(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
         assert_eq!(kinds, ["other.process", "this.process", "after"]);
         store.close().await;
     }
@@ -626,5 +631,4 @@ mod tests {
         store.writer().await.unwrap();
         store.close().await;
     }
-
 }
