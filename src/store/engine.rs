@@ -38,7 +38,19 @@ pub(super) struct Failure {
 }
 
 impl Failure {
-    /// Whether another process held the write lock (nothing was tried).
+    /// A failure of the batch as a whole (the connection, `BEGIN`, `COMMIT`), no write's data.
+    pub(super) fn whole(error: rusqlite::Error) -> Self {
+        Self {
+            error,
+            at_fault: None,
+            what: "batch".to_owned(),
+        }
+    }
+
+    /// Whether another connection held the write lock. Usually another process (a CLI command);
+    /// it can also be this process's lent connection, whose thread may still be ending what its
+    /// borrower left (a transaction dropped without commit is rolled back there, after the lease
+    /// is back). Either way the batch was rolled back and may run again.
     pub(super) fn busy(&self) -> bool {
         self.error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
     }
@@ -68,6 +80,9 @@ impl Engine {
         )?;
         conn.execute_batch(super::SQLITE_PRAGMAS)?;
         conn.execute_batch(super::write::WRITER_PRAGMAS)?;
+        // No automatic checkpoint here: it would run inside a commit, on the runtime's thread.
+        // The checkpointer does them beside the writer; the lent connection keeps the backstop.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
         conn.busy_timeout(Duration::ZERO)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
         Ok(Self { conn })
@@ -77,9 +92,9 @@ impl Engine {
     /// it took effect (a guarded write's update matched; an append always does). With `wait`,
     /// waits up to [`BUSY_WAIT`] for another process's write lock; without, fails at once.
     ///
-    /// `Err` with `Ok(self)`: the batch was rolled back and the connection is fine. `Err(None)`
-    /// inside: the rollback itself failed, and the connection is dropped (the committer opens
-    /// another).
+    /// Returns the connection with the outcome, or `None` in its place when it is in doubt and
+    /// dropped (a rollback, or setting the busy timeout back, failed); the committer opens
+    /// another. After an `Err` the batch was rolled back: nothing of it was written.
     pub(super) fn run(
         self,
         writes: &[&Write],
@@ -87,7 +102,7 @@ impl Engine {
     ) -> (Option<Self>, Result<Vec<bool>, Failure>) {
         if wait {
             if let Err(error) = self.conn.busy_timeout(BUSY_WAIT) {
-                return (Some(self), Err(whole(error)));
+                return (Some(self), Err(Failure::whole(error)));
             }
         }
         let outcome = self.transaction(writes);
@@ -108,7 +123,8 @@ impl Engine {
     }
 
     fn transaction(&self, writes: &[&Write]) -> Result<Vec<bool>, Failure> {
-        self.statement("BEGIN IMMEDIATE", &[]).map_err(whole)?;
+        self.statement("BEGIN IMMEDIATE", &[])
+            .map_err(Failure::whole)?;
         let mut applied = Vec::with_capacity(writes.len());
         for (index, write) in writes.iter().enumerate() {
             let at = |what: &str| {
@@ -137,17 +153,19 @@ impl Engine {
                 }
             }
         }
-        self.statement("COMMIT", &[]).map_err(whole)?;
+        self.statement("COMMIT", &[]).map_err(Failure::whole)?;
         Ok(applied)
     }
 
     fn insert(&self, insert: &Insert) -> Result<usize, rusqlite::Error> {
-        self.statement(&insert.sql(1), &insert.values)
+        self.statement(&insert.sql(), &insert.values)
     }
 
     /// Runs one statement from the cache of prepared ones; the rows it changed. The statements
     /// are written for both engines with `$n` parameters, which SQLite reads as names and would
-    /// number by first appearance: `?n` numbers them as written.
+    /// number by first appearance: `?n` numbers them as written. Every statement that comes here
+    /// is the store's own (`grants.rs`, [`Insert::sql`]) and has no other `$` (no literal holds
+    /// one).
     fn statement(&self, sql: &str, params: &[Param]) -> Result<usize, rusqlite::Error> {
         let sql = sql.replace('$', "?");
         let mut statement = self.conn.prepare_cached(&sql)?;
@@ -168,11 +186,87 @@ fn constraint(error: &rusqlite::Error) -> bool {
     error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
 }
 
-/// A failure of the transaction itself (`BEGIN`, `COMMIT`), not of one write's data.
-fn whole(error: rusqlite::Error) -> Failure {
-    Failure {
-        error,
-        at_fault: None,
-        what: "batch".to_owned(),
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::write::GuardedWrite;
+
+    fn engine(dir: &tempfile::TempDir) -> Engine {
+        let path = dir.path().join("e.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE t (id TEXT PRIMARY KEY, done INTEGER);
+                 CREATE TABLE u (x TEXT PRIMARY KEY, y INTEGER);
+                 INSERT INTO t (id) VALUES ('a'), ('b');",
+            )
+            .unwrap();
+        Engine::open(&path).unwrap()
+    }
+
+    fn pragma(engine: &Engine, name: &str) -> i64 {
+        engine
+            .conn
+            .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// The connection the runtime's thread calls never waits for a lock and never checkpoints
+    /// (review: the automatic checkpoint would have run inside a commit on that thread).
+    #[test]
+    fn the_engine_neither_waits_nor_checkpoints_in_a_commit() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let engine = engine(&dir);
+        assert_eq!(pragma(&engine, "busy_timeout"), 0);
+        assert_eq!(pragma(&engine, "wal_autocheckpoint"), 0);
+        assert_eq!(pragma(&engine, "journal_size_limit"), 64 * 1024 * 1024);
+        assert_eq!(pragma(&engine, "foreign_keys"), 1);
+    }
+
+    fn mark(id: &str, x: &str) -> Write {
+        Write::Guarded(GuardedWrite {
+            // `$2` before `$1`: numbered as written, not by first appearance.
+            update: "UPDATE t SET done = $2 WHERE id = $1 AND done IS NULL",
+            params: vec![id.into(), 7.into()],
+            inserts: vec![Insert {
+                table: "u",
+                columns: "x, y",
+                values: vec![x.into(), 1.into()],
+                what: format!("u {x}"),
+            }],
+        })
+    }
+
+    /// Writes run in order, each seeing the ones before; a refused insert names itself and its
+    /// write, and rolls back the whole batch.
+    #[test]
+    fn a_batch_applies_in_order_and_a_refused_write_undoes_it_all() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let engine = engine(&dir);
+        let (first, again, other) = (mark("a", "1"), mark("a", "2"), mark("b", "3"));
+        let (engine, outcome) = engine.run(&[&first, &again, &other], false);
+        let engine = engine.unwrap();
+        assert_eq!(outcome.unwrap(), [true, false, true]);
+        let count = |engine: &Engine, sql: &str| -> i64 {
+            engine.conn.query_row(sql, [], |row| row.get(0)).unwrap()
+        };
+        assert_eq!(count(&engine, "SELECT count(*) FROM t WHERE done = 7"), 2);
+        assert_eq!(count(&engine, "SELECT count(*) FROM u"), 2);
+
+        engine
+            .conn
+            .execute_batch("INSERT INTO t (id) VALUES ('c'), ('d')")
+            .unwrap();
+        let (fine, taken) = (mark("c", "4"), mark("d", "1"));
+        let (engine, outcome) = engine.run(&[&fine, &taken], false);
+        let engine = engine.unwrap();
+        let failure = outcome.unwrap_err();
+        assert_eq!(failure.at_fault, Some(1));
+        assert_eq!(failure.what, "u 1");
+        assert!(failure.unique_violation() && !failure.busy());
+        assert!(engine.conn.is_autocommit(), "rolled back");
+        assert_eq!(count(&engine, "SELECT count(*) FROM t WHERE done = 7"), 2);
+        assert_eq!(count(&engine, "SELECT count(*) FROM u"), 2);
     }
 }

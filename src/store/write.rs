@@ -14,7 +14,9 @@
 //! The committer runs its batches on a connection of its own, called directly from its task
 //! (`engine.rs`), and holds the sqlx connection every other SQLite write borrows from it
 //! ([`Store::writer`]): while one is lent, no batch runs, so the file has one writer in this
-//! process at a time. Holding that connection itself, not a pool's, spares the ping sqlx makes on
+//! process at a time. (The lent connection's thread may still be rolling back what a borrower
+//! dropped when the lease comes back; the next batch then finds the file busy and waits for it
+//! off the runtime's thread, as for another process.) Holding that connection itself, not a pool's, spares the ping sqlx makes on
 //! every return to a pool.
 
 use std::collections::VecDeque;
@@ -94,21 +96,15 @@ pub(super) struct Insert {
 }
 
 impl Insert {
-    /// `$first, $first+1, ...` for the values.
-    fn placeholders(&self, first: usize) -> String {
-        (first..first + self.values.len())
+    /// The statement, its values as `$1, $2, ...`.
+    pub(super) fn sql(&self) -> String {
+        let placeholders = (1..=self.values.len())
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// The statement, its values numbered from `$first`.
-    pub(super) fn sql(&self, first: usize) -> String {
+            .join(", ");
         format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            self.table,
-            self.columns,
-            self.placeholders(first)
+            "INSERT INTO {} ({}) VALUES ({placeholders})",
+            self.table, self.columns
         )
     }
 
@@ -117,7 +113,7 @@ impl Insert {
     where
         E: sqlx::Executor<'e, Database = Any>,
     {
-        let sql = self.sql(1);
+        let sql = self.sql();
         bind(sqlx::query(&sql), self.values.iter().cloned())
             .execute(executor)
             .await
@@ -286,8 +282,11 @@ impl Committer {
                 }
                 Err(failure) => match failure.at_fault {
                     Some(index) if index < batch.len() => {
+                        tracing::warn!(error = %failure.error, what = %failure.what, "a write of a batch was refused; the others run again without it");
                         let (_, done) = batch.remove(index);
                         let _ = done.send(Err(store_error(failure)));
+                        // Let the runtime's other tasks run between two attempts.
+                        tokio::task::yield_now().await;
                     }
                     // The database itself failed: every write of the batch fails with it, at
                     // once, rather than each waiting out the same failure again.
@@ -309,11 +308,14 @@ impl Committer {
     async fn commit(&mut self, writes: &[&Write]) -> Result<Vec<bool>, Failure> {
         let engine = match self.engine.take() {
             Some(engine) => engine,
-            None => Engine::open(&self.path).map_err(|error| Failure {
-                error,
-                at_fault: None,
-                what: "batch".to_owned(),
-            })?,
+            // Opening may wait for another process (SQLite's recovery of the log): not here.
+            None => {
+                let path = self.path.clone();
+                match tokio::task::spawn_blocking(move || Engine::open(&path)).await {
+                    Ok(opened) => opened.map_err(Failure::whole)?,
+                    Err(join) => return Err(Failure::whole(thread_failed(join))),
+                }
+            }
         };
         let (engine, outcome) = match engine.run(writes, false) {
             (Some(engine), Err(failure)) if failure.busy() => {
@@ -326,17 +328,7 @@ impl Committer {
                 match waited {
                     Ok(done) => done,
                     // The thread panicked: the connection went with it.
-                    Err(join) => (
-                        None,
-                        Err(Failure {
-                            error: rusqlite::Error::SqliteFailure(
-                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
-                                Some(format!("the batch's thread failed: {join}")),
-                            ),
-                            at_fault: None,
-                            what: "batch".to_owned(),
-                        }),
-                    ),
+                    Err(join) => (None, Err(Failure::whole(thread_failed(join)))),
                 }
             }
             done => done,
@@ -344,6 +336,14 @@ impl Committer {
         self.engine = engine;
         outcome
     }
+}
+
+/// The error of a blocking thread that panicked.
+fn thread_failed(join: tokio::task::JoinError) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+        Some(format!("the batch's thread failed: {join}")),
+    )
 }
 
 /// The error a write's caller gets for its part in a failed batch.
@@ -360,9 +360,10 @@ fn store_error(failure: Failure) -> StoreError {
 /// database file, once each however often they changed.
 const CHECKPOINT_EVERY: u64 = 64;
 
-/// The writer's own settings. Its automatic checkpoint, in pages of log, is only a backstop for
-/// a checkpointer that cannot keep up, since on the writer it would stop every write while it
-/// runs. The log file, which SQLite reuses from its start after a complete checkpoint but never
+/// The writers' own settings. The automatic checkpoint, in pages of log, is only a backstop for
+/// a checkpointer that cannot keep up, since on a writer it would stop every write while it runs;
+/// the engine turns it off, as there it would also stop a runtime thread, and the backstop is the
+/// lent connection's alone. The log file, which SQLite reuses from its start after a complete checkpoint but never
 /// shrinks by itself, is cut back to 64 MiB when that happens, whatever it grew to meanwhile.
 pub(super) const WRITER_PRAGMAS: &str =
     "PRAGMA wal_autocheckpoint = 20000; PRAGMA journal_size_limit = 67108864;";
