@@ -72,7 +72,8 @@ pub struct ConsumedCode {
     pub grant_id: String,
     /// End of the replay window.
     pub replay_until: Option<OffsetDateTime>,
-    /// The first response, sealed under a key derived from code and verifier.
+    /// The first response, sealed under a key derived from code and verifier (kept with the grant
+    /// the exchange created).
     pub replay_response: Option<String>,
 }
 
@@ -143,10 +144,13 @@ impl Store {
         &self,
         code_hash: &str,
     ) -> Result<Option<CodeState>, StoreError> {
+        // The sealed response of its exchange is kept with the grant (older codes: on the code).
         let row: Option<CodeRow> = sqlx::query_as(
-            "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, resource, scopes, \
-             created_at, expires_at, consumed_at, replay_until, replay_response \
-             FROM authorization_codes WHERE code_hash = $1",
+            "SELECT c.code_hash, c.grant_id, c.client_id, c.user_id, c.redirect_uri, c.code_challenge, \
+             c.resource, c.scopes, c.created_at, c.expires_at, c.consumed_at, c.replay_until, \
+             COALESCE(g.code_response, c.replay_response) AS replay_response \
+             FROM authorization_codes c LEFT JOIN grants g ON g.grant_id = c.grant_id \
+             WHERE c.code_hash = $1",
         )
         .bind(code_hash)
         .fetch_optional(&mut *self.reader().await?)
@@ -187,16 +191,16 @@ impl Store {
         refresh: Option<&NewRefresh>,
         event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut inserts = vec![grant_insert(grant)];
+        let mut inserts = vec![grant_insert(grant, Some(sealed_response))];
         if let Some(refresh) = refresh {
             inserts.push(refresh_insert(&grant.grant_id, refresh, now));
         }
         inserts.push(audit_insert(event));
         let redeemed = self
             .guarded_write(GuardedWrite {
-                update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3, replay_response = $4 \
+                update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3 \
                          WHERE code_hash = $1 AND consumed_at IS NULL",
-                params: once_params(code_hash, now, replay_until, sealed_response),
+                params: consume_params(code_hash, now, replay_until),
                 inserts,
             })
             .await;
@@ -223,7 +227,7 @@ impl Store {
 
     /// Creates a grant with no refresh token (client_credentials).
     pub async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        grant_insert(grant)
+        grant_insert(grant, None)
             .execute_on(&mut *self.writer().await?)
             .await
     }
@@ -296,6 +300,8 @@ impl Store {
         next: &NewRefresh,
         event: &AuditEvent,
     ) -> Result<bool, StoreError> {
+        let mut params = consume_params(token_hash, now, replay_until);
+        params.push(sealed_response.into());
         // The grant's revocation is checked here too, not only by the caller's read: a
         // revocation between that read (or hint) and this write leaves the token unused.
         let rotated = self
@@ -303,7 +309,7 @@ impl Store {
                 update: "UPDATE refresh_tokens SET rotated_at = $2, replay_until = $3, replay_response = $4 \
                          WHERE token_hash = $1 AND rotated_at IS NULL AND NOT EXISTS \
                          (SELECT 1 FROM grants g WHERE g.grant_id = refresh_tokens.grant_id AND g.revoked_at IS NOT NULL)",
-                params: once_params(token_hash, now, replay_until, sealed_response),
+                params,
                 inserts: vec![refresh_insert(&grant.grant_id, next, now), audit_insert(event)],
             })
             .await;
@@ -438,19 +444,12 @@ pub(super) async fn revoke_live_grants(
 }
 
 /// The parameters of a consume-once update (a code redeemed, a token rotated): `$1` the secret's
-/// hash, `$2` now, `$3` the end of the replay window, `$4` the sealed response. That response has
-/// a fresh random nonce, so "the row holds `$4`" is true only for the write that made it so.
-fn once_params(
-    hash: &str,
-    now: OffsetDateTime,
-    replay_until: OffsetDateTime,
-    sealed_response: &str,
-) -> Vec<Param> {
+/// hash, `$2` now, `$3` the end of the replay window.
+fn consume_params(hash: &str, now: OffsetDateTime, replay_until: OffsetDateTime) -> Vec<Param> {
     vec![
         hash.into(),
         now.unix_timestamp().into(),
         replay_until.unix_timestamp().into(),
-        sealed_response.into(),
     ]
 }
 
@@ -467,19 +466,29 @@ fn issued(grant: &GrantRecord, refresh: &NewRefresh) -> RefreshRecord {
     }
 }
 
-fn grant_insert(grant: &GrantRecord) -> Insert {
+/// A grant's row; a code exchange's adds its sealed response (what a repeated POST of the code
+/// gets back within its window), appended with the grant rather than grown into the code's row.
+fn grant_insert(grant: &GrantRecord, code_response: Option<&str>) -> Insert {
+    let mut values: Vec<Param> = vec![
+        grant.grant_id.as_str().into(),
+        grant.client_id.as_str().into(),
+        grant.user_id.as_deref().into(),
+        grant.resource.as_str().into(),
+        grant.scopes.as_str().into(),
+        grant.created_at.unix_timestamp().into(),
+        grant.expires_at.unix_timestamp().into(),
+    ];
+    let columns = match code_response {
+        Some(response) => {
+            values.push(response.into());
+            "grant_id, client_id, user_id, resource, scopes, created_at, expires_at, code_response"
+        }
+        None => "grant_id, client_id, user_id, resource, scopes, created_at, expires_at",
+    };
     Insert {
         table: "grants",
-        columns: "grant_id, client_id, user_id, resource, scopes, created_at, expires_at",
-        values: vec![
-            grant.grant_id.as_str().into(),
-            grant.client_id.as_str().into(),
-            grant.user_id.as_deref().into(),
-            grant.resource.as_str().into(),
-            grant.scopes.as_str().into(),
-            grant.created_at.unix_timestamp().into(),
-            grant.expires_at.unix_timestamp().into(),
-        ],
+        columns,
+        values,
         what: format!("grant {}", grant.grant_id),
     }
 }
@@ -496,5 +505,45 @@ fn refresh_insert(grant_id: &str, refresh: &NewRefresh, now: OffsetDateTime) -> 
             refresh.expires_at.unix_timestamp().into(),
         ],
         what: "refresh token".to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A code consumed before migration 0007 kept its sealed response on its own row; a replay
+    /// of it still finds that response.
+    #[tokio::test]
+    async fn a_code_consumed_before_responses_moved_to_grants_still_replays() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
+            .await
+            .unwrap();
+        let mut writer = store.writer().await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (user_id, username, password_hash, roles, created_at, password_changed_at) \
+             VALUES ('u1', 'old', 'x', '', 0, 0); \
+             INSERT INTO grants (grant_id, client_id, user_id, resource, scopes, created_at, expires_at) \
+             VALUES ('g1', 'c1', 'u1', 'https://mcp.example.com/mcp', 'mcp', 0, 99); \
+             INSERT INTO authorization_codes (code_hash, grant_id, client_id, user_id, redirect_uri, \
+             code_challenge, resource, scopes, created_at, expires_at, consumed_at, replay_until, \
+             replay_response) VALUES ('h1', 'g1', 'c1', 'u1', 'https://a.example/cb', 'ch', \
+             'https://mcp.example.com/mcp', 'mcp', 0, 60, 1, 5, 'sealed-before');",
+        )
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+        drop(writer);
+        match store.code_for_exchange("h1").await.unwrap() {
+            Some(CodeState::Consumed(code)) => {
+                assert_eq!(code.grant_id, "g1");
+                assert_eq!(code.replay_response.as_deref(), Some("sealed-before"));
+            }
+            other => panic!("{other:?}"),
+        }
+        store.close().await;
     }
 }
