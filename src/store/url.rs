@@ -26,6 +26,12 @@ impl DatabaseUrl {
             if lower.contains(":memory:") || lower.contains("mode=memory") {
                 return Err("database_url: an in-memory SQLite database would lose every grant on restart; name a file, e.g. sqlite://gatehouse.db".to_owned());
             }
+            // The store's connections are sqlx's and the committer's own (rusqlite), which opens
+            // the file with SQLite's default VFS. Another VFS would give them different locks
+            // (and the dot-file ones no write-ahead log), so they could write at once.
+            if lower.contains("vfs=") {
+                return Err("database_url: the vfs parameter is not supported; Gatehouse opens SQLite files with the default VFS".to_owned());
+            }
             Backend::Sqlite
         } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
             PgConnectOptions::from_str(raw)
@@ -111,6 +117,7 @@ mod tests {
         );
         assert!(DatabaseUrl::parse("mysql://x").is_err());
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+        assert!(DatabaseUrl::parse("sqlite://gatehouse.db?vfs=unix-dotfile").is_err());
         let err = DatabaseUrl::parse("postgres://u:secret@db:notaport/gh").expect_err("bad port");
         assert!(!err.contains("secret"), "{err}");
     }
