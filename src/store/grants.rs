@@ -72,8 +72,8 @@ pub struct ConsumedCode {
     pub grant_id: String,
     /// End of the replay window.
     pub replay_until: Option<OffsetDateTime>,
-    /// The first response, sealed under a key derived from code and verifier (kept with the grant
-    /// the exchange created).
+    /// The first response, sealed under a key derived from code and verifier (in
+    /// `code_responses`, by the grant the exchange created).
     pub replay_response: Option<String>,
 }
 
@@ -144,12 +144,12 @@ impl Store {
         &self,
         code_hash: &str,
     ) -> Result<Option<CodeState>, StoreError> {
-        // The sealed response of its exchange is kept with the grant (older codes: on the code).
+        // The sealed response of its exchange has a row of its own (older codes: on the code's).
         let row: Option<CodeRow> = sqlx::query_as(
             "SELECT c.code_hash, c.grant_id, c.client_id, c.user_id, c.redirect_uri, c.code_challenge, \
              c.resource, c.scopes, c.created_at, c.expires_at, c.consumed_at, c.replay_until, \
-             COALESCE(g.code_response, c.replay_response) AS replay_response \
-             FROM authorization_codes c LEFT JOIN grants g ON g.grant_id = c.grant_id \
+             COALESCE(r.response, c.replay_response) AS replay_response \
+             FROM authorization_codes c LEFT JOIN code_responses r ON r.grant_id = c.grant_id \
              WHERE c.code_hash = $1",
         )
         .bind(code_hash)
@@ -191,7 +191,15 @@ impl Store {
         refresh: Option<&NewRefresh>,
         event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut inserts = vec![grant_insert(grant, Some(sealed_response))];
+        let mut inserts = vec![
+            grant_insert(grant),
+            Insert {
+                table: "code_responses",
+                columns: "grant_id, response",
+                values: vec![grant.grant_id.as_str().into(), sealed_response.into()],
+                what: format!("code response {}", grant.grant_id),
+            },
+        ];
         if let Some(refresh) = refresh {
             inserts.push(refresh_insert(&grant.grant_id, refresh, now));
         }
@@ -227,7 +235,7 @@ impl Store {
 
     /// Creates a grant with no refresh token (client_credentials).
     pub async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        grant_insert(grant, None)
+        grant_insert(grant)
             .execute_on(&mut *self.writer().await?)
             .await
     }
@@ -466,29 +474,19 @@ fn issued(grant: &GrantRecord, refresh: &NewRefresh) -> RefreshRecord {
     }
 }
 
-/// A grant's row; a code exchange's adds its sealed response (what a repeated POST of the code
-/// gets back within its window), appended with the grant rather than grown into the code's row.
-fn grant_insert(grant: &GrantRecord, code_response: Option<&str>) -> Insert {
-    let mut values: Vec<Param> = vec![
-        grant.grant_id.as_str().into(),
-        grant.client_id.as_str().into(),
-        grant.user_id.as_deref().into(),
-        grant.resource.as_str().into(),
-        grant.scopes.as_str().into(),
-        grant.created_at.unix_timestamp().into(),
-        grant.expires_at.unix_timestamp().into(),
-    ];
-    let columns = match code_response {
-        Some(response) => {
-            values.push(response.into());
-            "grant_id, client_id, user_id, resource, scopes, created_at, expires_at, code_response"
-        }
-        None => "grant_id, client_id, user_id, resource, scopes, created_at, expires_at",
-    };
+fn grant_insert(grant: &GrantRecord) -> Insert {
     Insert {
         table: "grants",
-        columns,
-        values,
+        columns: "grant_id, client_id, user_id, resource, scopes, created_at, expires_at",
+        values: vec![
+            grant.grant_id.as_str().into(),
+            grant.client_id.as_str().into(),
+            grant.user_id.as_deref().into(),
+            grant.resource.as_str().into(),
+            grant.scopes.as_str().into(),
+            grant.created_at.unix_timestamp().into(),
+            grant.expires_at.unix_timestamp().into(),
+        ],
         what: format!("grant {}", grant.grant_id),
     }
 }
@@ -516,7 +514,7 @@ mod tests {
     /// A code consumed before migration 0007 kept its sealed response on its own row; a replay
     /// of it still finds that response.
     #[tokio::test]
-    async fn a_code_consumed_before_responses_moved_to_grants_still_replays() {
+    async fn a_code_consumed_before_responses_had_their_table_still_replays() {
         let dir = tempfile::TempDir::new().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
