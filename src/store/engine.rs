@@ -7,9 +7,11 @@
 //! of the committer's own (rusqlite, over the same SQLite library sqlx links), on whichever
 //! runtime thread runs the committer, statement by statement from prepared statements.
 //!
-//! The runtime thread never waits for a lock here: the connection's busy timeout is zero. A write
-//! lock held by another process (a CLI command) sends the batch to a blocking thread, where it
-//! waits as long as any other connection of this store would ([`BUSY_WAIT`]).
+//! The runtime thread never waits here: the connection's busy timeout is zero, and a write lock
+//! held by another connection (a CLI command's, or the lent one still rolling back what its
+//! borrower left) sends the batch to a blocking thread, where it waits as long as any other
+//! connection of this store would ([`BUSY_WAIT`]). Opening the connection again after a failure
+//! happens there too, and the connection runs no automatic checkpoint (the checkpointer does).
 
 use std::path::Path;
 use std::time::Duration;
