@@ -26,73 +26,94 @@ use super::users::CodeRecord;
 /// enough, all go: a missing hint only costs a read.
 const MAX_HINTS: usize = 50_000;
 
-#[derive(Debug, Default)]
-pub(super) struct Fresh {
-    codes: Mutex<HashMap<String, CodeRecord>>,
-    refresh_tokens: Mutex<HashMap<String, RefreshRecord>>,
+/// Hints of one kind, by the hash of their secret.
+#[derive(Debug)]
+pub(super) struct Hints<T> {
+    map: Mutex<HashMap<String, T>>,
+    /// When a hint is of no more use.
+    expires: fn(&T) -> OffsetDateTime,
 }
 
-fn keep<T>(
-    map: &Mutex<HashMap<String, T>>,
-    key: String,
-    value: T,
-    expires: impl Fn(&T) -> OffsetDateTime,
-    now: OffsetDateTime,
-) {
-    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
-    if map.len() >= MAX_HINTS {
-        map.retain(|_, v| expires(v) > now);
-        if map.len() >= MAX_HINTS {
-            map.clear();
+impl<T: Clone> Hints<T> {
+    fn new(expires: fn(&T) -> OffsetDateTime) -> Self {
+        Self {
+            map: Mutex::default(),
+            expires,
         }
     }
-    map.insert(key, value);
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, T>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn get(&self, hash: &str) -> Option<T> {
+        self.map().get(hash).cloned()
+    }
+
+    /// Keeps `value` under `hash`, making room when full.
+    pub(super) fn keep(&self, hash: String, value: T, now: OffsetDateTime) {
+        let mut map = self.map();
+        if map.len() >= MAX_HINTS {
+            map.retain(|_, v| (self.expires)(v) > now);
+            if map.len() >= MAX_HINTS {
+                map.clear();
+            }
+        }
+        map.insert(hash, value);
+    }
+
+    pub(super) fn forget(&self, hash: &str) {
+        self.map().remove(hash);
+    }
 }
 
-impl Fresh {
-    pub(super) fn code(&self, hash: &str) -> Option<CodeRecord> {
-        let map = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(hash).cloned()
-    }
+/// The hints of a store.
+#[derive(Debug)]
+pub(super) struct Fresh {
+    pub codes: Hints<CodeRecord>,
+    pub refresh_tokens: Hints<RefreshRecord>,
+}
 
-    pub(super) fn keep_code(&self, code: &CodeRecord) {
-        keep(
-            &self.codes,
-            code.code_hash.clone(),
-            code.clone(),
-            |c| c.expires_at,
-            code.created_at,
-        );
+impl Default for Fresh {
+    fn default() -> Self {
+        Self {
+            codes: Hints::new(|c| c.expires_at),
+            refresh_tokens: Hints::new(|t| t.expires_at),
+        }
     }
+}
 
-    pub(super) fn forget_code(&self, hash: &str) {
-        let mut map = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
-        map.remove(hash);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub(super) fn refresh_token(&self, hash: &str) -> Option<RefreshRecord> {
-        let map = self
-            .refresh_tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(hash).cloned()
-    }
+    /// Full, the expired hints go first; if none has expired, all go (a hint only spares a read).
+    #[test]
+    fn a_full_set_drops_the_expired_first_then_everything() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let hints: Hints<OffsetDateTime> = Hints::new(|expires| *expires);
+        for i in 0..MAX_HINTS {
+            let expires = if i % 2 == 0 {
+                now
+            } else {
+                now + time::Duration::HOUR
+            };
+            hints.keep(i.to_string(), expires, now);
+        }
+        hints.keep("new".into(), now + time::Duration::HOUR, now);
+        assert_eq!(hints.map().len(), MAX_HINTS / 2 + 1);
+        assert_eq!(hints.get("0"), None, "expired: dropped");
+        assert_eq!(hints.get("1"), Some(now + time::Duration::HOUR));
+        hints.forget("1");
+        assert_eq!(hints.get("1"), None);
 
-    pub(super) fn keep_refresh_token(&self, token: RefreshRecord, now: OffsetDateTime) {
-        keep(
-            &self.refresh_tokens,
-            token.token_hash.clone(),
-            token,
-            |t| t.expires_at,
-            now,
-        );
-    }
-
-    pub(super) fn forget_refresh_token(&self, hash: &str) {
-        let mut map = self
-            .refresh_tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.remove(hash);
+        let held = hints.map().len();
+        for i in held..MAX_HINTS {
+            hints.keep(format!("live-{i}"), now + time::Duration::HOUR, now);
+        }
+        assert_eq!(hints.map().len(), MAX_HINTS);
+        hints.keep("last".into(), now + time::Duration::HOUR, now);
+        assert_eq!(hints.map().len(), 1, "none expired: all dropped");
+        assert!(hints.get("last").is_some());
     }
 }

@@ -212,9 +212,9 @@ impl Store {
                 inserts,
             })
             .await;
-        self.fresh.forget_code(code_hash);
+        self.fresh.codes.forget(code_hash);
         if let (Ok(true), Some(refresh)) = (&redeemed, refresh) {
-            self.fresh.keep_refresh_token(issued(grant, refresh), now);
+            self.keep_refresh_hint(grant, refresh, now);
         }
         redeemed
     }
@@ -223,14 +223,14 @@ impl Store {
     /// guarded write confirms or refutes (`fresh.rs`). Read [`Store::code_for_exchange`] when
     /// there is none, or when the hint proves stale.
     pub fn fresh_code(&self, code_hash: &str) -> Option<CodeRecord> {
-        self.fresh.code(code_hash)
+        self.fresh.codes.get(code_hash)
     }
 
     /// A refresh token this store issued and has not seen used: a hint, which the rotation's
     /// guarded write confirms or refutes (`fresh.rs`). Read [`Store::refresh_token`] when there
     /// is none, or when the hint proves stale.
     pub fn fresh_refresh_token(&self, token_hash: &str) -> Option<RefreshRecord> {
-        self.fresh.refresh_token(token_hash)
+        self.fresh.refresh_tokens.get(token_hash)
     }
 
     /// Creates a grant with no refresh token (client_credentials).
@@ -321,9 +321,9 @@ impl Store {
                 inserts: vec![refresh_insert(&grant.grant_id, next, now), audit_insert(event)],
             })
             .await;
-        self.fresh.forget_refresh_token(token_hash);
+        self.fresh.refresh_tokens.forget(token_hash);
         if let Ok(true) = &rotated {
-            self.fresh.keep_refresh_token(issued(grant, next), now);
+            self.keep_refresh_hint(grant, next, now);
         }
         rotated
     }
@@ -461,16 +461,21 @@ fn consume_params(hash: &str, now: OffsetDateTime, replay_until: OffsetDateTime)
     ]
 }
 
-/// A refresh token just issued, as a read would find it.
-fn issued(grant: &GrantRecord, refresh: &NewRefresh) -> RefreshRecord {
-    RefreshRecord {
-        token_hash: refresh.token_hash.clone(),
-        generation: refresh.generation,
-        expires_at: refresh.expires_at,
-        rotated_at: None,
-        replay_until: None,
-        replay_response: None,
-        grant: grant.clone(),
+impl Store {
+    /// Keeps a hint of a refresh token just issued, as a read would find it.
+    fn keep_refresh_hint(&self, grant: &GrantRecord, refresh: &NewRefresh, now: OffsetDateTime) {
+        let hint = RefreshRecord {
+            token_hash: refresh.token_hash.clone(),
+            generation: refresh.generation,
+            expires_at: refresh.expires_at,
+            rotated_at: None,
+            replay_until: None,
+            replay_response: None,
+            grant: grant.clone(),
+        };
+        self.fresh
+            .refresh_tokens
+            .keep(refresh.token_hash.clone(), hint, now);
     }
 }
 

@@ -7,15 +7,13 @@
 //! 2.9, and from 7,200-7,600/s to 7,500-8,800/s at 16 clients (`BENCHMARKS.md`). A SQLite
 //! connection is a file handle in this process, so there is nothing a ping could find out.
 
-use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::any::AnyConnectOptions;
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::lent::{Home, Lent};
+use super::lent::{Borrowed, Home, Lent};
 use super::{Store, StoreError};
 
 /// Reading connections to a SQLite file. Each is a thread; more than the two cores can use only
@@ -123,39 +121,14 @@ impl Readers {
 }
 
 /// A connection to read on.
-#[derive(Debug)]
-pub(crate) enum ReadConnection<'a> {
-    /// SQLite.
-    Own(ReadLease<'a>),
-    /// PostgreSQL.
-    Pooled(PoolConnection<Any>),
-}
-
-impl Deref for ReadConnection<'_> {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            Self::Own(lease) => lease,
-            Self::Pooled(conn) => conn,
-        }
-    }
-}
-
-impl DerefMut for ReadConnection<'_> {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Self::Own(lease) => lease,
-            Self::Pooled(conn) => conn,
-        }
-    }
-}
+pub(crate) type ReadConnection<'a> = Borrowed<BackToReaders<'a>>;
 
 impl Store {
     /// A connection for reads. Hold it only for them: there are few.
     pub(super) async fn reader(&self) -> Result<ReadConnection<'_>, StoreError> {
         match &self.readers {
-            Readers::Sqlite(readers) => Ok(ReadConnection::Own(readers.get().await?)),
-            Readers::Pool(pool) => Ok(ReadConnection::Pooled(pool.acquire().await?)),
+            Readers::Sqlite(readers) => Ok(Borrowed::Lent(readers.get().await?)),
+            Readers::Pool(pool) => Ok(Borrowed::Pooled(pool.acquire().await?)),
         }
     }
 }

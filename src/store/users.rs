@@ -277,7 +277,9 @@ impl Store {
         .execute(&mut *self.writer().await?)
         .await
         .map_err(|e| StoreError::from_write(e, "authorization code"))?;
-        self.fresh.keep_code(code);
+        self.fresh
+            .codes
+            .keep(code.code_hash.clone(), code.clone(), code.created_at);
         Ok(())
     }
 
@@ -304,11 +306,8 @@ impl Store {
             .bind(at.unix_timestamp())
             .execute(&mut *self.writer().await?)
             .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                .bind(name)
-                .fetch_one(&mut *self.writer().await?)
-                .await?,
-        )
+        self.existing_server_secret(name)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("server secret {name} vanished")))
     }
 }

@@ -16,22 +16,20 @@
 //! ([`Store::writer`]): while one is lent, no batch runs, so the file has one writer in this
 //! process at a time. (The lent connection's thread may still be rolling back what a borrower
 //! dropped when the lease comes back; the next batch then finds the file busy and waits for it
-//! off the runtime's thread, as for another process.) Holding that connection itself, not a pool's, spares the ping sqlx makes on
-//! every return to a pool.
+//! off the runtime's thread, as for another process.) Holding that connection itself, not a
+//! pool's, spares the ping sqlx makes on every return to a pool.
 
 use std::collections::VecDeque;
-use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use sqlx::any::{AnyArguments, AnyConnectOptions};
-use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Failure};
-use super::lent::{Home, Lent};
+use super::lent::{Borrowed, Home, Lent};
 use super::read::SqliteReaders;
 use super::{Store, StoreError};
 
@@ -363,8 +361,9 @@ const CHECKPOINT_EVERY: u64 = 64;
 /// The writers' own settings. The automatic checkpoint, in pages of log, is only a backstop for
 /// a checkpointer that cannot keep up, since on a writer it would stop every write while it runs;
 /// the engine turns it off, as there it would also stop a runtime thread, and the backstop is the
-/// lent connection's alone. The log file, which SQLite reuses from its start after a complete checkpoint but never
-/// shrinks by itself, is cut back to 64 MiB when that happens, whatever it grew to meanwhile.
+/// lent connection's alone. The log file, which SQLite reuses from its start after a complete
+/// checkpoint but never shrinks by itself, is cut back to 64 MiB when that happens, whatever it
+/// grew to meanwhile.
 pub(super) const WRITER_PRAGMAS: &str =
     "PRAGMA wal_autocheckpoint = 20000; PRAGMA journal_size_limit = 67108864;";
 
@@ -436,37 +435,12 @@ fn stopped() -> StoreError {
 
 /// A connection to write on: the SQLite writer lent by the committer, or one from the
 /// PostgreSQL pool.
-#[derive(Debug)]
-pub(crate) enum WriteConnection {
-    /// SQLite.
-    Lent(Lease),
-    /// PostgreSQL.
-    Pooled(PoolConnection<Any>),
-}
-
-impl Deref for WriteConnection {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            Self::Lent(lease) => lease,
-            Self::Pooled(conn) => conn,
-        }
-    }
-}
-
-impl DerefMut for WriteConnection {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Self::Lent(lease) => lease,
-            Self::Pooled(conn) => conn,
-        }
-    }
-}
+pub(crate) type WriteConnection = Borrowed<BackToCommitter>;
 
 /// Where writes go.
 #[derive(Debug, Clone)]
 pub(super) enum Writer {
-    /// SQLite: the committer task, which owns the one writer connection.
+    /// SQLite: the committer task, which does all the writing (see the module's account).
     Committer(mpsc::Sender<Job>),
     /// PostgreSQL: the pool, where transactions run side by side.
     Pool(AnyPool),
@@ -503,9 +477,9 @@ impl Store {
                 let lease = tokio::time::timeout(WAIT_FOR_CONNECTION, lend)
                     .await
                     .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
-                Ok(WriteConnection::Lent(lease))
+                Ok(Borrowed::Lent(lease))
             }
-            Writer::Pool(pool) => Ok(WriteConnection::Pooled(pool.acquire().await?)),
+            Writer::Pool(pool) => Ok(Borrowed::Pooled(pool.acquire().await?)),
         }
     }
 
