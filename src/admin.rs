@@ -102,9 +102,6 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
             }
         }
         ClientsCommand::Remove { id } => {
-            if store.client(&id).await?.is_none() {
-                anyhow::bail!("no client with id {id:?}");
-            }
             // Its grants revoked too, so its live access tokens die everywhere, not just its rows
             // (one transaction: `Store::remove_client`).
             let reason = "client removed";

@@ -65,8 +65,8 @@ pub async fn refresh(
             .refresh_token(presented.hash.as_str())
             .await?
             .ok_or_else(not_valid)?;
-        usable(client, &record)?;
         if record.rotated_at.is_some() {
+            usable(client, &record)?;
             return replay(state, client, token, record).await;
         }
         if let Some(response) = rotate(state, client, &presented, record).await? {
@@ -91,8 +91,9 @@ fn usable(client: &Client, record: &RefreshRecord) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// Rotates an unused token: the new pair, or `None` when the guarded write found the token
-/// already used, its grant revoked or the row gone (nothing is written then).
+/// Rotates an unused token, after the checks on its grant: the new pair, or `None` when the token
+/// is already used, or when the guarded write found it used, its grant revoked or the row gone
+/// (nothing is written then).
 async fn rotate(
     state: &AppState,
     client: &Client,
