@@ -32,18 +32,13 @@ use tower::ServiceExt;
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
 
-/// A fresh directory and the configuration of a SQLite server in it, without the per-token rate
-/// limit (a bench client is one token).
-fn config() -> (tempfile::TempDir, Config) {
+async fn setup() -> (AppState, String, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
     let mut config =
         Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
+    // No per-token rate limit: a bench client is one token.
     config.mcp.rate_limit_per_token = u32::MAX;
-    (dir, config)
-}
-
-async fn setup(dir: tempfile::TempDir, config: Config) -> (AppState, String, tempfile::TempDir) {
     let state = AppState::start(config, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -150,10 +145,9 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let total = if full { 4000 } else { 8 };
     // The runtime `gatehouse serve` runs on (`server::runtime`).
-    let (dir, config) = config();
     let runtime = gatehouse::server::runtime().unwrap();
     runtime.block_on(async move {
-        let (state, token, _dir) = setup(dir, config).await;
+        let (state, token, _dir) = setup().await;
         let guarded = gatehouse::app(state.clone());
         // The same service with the layer taken out: a fixed caller instead.
         let principal = Principal {

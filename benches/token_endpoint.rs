@@ -37,16 +37,11 @@ struct Bench {
     _dir: tempfile::TempDir,
 }
 
-/// A fresh directory and the configuration of a SQLite server in it.
-fn config() -> (tempfile::TempDir, Config) {
+async fn setup() -> Bench {
     let dir = tempfile::TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
     let config =
         Config::for_tests("https://mcp.example.com", &db, &dir.path().join("keys")).unwrap();
-    (dir, config)
-}
-
-async fn setup(dir: tempfile::TempDir, config: Config) -> Bench {
     let state = AppState::start(config, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -187,10 +182,9 @@ fn main() {
         (16, 16, 10)
     };
     // The runtime `gatehouse serve` runs on (`server::runtime`).
-    let (dir, config) = config();
     let runtime = gatehouse::server::runtime().unwrap();
     runtime.block_on(async move {
-        let bench = setup(dir, config).await;
+        let bench = setup().await;
 
         // One ES256 signature of a typical access-token payload, through the same key set.
         let keys = bench.state.keys.snapshot();

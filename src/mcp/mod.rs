@@ -91,9 +91,9 @@ where
 }
 
 /// The MCP service itself (rmcp, Streamable HTTP), without the bearer layer: it expects a
-/// [`verify::Principal`] in each request's extensions. Public for benchmarks and for fronting it
-/// with another authentication layer.
-pub fn mcp_service(
+/// [`verify::Principal`] in each request's extensions (another layer in the bearer layer's place:
+/// [`router_with_auth`]).
+fn mcp_service(
     state: &AppState,
 ) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
     let mcp_state = state.clone();

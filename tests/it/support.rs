@@ -106,8 +106,12 @@ impl TestApp {
         let state = Self::try_start(&dir, database_url, tweak, clock.clone())
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
-        // Requests come from 192.0.2.10 unless a test says otherwise (as with connect info
-        // under `gatehouse serve`).
+        Self::serving(state, clock, dir, database_url)
+    }
+
+    /// The router over `state`. Requests come from 192.0.2.10 unless a test says otherwise (as
+    /// with connect info under `gatehouse serve`).
+    fn serving(state: AppState, clock: Arc<FixedClock>, dir: TempDir, database_url: &str) -> Self {
         let router = gatehouse::app(state.clone())
             .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40000))));
         Self {
@@ -125,15 +129,8 @@ impl TestApp {
         let state = AppState::start(self.state.config.as_ref().clone(), self.clock.clone())
             .await
             .unwrap_or_else(|e| panic!("second instance: {e}"));
-        let router = gatehouse::app(state.clone())
-            .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40000))));
-        Self {
-            state,
-            router,
-            clock: self.clock.clone(),
-            dir: TempDir::new().unwrap_or_else(|e| panic!("{e}")),
-            database_url: self.database_url.clone(),
-        }
+        let dir = TempDir::new().unwrap_or_else(|e| panic!("{e}"));
+        Self::serving(state, self.clock.clone(), dir, &self.database_url)
     }
 
     /// Starts the state only, returning the start-up error.
