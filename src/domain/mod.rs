@@ -16,4 +16,4 @@ pub use redirect_uri::{
 };
 pub use resource::same_resource;
 pub use scope::{ScopeError, ScopeToken};
-pub use secret::{Secret, SecretHash, random_token};
+pub use secret::{Secret, SecretHash, new_grant_id, random_token};

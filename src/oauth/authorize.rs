@@ -18,7 +18,7 @@ use super::params::Params;
 use crate::account::User;
 use crate::account::session::{PendingAuthorization, SessionData, new_token};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, ClientKind, RedirectKind, Secret, random_token, same_resource};
+use crate::domain::{Client, ClientKind, RedirectKind, Secret, new_grant_id, same_resource};
 use crate::routes;
 use crate::state::AppState;
 use crate::store::CodeRecord;
@@ -499,8 +499,8 @@ pub async fn issue_code(
     now: OffsetDateTime,
 ) -> Result<Response, AuthorizeError> {
     let rng = |_| AuthorizeError::Internal("random number generator failed".to_owned());
-    let code = Secret::generate().map_err(rng)?;
-    let grant_id = format!("g_{}", random_token(16).map_err(rng)?);
+    let code = Secret::generate_ordered().map_err(rng)?;
+    let grant_id = new_grant_id().map_err(rng)?;
     let record = CodeRecord {
         code_hash: code.hash().as_str().to_owned(),
         grant_id: grant_id.clone(),

@@ -174,7 +174,7 @@ async fn redeem(
         now,
         config.access_token_ttl,
     )?;
-    let refresh = Secret::generate()
+    let refresh = Secret::generate_ordered()
         .map_err(|_| TokenError::Internal("random number generator failed".into()))?;
     let response = TokenResponse {
         access_token: access.jwt,

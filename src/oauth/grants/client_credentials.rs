@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{narrowed_scope, optional};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, random_token, same_resource};
+use crate::domain::{Client, new_grant_id, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
@@ -41,11 +41,8 @@ pub async fn issue(
     });
     let scope = narrowed_scope(optional(params, "scope")?, &registered)?;
     let now = state.clock.now();
-    let grant_id = format!(
-        "g_{}",
-        random_token(16)
-            .map_err(|_| TokenError::Internal("random number generator failed".into()))?
-    );
+    let grant_id = new_grant_id()
+        .map_err(|_| TokenError::Internal("random number generator failed".into()))?;
     let grant = GrantRecord {
         grant_id,
         client_id: client.id.clone(),

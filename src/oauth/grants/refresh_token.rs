@@ -131,7 +131,7 @@ async fn rotate(
         now,
         config.access_token_ttl,
     )?;
-    let next = Secret::generate()
+    let next = Secret::generate_ordered()
         .map_err(|_| TokenError::Internal("random number generator failed".into()))?;
     let response = TokenResponse {
         access_token: access.jwt,
