@@ -122,8 +122,20 @@ async fn reload_on_hangup(state: AppState) {
 /// How often the periodic clean-up runs.
 const HOUSEKEEPING_INTERVAL: time::Duration = time::Duration::minutes(10);
 
-/// Periodic clean-up: never-used registrations, expired sessions, idle rate-limiter entries.
+/// Periodic clean-up: never-used registrations, expired sessions, idle rate-limiter entries,
+/// and codes, grants and replay responses that can no longer be used.
 async fn housekeeping(state: AppState) {
+    match state.prune().await {
+        Ok(pruned) if pruned == crate::store::Pruned::default() => {}
+        Ok(pruned) => tracing::info!(
+            codes = pruned.codes,
+            grants = pruned.grants,
+            refresh_responses = pruned.refresh_responses,
+            revoked_access_tokens = pruned.revoked_access_tokens,
+            "deleted codes, grants and replay responses that can no longer be used"
+        ),
+        Err(err) => tracing::error!(error = %err, "cannot delete expired codes and grants"),
+    }
     match crate::oauth::register::expire_unused_clients(&state).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "expired never-used client registrations"),

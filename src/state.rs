@@ -103,6 +103,14 @@ impl AppState {
         Ok(done)
     }
 
+    /// Deletes the codes, grants and sealed responses that can no longer be used (run by the
+    /// periodic clean-up).
+    pub async fn prune(&self) -> Result<crate::store::Pruned, StoreError> {
+        self.store
+            .prune(self.clock.now(), self.config.access_token_ttl)
+            .await
+    }
+
     /// Reads revocations made by other instances or the CLI into this instance's view.
     pub async fn sync_revocations(&self) -> Result<(), StoreError> {
         self.revocations

@@ -12,6 +12,7 @@ mod grants;
 mod keys;
 mod lent;
 mod limits;
+mod prune;
 mod read;
 mod sessions;
 mod url;
@@ -31,6 +32,7 @@ pub use audit::AuditRecord;
 pub use grants::{CodeState, ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
 pub use limits::RateTake;
+pub use prune::{KEEP_AFTER_EXPIRY, Pruned};
 pub use sessions::SessionStoreAdapter;
 pub use users::{CodeRecord, ThrottleState};
 

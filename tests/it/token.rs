@@ -1345,3 +1345,107 @@ async fn removing_a_user_revokes_their_grants_and_voids_their_codes_at_once() {
         None
     );
 }
+
+/// Rows of `sql` (a `SELECT count(*)`) in the app's database, read on a connection of its own.
+async fn count_rows(app: &TestApp, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let n: i64 = sqlx::query_scalar(sql)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    let _ = conn.close().await;
+    n
+}
+
+/// The periodic clean-up deletes what can no longer be used, and nothing that still can: a
+/// rotated refresh token loses its sealed response after the grace window but is still known (so
+/// presenting it revokes the family); a used code is known for a day after its expiry, then
+/// deleted with its response; a grant goes a day after its family ends, with its refresh tokens.
+async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
+    let (app, client_id) = with_claude(app).await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let first = exchange(&app, &client_id, &code, &verifier).await.json();
+    let rt0 = first["refresh_token"].as_str().expect("rt").to_owned();
+    let rotated = refresh(&app, &client_id, &rt0).await;
+    assert_eq!(rotated.status, 200);
+    let none = gatehouse::store::Pruned::default();
+    assert_eq!(app.state.prune().await.expect("prune"), none, "all in use");
+    let responses = "SELECT count(*) FROM refresh_tokens WHERE replay_response IS NOT NULL";
+    assert_eq!(count_rows(&app, responses).await, 1);
+
+    // After the grace window (and the margin for other instances' clocks).
+    app.clock.advance(time::Duration::minutes(6));
+    let pruned = app.state.prune().await.expect("prune");
+    assert_eq!(pruned.refresh_responses, 1, "{pruned:?}");
+    assert_eq!((pruned.codes, pruned.grants), (0, 0), "{pruned:?}");
+    assert_eq!(count_rows(&app, responses).await, 0);
+    assert_eq!(
+        count_rows(&app, "SELECT count(*) FROM refresh_tokens").await,
+        2
+    );
+    assert_eq!(
+        count_rows(&app, "SELECT count(*) FROM code_responses").await,
+        1
+    );
+    // The rotated token is still known: presenting it is reuse, and revokes the family.
+    assert_error(&refresh(&app, &client_id, &rt0).await, 400, "invalid_grant");
+    let kinds = event_kinds(&app).await;
+    assert_eq!(count(&kinds, "refresh.reuse_detected"), 1, "{kinds:?}");
+    // The used code is still known too.
+    assert_error(
+        &exchange(&app, &client_id, &code, &verifier).await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(count(&event_kinds(&app).await, "code.reuse_detected"), 1);
+
+    // A day after the code's expiry (and the margin), it goes with the response of its exchange.
+    app.clock
+        .advance(time::Duration::days(1) + time::Duration::minutes(1));
+    let pruned = app.state.prune().await.expect("prune");
+    assert_eq!((pruned.codes, pruned.grants), (1, 0), "{pruned:?}");
+    assert_eq!(
+        count_rows(&app, "SELECT count(*) FROM authorization_codes").await,
+        0
+    );
+    assert_eq!(
+        count_rows(&app, "SELECT count(*) FROM code_responses").await,
+        0
+    );
+    // Now merely unknown: refused all the same, and nothing more to revoke.
+    assert_error(
+        &exchange(&app, &client_id, &code, &verifier).await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(count(&event_kinds(&app).await, "code.reuse_detected"), 1);
+
+    // A day after the family's end, the grant goes, and its refresh tokens with it.
+    app.clock
+        .advance(app.state.config.refresh_family_ttl + time::Duration::days(1));
+    let pruned = app.state.prune().await.expect("prune");
+    assert_eq!(pruned.grants, 1, "{pruned:?}");
+    assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 0);
+    assert_eq!(
+        count_rows(&app, "SELECT count(*) FROM refresh_tokens").await,
+        0
+    );
+    assert_eq!(
+        app.state.prune().await.expect("prune"),
+        none,
+        "nothing left"
+    );
+}
+
+#[tokio::test]
+async fn pruning_keeps_what_can_still_be_used_on_sqlite() {
+    pruning_keeps_what_can_still_be_used(TestApp::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn pruning_keeps_what_can_still_be_used_on_postgres() {
+    pruning_keeps_what_can_still_be_used(TestApp::postgres().await).await;
+}
