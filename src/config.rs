@@ -892,6 +892,12 @@ impl Config {
         self.issuer.url(crate::routes::MCP)
     }
 
+    /// How long after its expiry the MCP endpoint still accepts an access token
+    /// (`mcp.clock_leeway`): revocations must be remembered that much longer.
+    pub fn leeway(&self) -> time::Duration {
+        time::Duration::seconds(i64::try_from(self.mcp.clock_leeway).unwrap_or(300))
+    }
+
     /// The scope catalog's names, in order.
     pub fn scope_names(&self) -> Vec<&str> {
         self.scopes.iter().map(|s| s.name.as_str()).collect()

@@ -107,14 +107,23 @@ impl AppState {
     /// periodic clean-up).
     pub async fn prune(&self) -> Result<crate::store::Pruned, StoreError> {
         self.store
-            .prune(self.clock.now(), self.config.access_token_ttl)
+            .prune(
+                self.clock.now(),
+                self.config.access_token_ttl,
+                self.config.leeway(),
+            )
             .await
     }
 
     /// Reads revocations made by other instances or the CLI into this instance's view.
     pub async fn sync_revocations(&self) -> Result<(), StoreError> {
         self.revocations
-            .sync(&self.store, self.clock.now(), self.config.access_token_ttl)
+            .sync(
+                &self.store,
+                self.clock.now(),
+                self.config.access_token_ttl,
+                self.config.leeway(),
+            )
             .await
     }
 
@@ -146,7 +155,12 @@ impl AppState {
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
         let revocations = RevocationView::default();
         revocations
-            .sync(&store, clock.now(), config.access_token_ttl)
+            .sync(
+                &store,
+                clock.now(),
+                config.access_token_ttl,
+                config.leeway(),
+            )
             .await
             .map_err(|source| StartError::Database {
                 url: config.database.redacted(),

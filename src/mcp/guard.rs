@@ -64,7 +64,7 @@ impl Guard {
             state.clock.clone(),
             state.config.issuer.as_str().to_owned(),
             state.config.resource(),
-            i64::try_from(state.config.mcp.clock_leeway).unwrap_or(30),
+            state.config.leeway().whole_seconds(),
             implies,
         );
         Self {

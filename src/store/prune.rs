@@ -7,10 +7,16 @@
 
 use time::{Duration, OffsetDateTime};
 
+use sqlx::Connection;
+
 use super::{Store, StoreError};
 
 /// Rows deleted (or cleared) per statement.
 const CHUNK: i64 = 500;
+
+/// Grants deleted per statement: each takes its refresh tokens with it, one per rotation of its
+/// family (some 2,000 for a family refreshed hourly for its 90 days).
+const GRANT_CHUNK: i64 = 20;
 
 /// How long after its end a code or a grant is kept. A code presented again within this time is
 /// still recognised as used (and revokes what it issued, RFC 6749 §4.1.2); after it, it is only
@@ -35,39 +41,29 @@ pub struct Pruned {
 }
 
 impl Store {
-    /// Deletes what can no longer be used at `now`. `access_token_ttl` bounds how long an access
-    /// token of a grant can outlive it: a grant stays at least that long after its end, so that
-    /// its revocation is still read by every instance while its last access tokens are valid.
+    /// Deletes what can no longer be used at `now`. An access token of a grant is accepted until
+    /// `access_token_ttl` after its issue and `leeway` after its expiry (`mcp.clock_leeway`): a
+    /// grant and a revoked access token stay at least that long after their end, so that their
+    /// revocation is still read by every instance while a token they cover can be accepted.
     pub async fn prune(
         &self,
         now: OffsetDateTime,
         access_token_ttl: Duration,
+        leeway: Duration,
     ) -> Result<Pruned, StoreError> {
         let codes_before = (now - KEEP_AFTER_EXPIRY - SKEW).unix_timestamp();
-        let grants_before = (now - KEEP_AFTER_EXPIRY.max(access_token_ttl) - SKEW).unix_timestamp();
+        let grants_before =
+            (now - KEEP_AFTER_EXPIRY.max(access_token_ttl + leeway) - SKEW).unix_timestamp();
         let windows_before = (now - SKEW).unix_timestamp();
-        // The responses of the codes about to go first (then the codes), so that a code is never
-        // deleted while its response stays.
-        self.in_chunks(
-            "DELETE FROM code_responses WHERE grant_id IN (SELECT c.grant_id \
-             FROM authorization_codes c JOIN code_responses r ON r.grant_id = c.grant_id \
-             WHERE c.expires_at < $1 LIMIT $2)",
-            codes_before,
-        )
-        .await?;
-        let codes = self
-            .in_chunks(
-                "DELETE FROM authorization_codes WHERE code_hash IN \
-                 (SELECT code_hash FROM authorization_codes WHERE expires_at < $1 LIMIT $2)",
-                codes_before,
-            )
-            .await?;
+        let tokens_before = (now - leeway - SKEW).unix_timestamp();
+        let codes = self.prune_codes(codes_before).await?;
         let refresh_responses = self
             .in_chunks(
                 "UPDATE refresh_tokens SET replay_response = NULL WHERE token_hash IN \
                  (SELECT token_hash FROM refresh_tokens \
                   WHERE replay_response IS NOT NULL AND replay_until < $1 LIMIT $2)",
                 windows_before,
+                CHUNK,
             )
             .await?;
         let grants = self
@@ -75,13 +71,15 @@ impl Store {
                 "DELETE FROM grants WHERE grant_id IN \
                  (SELECT grant_id FROM grants WHERE expires_at < $1 LIMIT $2)",
                 grants_before,
+                GRANT_CHUNK,
             )
             .await?;
         let revoked_access_tokens = self
             .in_chunks(
                 "DELETE FROM revoked_access_tokens WHERE jti IN \
                  (SELECT jti FROM revoked_access_tokens WHERE expires_at < $1 LIMIT $2)",
-                windows_before,
+                tokens_before,
+                CHUNK,
             )
             .await?;
         Ok(Pruned {
@@ -92,21 +90,129 @@ impl Store {
         })
     }
 
-    /// Runs `sql` (parameters: a time, the chunk size) until it changes fewer rows than a chunk;
-    /// the rows it changed in all.
-    async fn in_chunks(&self, sql: &str, before: i64) -> Result<u64, StoreError> {
+    /// Deletes codes that expired before `before`, a chunk at a time, each with the response of
+    /// its exchange in the same transaction: the earliest codes first, so that each chunk reads
+    /// only the entries it deletes.
+    async fn prune_codes(&self, before: i64) -> Result<u64, StoreError> {
+        const OLDEST: &str = "SELECT code_hash FROM authorization_codes WHERE expires_at < $1 \
+                              ORDER BY expires_at, code_hash LIMIT $2";
         let mut total = 0;
         loop {
-            let done = sqlx::query(sql)
-                .bind(before)
-                .bind(CHUNK)
-                .execute(&mut *self.writer().await?)
-                .await?
-                .rows_affected();
+            let mut conn = self.writer().await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query(&format!(
+                "DELETE FROM code_responses WHERE grant_id IN \
+                 (SELECT grant_id FROM authorization_codes WHERE code_hash IN ({OLDEST}))"
+            ))
+            .bind(before)
+            .bind(CHUNK)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(&format!(
+                "DELETE FROM authorization_codes WHERE code_hash IN ({OLDEST})"
+            ))
+            .bind(before)
+            .bind(CHUNK)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
             total += done;
             if done < CHUNK.unsigned_abs() {
                 return Ok(total);
             }
         }
+    }
+
+    /// Runs `sql` (parameters: a time, the chunk size) until it changes fewer rows than a chunk;
+    /// the rows it changed in all.
+    async fn in_chunks(&self, sql: &str, before: i64, chunk: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql)
+                .bind(before)
+                .bind(chunk)
+                .execute(&mut *self.writer().await?)
+                .await?
+                .rows_affected();
+            total += done;
+            if done < chunk.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// More codes than a chunk holds: every expired one goes, each with its exchange's response
+    /// and none of the others'; their grants stay (they live on); codes not yet expired stay.
+    #[tokio::test]
+    async fn codes_go_in_chunks_each_with_its_response() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
+            .await
+            .unwrap();
+        let expired = 2 * CHUNK + 3;
+        let mut script = String::from(
+            "BEGIN; INSERT INTO users (user_id, username, password_hash, roles, created_at, \
+             password_changed_at) VALUES ('u1', 'u', 'x', '', 0, 0);",
+        );
+        for i in 0..expired + 2 {
+            // The last two expire far in the future.
+            let expires_at = if i < expired {
+                60 + i % 7
+            } else {
+                4_000_000_000
+            };
+            script.push_str(&format!(
+                "INSERT INTO grants (grant_id, client_id, user_id, resource, scopes, created_at, \
+                 expires_at) VALUES ('g{i}', 'c1', 'u1', 'r', 'mcp', 0, 4000000000); \
+                 INSERT INTO code_responses (grant_id, response) VALUES ('g{i}', 'sealed'); \
+                 INSERT INTO authorization_codes (code_hash, grant_id, client_id, user_id, \
+                 redirect_uri, code_challenge, resource, scopes, created_at, expires_at, \
+                 consumed_at) VALUES ('h{i}', 'g{i}', 'c1', 'u1', 'cb', 'ch', 'r', 'mcp', 0, \
+                 {expires_at}, 1);"
+            ));
+        }
+        script.push_str("COMMIT;");
+        sqlx::raw_sql(&script)
+            .execute(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let pruned = store
+            .prune(now, Duration::hours(1), Duration::seconds(30))
+            .await
+            .unwrap();
+        assert_eq!(pruned.codes, expired.unsigned_abs());
+        assert_eq!(pruned.grants, 0);
+        let count = |sql: &'static str| {
+            let store = store.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(sql)
+                    .fetch_one(&mut *store.reader().await.unwrap())
+                    .await
+                    .unwrap();
+                n
+            }
+        };
+        assert_eq!(count("SELECT count(*) FROM authorization_codes").await, 2);
+        assert_eq!(count("SELECT count(*) FROM code_responses").await, 2);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM code_responses r JOIN authorization_codes c \
+                 ON c.grant_id = r.grant_id"
+            )
+            .await,
+            2,
+            "the responses left are those of the codes left"
+        );
+        assert_eq!(count("SELECT count(*) FROM grants").await, expired + 2);
+        store.close().await;
     }
 }

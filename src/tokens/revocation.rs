@@ -52,14 +52,16 @@ impl RevocationView {
     /// Reads revocations from the database: everything still relevant on the first call, then
     /// what was added since the last call (with a margin for clock skew between instances).
     /// Drops entries that can no longer matter: grants revoked longer ago than the longest
-    /// access-token lifetime, and tokens past their expiry.
+    /// access-token lifetime, and tokens past their expiry, each after the `leeway` the resource
+    /// side still accepts an expired token for (`mcp.clock_leeway`).
     pub async fn sync(
         &self,
         store: &Store,
         now: OffsetDateTime,
         access_token_ttl: Duration,
+        leeway: Duration,
     ) -> Result<(), StoreError> {
-        let horizon = now - access_token_ttl - SKEW;
+        let horizon = now - access_token_ttl - leeway - SKEW;
         let since = {
             let inner = self.0.read().unwrap_or_else(|p| p.into_inner());
             inner.synced_at.map_or(horizon, |t| (t - SKEW).max(horizon))
@@ -73,7 +75,7 @@ impl RevocationView {
             inner.tokens.insert(jti, exp);
         }
         inner.grants.retain(|_, at| *at >= horizon);
-        inner.tokens.retain(|_, exp| *exp > now - SKEW);
+        inner.tokens.retain(|_, exp| *exp > now - leeway - SKEW);
         inner.synced_at = Some(now);
         Ok(())
     }
