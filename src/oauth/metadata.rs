@@ -87,7 +87,10 @@ pub fn authorization_server_metadata(config: &Config) -> AuthorizationServerMeta
             .collect(),
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: vec!["authorization_code", "refresh_token", "client_credentials"],
+        grant_types_supported: super::grants::GrantType::ALL
+            .iter()
+            .map(|g| g.as_str())
+            .collect(),
         token_endpoint_auth_methods_supported: vec![
             "none",
             "client_secret_basic",

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::client_auth::{authenticate, presented};
 use super::clients::Lookup;
 use super::error::TokenError;
-use super::grants;
+use super::grants::{self, GrantType};
 use super::params::Params;
 use crate::audit::{self, AuditEvent};
 use crate::state::AppState;
@@ -91,7 +91,7 @@ async fn token(
     let params = form_params(headers, body).map_err(|e| (e, None, None))?;
     // grant_type first: an unknown one is unsupported_grant_type whatever else is wrong.
     let grant_type = match params.get("grant_type") {
-        Ok(Some(g)) => g.to_owned(),
+        Ok(Some(g)) => g,
         Ok(None) => {
             return Err((
                 TokenError::InvalidRequest("grant_type is required".into()),
@@ -107,14 +107,13 @@ async fn token(
             ));
         }
     };
-    let known = ["authorization_code", "refresh_token", "client_credentials"];
-    if !known.contains(&grant_type.as_str()) {
+    let Some(grant) = GrantType::parse(grant_type) else {
         let err = TokenError::UnsupportedGrantType(format!(
             "grant_type {grant_type:?} is not supported; use authorization_code, refresh_token or client_credentials"
         ));
-        return Err((err, None, Some(grant_type)));
-    }
-    let fail = |e: TokenError, client: Option<String>| (e, client, Some(grant_type.clone()));
+        return Err((err, None, Some(grant_type.to_owned())));
+    };
+    let fail = |e: TokenError, client: Option<String>| (e, client, Some(grant.as_str().to_owned()));
     if let Some(name) = params.repeated() {
         return Err(fail(
             TokenError::InvalidRequest(format!("parameter {name} is repeated")),
@@ -124,18 +123,22 @@ async fn token(
     let credentials = presented(headers, &params).map_err(|e| fail(e, None))?;
     // Exchanges and refreshes only continue what a grant or code already started; client
     // credentials start a grant, so they read the client afresh.
-    let lookup = match grant_type.as_str() {
-        "authorization_code" | "refresh_token" => Lookup::Cached,
-        _ => Lookup::Fresh,
+    let lookup = match grant {
+        GrantType::AuthorizationCode | GrantType::RefreshToken => Lookup::Cached,
+        GrantType::ClientCredentials => Lookup::Fresh,
     };
     let client = authenticate(state, credentials, lookup)
         .await
         .map_err(|e| fail(e, None))?;
     let client_id = Some(client.id.clone());
-    let result = match grant_type.as_str() {
-        "authorization_code" => grants::authorization_code::exchange(state, &client, &params).await,
-        "refresh_token" => grants::refresh_token::refresh(state, &client, &params).await,
-        _ => grants::client_credentials::issue(state, &client, &params).await,
+    let result = match grant {
+        GrantType::AuthorizationCode => {
+            grants::authorization_code::exchange(state, &client, &params).await
+        }
+        GrantType::RefreshToken => grants::refresh_token::refresh(state, &client, &params).await,
+        GrantType::ClientCredentials => {
+            grants::client_credentials::issue(state, &client, &params).await
+        }
     };
     result.map_err(|e| fail(e, client_id))
 }

@@ -10,7 +10,7 @@
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{optional, required};
+use super::{GrantType, optional, required};
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, Secret, SecretHash, same_resource};
 use crate::oauth::error::TokenError;
@@ -45,7 +45,7 @@ pub async fn exchange(
     client: &Client,
     params: &Params,
 ) -> Result<TokenResponse, TokenError> {
-    if !client.grant_types.iter().any(|g| g == "authorization_code") {
+    if !GrantType::AuthorizationCode.registered_by(client) {
         return Err(TokenError::UnauthorizedClient(
             "this client is not registered for the authorization code grant".into(),
         ));

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{narrowed_scope, optional};
+use super::{GrantType, narrowed_scope, optional};
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, new_grant_id, same_resource};
 use crate::oauth::error::TokenError;
@@ -18,7 +18,7 @@ pub async fn issue(
     client: &Client,
     params: &Params,
 ) -> Result<TokenResponse, TokenError> {
-    if !client.is_confidential() || !client.grant_types.iter().any(|g| g == "client_credentials") {
+    if !client.is_confidential() || !GrantType::ClientCredentials.registered_by(client) {
         return Err(TokenError::UnauthorizedClient(
             "client_credentials is for confidential clients registered for it".into(),
         ));

@@ -7,6 +7,45 @@ pub mod refresh_token;
 use super::error::TokenError;
 use super::params::Params;
 
+/// A grant type the token endpoint supports (RFC 6749 §4.1.3, §6, §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    /// `authorization_code`
+    AuthorizationCode,
+    /// `refresh_token`
+    RefreshToken,
+    /// `client_credentials`
+    ClientCredentials,
+}
+
+impl GrantType {
+    /// Every supported grant type, as the metadata lists them.
+    pub const ALL: [Self; 3] = [
+        Self::AuthorizationCode,
+        Self::RefreshToken,
+        Self::ClientCredentials,
+    ];
+
+    /// The grant type a request names, if supported.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == value)
+    }
+
+    /// Its protocol name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+
+    /// Whether `client` registered for it.
+    pub fn registered_by(self, client: &crate::domain::Client) -> bool {
+        client.grant_types.iter().any(|g| g == self.as_str())
+    }
+}
+
 /// A required parameter.
 pub fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, TokenError> {
     params
