@@ -57,31 +57,32 @@ impl Store {
         let windows_before = (now - SKEW).unix_timestamp();
         let tokens_before = (now - leeway - SKEW).unix_timestamp();
         let codes = self.prune_codes(codes_before).await?;
-        let refresh_responses = self
-            .in_chunks(
+        // Each statement, with the time before which it deletes and its chunk.
+        let mut counts = [0; 3];
+        for (count, (sql, before, chunk)) in counts.iter_mut().zip([
+            (
                 "UPDATE refresh_tokens SET replay_response = NULL WHERE token_hash IN \
                  (SELECT token_hash FROM refresh_tokens \
                   WHERE replay_response IS NOT NULL AND replay_until < $1 LIMIT $2)",
                 windows_before,
                 CHUNK,
-            )
-            .await?;
-        let grants = self
-            .in_chunks(
+            ),
+            (
                 "DELETE FROM grants WHERE grant_id IN \
                  (SELECT grant_id FROM grants WHERE expires_at < $1 LIMIT $2)",
                 grants_before,
                 GRANT_CHUNK,
-            )
-            .await?;
-        let revoked_access_tokens = self
-            .in_chunks(
+            ),
+            (
                 "DELETE FROM revoked_access_tokens WHERE jti IN \
                  (SELECT jti FROM revoked_access_tokens WHERE expires_at < $1 LIMIT $2)",
                 tokens_before,
                 CHUNK,
-            )
-            .await?;
+            ),
+        ]) {
+            *count = self.in_chunks(sql, before, chunk).await?;
+        }
+        let [refresh_responses, grants, revoked_access_tokens] = counts;
         Ok(Pruned {
             codes,
             refresh_responses,

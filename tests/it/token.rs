@@ -9,6 +9,7 @@ use crate::support::{Agent, ISSUER, TestApp, TestResponse, oauth_http, query_of,
 use axum::body::Body;
 use gatehouse::clock::Clock;
 use gatehouse::domain::Secret;
+use gatehouse::store::Pruned;
 use oauth2::basic::BasicClient;
 use oauth2::{
     AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, RefreshToken,
@@ -1002,6 +1003,17 @@ async fn introspection_tells_a_confidential_client_about_its_own_tokens_only() {
     );
 }
 
+/// `POST /revoke` of `token` by the public client `client_id`.
+async fn revoke_as_public_client(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
+    post(
+        app,
+        "/revoke",
+        &[("token", token), ("client_id", client_id)],
+        None,
+    )
+    .await
+}
+
 /// Another instance on the same database sees a revocation within one sync.
 #[tokio::test]
 async fn revocations_reach_other_instances_on_sync() {
@@ -1014,16 +1026,7 @@ async fn revocations_reach_other_instances_on_sync() {
     let t = exchange(&app, &client_id, &code, &verifier).await.json();
     let (claims, _) = verified_claims(&app, t["access_token"].as_str().expect("at")).await;
     let gid = claims["grant_id"].as_str().expect("g");
-    post(
-        &app,
-        "/revoke",
-        &[
-            ("token", t["refresh_token"].as_str().expect("rt")),
-            ("client_id", &client_id),
-        ],
-        None,
-    )
-    .await;
+    revoke_as_public_client(&app, &client_id, t["refresh_token"].as_str().expect("rt")).await;
     assert!(!other.revocations.is_revoked(gid, "x"), "not yet synced");
     other
         .revocations
@@ -1361,6 +1364,21 @@ async fn count_rows(app: &TestApp, sql: &str) -> i64 {
     n
 }
 
+/// Presents a used code again, which must be refused; how many reuses have been detected so far.
+async fn code_again(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> usize {
+    assert_error(
+        &exchange(app, client_id, code, verifier).await,
+        400,
+        "invalid_grant",
+    );
+    count(&event_kinds(app).await, "code.reuse_detected")
+}
+
+/// Runs the clean-up and checks what it removed.
+async fn prunes(app: &TestApp, expected: Pruned) {
+    assert_eq!(app.state.prune().await.expect("prune"), expected);
+}
+
 /// The periodic clean-up deletes what can no longer be used, and nothing that still can: a
 /// rotated refresh token loses its sealed response after the grace window and the margin for
 /// other instances' clocks, but is still known (so presenting it revokes the family); a used code
@@ -1394,25 +1412,25 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     assert_eq!(revoked.status, 200);
     let revoked_tokens = "SELECT count(*) FROM revoked_access_tokens";
     assert_eq!(count_rows(&app, revoked_tokens).await, 1);
-    let none = gatehouse::store::Pruned::default();
-    assert_eq!(app.state.prune().await.expect("prune"), none, "all in use");
+    let none = Pruned::default();
+    prunes(&app, none).await; // all in use
     let responses = "SELECT count(*) FROM refresh_tokens WHERE replay_response IS NOT NULL";
     assert_eq!(count_rows(&app, responses).await, 1);
 
     // Past the grace window (30 s) but within the margin for other clocks (5 min): kept.
     app.clock.advance(time::Duration::minutes(4));
-    assert_eq!(app.state.prune().await.expect("prune"), none);
+    prunes(&app, none).await;
     assert_eq!(count_rows(&app, responses).await, 1);
     // Past both.
     app.clock.advance(time::Duration::minutes(2));
-    let pruned = app.state.prune().await.expect("prune");
-    assert_eq!(
-        pruned,
-        gatehouse::store::Pruned {
+    prunes(
+        &app,
+        Pruned {
             refresh_responses: 1,
             ..none
-        }
-    );
+        },
+    )
+    .await;
     assert_eq!(count_rows(&app, responses).await, 0);
     assert_eq!(
         count_rows(&app, "SELECT count(*) FROM refresh_tokens").await,
@@ -1426,35 +1444,29 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     assert_error(&refresh(&app, &client_id, &rt0).await, 400, "invalid_grant");
     let kinds = event_kinds(&app).await;
     assert_eq!(count(&kinds, "refresh.reuse_detected"), 1, "{kinds:?}");
-    // The used code is still known too.
-    assert_error(
-        &exchange(&app, &client_id, &code, &verifier).await,
-        400,
-        "invalid_grant",
-    );
-    assert_eq!(count(&event_kinds(&app).await, "code.reuse_detected"), 1);
+    // The used code is still known too: presenting it again is reuse.
+    assert_eq!(code_again(&app, &client_id, &code, &verifier).await, 1);
 
     // The revoked access token expired at one hour: kept through the leeway (30 s) and the
     // margin, then gone.
     app.clock.advance(time::Duration::minutes(56));
-    assert_eq!(app.state.prune().await.expect("prune"), none);
+    prunes(&app, none).await;
     app.clock.advance(time::Duration::minutes(5));
-    let pruned = app.state.prune().await.expect("prune");
-    assert_eq!(
-        pruned,
-        gatehouse::store::Pruned {
+    prunes(
+        &app,
+        Pruned {
             revoked_access_tokens: 1,
             ..none
-        }
-    );
+        },
+    )
+    .await;
     assert_eq!(count_rows(&app, revoked_tokens).await, 0);
 
     // A day after the code's expiry (and the margin), it goes with the response of its exchange.
     // The service's grant ended an hour after it began: it stays a day.
     app.clock
         .advance(time::Duration::days(1) - time::Duration::minutes(60));
-    let pruned = app.state.prune().await.expect("prune");
-    assert_eq!(pruned, gatehouse::store::Pruned { codes: 1, ..none });
+    prunes(&app, Pruned { codes: 1, ..none }).await;
     assert_eq!(
         count_rows(&app, "SELECT count(*) FROM authorization_codes").await,
         0
@@ -1463,36 +1475,25 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
         count_rows(&app, "SELECT count(*) FROM code_responses").await,
         0
     );
-    // Now merely unknown: refused all the same, and nothing more to revoke.
-    assert_error(
-        &exchange(&app, &client_id, &code, &verifier).await,
-        400,
-        "invalid_grant",
-    );
-    assert_eq!(count(&event_kinds(&app).await, "code.reuse_detected"), 1);
+    // Now merely unknown: refused all the same, and no more reuse to report.
+    assert_eq!(code_again(&app, &client_id, &code, &verifier).await, 1);
     app.clock.advance(time::Duration::hours(1));
-    let pruned = app.state.prune().await.expect("prune");
-    assert_eq!(pruned, gatehouse::store::Pruned { grants: 1, ..none });
+    prunes(&app, Pruned { grants: 1, ..none }).await;
     assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 1);
 
     // The family's grant: kept through the day after its end, then gone with its refresh tokens.
     let family_end = app.state.config.refresh_family_ttl;
     app.clock
         .advance(family_end - time::Duration::days(1) + time::Duration::hours(1));
-    assert_eq!(app.state.prune().await.expect("prune"), none);
+    prunes(&app, none).await;
     app.clock.advance(time::Duration::days(1));
-    let pruned = app.state.prune().await.expect("prune");
-    assert_eq!(pruned, gatehouse::store::Pruned { grants: 1, ..none });
+    prunes(&app, Pruned { grants: 1, ..none }).await;
     assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 0);
     assert_eq!(
         count_rows(&app, "SELECT count(*) FROM refresh_tokens").await,
         0
     );
-    assert_eq!(
-        app.state.prune().await.expect("prune"),
-        none,
-        "nothing left"
-    );
+    prunes(&app, none).await; // nothing left
 }
 
 /// A revoked grant's access tokens are refused for as long as the MCP endpoint would accept
@@ -1513,16 +1514,8 @@ async fn a_revoked_grant_is_remembered_while_its_tokens_are_within_the_leeway() 
         claims["grant_id"].as_str().expect("g").to_owned(),
         claims["jti"].as_str().expect("j").to_owned(),
     );
-    let revoked = post(
-        &app,
-        "/revoke",
-        &[
-            ("token", t["refresh_token"].as_str().expect("rt")),
-            ("client_id", &client_id),
-        ],
-        None,
-    )
-    .await;
+    let revoked =
+        revoke_as_public_client(&app, &client_id, t["refresh_token"].as_str().expect("rt")).await;
     assert_eq!(revoked.status, 200);
 
     // Two minutes past the token's expiry: within the leeway.
