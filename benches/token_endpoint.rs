@@ -329,7 +329,7 @@ fn main() {
         let pruned = bench
             .state
             .store
-            .prune(later, time::Duration::hours(1), time::Duration::seconds(30))
+            .prune(later, time::Duration::hours(1), time::Duration::seconds(30), None)
             .await
             .unwrap();
         println!(

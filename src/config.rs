@@ -81,6 +81,9 @@ pub struct RawConfig {
     pub session_idle_timeout: u64,
     /// A browser session ends this many seconds after it started, active or not. Default 43200.
     pub session_absolute_timeout: u64,
+    /// Seconds an audit event is kept; the periodic clean-up deletes older ones. 0 keeps them
+    /// forever. Default 7776000 (90 days).
+    pub audit_retention: u64,
     /// Addresses (CIDRs, e.g. `10.0.0.0/8`) of reverse proxies whose `X-Forwarded-For` /
     /// `Forwarded` header names the real client. Empty (default): the socket's peer is the client.
     pub trusted_proxies: Vec<String>,
@@ -341,6 +344,7 @@ impl Default for RawConfig {
             allowed_origins: Vec::new(),
             session_idle_timeout: 3600,
             session_absolute_timeout: 12 * 3600,
+            audit_retention: 90 * 86_400,
             trusted_proxies: Vec::new(),
             mcp: McpConfig::default(),
             rate_limits: RateLimitsConfig::default(),
@@ -425,6 +429,8 @@ pub struct Config {
     pub session_idle_timeout: Duration,
     /// Absolute timeout of browser sessions.
     pub session_absolute_timeout: Duration,
+    /// How long audit events are kept; `None` keeps them forever.
+    pub audit_retention: Option<Duration>,
     /// Dynamic registration policy.
     pub registration: RegistrationPolicy,
     /// Client ID Metadata Documents.
@@ -877,6 +883,9 @@ impl Config {
                 rate_limits: raw.rate_limits,
                 session_idle_timeout,
                 session_absolute_timeout,
+                audit_retention: (raw.audit_retention > 0).then(|| {
+                    Duration::seconds(i64::try_from(raw.audit_retention).unwrap_or(i64::MAX))
+                }),
                 registration,
                 client_metadata: raw.client_metadata,
                 keys_passphrase: raw.keys_passphrase,

@@ -123,7 +123,7 @@ async fn reload_on_hangup(state: AppState) {
 const HOUSEKEEPING_INTERVAL: time::Duration = time::Duration::minutes(10);
 
 /// Periodic clean-up: never-used registrations, expired sessions, idle rate-limiter entries,
-/// and codes, grants and replay responses that can no longer be used.
+/// codes, grants and replay responses that can no longer be used, and old audit events.
 async fn housekeeping(state: AppState) {
     match state.prune().await {
         Ok(pruned) if pruned == crate::store::Pruned::default() => {}
@@ -132,7 +132,8 @@ async fn housekeeping(state: AppState) {
             grants = pruned.grants,
             refresh_responses = pruned.refresh_responses,
             revoked_access_tokens = pruned.revoked_access_tokens,
-            "deleted codes, grants and replay responses that can no longer be used"
+            audit_events = pruned.audit_events,
+            "deleted codes, grants and replay responses that can no longer be used, and audit events past their retention"
         ),
         Err(err) => tracing::error!(error = %err, "cannot delete expired codes and grants"),
     }

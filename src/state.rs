@@ -103,14 +103,15 @@ impl AppState {
         Ok(done)
     }
 
-    /// Deletes the codes, grants and sealed responses that can no longer be used (run by the
-    /// periodic clean-up).
+    /// Deletes the codes, grants and sealed responses that can no longer be used, and audit
+    /// events past their retention (run by the periodic clean-up).
     pub async fn prune(&self) -> Result<crate::store::Pruned, StoreError> {
         self.store
             .prune(
                 self.clock.now(),
                 self.config.access_token_ttl,
                 self.config.leeway(),
+                self.config.audit_retention,
             )
             .await
     }

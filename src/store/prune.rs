@@ -38,6 +38,8 @@ pub struct Pruned {
     pub grants: u64,
     /// Revoked access tokens past their expiry.
     pub revoked_access_tokens: u64,
+    /// Audit events older than the retention.
+    pub audit_events: u64,
 }
 
 impl Store {
@@ -45,11 +47,13 @@ impl Store {
     /// `access_token_ttl` after its issue and `leeway` after its expiry (`mcp.clock_leeway`): a
     /// grant and a revoked access token stay at least that long after their end, so that their
     /// revocation is still read by every instance while a token they cover can be accepted.
+    /// Audit events older than `audit_retention` go too, unless it is `None`.
     pub async fn prune(
         &self,
         now: OffsetDateTime,
         access_token_ttl: Duration,
         leeway: Duration,
+        audit_retention: Option<Duration>,
     ) -> Result<Pruned, StoreError> {
         let codes_before = (now - KEEP_AFTER_EXPIRY - SKEW).unix_timestamp();
         let grants_before =
@@ -83,11 +87,24 @@ impl Store {
             *count = self.in_chunks(sql, before, chunk).await?;
         }
         let [refresh_responses, grants, revoked_access_tokens] = counts;
+        let audit_events = match audit_retention {
+            Some(keep) => {
+                self.in_chunks(
+                    "DELETE FROM audit_events WHERE id IN \
+                     (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
+                    (now - keep).unix_timestamp(),
+                    CHUNK,
+                )
+                .await?
+            }
+            None => 0,
+        };
         Ok(Pruned {
             codes,
             refresh_responses,
             grants,
             revoked_access_tokens,
+            audit_events,
         })
     }
 
@@ -187,7 +204,7 @@ mod tests {
             .unwrap();
         let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
         let pruned = store
-            .prune(now, Duration::hours(1), Duration::seconds(30))
+            .prune(now, Duration::hours(1), Duration::seconds(30), None)
             .await
             .unwrap();
         assert_eq!(pruned.codes, expired.unsigned_abs());

@@ -1540,10 +1540,55 @@ async fn a_revoked_grant_is_remembered_while_its_tokens_are_within_the_leeway() 
 
 #[tokio::test]
 async fn pruning_keeps_what_can_still_be_used_on_sqlite() {
-    pruning_keeps_what_can_still_be_used(TestApp::sqlite().await).await;
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let url = crate::support::sqlite_url(&dir);
+    // Audit events are kept here: their retention has a test of its own.
+    let app = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
+    pruning_keeps_what_can_still_be_used(app).await;
 }
 
 #[tokio::test]
 async fn pruning_keeps_what_can_still_be_used_on_postgres() {
-    pruning_keeps_what_can_still_be_used(TestApp::postgres().await).await;
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let url = crate::support::fresh_postgres_url().await;
+    let app = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
+    pruning_keeps_what_can_still_be_used(app).await;
+}
+
+/// Audit events are kept for `audit_retention` (90 days by default), then the clean-up deletes
+/// them, oldest first; with 0, never.
+#[tokio::test]
+async fn audit_events_are_kept_for_the_retention() {
+    let events = "SELECT count(*) FROM audit_events";
+    let app = TestApp::sqlite().await;
+    app.register_client("Early", &[CALLBACK]).await;
+    let early = count_rows(&app, events).await;
+    assert!(early > 0);
+    app.clock.advance(time::Duration::days(89));
+    app.register_client("Late", &[CALLBACK]).await;
+    let all = count_rows(&app, events).await;
+    assert!(all > early);
+    assert_eq!(app.state.prune().await.expect("prune").audit_events, 0);
+    // The early events are past 90 days; the late ones are not.
+    app.clock.advance(time::Duration::days(2));
+    let pruned = app.state.prune().await.expect("prune");
+    assert_eq!(pruned.audit_events, u64::try_from(early).expect("count"));
+    assert_eq!(count_rows(&app, events).await, all - early);
+    let kept = gatehouse::audit::read(&app.state.store, None, None, 50)
+        .await
+        .expect("audit");
+    assert!(
+        kept.iter()
+            .all(|e| e.event.at >= app.clock.now() - time::Duration::days(90)),
+        "only events within the retention are left"
+    );
+
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let url = crate::support::sqlite_url(&dir);
+    let forever = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
+    forever.register_client("Early", &[CALLBACK]).await;
+    let before = count_rows(&forever, events).await;
+    forever.clock.advance(time::Duration::days(400));
+    assert_eq!(forever.state.prune().await.expect("prune").audit_events, 0);
+    assert_eq!(count_rows(&forever, events).await, before);
 }
