@@ -2,7 +2,8 @@
 //! when several instances share one (PostgreSQL).
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -20,6 +21,9 @@ pub struct Limits {
     mcp_token_limit: u32,
     /// Where the per-token budgets are counted when they are global.
     shared: Option<Store>,
+    /// After the database failed to count a budget: budgets are counted in this instance
+    /// without asking it for a while.
+    shared_paused: Pause,
     mcp_unauthenticated_limit: u32,
     refusal_audit: DefaultKeyedRateLimiter<String>,
     public: DefaultKeyedRateLimiter<IpAddr>,
@@ -73,8 +77,36 @@ fn take<K: std::hash::Hash + Eq + Clone>(limiter: &Informed<K>, key: &K, limit: 
     }
 }
 
+/// A pause after a failure, during which something is not asked again.
+#[derive(Debug, Default)]
+struct Pause(Mutex<Option<Instant>>);
+
+impl Pause {
+    /// Whether no pause is under way at `now`.
+    fn over(&self, now: Instant) -> bool {
+        let mut until = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match *until {
+            Some(end) if now < end => false,
+            _ => {
+                *until = None;
+                true
+            }
+        }
+    }
+
+    /// Starts a pause of [`SHARED_BUDGET_PAUSE`] at `now`.
+    fn start(&self, now: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + SHARED_BUDGET_PAUSE);
+    }
+}
+
 /// How long a request waits for the database to count its token's budget.
 const SHARED_BUDGET_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// After the database failed to count a budget, how long budgets are counted in this instance
+/// without asking it: a database that is down costs one request in this many seconds the wait
+/// above, not every request.
+const SHARED_BUDGET_PAUSE: Duration = Duration::from_secs(5);
 
 /// Metadata documents a client address may have fetched (uncached) per minute.
 const METADATA_FETCHES_PER_MINUTE: u32 = 20;
@@ -126,6 +158,7 @@ impl Limits {
     pub fn new(config: &Config, store: &Store) -> Self {
         Self {
             shared: (store.backend() == Backend::Postgres).then(|| store.clone()),
+            shared_paused: Pause::default(),
             registration: RateLimiter::keyed(Quota::per_hour(
                 config.registration.rate_limit_per_hour,
             )),
@@ -161,7 +194,12 @@ impl Limits {
     /// Shared by every instance when the database is; if the database cannot be asked, this
     /// instance counts alone (and says so in the log) rather than refuse every request.
     pub async fn mcp_token(&self, jti: &str, now: time::OffsetDateTime) -> Budget {
-        if let Some(store) = &self.shared {
+        let asked = Instant::now();
+        if let Some(store) = self
+            .shared
+            .as_ref()
+            .filter(|_| self.shared_paused.over(asked))
+        {
             let limit = self.mcp_token_limit.max(1);
             let interval = (60_000_000 / i64::from(limit)).max(1);
             let now = micros(now);
@@ -173,8 +211,9 @@ impl Limits {
                 Ok(Err(err)) => err.to_string(),
                 Err(_) => format!("no answer within {SHARED_BUDGET_TIMEOUT:?}"),
             };
+            self.shared_paused.start(asked);
             if self.audit_refusal("rate-limit-store") {
-                tracing::warn!(error = %failure, "cannot count the per-token rate limit in the database; counting in this instance only");
+                tracing::warn!(error = %failure, pause = ?SHARED_BUDGET_PAUSE, "cannot count the per-token rate limit in the database; counting in this instance only");
             }
         }
         take(&self.mcp_token, &jti.to_owned(), self.mcp_token_limit)
@@ -272,6 +311,23 @@ mod tests {
         assert!(
             wait <= Duration::from_secs(15) && wait > Duration::from_secs(14),
             "{wait:?}"
+        );
+    }
+
+    /// After the database failed to count a budget, it is not asked again for a while: a
+    /// database that is down costs one request the wait, not every request.
+    #[test]
+    fn a_failed_count_pauses_asking_the_database() {
+        let pause = Pause::default();
+        let t = Instant::now();
+        assert!(pause.over(t));
+        pause.start(t);
+        assert!(!pause.over(t + Duration::from_secs(1)));
+        assert!(!pause.over(t + SHARED_BUDGET_PAUSE - Duration::from_millis(1)));
+        assert!(pause.over(t + SHARED_BUDGET_PAUSE));
+        assert!(
+            pause.over(t + Duration::from_secs(1)),
+            "over for good once over"
         );
     }
 
