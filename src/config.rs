@@ -81,8 +81,8 @@ pub struct RawConfig {
     pub session_idle_timeout: u64,
     /// A browser session ends this many seconds after it started, active or not. Default 43200.
     pub session_absolute_timeout: u64,
-    /// Seconds an audit event is kept; the periodic clean-up deletes older ones. 0 keeps them
-    /// forever. Default 7776000 (90 days).
+    /// Seconds an audit event is kept (at most ten years); the periodic clean-up deletes older
+    /// ones. 0 keeps them forever. Default 7776000 (90 days).
     pub audit_retention: u64,
     /// Addresses (CIDRs, e.g. `10.0.0.0/8`) of reverse proxies whose `X-Forwarded-For` /
     /// `Forwarded` header names the real client. Empty (default): the socket's peer is the client.
@@ -838,6 +838,12 @@ impl Config {
             problems.push(format!(
                 "key_rotation.interval ({}) must be 0 (manual rotation), or between twice key_rotation.publish_lead ({}) and 31622400 (a year)",
                 kr.interval, kr.publish_lead
+            ));
+        }
+        if raw.audit_retention > 3_650 * 86_400 {
+            problems.push(format!(
+                "audit_retention must be at most 315360000 seconds (ten years), or 0 to keep audit events forever, not {}",
+                raw.audit_retention
             ));
         }
         if kr.retired_retention > 366 * 86_400 {

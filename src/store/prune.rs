@@ -87,12 +87,13 @@ impl Store {
             *count = self.in_chunks(sql, before, chunk).await?;
         }
         let [refresh_responses, grants, revoked_access_tokens] = counts;
-        let audit_events = match audit_retention {
-            Some(keep) => {
+        // A retention reaching before the calendar's start keeps everything.
+        let audit_events = match audit_retention.and_then(|keep| now.checked_sub(keep)) {
+            Some(before) => {
                 self.in_chunks(
                     "DELETE FROM audit_events WHERE id IN \
                      (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
-                    (now - keep).unix_timestamp(),
+                    before.unix_timestamp(),
                     CHUNK,
                 )
                 .await?

@@ -87,6 +87,11 @@ fn each_invalid_setting_fails_start_with_its_own_message() {
             "3600",
             "authorization_code_ttl must be between",
         ),
+        (
+            "GATEHOUSE_AUDIT_RETENTION",
+            "999999999999999",
+            "audit_retention must be at most",
+        ),
         ("GATEHOUSE_BIND", "0.0.0.0:8080", "issuer is not set"),
         ("GATEHOUSE_SIGNING_ALGORITHM", "HS256", "signing_algorithm"),
         ("GATEHOUSE_DEFAULT_SCOPES", "[\"admin\"]", "not in `scopes`"),

@@ -1447,11 +1447,13 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     // The used code is still known too: presenting it again is reuse.
     assert_eq!(code_again(&app, &client_id, &code, &verifier).await, 1);
 
-    // The revoked access token expired at one hour: kept through the leeway (30 s) and the
-    // margin, then gone.
+    // The revoked access token expired at one hour: kept through the leeway (5 min here) and
+    // the margin (5 min), then gone.
     app.clock.advance(time::Duration::minutes(56));
     prunes(&app, none).await;
-    app.clock.advance(time::Duration::minutes(5));
+    app.clock.advance(time::Duration::minutes(7));
+    prunes(&app, none).await;
+    app.clock.advance(time::Duration::minutes(2));
     prunes(
         &app,
         Pruned {
@@ -1481,12 +1483,14 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     prunes(&app, Pruned { grants: 1, ..none }).await;
     assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 1);
 
-    // The family's grant: kept through the day after its end, then gone with its refresh tokens.
+    // The family's grant (it ends 90 days after the exchange): kept through the day after its
+    // end and the margin, then gone with its refresh tokens. Now is a day, an hour and 11
+    // minutes after the exchange.
     let family_end = app.state.config.refresh_family_ttl;
     app.clock
-        .advance(family_end - time::Duration::days(1) + time::Duration::hours(1));
-    prunes(&app, none).await;
-    app.clock.advance(time::Duration::days(1));
+        .advance(family_end - time::Duration::hours(1) - time::Duration::minutes(7));
+    prunes(&app, none).await; // a minute before
+    app.clock.advance(time::Duration::minutes(2));
     prunes(&app, Pruned { grants: 1, ..none }).await;
     assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 0);
     assert_eq!(
@@ -1538,12 +1542,18 @@ async fn a_revoked_grant_is_remembered_while_its_tokens_are_within_the_leeway() 
     assert!(!app.state.revocations.is_revoked(&gid, &jti));
 }
 
+/// Audit events are kept here (their retention has a test of its own), and the leeway is long
+/// enough to tell apart from the margin for clocks.
+fn tweak_for_pruning(config: &mut gatehouse::config::Config) {
+    config.audit_retention = None;
+    config.mcp.clock_leeway = 300;
+}
+
 #[tokio::test]
 async fn pruning_keeps_what_can_still_be_used_on_sqlite() {
     let dir = tempfile::TempDir::new().expect("tempdir");
     let url = crate::support::sqlite_url(&dir);
-    // Audit events are kept here: their retention has a test of its own.
-    let app = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
+    let app = TestApp::with(dir, &url, tweak_for_pruning).await;
     pruning_keeps_what_can_still_be_used(app).await;
 }
 
@@ -1551,19 +1561,24 @@ async fn pruning_keeps_what_can_still_be_used_on_sqlite() {
 async fn pruning_keeps_what_can_still_be_used_on_postgres() {
     let dir = tempfile::TempDir::new().expect("tempdir");
     let url = crate::support::fresh_postgres_url().await;
-    let app = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
+    let app = TestApp::with(dir, &url, tweak_for_pruning).await;
     pruning_keeps_what_can_still_be_used(app).await;
 }
 
 /// Audit events are kept for `audit_retention` (90 days by default), then the clean-up deletes
-/// them, oldest first; with 0, never.
-#[tokio::test]
-async fn audit_events_are_kept_for_the_retention() {
+/// them, in as many chunks as it takes; with 0, never.
+async fn audit_events_are_kept_for_the_retention(app: TestApp) {
     let events = "SELECT count(*) FROM audit_events";
-    let app = TestApp::sqlite().await;
-    app.register_client("Early", &[CALLBACK]).await;
+    // More early events than one chunk of the clean-up holds.
+    for i in 0..1_100 {
+        let event =
+            gatehouse::audit::AuditEvent::new("test.early", app.clock.now(), json!({ "i": i }));
+        gatehouse::audit::record(&app.state.store, event)
+            .await
+            .expect("record");
+    }
     let early = count_rows(&app, events).await;
-    assert!(early > 0);
+    assert!(early >= 1_100);
     app.clock.advance(time::Duration::days(89));
     app.register_client("Late", &[CALLBACK]).await;
     let all = count_rows(&app, events).await;
@@ -1582,12 +1597,28 @@ async fn audit_events_are_kept_for_the_retention() {
             .all(|e| e.event.at >= app.clock.now() - time::Duration::days(90)),
         "only events within the retention are left"
     );
+}
 
+#[tokio::test]
+async fn audit_events_are_kept_for_the_retention_on_sqlite() {
+    audit_events_are_kept_for_the_retention(TestApp::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn audit_events_are_kept_for_the_retention_on_postgres() {
+    audit_events_are_kept_for_the_retention(TestApp::postgres().await).await;
+}
+
+/// With `audit_retention = 0`, the clean-up deletes no audit event, however old.
+#[tokio::test]
+async fn audit_events_are_kept_forever_with_retention_zero() {
+    let events = "SELECT count(*) FROM audit_events";
     let dir = tempfile::TempDir::new().expect("tempdir");
     let url = crate::support::sqlite_url(&dir);
     let forever = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
     forever.register_client("Early", &[CALLBACK]).await;
     let before = count_rows(&forever, events).await;
+    assert!(before > 0);
     forever.clock.advance(time::Duration::days(400));
     assert_eq!(forever.state.prune().await.expect("prune").audit_events, 0);
     assert_eq!(count_rows(&forever, events).await, before);
