@@ -1,7 +1,8 @@
 //! Deleting what can no longer be used, so the database does not grow with every code exchange
 //! and refresh (the periodic clean-up, `server::housekeeping`).
 //!
-//! Each kind is deleted in chunks of [`CHUNK`] rows, each chunk a statement of its own on a writer
+//! Each kind is deleted in chunks ([`CHUNK`] rows, or [`GRANT_CHUNK`] grants with their refresh
+//! tokens), each chunk a statement (for codes, a transaction of two) of its own on a writer
 //! borrowed for it alone: on SQLite the token endpoint's batches run between two chunks, not
 //! after the whole clean-up.
 
