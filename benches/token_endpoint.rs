@@ -329,7 +329,15 @@ fn main() {
         let pruned = bench
             .state
             .store
-            .prune(later, time::Duration::hours(1), time::Duration::seconds(30), None)
+            .prune(
+                later,
+                gatehouse::store::Keep {
+                    access_token_ttl: time::Duration::hours(1),
+                    leeway: time::Duration::seconds(30),
+                    audit_events: None,
+                    sign_in_failures: time::Duration::minutes(15),
+                },
+            )
             .await
             .unwrap();
         println!(

@@ -141,7 +141,8 @@ async fn housekeeping(state: AppState) {
             refresh_responses = pruned.refresh_responses,
             revoked_access_tokens = pruned.revoked_access_tokens,
             audit_events = pruned.audit_events,
-            "deleted codes, grants and replay responses that can no longer be used, and audit events past their retention"
+            sign_in_failures = pruned.sign_in_failures,
+            "deleted codes, grants, replay responses and failed sign-ins that can no longer matter, and audit events past their retention"
         ),
         Err(err) => tracing::error!(error = %err, "cannot delete expired codes and grants"),
     }

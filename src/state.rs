@@ -103,17 +103,16 @@ impl AppState {
         Ok(done)
     }
 
-    /// Deletes the codes, grants and sealed responses that can no longer be used, and audit
-    /// events past their retention (run by the periodic clean-up).
+    /// Deletes the codes, grants, sealed responses and failed sign-ins that can no longer matter,
+    /// and audit events past their retention (run by the periodic clean-up).
     pub async fn prune(&self) -> Result<crate::store::Pruned, StoreError> {
-        self.store
-            .prune(
-                self.clock.now(),
-                self.config.access_token_ttl,
-                self.config.leeway(),
-                self.config.audit_retention,
-            )
-            .await
+        let keep = crate::store::Keep {
+            access_token_ttl: self.config.access_token_ttl,
+            leeway: self.config.leeway(),
+            audit_events: self.config.audit_retention,
+            sign_in_failures: crate::account::throttle::WINDOW,
+        };
+        self.store.prune(self.clock.now(), keep).await
     }
 
     /// Reads revocations made by other instances or the CLI into this instance's view.

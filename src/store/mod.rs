@@ -32,7 +32,7 @@ pub use audit::AuditRecord;
 pub use grants::{CodeState, ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
 pub use limits::RateTake;
-pub use prune::{KEEP_AFTER_EXPIRY, Pruned};
+pub use prune::{KEEP_AFTER_EXPIRY, Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
 pub use users::{CodeRecord, ThrottleState};
 

@@ -28,6 +28,19 @@ pub const KEEP_AFTER_EXPIRY: Duration = Duration::days(1);
 /// judged over by this one's clock alone.
 const SKEW: Duration = Duration::minutes(5);
 
+/// How long each kind of record stays useful, from the configuration and the sign-in policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// The longest an access token lives (`access_token_ttl`).
+    pub access_token_ttl: Duration,
+    /// How long after its expiry the MCP endpoint still accepts one (`mcp.clock_leeway`).
+    pub leeway: Duration,
+    /// How long audit events are kept; `None` keeps them forever (`audit_retention`).
+    pub audit_events: Option<Duration>,
+    /// How long failed sign-ins are remembered (`account::throttle::WINDOW`).
+    pub sign_in_failures: Duration,
+}
+
 /// What one clean-up removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
@@ -41,6 +54,9 @@ pub struct Pruned {
     pub revoked_access_tokens: u64,
     /// Audit events older than the retention.
     pub audit_events: u64,
+    /// Failed sign-ins (per account name or address) no longer remembered: deleting them
+    /// changes nothing, as failures older than the window count for nothing.
+    pub sign_in_failures: u64,
 }
 
 impl Store {
@@ -48,22 +64,18 @@ impl Store {
     /// `access_token_ttl` after its issue and `leeway` after its expiry (`mcp.clock_leeway`): a
     /// grant and a revoked access token stay at least that long after their end, so that their
     /// revocation is still read by every instance while a token they cover can be accepted.
-    /// Audit events older than `audit_retention` go too, unless it is `None`.
-    pub async fn prune(
-        &self,
-        now: OffsetDateTime,
-        access_token_ttl: Duration,
-        leeway: Duration,
-        audit_retention: Option<Duration>,
-    ) -> Result<Pruned, StoreError> {
+    /// Audit events and failed sign-ins go once past their own times in `keep`.
+    pub async fn prune(&self, now: OffsetDateTime, keep: Keep) -> Result<Pruned, StoreError> {
         let codes_before = (now - KEEP_AFTER_EXPIRY - SKEW).unix_timestamp();
         let grants_before =
-            (now - KEEP_AFTER_EXPIRY.max(access_token_ttl + leeway) - SKEW).unix_timestamp();
+            (now - KEEP_AFTER_EXPIRY.max(keep.access_token_ttl + keep.leeway) - SKEW)
+                .unix_timestamp();
         let windows_before = (now - SKEW).unix_timestamp();
-        let tokens_before = (now - leeway - SKEW).unix_timestamp();
+        let tokens_before = (now - keep.leeway - SKEW).unix_timestamp();
+        let failures_before = (now - keep.sign_in_failures - SKEW).unix_timestamp();
         let codes = self.prune_codes(codes_before).await?;
         // Each statement, with the time before which it deletes and its chunk.
-        let mut counts = [0; 3];
+        let mut counts = [0; 4];
         for (count, (sql, before, chunk)) in counts.iter_mut().zip([
             (
                 "UPDATE refresh_tokens SET replay_response = NULL WHERE token_hash IN \
@@ -84,12 +96,23 @@ impl Store {
                 tokens_before,
                 CHUNK,
             ),
+            (
+                "DELETE FROM login_throttle WHERE throttle_key IN \
+                 (SELECT throttle_key FROM login_throttle WHERE last_failure_at < $1 LIMIT $2)",
+                failures_before,
+                CHUNK,
+            ),
         ]) {
             *count = self.in_chunks(sql, before, chunk).await?;
         }
-        let [refresh_responses, grants, revoked_access_tokens] = counts;
+        let [
+            refresh_responses,
+            grants,
+            revoked_access_tokens,
+            sign_in_failures,
+        ] = counts;
         // A retention reaching before the calendar's start keeps everything.
-        let audit_events = match audit_retention.and_then(|keep| now.checked_sub(keep)) {
+        let audit_events = match keep.audit_events.and_then(|kept| now.checked_sub(kept)) {
             Some(before) => {
                 self.in_chunks(
                     "DELETE FROM audit_events WHERE id IN \
@@ -107,6 +130,7 @@ impl Store {
             grants,
             revoked_access_tokens,
             audit_events,
+            sign_in_failures,
         })
     }
 
@@ -206,7 +230,15 @@ mod tests {
             .unwrap();
         let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
         let pruned = store
-            .prune(now, Duration::hours(1), Duration::seconds(30), None)
+            .prune(
+                now,
+                Keep {
+                    access_token_ttl: Duration::hours(1),
+                    leeway: Duration::seconds(30),
+                    audit_events: None,
+                    sign_in_failures: Duration::minutes(15),
+                },
+            )
             .await
             .unwrap();
         assert_eq!(pruned.codes, expired.unsigned_abs());

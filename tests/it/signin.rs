@@ -645,6 +645,30 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     );
 }
 
+/// A failed sign-in leaves a row per account name and per address, whatever name was tried; once
+/// older than the window (15 minutes) it counts for nothing, and the clean-up deletes it.
+#[tokio::test]
+async fn forgotten_sign_in_failures_are_deleted() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let res = try_password(&mut agent, &login, "nobody", "wrong password").await;
+    assert_eq!(res.status, 401);
+    let rows = "SELECT count(*) FROM login_throttle";
+    assert_eq!(
+        app.count_rows(rows).await,
+        2,
+        "the name's and the address's"
+    );
+    // Within the window, and the margin for other instances' clocks: kept.
+    app.clock.advance(time::Duration::minutes(19));
+    assert_eq!(app.state.prune().await.expect("prune").sign_in_failures, 0);
+    app.clock.advance(time::Duration::minutes(2));
+    assert_eq!(app.state.prune().await.expect("prune").sign_in_failures, 2);
+    assert_eq!(app.count_rows(rows).await, 0);
+}
+
 /// The session cookie: HttpOnly, SameSite=Lax, Secure with the __Host- prefix on an https issuer;
 /// a new session id at sign-in; sign-out ends the session.
 #[tokio::test]

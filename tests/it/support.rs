@@ -159,6 +159,20 @@ impl TestApp {
         self.dir
     }
 
+    /// The number a `SELECT count(*)` gives in the app's database, read on a connection of its
+    /// own.
+    pub async fn count_rows(&self, sql: &str) -> i64 {
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect");
+        let n: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        let _ = conn.close().await;
+        n
+    }
+
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self
             .router

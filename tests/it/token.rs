@@ -1350,20 +1350,6 @@ async fn removing_a_user_revokes_their_grants_and_voids_their_codes_at_once() {
     );
 }
 
-/// Rows of `sql` (a `SELECT count(*)`) in the app's database, read on a connection of its own.
-async fn count_rows(app: &TestApp, sql: &str) -> i64 {
-    use sqlx::Connection;
-    let mut conn = sqlx::AnyConnection::connect(&app.database_url)
-        .await
-        .expect("connect");
-    let n: i64 = sqlx::query_scalar(sql)
-        .fetch_one(&mut conn)
-        .await
-        .expect("count");
-    let _ = conn.close().await;
-    n
-}
-
 /// Presents a used code again, which must be refused; how many reuses have been detected so far.
 async fn code_again(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> usize {
     assert_error(
@@ -1411,16 +1397,16 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     .await;
     assert_eq!(revoked.status, 200);
     let revoked_tokens = "SELECT count(*) FROM revoked_access_tokens";
-    assert_eq!(count_rows(&app, revoked_tokens).await, 1);
+    assert_eq!(app.count_rows(revoked_tokens).await, 1);
     let none = Pruned::default();
     prunes(&app, none).await; // all in use
     let responses = "SELECT count(*) FROM refresh_tokens WHERE replay_response IS NOT NULL";
-    assert_eq!(count_rows(&app, responses).await, 1);
+    assert_eq!(app.count_rows(responses).await, 1);
 
     // Past the grace window (30 s) but within the margin for other clocks (5 min): kept.
     app.clock.advance(time::Duration::minutes(4));
     prunes(&app, none).await;
-    assert_eq!(count_rows(&app, responses).await, 1);
+    assert_eq!(app.count_rows(responses).await, 1);
     // Past both.
     app.clock.advance(time::Duration::minutes(2));
     prunes(
@@ -1431,13 +1417,13 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
         },
     )
     .await;
-    assert_eq!(count_rows(&app, responses).await, 0);
+    assert_eq!(app.count_rows(responses).await, 0);
     assert_eq!(
-        count_rows(&app, "SELECT count(*) FROM refresh_tokens").await,
+        app.count_rows("SELECT count(*) FROM refresh_tokens").await,
         2
     );
     assert_eq!(
-        count_rows(&app, "SELECT count(*) FROM code_responses").await,
+        app.count_rows("SELECT count(*) FROM code_responses").await,
         1
     );
     // The rotated token is still known: presenting it is reuse, and revokes the family.
@@ -1462,7 +1448,7 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
         },
     )
     .await;
-    assert_eq!(count_rows(&app, revoked_tokens).await, 0);
+    assert_eq!(app.count_rows(revoked_tokens).await, 0);
 
     // A day after the code's expiry (and the margin), it goes with the response of its exchange.
     // The service's grant ended an hour after it began: it stays a day.
@@ -1470,18 +1456,19 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
         .advance(time::Duration::days(1) - time::Duration::minutes(60));
     prunes(&app, Pruned { codes: 1, ..none }).await;
     assert_eq!(
-        count_rows(&app, "SELECT count(*) FROM authorization_codes").await,
+        app.count_rows("SELECT count(*) FROM authorization_codes")
+            .await,
         0
     );
     assert_eq!(
-        count_rows(&app, "SELECT count(*) FROM code_responses").await,
+        app.count_rows("SELECT count(*) FROM code_responses").await,
         0
     );
     // Now merely unknown: refused all the same, and no more reuse to report.
     assert_eq!(code_again(&app, &client_id, &code, &verifier).await, 1);
     app.clock.advance(time::Duration::hours(1));
     prunes(&app, Pruned { grants: 1, ..none }).await;
-    assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 1);
+    assert_eq!(app.count_rows("SELECT count(*) FROM grants").await, 1);
 
     // The family's grant (it ends 90 days after the exchange): kept through the day after its
     // end and the margin, then gone with its refresh tokens. Now is a day, an hour and 11
@@ -1492,9 +1479,9 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     prunes(&app, none).await; // a minute before
     app.clock.advance(time::Duration::minutes(2));
     prunes(&app, Pruned { grants: 1, ..none }).await;
-    assert_eq!(count_rows(&app, "SELECT count(*) FROM grants").await, 0);
+    assert_eq!(app.count_rows("SELECT count(*) FROM grants").await, 0);
     assert_eq!(
-        count_rows(&app, "SELECT count(*) FROM refresh_tokens").await,
+        app.count_rows("SELECT count(*) FROM refresh_tokens").await,
         0
     );
     prunes(&app, none).await; // nothing left
@@ -1577,18 +1564,18 @@ async fn audit_events_are_kept_for_the_retention(app: TestApp) {
             .await
             .expect("record");
     }
-    let early = count_rows(&app, events).await;
+    let early = app.count_rows(events).await;
     assert!(early >= 1_100);
     app.clock.advance(time::Duration::days(89));
     app.register_client("Late", &[CALLBACK]).await;
-    let all = count_rows(&app, events).await;
+    let all = app.count_rows(events).await;
     assert!(all > early);
     assert_eq!(app.state.prune().await.expect("prune").audit_events, 0);
     // The early events are past 90 days; the late ones are not.
     app.clock.advance(time::Duration::days(2));
     let pruned = app.state.prune().await.expect("prune");
     assert_eq!(pruned.audit_events, u64::try_from(early).expect("count"));
-    assert_eq!(count_rows(&app, events).await, all - early);
+    assert_eq!(app.count_rows(events).await, all - early);
     let kept = gatehouse::audit::read(&app.state.store, None, None, 50)
         .await
         .expect("audit");
@@ -1617,9 +1604,9 @@ async fn audit_events_are_kept_forever_with_retention_zero() {
     let url = crate::support::sqlite_url(&dir);
     let forever = TestApp::with(dir, &url, |c| c.audit_retention = None).await;
     forever.register_client("Early", &[CALLBACK]).await;
-    let before = count_rows(&forever, events).await;
+    let before = forever.count_rows(events).await;
     assert!(before > 0);
     forever.clock.advance(time::Duration::days(400));
     assert_eq!(forever.state.prune().await.expect("prune").audit_events, 0);
-    assert_eq!(count_rows(&forever, events).await, before);
+    assert_eq!(forever.count_rows(events).await, before);
 }
