@@ -59,6 +59,15 @@ pub struct Pruned {
     pub sign_in_failures: u64,
 }
 
+/// The statement that deletes a chunk of `table`'s rows (keyed by `key`) whose `column` (indexed)
+/// is before `$1`, the oldest first, `$2` at most.
+fn older(table: &str, key: &str, column: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE {key} IN \
+         (SELECT {key} FROM {table} WHERE {column} < $1 ORDER BY {column} LIMIT $2)"
+    )
+}
+
 impl Store {
     /// Deletes what can no longer be used at `now`. An access token of a grant is accepted until
     /// `access_token_ttl` after its issue and `leeway` after its expiry (`mcp.clock_leeway`): a
@@ -85,20 +94,17 @@ impl Store {
                 CHUNK,
             ),
             (
-                "DELETE FROM grants WHERE grant_id IN \
-                 (SELECT grant_id FROM grants WHERE expires_at < $1 LIMIT $2)",
+                &older("grants", "grant_id", "expires_at"),
                 grants_before,
                 GRANT_CHUNK,
             ),
             (
-                "DELETE FROM revoked_access_tokens WHERE jti IN \
-                 (SELECT jti FROM revoked_access_tokens WHERE expires_at < $1 LIMIT $2)",
+                &older("revoked_access_tokens", "jti", "expires_at"),
                 tokens_before,
                 CHUNK,
             ),
             (
-                "DELETE FROM login_throttle WHERE throttle_key IN \
-                 (SELECT throttle_key FROM login_throttle WHERE last_failure_at < $1 LIMIT $2)",
+                &older("login_throttle", "throttle_key", "last_failure_at"),
                 failures_before,
                 CHUNK,
             ),
@@ -115,8 +121,7 @@ impl Store {
         let audit_events = match keep.audit_events.and_then(|kept| now.checked_sub(kept)) {
             Some(before) => {
                 self.in_chunks(
-                    "DELETE FROM audit_events WHERE id IN \
-                     (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
+                    &older("audit_events", "id", "at"),
                     before.unix_timestamp(),
                     CHUNK,
                 )
