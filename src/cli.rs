@@ -176,11 +176,28 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // `{:#}` prints the cause chain on one line, without a backtrace.
-            eprintln!("gatehouse: error: {err:#}");
+            eprintln!("gatehouse: error: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause said once: several errors (ours and sqlx's)
+/// already include their cause in their own message, and the whole chain repeated it up to four
+/// times.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_tracing(serving: bool) {

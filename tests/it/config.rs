@@ -165,6 +165,37 @@ fn unusable_keys_dir_stops_start_with_one_line() {
     );
 }
 
+/// A database file that is not one stops start with one line that says so once (it said the
+/// cause four times, each error of the chain repeating the one below).
+#[test]
+fn a_file_that_is_not_a_database_stops_start_saying_so_once() {
+    let cwd = TempDir::new().expect("tempdir");
+    std::fs::write(
+        cwd.path().join("gatehouse.db"),
+        "not a database ".repeat(40),
+    )
+    .expect("write");
+    for command in [&["serve"][..], &["keys", "list"][..]] {
+        let output = gatehouse(cwd.path())
+            .args(command)
+            .env("GATEHOUSE_BIND", "127.0.0.1:1")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("gatehouse: error: cannot open database sqlite://gatehouse.db: "),
+            "{stderr}"
+        );
+        assert_eq!(
+            last.matches("file is not a database").count(),
+            1,
+            "the cause once: {last}"
+        );
+    }
+}
+
 /// Key commands on a database no server has started yet say what to do, in one line.
 #[test]
 fn key_commands_before_the_first_start_say_what_to_do() {
