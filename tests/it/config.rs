@@ -148,21 +148,27 @@ fn a_named_config_file_must_exist() {
 fn unusable_keys_dir_stops_start_with_one_line() {
     let cwd = TempDir::new().expect("tempdir");
     std::fs::write(cwd.path().join("keyfile"), "x").expect("write");
+    let last = failure_line(&cwd, &["serve"], &[("GATEHOUSE_KEYS_DIR", "keyfile")]);
+    assert!(
+        last.starts_with(
+            "gatehouse: error: keys_dir keyfile is not usable: exists but is not a directory"
+        ),
+        "{last}"
+    );
+}
+
+/// Runs `args` in `cwd` (with `env`, and a bind address nothing listens on), which must fail with
+/// exit status 1; the last line of its error output.
+fn failure_line(cwd: &TempDir, args: &[&str], env: &[(&str, &str)]) -> String {
     let output = gatehouse(cwd.path())
-        .arg("serve")
-        .env("GATEHOUSE_KEYS_DIR", "keyfile")
+        .args(args)
+        .envs(env.iter().copied())
         .env("GATEHOUSE_BIND", "127.0.0.1:1")
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with(
-            "gatehouse: error: keys_dir keyfile is not usable: exists but is not a directory"
-        ),
-        "{stderr}"
-    );
+    stderr.lines().last().unwrap_or_default().to_owned()
 }
 
 /// A database file that is not one stops start with one line that says so once (it said the
@@ -176,17 +182,10 @@ fn a_file_that_is_not_a_database_stops_start_saying_so_once() {
     )
     .expect("write");
     for command in [&["serve"][..], &["keys", "list"][..]] {
-        let output = gatehouse(cwd.path())
-            .args(command)
-            .env("GATEHOUSE_BIND", "127.0.0.1:1")
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
-        let last = stderr.lines().last().unwrap_or_default();
+        let last = failure_line(&cwd, command, &[]);
         assert!(
             last.starts_with("gatehouse: error: cannot open database sqlite://gatehouse.db: "),
-            "{stderr}"
+            "{last}"
         );
         assert_eq!(
             last.matches("file is not a database").count(),
