@@ -96,9 +96,15 @@ where
 fn mcp_service(
     state: &AppState,
 ) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
-    let mcp_state = state.clone();
+    // The tools are described once; each session's service gets a copy.
+    let first = server::GatehouseMcp::new(state.clone());
     StreamableHttpService::new(
-        move || Ok(server::GatehouseMcp::new(mcp_state.clone())),
+        move || {
+            Ok(server::GatehouseMcp::with_tools(
+                first.state.clone(),
+                first.tools().clone(),
+            ))
+        },
         LocalSessionManager::default().into(),
         StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config)),
     )

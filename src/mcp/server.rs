@@ -28,12 +28,21 @@ pub struct GatehouseMcp {
 }
 
 impl GatehouseMcp {
-    /// A service over `state`.
+    /// A service over `state`, with its tools described afresh (each tool's input schema is
+    /// generated): once per process is enough, then [`Self::with_tools`].
     pub fn new(state: AppState) -> Self {
-        Self {
-            state,
-            tool_router: Self::tool_router(),
-        }
+        Self::with_tools(state, Self::tool_router())
+    }
+
+    /// A service over `state` with `tool_router` as made by [`Self::new`]: rmcp makes a service
+    /// per session, and in stateless mode (2026-07-28) per request.
+    pub fn with_tools(state: AppState, tool_router: ToolRouter<GatehouseMcp>) -> Self {
+        Self { state, tool_router }
+    }
+
+    /// This service's tools, to make the next one with.
+    pub fn tools(&self) -> &ToolRouter<GatehouseMcp> {
+        &self.tool_router
     }
 
     /// The scopes a call of `tool` needs: the base scope and the tool's own.
