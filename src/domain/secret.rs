@@ -149,9 +149,26 @@ mod tests {
     /// hash of the whole; every other secret, as its hash alone.
     #[test]
     fn ordered_secrets_are_stored_in_issue_order() {
+        let millis = |prefix: &str| u128::from_str_radix(prefix, 16).expect("hex");
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis()
+        };
+        let before = now();
         let first = Secret::generate_ordered().expect("rng");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let second = Secret::generate_ordered().expect("rng");
+        let issued = millis(&first.expose()[..12]);
+        assert!(
+            (before..=now()).contains(&issued),
+            "begins with its issue time"
+        );
+        // One issued a millisecond later (no sleep: the time is spelled out).
+        let second = Secret::presented(&format!(
+            "{:012x}{}",
+            issued + 1,
+            Secret::generate().expect("rng").expose()
+        ));
         assert_eq!(first.expose().len(), 55);
         let (a, b) = (first.hash(), second.hash());
         assert!(a.as_str() < b.as_str(), "{a:?} before {b:?}");

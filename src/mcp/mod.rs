@@ -96,15 +96,10 @@ where
 fn mcp_service(
     state: &AppState,
 ) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
-    // The tools are described once; each session's service gets a copy.
-    let first = server::GatehouseMcp::new(state.clone());
+    let mcp_state = state.clone();
+    let tools = server::GatehouseMcp::tool_router();
     StreamableHttpService::new(
-        move || {
-            Ok(server::GatehouseMcp::with_tools(
-                first.state.clone(),
-                first.tools().clone(),
-            ))
-        },
+        move || Ok(server::GatehouseMcp::new(mcp_state.clone(), tools.clone())),
         LocalSessionManager::default().into(),
         StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config)),
     )

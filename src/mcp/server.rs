@@ -28,21 +28,14 @@ pub struct GatehouseMcp {
 }
 
 impl GatehouseMcp {
-    /// A service over `state`, with its tools described afresh (each tool's input schema is
-    /// generated): once per process is enough, then [`Self::with_tools`].
-    pub fn new(state: AppState) -> Self {
-        Self::with_tools(state, Self::tool_router())
-    }
-
-    /// A service over `state` with `tool_router` as made by [`Self::new`]: rmcp makes a service
-    /// per session, and in stateless mode (2026-07-28) per request.
-    pub fn with_tools(state: AppState, tool_router: ToolRouter<GatehouseMcp>) -> Self {
-        Self { state, tool_router }
-    }
-
-    /// This service's tools, to make the next one with.
-    pub fn tools(&self) -> &ToolRouter<GatehouseMcp> {
-        &self.tool_router
+    /// A service over `state` with `tools` ([`Self::tool_router`], made once per process: it
+    /// generates every tool's input schema, and rmcp makes a service per session, per request in
+    /// stateless mode).
+    pub fn new(state: AppState, tools: ToolRouter<GatehouseMcp>) -> Self {
+        Self {
+            state,
+            tool_router: tools,
+        }
     }
 
     /// The scopes a call of `tool` needs: the base scope and the tool's own.

@@ -521,10 +521,7 @@ mod tests {
     #[tokio::test]
     async fn a_code_consumed_before_responses_had_their_table_still_replays() {
         let dir = tempfile::TempDir::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
-            .await
-            .unwrap();
+        let store = super::super::sqlite_store_in(&dir).await;
         let mut writer = store.writer().await.unwrap();
         sqlx::query(
             "INSERT INTO users (user_id, username, password_hash, roles, created_at, password_changed_at) \

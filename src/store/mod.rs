@@ -32,7 +32,7 @@ pub use audit::AuditRecord;
 pub use grants::{CodeState, ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
 pub use limits::RateTake;
-pub use prune::{KEEP_AFTER_EXPIRY, Keep, Pruned};
+pub use prune::{Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
 pub use users::{CodeRecord, ThrottleState};
 
@@ -191,4 +191,14 @@ impl Store {
             .await?;
         Ok(Some(mode))
     }
+}
+
+/// A store on a fresh SQLite file in `dir`, for the store's own tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn sqlite_store_in(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    Store::open(&DatabaseUrl::parse(&url).unwrap())
+        .await
+        .unwrap()
 }

@@ -22,7 +22,7 @@ const GRANT_CHUNK: i64 = 20;
 /// How long after its end a code or a grant is kept. A code presented again within this time is
 /// still recognised as used (and revokes what it issued, RFC 6749 §4.1.2); after it, it is only
 /// unknown (`invalid_grant` either way).
-pub const KEEP_AFTER_EXPIRY: Duration = Duration::days(1);
+const KEEP_AFTER_EXPIRY: Duration = Duration::days(1);
 
 /// Margin for clocks that differ between instances: a window another instance opened is not
 /// judged over by this one's clock alone.
@@ -202,10 +202,7 @@ mod tests {
     #[tokio::test]
     async fn codes_go_in_chunks_each_with_its_response() {
         let dir = tempfile::TempDir::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
-            .await
-            .unwrap();
+        let store = super::super::sqlite_store_in(&dir).await;
         let expired = 2 * CHUNK + 3;
         let mut script = String::from(
             "BEGIN; INSERT INTO users (user_id, username, password_hash, roles, created_at, \

@@ -521,21 +521,13 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[allow(clippy::unwrap_used)]
-    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        Store::open(&super::super::DatabaseUrl::parse(&url).unwrap())
-            .await
-            .unwrap()
-    }
-
     /// The log file is cut back after a complete checkpoint (review: without a limit it stayed
     /// at whatever size a burst had grown it to).
     #[tokio::test]
     #[allow(clippy::unwrap_used)]
     async fn the_writer_limits_the_log_file_it_reuses() {
         let dir = tempfile::TempDir::new().unwrap();
-        let store = sqlite_store(&dir).await;
+        let store = super::super::sqlite_store_in(&dir).await;
         let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
             .fetch_one(&mut *store.writer().await.unwrap())
             .await
@@ -552,7 +544,7 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     async fn a_batch_waits_for_another_process_without_holding_up_the_runtime() {
         let dir = tempfile::TempDir::new().unwrap();
-        let store = sqlite_store(&dir).await;
+        let store = super::super::sqlite_store_in(&dir).await;
         let other = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
         other
             .execute_batch(
@@ -595,7 +587,7 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     async fn a_lease_not_given_back_makes_the_next_one_time_out() {
         let dir = tempfile::TempDir::new().unwrap();
-        let store = sqlite_store(&dir).await;
+        let store = super::super::sqlite_store_in(&dir).await;
         let held = store.writer().await.unwrap();
         let second = store.writer().await;
         assert!(
