@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::audit::audit_insert;
 use super::users::CodeRecord;
-use super::write::{GuardedWrite, Insert, Param};
+use super::write::{GuardedWrite, Insert};
 use super::{Store, StoreError, from_unix};
 use crate::audit::AuditEvent;
 
@@ -50,6 +50,9 @@ pub struct RefreshRecord {
     pub replay_until: Option<OffsetDateTime>,
     /// The rotation's response, sealed under a key derived from the token.
     pub replay_response: Option<String>,
+    /// Whether a later token of the family has been used: the client then holds the rotation's
+    /// response, and this token presented again is a replay, not a retry (RFC 9700 §4.14.2).
+    pub successor_used: bool,
     /// Its grant.
     pub grant: GrantRecord,
 }
@@ -65,16 +68,11 @@ pub struct NewRefresh {
     pub expires_at: OffsetDateTime,
 }
 
-/// The replay state of a consumed code.
+/// A code already redeemed: the grant it created, which a second redemption revokes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedCode {
     /// The grant the code created.
     pub grant_id: String,
-    /// End of the replay window.
-    pub replay_until: Option<OffsetDateTime>,
-    /// The first response, sealed under a key derived from code and verifier (in
-    /// `code_responses`, by the grant the exchange created).
-    pub replay_response: Option<String>,
 }
 
 /// An authorization code as the token endpoint finds it: one read tells both.
@@ -82,7 +80,7 @@ pub struct ConsumedCode {
 pub enum CodeState {
     /// Not redeemed yet.
     Fresh(CodeRecord),
-    /// Already redeemed: what a replay needs.
+    /// Already redeemed.
     Consumed(ConsumedCode),
 }
 
@@ -108,8 +106,6 @@ struct CodeRow {
     created_at: i64,
     expires_at: i64,
     consumed_at: Option<i64>,
-    replay_until: Option<i64>,
-    replay_response: Option<String>,
 }
 
 type GrantRow = (
@@ -144,13 +140,10 @@ impl Store {
         &self,
         code_hash: &str,
     ) -> Result<Option<CodeState>, StoreError> {
-        // The sealed response of its exchange has a row of its own (older codes: on the code's).
         let row: Option<CodeRow> = sqlx::query_as(
-            "SELECT c.code_hash, c.grant_id, c.client_id, c.user_id, c.redirect_uri, c.code_challenge, \
-             c.resource, c.scopes, c.created_at, c.expires_at, c.consumed_at, c.replay_until, \
-             COALESCE(r.response, c.replay_response) AS replay_response \
-             FROM authorization_codes c LEFT JOIN code_responses r ON r.grant_id = c.grant_id \
-             WHERE c.code_hash = $1",
+            "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, \
+             resource, scopes, created_at, expires_at, consumed_at \
+             FROM authorization_codes WHERE code_hash = $1",
         )
         .bind(code_hash)
         .fetch_optional(&mut *self.reader().await?)
@@ -159,8 +152,6 @@ impl Store {
         if row.consumed_at.is_some() {
             return Ok(Some(CodeState::Consumed(ConsumedCode {
                 grant_id: row.grant_id,
-                replay_until: row.replay_until.map(from_unix).transpose()?,
-                replay_response: row.replay_response,
             })));
         }
         Ok(Some(CodeState::Fresh(CodeRecord {
@@ -180,35 +171,24 @@ impl Store {
     /// Consumes the code and creates its grant (and first refresh token) in one transaction,
     /// which also writes `event` to the audit log. `Ok(false)` when the code was already
     /// consumed (by a concurrent or earlier request): nothing is written then.
-    #[allow(clippy::too_many_arguments)]
     pub async fn redeem_code(
         &self,
         code_hash: &str,
         now: OffsetDateTime,
-        replay_until: OffsetDateTime,
-        sealed_response: &str,
         grant: &GrantRecord,
         refresh: Option<&NewRefresh>,
         event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut inserts = vec![
-            grant_insert(grant),
-            Insert {
-                table: "code_responses",
-                columns: "grant_id, response",
-                values: vec![grant.grant_id.as_str().into(), sealed_response.into()],
-                what: format!("code response {}", grant.grant_id),
-            },
-        ];
+        let mut inserts = vec![grant_insert(grant)];
         if let Some(refresh) = refresh {
             inserts.push(refresh_insert(&grant.grant_id, refresh, now));
         }
         inserts.push(audit_insert(event));
         let redeemed = self
             .guarded_write(GuardedWrite {
-                update: "UPDATE authorization_codes SET consumed_at = $2, replay_until = $3 \
+                update: "UPDATE authorization_codes SET consumed_at = $2 \
                          WHERE code_hash = $1 AND consumed_at IS NULL",
-                params: consume_params(code_hash, now, replay_until),
+                params: vec![code_hash.into(), now.unix_timestamp().into()],
                 inserts,
             })
             .await;
@@ -262,6 +242,7 @@ impl Store {
             Option<i64>,
             Option<i64>,
             Option<String>,
+            i64,
             String,
             String,
             Option<String>,
@@ -271,8 +252,12 @@ impl Store {
             i64,
             Option<i64>,
         );
+        // A used successor: any later generation of the family already rotated.
         let sql = format!(
-            "SELECT r.token_hash, r.generation, r.expires_at, r.rotated_at, r.replay_until, r.replay_response, {GRANT_COLUMNS} \
+            "SELECT r.token_hash, r.generation, r.expires_at, r.rotated_at, r.replay_until, r.replay_response, \
+             CASE WHEN r.rotated_at IS NOT NULL AND EXISTS (SELECT 1 FROM refresh_tokens s \
+               WHERE s.grant_id = r.grant_id AND s.generation > r.generation AND s.rotated_at IS NOT NULL) \
+             THEN 1 ELSE 0 END, {GRANT_COLUMNS} \
              FROM refresh_tokens r JOIN grants g ON g.grant_id = r.grant_id WHERE r.token_hash = $1"
         );
         let row: Option<Row> = sqlx::query_as(&sql)
@@ -287,7 +272,8 @@ impl Store {
                 rotated_at: r.3.map(from_unix).transpose()?,
                 replay_until: r.4.map(from_unix).transpose()?,
                 replay_response: r.5,
-                grant: grant_from((r.6, r.7, r.8, r.9, r.10, r.11, r.12, r.13))?,
+                successor_used: r.6 != 0,
+                grant: grant_from((r.7, r.8, r.9, r.10, r.11, r.12, r.13, r.14))?,
             })
         })
         .transpose()
@@ -308,8 +294,12 @@ impl Store {
         next: &NewRefresh,
         event: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut params = consume_params(token_hash, now, replay_until);
-        params.push(sealed_response.into());
+        let params = vec![
+            token_hash.into(),
+            now.unix_timestamp().into(),
+            replay_until.unix_timestamp().into(),
+            sealed_response.into(),
+        ];
         // The grant's revocation is checked here too, not only by the caller's read: a
         // revocation between that read (or hint) and this write leaves the token unused.
         let rotated = self
@@ -451,16 +441,6 @@ pub(super) async fn revoke_live_grants(
     Ok(ids)
 }
 
-/// The parameters of a consume-once update (a code redeemed, a token rotated): `$1` the secret's
-/// hash, `$2` now, `$3` the end of the replay window.
-fn consume_params(hash: &str, now: OffsetDateTime, replay_until: OffsetDateTime) -> Vec<Param> {
-    vec![
-        hash.into(),
-        now.unix_timestamp().into(),
-        replay_until.unix_timestamp().into(),
-    ]
-}
-
 impl Store {
     /// Keeps a hint of a refresh token just issued, as a read would find it.
     fn keep_refresh_hint(&self, grant: &GrantRecord, refresh: &NewRefresh, now: OffsetDateTime) {
@@ -471,6 +451,7 @@ impl Store {
             rotated_at: None,
             replay_until: None,
             replay_response: None,
+            successor_used: false,
             grant: grant.clone(),
         };
         self.fresh
@@ -508,42 +489,5 @@ fn refresh_insert(grant_id: &str, refresh: &NewRefresh, now: OffsetDateTime) -> 
             refresh.expires_at.unix_timestamp().into(),
         ],
         what: "refresh token".to_owned(),
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    /// A code consumed before migration 0007 kept its sealed response on its own row; a replay
-    /// of it still finds that response.
-    #[tokio::test]
-    async fn a_code_consumed_before_responses_had_their_table_still_replays() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let store = super::super::sqlite_store_in(&dir).await;
-        let mut writer = store.writer().await.unwrap();
-        sqlx::query(
-            "INSERT INTO users (user_id, username, password_hash, roles, created_at, password_changed_at) \
-             VALUES ('u1', 'old', 'x', '', 0, 0); \
-             INSERT INTO grants (grant_id, client_id, user_id, resource, scopes, created_at, expires_at) \
-             VALUES ('g1', 'c1', 'u1', 'https://mcp.example.com/mcp', 'mcp', 0, 99); \
-             INSERT INTO authorization_codes (code_hash, grant_id, client_id, user_id, redirect_uri, \
-             code_challenge, resource, scopes, created_at, expires_at, consumed_at, replay_until, \
-             replay_response) VALUES ('h1', 'g1', 'c1', 'u1', 'https://a.example/cb', 'ch', \
-             'https://mcp.example.com/mcp', 'mcp', 0, 60, 1, 5, 'sealed-before');",
-        )
-        .execute(&mut *writer)
-        .await
-        .unwrap();
-        drop(writer);
-        match store.code_for_exchange("h1").await.unwrap() {
-            Some(CodeState::Consumed(code)) => {
-                assert_eq!(code.grant_id, "g1");
-                assert_eq!(code.replay_response.as_deref(), Some("sealed-before"));
-            }
-            other => panic!("{other:?}"),
-        }
-        store.close().await;
     }
 }

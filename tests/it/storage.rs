@@ -277,8 +277,6 @@ async fn redemption_suite(store: &Store) {
                 .redeem_code(
                     &format!("code-hash-{n}"),
                     now,
-                    now + time::Duration::seconds(5),
-                    &format!("sealed-{n}"),
                     &grant,
                     Some(&refresh),
                     &event,
@@ -308,7 +306,7 @@ async fn redemption_suite(store: &Store) {
     for n in 1..8 {
         assert!(matches!(
             store.code_for_exchange(&format!("code-hash-{n}")).await.expect("read"),
-            Some(CodeState::Consumed(c)) if c.replay_response.as_deref() == Some(&*format!("sealed-{n}"))
+            Some(CodeState::Consumed(c)) if c.grant_id == format!("g_new_{n}")
         ));
         let refresh = store
             .refresh_token(&format!("refresh-hash-{n}"))
@@ -334,8 +332,6 @@ async fn redemption_suite(store: &Store) {
         .redeem_code(
             "code-hash-1",
             now,
-            now,
-            "sealed-again",
             &grant("g_again"),
             None,
             &AuditEvent::new("token.issued", now, json!({ "n": 99 })),

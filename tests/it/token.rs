@@ -402,26 +402,40 @@ async fn expired_codes_are_refused() {
     );
 }
 
-/// ChatGPT can POST the same code twice: the same request within the window gets the same
-/// response; a replay outside it revokes what the code produced (RFC 6749 §4.1.2).
+/// What `/mcp` answers a `tools/call whoami` made with `access_token`.
+pub(crate) async fn mcp_status(app: &TestApp, access_token: &str) -> u16 {
+    use crate::mcp_server::{call, mcp, stateless};
+    let body = stateless(call(1, "whoami", json!({})));
+    mcp(app, Some(access_token), None, "2026-07-28", body)
+        .await
+        .status
+        .as_u16()
+}
+
+/// RFC 6749 §4.1.2, OAuth 2.1 §4.1.3: a code is used once. The identical request sent again at
+/// once (as a conformance suite does) is refused, and every token issued from the code dies: its
+/// refresh token, and its access token at `/mcp` on the very next call.
 #[tokio::test]
-async fn code_replay_within_the_window_is_idempotent_and_after_it_revokes() {
+async fn a_code_redeemed_twice_is_refused_and_revokes_what_it_issued() {
     let (app, client_id) = app_with_claude().await;
     let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
     let first = exchange(&app, &client_id, &code, &verifier).await;
-    assert_eq!(first.status, 200);
-    app.clock.advance(time::Duration::seconds(5));
-    let again = exchange(&app, &client_id, &code, &verifier).await;
-    assert_eq!(again.status, 200);
-    assert_eq!(again.body, first.body, "byte-identical response");
-
-    app.clock.advance(time::Duration::seconds(10));
-    assert_error(
-        &exchange(&app, &client_id, &code, &verifier).await,
-        400,
-        "invalid_grant",
-    );
+    assert_eq!(first.status, 200, "{}", first.text());
     let tokens = first.json();
+    let access = tokens["access_token"].as_str().expect("at");
+    assert_eq!(mcp_status(&app, access).await, 200, "the first token works");
+
+    let again = exchange(&app, &client_id, &code, &verifier).await;
+    assert_error(&again, 400, "invalid_grant");
+    assert!(
+        again.json()["access_token"].is_null(),
+        "no tokens the second time"
+    );
+    assert_eq!(
+        mcp_status(&app, access).await,
+        401,
+        "the first access token is revoked"
+    );
     assert_error(
         &refresh(
             &app,
@@ -432,11 +446,16 @@ async fn code_replay_within_the_window_is_idempotent_and_after_it_revokes() {
         400,
         "invalid_grant",
     );
-    let (claims, _) = verified_claims(&app, tokens["access_token"].as_str().expect("at")).await;
-    assert!(app.state.revocations.is_revoked(
-        claims["grant_id"].as_str().expect("gid"),
-        claims["jti"].as_str().expect("jti")
-    ));
+    // Later too, and for any other verifier: still refused, nothing issued.
+    app.clock.advance(time::Duration::seconds(30));
+    assert_error(
+        &exchange(&app, &client_id, &code, &verifier).await,
+        400,
+        "invalid_grant",
+    );
+    let kinds = event_kinds(&app).await;
+    assert_eq!(count(&kinds, "token.issued"), 1, "{kinds:?}");
+    assert_eq!(count(&kinds, "code.reuse_detected"), 2, "{kinds:?}");
 }
 
 #[tokio::test]
@@ -501,10 +520,11 @@ async fn concurrently(
     answers
 }
 
-/// Many simultaneous redemptions of one code (a double POST, made worse): one grant, and every
-/// request answered with the same tokens.
+/// Many simultaneous redemptions of one code: exactly one gets tokens, every other one is
+/// `invalid_grant`, and since the code was used more than once the one grant it created is
+/// revoked (RFC 6749 §4.1.2): a code raced from two places has leaked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_code_exchanges_create_one_grant() {
+async fn concurrent_code_exchanges_issue_once_and_revoke() {
     let (app, client_id) = app_with_claude().await;
     let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
     let r = resource();
@@ -517,13 +537,25 @@ async fn concurrent_code_exchanges_create_one_grant() {
         ("resource", r.as_str()),
     ];
     let answers = concurrently(&app, 8, "/token", &fields).await;
-    for (status, body) in &answers {
-        assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
+    let issued: Vec<Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| serde_json::from_slice(body).expect("json"))
+        .collect();
+    assert_eq!(issued.len(), 1, "one redemption succeeds");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!(*status, 400, "{}", String::from_utf8_lossy(body));
+        let error: Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(error["error"], "invalid_grant");
     }
-    assert!(
-        answers.windows(2).all(|w| w[0].1 == w[1].1),
-        "all answers identical"
+    assert_eq!(app.count_rows("SELECT count(*) FROM grants").await, 1);
+    assert_eq!(
+        app.count_rows("SELECT count(*) FROM grants WHERE revoked_at IS NOT NULL")
+            .await,
+        1
     );
+    let access = issued[0]["access_token"].as_str().expect("at");
+    assert_eq!(mcp_status(&app, access).await, 401);
 }
 
 /// Claude refreshes from two egress addresses at once: many simultaneous refreshes of one
@@ -632,6 +664,95 @@ async fn refresh_replay_within_grace_is_idempotent_and_after_it_revokes_the_fami
     }
 }
 
+/// RFC 9700 §4.14.2: once the successor of a rotated token has been used, the client has the
+/// rotation, so the old token presented again, even within the grace window, is a replay: it is
+/// refused and the whole family dies, the newest refresh token and every access token with it.
+async fn a_token_presented_after_its_successor_was_used_revokes_the_family(app: TestApp) {
+    let (app, client_id) = with_claude(app).await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    let rt1 = t0["refresh_token"].as_str().expect("rt").to_owned();
+    let second = refresh(&app, &client_id, &rt1).await.json();
+    let rt2 = second["refresh_token"].as_str().expect("rt").to_owned();
+    let third = refresh(&app, &client_id, &rt2).await;
+    assert_eq!(third.status, 200, "{}", third.text());
+    let third = third.json();
+    let (at2, at3) = (
+        second["access_token"].as_str().expect("at"),
+        third["access_token"].as_str().expect("at"),
+    );
+    assert_eq!(mcp_status(&app, at3).await, 200);
+
+    // Two seconds later, well within the 30 s grace window.
+    app.clock.advance(time::Duration::seconds(2));
+    let replayed = refresh(&app, &client_id, &rt1).await;
+    assert_error(&replayed, 400, "invalid_grant");
+    assert!(replayed.json()["access_token"].is_null());
+    assert_eq!(
+        mcp_status(&app, at2).await,
+        401,
+        "the access token from RT2"
+    );
+    assert_eq!(mcp_status(&app, at3).await, 401, "the newest access token");
+    assert_error(
+        &refresh(
+            &app,
+            &client_id,
+            third["refresh_token"].as_str().expect("rt"),
+        )
+        .await,
+        400,
+        "invalid_grant",
+    );
+    let events = gatehouse::audit::read(&app.state.store, None, None, 50)
+        .await
+        .expect("audit");
+    let detected = events
+        .iter()
+        .find(|e| e.event.kind == "refresh.reuse_detected")
+        .expect("reuse detected");
+    assert_eq!(detected.event.detail["successor_used"], true);
+    assert_eq!(count(&event_kinds(&app).await, "refresh.replayed"), 0);
+}
+
+#[tokio::test]
+async fn a_token_presented_after_its_successor_was_used_revokes_the_family_on_sqlite() {
+    a_token_presented_after_its_successor_was_used_revokes_the_family(TestApp::sqlite().await)
+        .await;
+}
+
+#[tokio::test]
+async fn a_token_presented_after_its_successor_was_used_revokes_the_family_on_postgres() {
+    a_token_presented_after_its_successor_was_used_revokes_the_family(TestApp::postgres().await)
+        .await;
+}
+
+/// After the grace window, a rotated token is refused and revokes its family even when its
+/// successor was never used: the access token of the rotation dies at `/mcp`.
+#[tokio::test]
+async fn a_rotated_token_after_the_grace_window_revokes_the_family() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    let rt1 = t0["refresh_token"].as_str().expect("rt").to_owned();
+    let second = refresh(&app, &client_id, &rt1).await.json();
+    let at2 = second["access_token"].as_str().expect("at");
+    assert_eq!(mcp_status(&app, at2).await, 200);
+    app.clock.advance(time::Duration::seconds(31));
+    assert_error(&refresh(&app, &client_id, &rt1).await, 400, "invalid_grant");
+    assert_eq!(mcp_status(&app, at2).await, 401);
+    assert_error(
+        &refresh(
+            &app,
+            &client_id,
+            second["refresh_token"].as_str().expect("rt"),
+        )
+        .await,
+        400,
+        "invalid_grant",
+    );
+}
+
 #[tokio::test]
 async fn scope_may_narrow_on_refresh_but_never_widen() {
     let (app, client_id) = app_with_claude().await;
@@ -707,7 +828,7 @@ async fn expired_refresh_tokens_and_families_are_refused() {
 }
 
 /// Registers a confidential client; returns (id, secret).
-async fn confidential(
+pub(crate) async fn confidential(
     app: &TestApp,
     method: &str,
     grants: &[&str],
@@ -1274,9 +1395,9 @@ async fn a_grant_revoked_elsewhere_stops_refreshes_here_at_once(app: TestApp) {
     assert_eq!(stored.rotated_at, None, "the token was not used up");
 }
 
-/// A code this instance issued but another redeemed (ChatGPT's double POST landing on two
-/// instances): the same request here gets the same answer, and another verifier, even as the
-/// first request here (while this instance still holds its stale hint), revokes what was issued.
+/// A code this instance issued but another redeemed: a second redemption here, even while this
+/// instance still holds its stale hint, is refused and revokes what the other instance issued,
+/// whichever verifier it carries.
 #[tokio::test]
 async fn a_code_another_instance_redeemed_gets_the_databases_answer_here_on_sqlite() {
     a_code_another_instance_redeemed_gets_the_databases_answer_here(TestApp::sqlite().await).await;
@@ -1295,11 +1416,14 @@ async fn a_code_another_instance_redeemed_gets_the_databases_answer_here(app: Te
     let on_b = exchange(&b, &client_id, &code, &verifier).await;
     assert_eq!(on_b.status, 200, "{}", on_b.text());
     let on_a = exchange(&a, &client_id, &code, &verifier).await;
-    assert_eq!(
-        on_a.body, on_b.body,
-        "the identical response, not a second grant"
-    );
+    assert_error(&on_a, 400, "invalid_grant");
     assert_eq!(count(&event_kinds(&a).await, "token.issued"), 1);
+    let access = on_b.json()["access_token"].as_str().expect("at").to_owned();
+    assert_eq!(
+        mcp_status(&a, &access).await,
+        401,
+        "revoked where the reuse was seen"
+    );
 
     let (code, verifier) = code_for(&a, &client_id, &["mcp"]).await;
     let on_b = exchange(&b, &client_id, &code, &verifier).await;
@@ -1368,7 +1492,7 @@ async fn prunes(app: &TestApp, expected: Pruned) {
 /// The periodic clean-up deletes what can no longer be used, and nothing that still can: a
 /// rotated refresh token loses its sealed response after the grace window and the margin for
 /// other instances' clocks, but is still known (so presenting it revokes the family); a used code
-/// is known for a day after its expiry, then deleted with its response; a grant goes a day after
+/// is known for a day after its expiry, then deleted; a grant goes a day after
 /// its end, with its refresh tokens; a revoked access token after its expiry and the leeway.
 async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     let (app, client_id) = with_claude(app).await;
@@ -1422,10 +1546,6 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
         app.count_rows("SELECT count(*) FROM refresh_tokens").await,
         2
     );
-    assert_eq!(
-        app.count_rows("SELECT count(*) FROM code_responses").await,
-        1
-    );
     // The rotated token is still known: presenting it is reuse, and revokes the family.
     assert_error(&refresh(&app, &client_id, &rt0).await, 400, "invalid_grant");
     let kinds = event_kinds(&app).await;
@@ -1458,10 +1578,6 @@ async fn pruning_keeps_what_can_still_be_used(app: TestApp) {
     assert_eq!(
         app.count_rows("SELECT count(*) FROM authorization_codes")
             .await,
-        0
-    );
-    assert_eq!(
-        app.count_rows("SELECT count(*) FROM code_responses").await,
         0
     );
     // Now merely unknown: refused all the same, and no more reuse to report.

@@ -1,11 +1,10 @@
 //! The authorization code grant (RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707 §2.2).
 //!
 //! The code is checked, then consumed in the same transaction that creates its grant and writes
-//! the `token.issued` audit event (so there is never a grant without its event). The
-//! identical request repeated within `code_replay_window` (same client, code and verifier; ChatGPT
-//! may POST twice) gets the identical response, which was stored sealed under a key derived from
-//! exactly those values. Any other reuse is `invalid_grant` and revokes everything issued from the
-//! code (RFC 6749 §4.1.2).
+//! the `token.issued` audit event (so there is never a grant without its event). A code is used
+//! once: any second redemption, identical or not, concurrent or later, is `invalid_grant` and
+//! revokes everything issued from the code, its refresh family and its access tokens (RFC 6749
+//! §4.1.2, OAuth 2.1 §4.1.3).
 
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -17,7 +16,7 @@ use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
 use crate::store::{CodeRecord, CodeState, ConsumedCode, GrantRecord, NewRefresh};
-use crate::tokens::{TokenResponse, mint, sealed};
+use crate::tokens::{TokenResponse, mint};
 
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Z a-z 0-9 - . _ ~]`.
 fn valid_verifier(v: &str) -> bool {
@@ -32,11 +31,6 @@ fn pkce_matches(verifier: &str, challenge: &str) -> bool {
     let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
     let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
     computed.as_bytes().ct_eq(challenge.as_bytes()).into()
-}
-
-/// The key material of a code's sealed response: only the same code, verifier and client open it.
-fn replay_secret(code: &str, verifier: &str, client_id: &str) -> Vec<u8> {
-    [code, verifier, client_id].join("\0").into_bytes()
 }
 
 /// `grant_type=authorization_code`
@@ -58,7 +52,6 @@ pub async fn exchange(
         ));
     }
     let presented = Presented {
-        code,
         verifier,
         hash: Secret::presented(code).hash(),
         redirect_uri: optional(params, "redirect_uri")?,
@@ -79,30 +72,25 @@ pub async fn exchange(
         .await?
     {
         None => return Err(not_valid()),
-        Some(CodeState::Consumed(consumed)) => {
-            return replay(state, client, code, verifier, consumed).await;
-        }
+        Some(CodeState::Consumed(consumed)) => return Err(reused(state, client, consumed).await?),
         Some(CodeState::Fresh(record)) => record,
     };
     if let Some(response) = redeem(state, client, &presented, record).await? {
         return Ok(response);
     }
-    // A concurrent request consumed it first: answer as a replay of that one.
+    // A concurrent request redeemed it first: this one is a second use like any other.
     match state
         .store
         .code_for_exchange(presented.hash.as_str())
         .await?
     {
-        Some(CodeState::Consumed(consumed)) => {
-            replay(state, client, code, verifier, consumed).await
-        }
+        Some(CodeState::Consumed(consumed)) => Err(reused(state, client, consumed).await?),
         _ => Err(not_valid()),
     }
 }
 
 /// The request, as read from the form.
 struct Presented<'a> {
-    code: &'a str,
     verifier: &'a str,
     hash: SecretHash,
     redirect_uri: Option<&'a str>,
@@ -183,13 +171,6 @@ async fn redeem(
         refresh_token: Some(refresh.expose().to_owned()),
         scope: grant.scopes.clone(),
     };
-    let plain = serde_json::to_vec(&response).map_err(|e| TokenError::Internal(e.to_string()))?;
-    let sealed_response = sealed::seal(
-        &replay_secret(presented.code, presented.verifier, &client.id),
-        b"code",
-        &plain,
-    )
-    .ok_or_else(|| TokenError::Internal("cannot seal the response".into()))?;
     let next = NewRefresh {
         token_hash: refresh.hash().as_str().to_owned(),
         generation: 0,
@@ -205,15 +186,7 @@ async fn redeem(
     event.grant_id = Some(grant.grant_id.clone());
     let redeemed = state
         .store
-        .redeem_code(
-            presented.hash.as_str(),
-            now,
-            now + config.code_replay_window,
-            &sealed_response,
-            &grant,
-            Some(&next),
-            &event,
-        )
+        .redeem_code(presented.hash.as_str(), now, &grant, Some(&next), &event)
         .await?;
     if !redeemed {
         return Ok(None);
@@ -222,32 +195,14 @@ async fn redeem(
     Ok(Some(response))
 }
 
-/// A code presented again: the identical request within the window gets the identical answer;
-/// anything else revokes what the code produced.
-async fn replay(
+/// A code presented again: refused, and what it produced is revoked (RFC 6749 §4.1.2: the
+/// first redemption may have been an attacker's, or this one is). Returns the error to answer.
+async fn reused(
     state: &AppState,
     client: &Client,
-    code: &str,
-    verifier: &str,
     consumed: ConsumedCode,
-) -> Result<TokenResponse, TokenError> {
+) -> Result<TokenError, TokenError> {
     let now = state.clock.now();
-    let within = consumed.replay_until.is_some_and(|until| now <= until);
-    let reopened = consumed
-        .replay_response
-        .as_deref()
-        .filter(|_| within)
-        .and_then(|s| sealed::open(&replay_secret(code, verifier, &client.id), b"code", s))
-        .and_then(|plain| serde_json::from_slice::<TokenResponse>(&plain).ok());
-    let mut event = AuditEvent::new("code.replayed", now, json!({}));
-    event.client_id = Some(client.id.clone());
-    event.grant_id = Some(consumed.grant_id.clone());
-    if let Some(response) = reopened {
-        event.detail = json!({ "within_window": true });
-        audit::record_after_commit(&state.store, event).await;
-        return Ok(response);
-    }
-    // RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it.
     if state
         .store
         .revoke_grant(&consumed.grant_id, "authorization code reused", now)
@@ -255,11 +210,16 @@ async fn replay(
     {
         state.revocations.revoke_grant(&consumed.grant_id, now);
     }
-    event.kind = "code.reuse_detected".to_owned();
-    event.detail = json!({ "within_window": within, "action": "grant revoked" });
+    let mut event = AuditEvent::new(
+        "code.reuse_detected",
+        now,
+        json!({ "action": "grant revoked" }),
+    );
+    event.client_id = Some(client.id.clone());
+    event.grant_id = Some(consumed.grant_id);
     audit::record(&state.store, event.failed()).await?;
-    Err(TokenError::InvalidGrant(
-        "the authorization code was already used".into(),
+    Ok(TokenError::InvalidGrant(
+        "the authorization code was already used; the tokens issued from it are revoked".into(),
     ))
 }
 

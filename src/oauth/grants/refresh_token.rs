@@ -3,10 +3,13 @@
 //!
 //! - The first use rotates the token, in one transaction that also stores its successor, the
 //!   response sealed under a key derived from the used token, and the audit event.
-//! - The same token presented again within `refresh_grace_period` (a client that retried, or two
-//!   egress addresses racing) gets that same response: the same new pair, not another one.
-//! - Presented again after the grace window: theft is assumed and the whole family (the grant) is
-//!   revoked, the newest token included.
+//! - The same token presented again within `refresh_grace_period` (a client that never received
+//!   the response and retried, or two workers racing with one token) gets that same response: the
+//!   same new pair, not another one. Only while the successor has never been used: a client that
+//!   presented the successor has the rotation, so the old token after that is a replay.
+//! - Presented again after the grace window, or after its successor was used: theft is assumed
+//!   and the whole family (the grant) is revoked, its access tokens and newest refresh token
+//!   included (RFC 9700 §4.14.2).
 
 use serde_json::json;
 
@@ -189,10 +192,13 @@ async fn replay(
     let now = state.clock.now();
     let grant = &record.grant;
     let within = record.replay_until.is_some_and(|until| now <= until);
+    // RFC 9700 §4.14.2: the grace is for a client that never got the rotation; one that used the
+    // successor did.
+    let retry = within && !record.successor_used;
     let reopened = record
         .replay_response
         .as_deref()
-        .filter(|_| within && grant.revoked_at.is_none())
+        .filter(|_| retry && grant.revoked_at.is_none())
         .and_then(|s| sealed::open(&replay_secret(token, &client.id), b"refresh", s))
         .and_then(|plain| serde_json::from_slice::<TokenResponse>(&plain).ok());
     let mut event = AuditEvent::new(
@@ -215,7 +221,12 @@ async fn replay(
         state.revocations.revoke_grant(&grant.grant_id, now);
     }
     event.kind = "refresh.reuse_detected".to_owned();
-    event.detail = json!({ "generation": record.generation, "within_grace": within, "action": "family revoked" });
+    event.detail = json!({
+        "generation": record.generation,
+        "within_grace": within,
+        "successor_used": record.successor_used,
+        "action": "family revoked",
+    });
     audit::record(&state.store, event.failed()).await?;
     Err(TokenError::InvalidGrant(
         "the refresh token was already used; its family has been revoked".into(),
