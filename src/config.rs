@@ -60,9 +60,6 @@ pub struct RawConfig {
     /// Seconds during which a just-rotated refresh token, presented again, gets the same new
     /// token pair instead of revoking its family (clients that retry or race). Default 30.
     pub refresh_grace_period: u64,
-    /// Seconds during which the same code exchange (same client, code and verifier) gets the same
-    /// response again (ChatGPT may POST a code twice). Default 10.
-    pub code_replay_window: u64,
     /// Seconds between reads of revocations made by other instances or the CLI: the bound on how
     /// long they take to reach this instance. Default 5.
     pub revocation_sync_interval: u64,
@@ -102,6 +99,40 @@ pub struct RawConfig {
     pub keys_passphrase: Option<Passphrase>,
     /// Signing-key rotation: schedule and waits.
     pub key_rotation: KeyRotationConfig,
+    /// The threads that check passwords at sign-in, and how many checks may wait for them.
+    pub password_hashing: PasswordHashingConfig,
+}
+
+/// `[password_hashing]`: each check costs ~18 ms of a core and 19 MiB while it runs, so checks run
+/// on a fixed set of threads behind a bounded queue; beyond it a sign-in is answered 503 with
+/// `Retry-After` at once, never with unbounded memory.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordHashingConfig {
+    /// Threads that hash and check passwords; 0 (default) means one per core.
+    pub workers: usize,
+    /// Checks that may wait for a thread (at most 10000). Default 32: with two threads, about a
+    /// third of a second of waiting at most.
+    pub queue: usize,
+}
+
+impl Default for PasswordHashingConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            queue: 32,
+        }
+    }
+}
+
+impl PasswordHashingConfig {
+    /// The number of threads: as configured, or one per core.
+    pub fn threads(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
 }
 
 /// A passphrase; `Debug` never shows it.
@@ -218,6 +249,11 @@ pub struct RateLimitsConfig {
     /// `/authorize`, `/login`, `/consent`, `/logout`, `/token`, `/revoke`, `/introspect`,
     /// `/register` (which also has its own hourly limit). Default 300.
     pub oauth_per_minute: u32,
+    /// Failed requests (`invalid_client`, `invalid_grant`) at `/token`, `/revoke` and
+    /// `/introspect` per minute, counted per client IP and per `client_id`, all of which may come
+    /// at once; past it every request of that address or client is answered 429 `slow_down`
+    /// until the count drains (OAuth 2.1 §7.7: guessing secrets and codes). Default 20.
+    pub failures_per_minute: u32,
 }
 
 impl Default for RateLimitsConfig {
@@ -225,6 +261,7 @@ impl Default for RateLimitsConfig {
         Self {
             public_per_minute: 600,
             oauth_per_minute: 300,
+            failures_per_minute: 20,
         }
     }
 }
@@ -318,7 +355,6 @@ impl Default for RawConfig {
             authorization_code_ttl: 60,
             refresh_family_ttl: 90 * 86_400,
             refresh_grace_period: 30,
-            code_replay_window: 10,
             revocation_sync_interval: 5,
             scopes: BTreeMap::from([
                 (
@@ -352,6 +388,7 @@ impl Default for RawConfig {
             client_metadata: ClientMetadataConfig::default(),
             keys_passphrase: None,
             key_rotation: KeyRotationConfig::default(),
+            password_hashing: PasswordHashingConfig::default(),
         }
     }
 }
@@ -407,8 +444,6 @@ pub struct Config {
     pub refresh_family_ttl: Duration,
     /// Grace window of a rotated refresh token.
     pub refresh_grace_period: Duration,
-    /// Replay window of a code exchange.
-    pub code_replay_window: Duration,
     /// Revocation sync interval.
     pub revocation_sync_interval: Duration,
     /// The scope catalog, in name order.
@@ -439,6 +474,8 @@ pub struct Config {
     pub keys_passphrase: Option<Passphrase>,
     /// Signing-key rotation.
     pub key_rotation: KeyRotation,
+    /// The password-checking threads and their queue.
+    pub password_hashing: PasswordHashingConfig,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }
@@ -612,12 +649,6 @@ impl Config {
             300,
             &mut problems,
         );
-        let code_replay_window = ttl(
-            "code_replay_window",
-            raw.code_replay_window,
-            60,
-            &mut problems,
-        );
         let revocation_sync_interval = ttl(
             "revocation_sync_interval",
             raw.revocation_sync_interval,
@@ -763,8 +794,16 @@ impl Config {
                 mcp.max_body_bytes
             ));
         }
-        if raw.rate_limits.public_per_minute == 0 || raw.rate_limits.oauth_per_minute == 0 {
+        let rl = &raw.rate_limits;
+        if rl.public_per_minute == 0 || rl.oauth_per_minute == 0 || rl.failures_per_minute == 0 {
             problems.push("rate_limits must allow at least 1 request per minute".to_owned());
+        }
+        let ph = raw.password_hashing;
+        if ph.workers > 256 || ph.queue > 10_000 {
+            problems.push(format!(
+                "password_hashing.workers must be at most 256 and password_hashing.queue at most 10000, not {} and {}",
+                ph.workers, ph.queue
+            ));
         }
         let reg = &raw.registration;
         let rate_limit_per_hour = NonZeroU32::new(reg.rate_limit_per_hour).unwrap_or_else(|| {
@@ -878,7 +917,6 @@ impl Config {
                 authorization_code_ttl,
                 refresh_family_ttl,
                 refresh_grace_period,
-                code_replay_window,
                 revocation_sync_interval,
                 scopes,
                 default_scopes,
@@ -896,6 +934,7 @@ impl Config {
                 client_metadata: raw.client_metadata,
                 keys_passphrase: raw.keys_passphrase,
                 key_rotation,
+                password_hashing: raw.password_hashing,
                 development_defaults,
             }),
             _ => Err(ConfigErrors(problems)),
@@ -942,6 +981,13 @@ fn known_keys() -> Vec<String> {
     }
 }
 
+/// Settings that existed once, with why they went: an older configuration that still sets one
+/// is told that, not merely that the key is unknown.
+const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "code_replay_window",
+    "an authorization code is now used once only, and a second redemption revokes what the first issued (RFC 6749 §4.1.2); delete the setting",
+)];
+
 /// One line per top-level key that is not a setting, naming its source (file or variable).
 fn unknown_keys(figment: &Figment) -> Vec<String> {
     let known = known_keys();
@@ -951,11 +997,14 @@ fn unknown_keys(figment: &Figment) -> Vec<String> {
     let mut lines = Vec::new();
     for dict in data.values() {
         for key in dict.keys().filter(|k| !known.contains(k)) {
-            lines.push(format!(
-                "unknown setting `{key}`{}; the settings are: {}",
-                source_of(figment, key),
-                known.join(", ")
-            ));
+            let source = source_of(figment, key);
+            lines.push(match REMOVED_KEYS.iter().find(|(name, _)| name == key) {
+                Some((_, why)) => format!("setting `{key}`{source} was removed: {why}"),
+                None => format!(
+                    "unknown setting `{key}`{source}; the settings are: {}",
+                    known.join(", ")
+                ),
+            });
         }
     }
     lines
@@ -1088,6 +1137,19 @@ mod tests {
     fn unknown_key_is_rejected_with_its_name() {
         let err = from_toml("isuer = \"https://a.example\"").expect_err("unknown key");
         assert!(err.to_string().contains("isuer"), "{err}");
+    }
+
+    /// An older configuration that still sets a removed key is told why it went.
+    #[test]
+    fn a_removed_key_says_why() {
+        let err = from_toml("code_replay_window = 10").expect_err("removed key");
+        let text = err.to_string();
+        assert!(
+            text.contains("`code_replay_window`")
+                && text.contains("was removed")
+                && text.contains("used once"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod health;
+pub mod keep_alive;
 pub mod keys;
 pub mod limits;
 pub mod mcp;
@@ -117,6 +118,7 @@ pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
             HeaderValue::from_static("nosniff"),
         ))
         .layer(CatchPanicLayer::custom(web::panic_response))
+        .layer(axum::middleware::from_fn(keep_alive::finish_request_bodies))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -28,6 +28,63 @@ pub struct Limits {
     refusal_audit: DefaultKeyedRateLimiter<String>,
     public: DefaultKeyedRateLimiter<IpAddr>,
     oauth: DefaultKeyedRateLimiter<IpAddr>,
+    failures_by_ip: Failures<IpAddr>,
+    failures_by_client: Failures<String>,
+}
+
+/// Failed requests per key, `limit` a minute, all of which may come at once: the generic cell
+/// rate algorithm, charged only on failure. While a key owes a full minute's worth, every
+/// request of that key is refused without being tried, so guessing gets `limit` tries a
+/// minute, not as many as the request budget allows.
+#[derive(Debug)]
+struct Failures<K> {
+    /// Key -> when its debt is paid off (the theoretical arrival time).
+    debts: Mutex<std::collections::HashMap<K, Instant>>,
+    /// What one failure adds.
+    interval: Duration,
+    /// The debt at which requests are refused.
+    tolerance: Duration,
+}
+
+/// Keys held at most before a clean-up is forced (each entry is gone a minute after its last
+/// failure anyway).
+const MAX_FAILURE_KEYS: usize = 100_000;
+
+impl<K: std::hash::Hash + Eq> Failures<K> {
+    fn new(per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        let interval = Duration::from_secs(60) / per_minute;
+        Self {
+            debts: Mutex::new(std::collections::HashMap::new()),
+            interval,
+            tolerance: interval * per_minute,
+        }
+    }
+
+    /// How long `key` must wait before its next request is tried; `None` to go ahead.
+    fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
+        let debts = self.debts.lock().unwrap_or_else(|p| p.into_inner());
+        let debt = debts.get(key)?.checked_duration_since(now)?;
+        // Another failure now would pass the tolerance: wait until it would not.
+        (debt + self.interval > self.tolerance).then(|| debt + self.interval - self.tolerance)
+    }
+
+    /// Counts one failure of `key`.
+    fn charge(&self, key: K, now: Instant) {
+        let mut debts = self.debts.lock().unwrap_or_else(|p| p.into_inner());
+        if debts.len() >= MAX_FAILURE_KEYS {
+            debts.retain(|_, paid_off| *paid_off > now);
+        }
+        let paid_off = debts.entry(key).or_insert(now);
+        *paid_off = (*paid_off).max(now) + self.interval;
+    }
+
+    /// Forgets the keys that owe nothing.
+    fn prune(&self, now: Instant) {
+        let mut debts = self.debts.lock().unwrap_or_else(|p| p.into_inner());
+        debts.retain(|_, paid_off| *paid_off > now);
+        debts.shrink_to_fit();
+    }
 }
 
 /// Which endpoints a request belongs to, for the per-IP budgets.
@@ -173,6 +230,8 @@ impl Limits {
             refusal_audit: RateLimiter::keyed(per_minute(1)),
             public: RateLimiter::keyed(per_minute(config.rate_limits.public_per_minute)),
             oauth: RateLimiter::keyed(per_minute(config.rate_limits.oauth_per_minute)),
+            failures_by_ip: Failures::new(config.rate_limits.failures_per_minute),
+            failures_by_client: Failures::new(config.rate_limits.failures_per_minute),
             metadata_fetch: RateLimiter::keyed(Quota::per_minute(
                 std::num::NonZeroU32::new(METADATA_FETCHES_PER_MINUTE)
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -247,6 +306,31 @@ impl Limits {
         }
     }
 
+    /// How long a request to `/token`, `/revoke` or `/introspect` from `ip` for `client_id` must
+    /// wait because either has failed too often; `None` to go ahead.
+    pub fn credential_failures(
+        &self,
+        ip: Option<IpAddr>,
+        client_id: Option<&str>,
+    ) -> Option<Duration> {
+        let now = Instant::now();
+        let by_ip = ip.and_then(|ip| self.failures_by_ip.wait(&key(ip), now));
+        let by_client = client_id.and_then(|id| self.failures_by_client.wait(&id.to_owned(), now));
+        by_ip.max(by_client)
+    }
+
+    /// Counts a failed request (bad client credentials, a bad code or refresh token) against
+    /// `ip` and `client_id`.
+    pub fn credential_failed(&self, ip: Option<IpAddr>, client_id: Option<&str>) {
+        let now = Instant::now();
+        if let Some(ip) = ip {
+            self.failures_by_ip.charge(key(ip), now);
+        }
+        if let Some(id) = client_id {
+            self.failures_by_client.charge(id.to_owned(), now);
+        }
+    }
+
     /// True at most once a minute per `key`: refusals are audited, floods are not.
     pub fn audit_refusal(&self, key: &str) -> bool {
         self.refusal_audit.check_key(&key.to_owned()).is_ok()
@@ -266,6 +350,9 @@ impl Limits {
         self.mcp_token.retain_recent();
         self.mcp_unauthenticated.retain_recent();
         self.refusal_audit.retain_recent();
+        let now = Instant::now();
+        self.failures_by_ip.prune(now);
+        self.failures_by_client.prune(now);
     }
 }
 
@@ -329,6 +416,29 @@ mod tests {
             pause.over(t + Duration::from_secs(1)),
             "over for good once over"
         );
+    }
+
+    /// `limit` failures at once, then the key waits: one failure's worth, then one more try.
+    #[test]
+    fn failures_allow_the_limit_then_one_per_interval() {
+        let failures = Failures::new(20);
+        let t = Instant::now();
+        let key = "client".to_owned();
+        for _ in 0..20 {
+            assert_eq!(failures.wait(&key, t), None);
+            failures.charge(key.clone(), t);
+        }
+        assert_eq!(failures.wait(&key, t), Some(Duration::from_secs(3)));
+        assert_eq!(failures.wait(&"other".to_owned(), t), None);
+        let later = t + Duration::from_secs(3);
+        assert_eq!(failures.wait(&key, later), None);
+        failures.charge(key.clone(), later);
+        assert_eq!(failures.wait(&key, later), Some(Duration::from_secs(3)));
+        // Once all 21 failures are paid off (at 63 s), nothing is owed and the key is forgotten.
+        failures.prune(t + Duration::from_secs(62));
+        assert_eq!(failures.debts.lock().expect("lock").len(), 1);
+        failures.prune(t + Duration::from_secs(63));
+        assert!(failures.debts.lock().expect("lock").is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::account::password::PasswordPool;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{self, KeyError, KeyStore};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub revocations: Arc<RevocationView>,
     /// Registered clients recently read from the database.
     pub clients: Arc<ClientCache>,
+    /// The threads that check passwords, behind a bounded queue.
+    pub passwords: PasswordPool,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -61,6 +64,9 @@ pub enum StartError {
     /// The HTTP client for metadata documents could not be built.
     #[error("cannot set up the HTTP client for client metadata documents: {0}")]
     HttpClient(String),
+    /// The password-checking threads could not be started.
+    #[error("cannot start the password-checking threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// Reads the session-cookie key, creating it on the very first start of any instance.
@@ -166,7 +172,13 @@ impl AppState {
                 url: config.database.redacted(),
                 source,
             })?;
+        let passwords = PasswordPool::start(
+            config.password_hashing.threads(),
+            config.password_hashing.queue,
+        )
+        .map_err(StartError::Threads)?;
         Ok(Self {
+            passwords,
             clients: Arc::new(ClientCache::new(
                 config.revocation_sync_interval.unsigned_abs(),
             )),

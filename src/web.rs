@@ -188,19 +188,29 @@ pub async fn budget(
     next.run(request).await
 }
 
+/// A wait in whole seconds, rounded up (a client that waits exactly this long fits), at least 1.
+pub fn seconds_to_wait(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// `response` with `Retry-After: seconds` (at least 1): every 429 and 503 says when to come back
+/// (RFC 9110 §10.2.3).
+pub fn with_retry_after(mut response: Response, seconds: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
 /// 429 with `Retry-After` and a body that says "rate limited", never an auth error.
 pub fn rate_limited(retry_after: std::time::Duration) -> Response {
-    // Rounded up: a client that waits exactly this long fits.
-    let seconds = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
-    let mut response = json_error(
+    let seconds = seconds_to_wait(retry_after);
+    let response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         &format!("Too many requests; retry in {seconds} s"),
     );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    response
+    with_retry_after(response, seconds)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::oauth::clients::resolve_client;
 use crate::oauth::error::AuthorizeError;
 use crate::pages::{self, LoginPage, MessagePage};
 use crate::state::AppState;
-use crate::web::ClientIp;
+use crate::web::{self, ClientIp};
 
 /// `?request=` of the login and consent pages.
 #[derive(Debug, Deserialize)]
@@ -51,6 +51,10 @@ impl std::fmt::Debug for LoginForm {
 }
 
 const GENERIC_FAILURE: &str = "Incorrect user name or password.";
+
+/// `Retry-After` of a sign-in refused because the password checks are all taken: the queue
+/// drains in well under a second.
+const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// The application a pending request is for, to name it on the login page.
 async fn app_name(state: &AppState, data: &SessionData, request: &str) -> Option<String> {
@@ -196,7 +200,7 @@ async fn login(
             format!("Too many failed sign-ins. Wait {seconds} seconds, then try again.")
         };
         let username = form.username.clone();
-        return login_page(
+        let page = login_page(
             state,
             session,
             data,
@@ -204,15 +208,34 @@ async fn login(
             &username,
             Some((StatusCode::TOO_MANY_REQUESTS, message)),
         )
-        .await;
+        .await?;
+        return Ok(web::with_retry_after(page, seconds.unsigned_abs()));
     }
 
     let user = state.store.user_by_name(&form.username).await?;
-    let ok = crate::account::password::verify(
-        form.password.clone(),
-        user.as_ref().map(|u| u.password_hash.clone()),
-    )
-    .await;
+    let checked = state
+        .passwords
+        .verify(
+            form.password.clone(),
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await;
+    // Every password-checking thread busy and the queue full: no check was made, so nothing is
+    // counted against the name or the address; the person is asked to try again shortly.
+    let Ok(ok) = checked else {
+        let username = form.username.clone();
+        let message = "The server is busy signing people in. Try again in a moment.".to_owned();
+        let page = login_page(
+            state,
+            session,
+            data,
+            &form.request,
+            &username,
+            Some((StatusCode::SERVICE_UNAVAILABLE, message)),
+        )
+        .await?;
+        return Ok(web::with_retry_after(page, BUSY_RETRY_AFTER_SECONDS));
+    };
     let Some(user) = user.filter(|_| ok) else {
         let reset_before = now - throttle::WINDOW;
         let failures = state

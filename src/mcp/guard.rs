@@ -127,7 +127,7 @@ fn rate_headers(response: &mut axum::response::Response, budget: Budget) {
     if let Some(wait) = budget.retry_after {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs().max(1)),
+            HeaderValue::from(web::seconds_to_wait(wait)),
         );
     }
 }

@@ -78,12 +78,15 @@ async fn check_client(
             err.public_message(),
             ASK_THE_APP,
         )),
-        Err(ClientLookupError::RateLimited(wait)) => Err(page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many new applications",
-            format!("Too many different applications were looked up from your network. Try again in {} seconds.", wait.as_secs().max(1)),
-            ASK_THE_APP,
-        )),
+        Err(ClientLookupError::RateLimited(wait)) => Err(AuthorizeError::TooMany {
+            title: "Too many new applications",
+            message: format!(
+                "Too many different applications were looked up from your network. Try again in {} seconds.",
+                crate::web::seconds_to_wait(wait)
+            ),
+            hint: ASK_THE_APP,
+            retry_after: wait,
+        }),
         Err(ClientLookupError::Store(err)) => Err(err.into()),
     }
 }
@@ -536,7 +539,9 @@ pub async fn issue_code(
 /// Every refused authorization request is audited with its reason.
 async fn audit_refusal(state: &AppState, err: &AuthorizeError) {
     let detail = match err {
-        AuthorizeError::Page { message, .. } => json!({ "shown": "error page", "reason": message }),
+        AuthorizeError::Page { message, .. } | AuthorizeError::TooMany { message, .. } => {
+            json!({ "shown": "error page", "reason": message })
+        }
         AuthorizeError::Redirect {
             error, description, ..
         } => json!({ "error": error, "reason": description }),

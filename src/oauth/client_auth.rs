@@ -21,6 +21,13 @@ pub struct Presented {
     basic: bool,
 }
 
+impl Presented {
+    /// The `client_id` presented (not yet authenticated).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}
+
 fn invalid_client(description: &str, basic: bool) -> TokenError {
     TokenError::InvalidClient {
         description: description.to_owned(),

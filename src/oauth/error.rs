@@ -122,6 +122,18 @@ pub enum AuthorizeError {
         /// What the person can do.
         hint: &'static str,
     },
+    /// Too many requests of one kind from the person's network: a 429 error page with
+    /// `Retry-After`, never a redirect (the client may not be known yet).
+    TooMany {
+        /// Heading.
+        title: &'static str,
+        /// What happened, with the wait.
+        message: String,
+        /// What the person can do.
+        hint: &'static str,
+        /// How long to wait.
+        retry_after: std::time::Duration,
+    },
     /// Sent back to the client with `error`, `error_description`, `state` and `iss`.
     Redirect {
         /// Where.
@@ -198,6 +210,21 @@ impl AuthorizeError {
                 message,
                 hint,
             } => crate::pages::error(product, status, title, &message, hint),
+            Self::TooMany {
+                title,
+                message,
+                hint,
+                retry_after,
+            } => web::with_retry_after(
+                crate::pages::error(
+                    product,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    title,
+                    &message,
+                    hint,
+                ),
+                web::seconds_to_wait(retry_after),
+            ),
             Self::Redirect {
                 target,
                 error,
@@ -229,7 +256,8 @@ impl AuthorizeError {
 
 /// Errors of the token, revocation and introspection endpoints (RFC 6749 §5.2, RFC 7009 §2.2.1):
 /// JSON with `Cache-Control: no-store`; `invalid_client` is 401 (with `WWW-Authenticate: Basic`
-/// when the client tried Basic), everything else 400, ours 500.
+/// when the client tried Basic), `slow_down` 429 with `Retry-After`, everything else 400, ours
+/// 500.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// Malformed request.
@@ -262,6 +290,10 @@ pub enum TokenError {
     /// RFC 7009 §2.2.1.
     #[error("{0}")]
     UnsupportedTokenType(String),
+    /// Too many failed requests from this address or for this client (OAuth 2.1 §7.7): 429
+    /// with `Retry-After`, `slow_down` (the token endpoint's code for "too fast", RFC 8628 §3.5).
+    #[error("too many failed requests; retry in {} s", web::seconds_to_wait(*.0))]
+    SlowDown(std::time::Duration),
     /// Ours; the cause is logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -291,6 +323,7 @@ impl TokenError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
             Self::UnsupportedTokenType(_) => "unsupported_token_type",
+            Self::SlowDown(_) => "slow_down",
             Self::Internal(_) => "server_error",
         }
     }
@@ -301,6 +334,7 @@ impl IntoResponse for TokenError {
         let code = self.code();
         let (status, description) = match &self {
             Self::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, self.to_string()),
+            Self::SlowDown(_) => (StatusCode::TOO_MANY_REQUESTS, self.to_string()),
             Self::Internal(cause) => {
                 tracing::error!(cause = %cause, "token endpoint failed");
                 (
@@ -323,6 +357,9 @@ impl IntoResponse for TokenError {
                     "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
                 ),
             );
+        }
+        if let Self::SlowDown(wait) = self {
+            return web::with_retry_after(response, web::seconds_to_wait(wait));
         }
         response
     }

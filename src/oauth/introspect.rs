@@ -1,6 +1,8 @@
 //! Token introspection (RFC 7662) at `/introspect`, for confidential clients about their own
 //! tokens. Anything else (unknown, expired, revoked, another client's) is `{"active": false}`.
 
+use std::net::IpAddr;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,33 +16,45 @@ use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::required;
 use super::revoke::{KnownToken, identify};
-use super::token::form_params;
+use super::token::{counted, form_params, not_too_many_failures};
 use crate::state::AppState;
+use crate::web::ClientIp;
 
 /// `POST /introspect`
 pub async fn introspect_post(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match introspect(&state, &headers, body).await {
+    let mut client_id = None;
+    match introspect(&state, ip, &mut client_id, &headers, body).await {
         Ok(doc) => {
             let mut out = Json(doc).into_response();
             out.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             out
         }
-        Err(err) => err.into_response(),
+        Err(err) => {
+            counted(&state, ip, client_id.as_deref(), &err);
+            err.into_response()
+        }
     }
 }
 
 async fn introspect(
     state: &AppState,
+    ip: Option<IpAddr>,
+    client_id: &mut Option<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, TokenError> {
+    not_too_many_failures(state, ip, None)?;
     let params = form_params(headers, body)?;
-    let client = authenticate(state, presented(headers, &params)?, Lookup::Fresh).await?;
+    let credentials = presented(headers, &params)?;
+    *client_id = Some(credentials.client_id().to_owned());
+    not_too_many_failures(state, None, client_id.as_deref())?;
+    let client = authenticate(state, credentials, Lookup::Fresh).await?;
     if !client.is_confidential() {
         return Err(TokenError::InvalidClient {
             description: "introspection is for clients that authenticate with a secret".into(),

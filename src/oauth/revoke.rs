@@ -3,6 +3,8 @@
 //! in-memory view is updated at once, so the resource side refuses the token on the very next
 //! request. An unknown token is a 200 (RFC 7009 §2.2); another client's token is refused.
 
+use std::net::IpAddr;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -14,11 +16,12 @@ use super::client_auth::{authenticate, presented};
 use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::{optional, required};
-use super::token::form_params;
+use super::token::{counted, form_params, not_too_many_failures};
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, Secret};
 use crate::state::AppState;
 use crate::tokens::AccessClaims;
+use crate::web::ClientIp;
 
 /// A token this server issued, identified.
 #[derive(Debug)]
@@ -58,27 +61,38 @@ fn not_yours() -> TokenError {
 /// `POST /revoke`
 pub async fn revoke_post(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match revoke(&state, &headers, body).await {
+    let mut client_id = None;
+    match revoke(&state, ip, &mut client_id, &headers, body).await {
         Ok(()) => {
             let mut out = StatusCode::OK.into_response();
             out.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             out
         }
-        Err(err) => err.into_response(),
+        Err(err) => {
+            counted(&state, ip, client_id.as_deref(), &err);
+            err.into_response()
+        }
     }
 }
 
 async fn revoke(
     state: &AppState,
+    ip: Option<IpAddr>,
+    client_id: &mut Option<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(), TokenError> {
+    not_too_many_failures(state, ip, None)?;
     let params = form_params(headers, body)?;
-    let client = authenticate(state, presented(headers, &params)?, Lookup::Fresh).await?;
+    let credentials = presented(headers, &params)?;
+    *client_id = Some(credentials.client_id().to_owned());
+    not_too_many_failures(state, None, client_id.as_deref())?;
+    let client = authenticate(state, credentials, Lookup::Fresh).await?;
     let token = required(&params, "token")?;
     // RFC 7009 §2.1: the hint is only a hint; both kinds are looked up.
     let _hint = optional(&params, "token_type_hint")?;

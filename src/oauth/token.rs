@@ -2,6 +2,8 @@
 //! the rest; authenticate the client; hand over to the grant. Errors are JSON with
 //! `Cache-Control: no-store` (interop checklist items 40-44).
 
+use std::net::IpAddr;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -62,65 +64,134 @@ pub async fn token_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match token(&state, &headers, body).await {
+    match token(&state, ip, &headers, body).await {
         Ok(response) => token_json(&response),
-        Err((err, client_id, grant_type)) => {
-            if !matches!(err, TokenError::Internal(_)) {
+        Err(failure) => {
+            let Failure {
+                error,
+                presented,
+                client_id,
+                grant_type,
+            } = failure;
+            counted(&state, ip, presented.as_deref(), &error);
+            let audited = match &error {
+                TokenError::Internal(_) => false,
+                // A flood of refusals is audited once a minute per address, not once each.
+                TokenError::SlowDown(_) => state.limits.audit_refusal(&format!(
+                    "token.slow_down:{}",
+                    ip.map(|i| i.to_string()).unwrap_or_default()
+                )),
+                _ => true,
+            };
+            if audited {
                 let mut event = AuditEvent::new(
                     "token.refused",
                     state.clock.now(),
-                    json!({ "grant_type": grant_type, "error": err.code(), "reason": err.to_string() }),
+                    json!({ "grant_type": grant_type, "error": error.code(), "reason": error.to_string() }),
                 )
                 .failed();
                 event.client_id = client_id;
                 event.ip = ip.map(|i| i.to_string());
                 audit::record_after_commit(&state.store, event).await;
             }
-            err.into_response()
+            error.into_response()
         }
     }
 }
 
-type Failure = (TokenError, Option<String>, Option<String>);
+/// Refuses a request from an address or for a client that failed too often (OAuth 2.1 §7.7);
+/// `client_id` is the one presented, known or not.
+pub fn not_too_many_failures(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    client_id: Option<&str>,
+) -> Result<(), TokenError> {
+    match state.limits.credential_failures(ip, client_id) {
+        Some(wait) => Err(TokenError::SlowDown(wait)),
+        None => Ok(()),
+    }
+}
+
+/// Counts `error` against the address and the presented client when it is what guessing a
+/// client secret, a code or a refresh token produces.
+pub fn counted(state: &AppState, ip: Option<IpAddr>, client_id: Option<&str>, error: &TokenError) {
+    if matches!(
+        error,
+        TokenError::InvalidClient { .. } | TokenError::InvalidGrant(_)
+    ) {
+        state.limits.credential_failed(ip, client_id);
+    }
+}
+
+/// A refused token request, with what the audit log and the failure budget need.
+struct Failure {
+    error: TokenError,
+    /// The `client_id` the request presented, authenticated or not.
+    presented: Option<String>,
+    /// The client, once authenticated.
+    client_id: Option<String>,
+    grant_type: Option<String>,
+}
+
+impl Failure {
+    fn early(error: TokenError) -> Self {
+        Self {
+            error,
+            presented: None,
+            client_id: None,
+            grant_type: None,
+        }
+    }
+}
 
 async fn token(
     state: &AppState,
+    ip: Option<IpAddr>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<TokenResponse, Failure> {
-    let params = form_params(headers, body).map_err(|e| (e, None, None))?;
+    not_too_many_failures(state, ip, None).map_err(Failure::early)?;
+    let params = form_params(headers, body).map_err(Failure::early)?;
     // grant_type first: an unknown one is unsupported_grant_type whatever else is wrong.
     let grant_type = match params.get("grant_type") {
         Ok(Some(g)) => g,
         Ok(None) => {
-            return Err((
-                TokenError::InvalidRequest("grant_type is required".into()),
-                None,
-                None,
-            ));
+            return Err(Failure::early(TokenError::InvalidRequest(
+                "grant_type is required".into(),
+            )));
         }
         Err(_) => {
-            return Err((
-                TokenError::InvalidRequest("grant_type is repeated".into()),
-                None,
-                None,
-            ));
+            return Err(Failure::early(TokenError::InvalidRequest(
+                "grant_type is repeated".into(),
+            )));
         }
     };
     let Some(grant) = GrantType::parse(grant_type) else {
         let err = TokenError::UnsupportedGrantType(format!(
             "grant_type {grant_type:?} is not supported; use authorization_code, refresh_token or client_credentials"
         ));
-        return Err((err, None, Some(grant_type.to_owned())));
+        return Err(Failure {
+            grant_type: Some(grant_type.to_owned()),
+            ..Failure::early(err)
+        });
     };
-    let fail = |e: TokenError, client: Option<String>| (e, client, Some(grant.as_str().to_owned()));
+    let fail = |error: TokenError, presented: Option<&str>, client: Option<String>| Failure {
+        error,
+        presented: presented.map(str::to_owned),
+        client_id: client,
+        grant_type: Some(grant.as_str().to_owned()),
+    };
     if let Some(name) = params.repeated() {
         return Err(fail(
             TokenError::InvalidRequest(format!("parameter {name} is repeated")),
             None,
+            None,
         ));
     }
-    let credentials = presented(headers, &params).map_err(|e| fail(e, None))?;
+    let credentials = presented(headers, &params).map_err(|e| fail(e, None, None))?;
+    let presented_id = credentials.client_id().to_owned();
+    let presented_id = Some(presented_id.as_str());
+    not_too_many_failures(state, None, presented_id).map_err(|e| fail(e, None, None))?;
     // Exchanges and refreshes only continue what a grant or code already started; client
     // credentials start a grant, so they read the client afresh.
     let lookup = match grant {
@@ -129,7 +200,7 @@ async fn token(
     };
     let client = authenticate(state, credentials, lookup)
         .await
-        .map_err(|e| fail(e, None))?;
+        .map_err(|e| fail(e, presented_id, None))?;
     let client_id = Some(client.id.clone());
     let result = match grant {
         GrantType::AuthorizationCode => {
@@ -140,5 +211,5 @@ async fn token(
             grants::client_credentials::issue(state, &client, &params).await
         }
     };
-    result.map_err(|e| fail(e, client_id))
+    result.map_err(|e| fail(e, presented_id, client_id))
 }

@@ -10,6 +10,7 @@ mod cimd;
 mod config;
 mod discovery;
 mod errors;
+mod floods;
 mod health;
 mod instances;
 mod key_rotation;

@@ -28,12 +28,13 @@ fn reference_rows() -> Vec<(String, String)> {
 }
 
 /// Configuration tables whose keys are fixed by the struct.
-const FIXED_TABLES: [&str; 5] = [
+const FIXED_TABLES: [&str; 6] = [
     "registration",
     "client_metadata",
     "mcp",
     "rate_limits",
     "key_rotation",
+    "password_hashing",
 ];
 
 #[test]

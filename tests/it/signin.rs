@@ -599,6 +599,7 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     let res = try_password(&mut agent, &login, "alice", "wrong password").await;
     assert_eq!(res.status, 429, "{}", res.text());
     assert!(res.text().contains("Wait 2 seconds"), "{}", res.text());
+    assert_eq!(res.header("retry-after"), Some("2"), "every 429 says when");
 
     // Waiting out each delay, the 10th failure locks the account for 15 minutes.
     for _ in 0..7 {
@@ -613,6 +614,8 @@ async fn repeated_failures_are_delayed_then_locked_out() {
         "even the right password is refused while locked"
     );
     assert!(res.text().contains("locked"), "{}", res.text());
+    // Locked for 15 minutes from the 10th failure, 61 s ago.
+    assert_eq!(res.header("retry-after"), Some("839"));
 
     // After the lockout (the old request expired meanwhile): a new sign-in works.
     app.clock.advance(time::Duration::minutes(15));
