@@ -23,8 +23,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as _, Frame, SizeHint};
 
-/// The most of an unread body read to keep a connection (the largest body an endpoint takes).
-pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+/// The most of an unread body read to keep a connection: more than any form or JSON-RPC message a
+/// client sends in practice; a larger body refused unread costs the client its connection
+/// rather than costing the server the reading.
+pub const DRAIN_LIMIT: usize = 256 * 1024;
 
 /// How long an unread body may take to arrive before the connection is given up instead.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

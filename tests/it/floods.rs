@@ -388,3 +388,35 @@ async fn a_keep_alive_client_gets_every_429_on_its_one_connection() {
     }
     assert_eq!(statuses, [401, 429, 429, 429, 429]);
 }
+
+/// A body too large to read just to keep the connection (over 256 KiB, refused unread): the
+/// answer says `Connection: close`, and then the connection closes; never a silent close.
+#[tokio::test]
+async fn a_large_body_refused_unread_is_answered_with_connection_close() {
+    let app = TestApp::sqlite().await;
+    let addr = serve(&app).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let body = vec![b' '; 300 * 1024];
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    // The server may answer and close before all of it is sent.
+    let _ = stream.write_all(&body).await;
+    let mut buffer = Vec::new();
+    let (status, headers, _) = read_response(&mut stream, &mut buffer)
+        .await
+        .expect("an answer before the close");
+    assert_eq!(status, 401);
+    assert!(
+        headers.iter().any(|(k, v)| k == "connection" && v == "close"),
+        "{headers:?}"
+    );
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut rest))
+        .await
+        .expect("closed within 10 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed after the answer");
+}
