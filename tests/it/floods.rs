@@ -410,7 +410,9 @@ async fn a_large_body_refused_unread_is_answered_with_connection_close() {
         .expect("an answer before the close");
     assert_eq!(status, 401);
     assert!(
-        headers.iter().any(|(k, v)| k == "connection" && v == "close"),
+        headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v == "close"),
         "{headers:?}"
     );
     let mut rest = [0u8; 16];
