@@ -199,17 +199,8 @@ async fn login(
         } else {
             format!("Too many failed sign-ins. Wait {seconds} seconds, then try again.")
         };
-        let username = form.username.clone();
-        let page = login_page(
-            state,
-            session,
-            data,
-            &form.request,
-            &username,
-            Some((StatusCode::TOO_MANY_REQUESTS, message)),
-        )
-        .await?;
-        return Ok(web::with_retry_after(page, seconds.unsigned_abs()));
+        let status = (StatusCode::TOO_MANY_REQUESTS, message);
+        return come_back_later(state, session, data, &form, status, seconds.unsigned_abs()).await;
     }
 
     let user = state.store.user_by_name(&form.username).await?;
@@ -223,18 +214,17 @@ async fn login(
     // Every password-checking thread busy and the queue full: no check was made, so nothing is
     // counted against the name or the address; the person is asked to try again shortly.
     let Ok(ok) = checked else {
-        let username = form.username.clone();
         let message = "The server is busy signing people in. Try again in a moment.".to_owned();
-        let page = login_page(
+        let status = (StatusCode::SERVICE_UNAVAILABLE, message);
+        return come_back_later(
             state,
             session,
             data,
-            &form.request,
-            &username,
-            Some((StatusCode::SERVICE_UNAVAILABLE, message)),
+            &form,
+            status,
+            BUSY_RETRY_AFTER_SECONDS,
         )
-        .await?;
-        return Ok(web::with_retry_after(page, BUSY_RETRY_AFTER_SECONDS));
+        .await;
     };
     let Some(user) = user.filter(|_| ok) else {
         let reset_before = now - throttle::WINDOW;
@@ -290,6 +280,28 @@ async fn login(
         return continue_authorization(state, session, data, &form.request, true).await;
     }
     signed_in_page(state, session, data, &user.username.to_string()).await
+}
+
+/// The sign-in page again with `status` and its message, and `Retry-After: seconds`: a try that
+/// was not made (throttled, or no password thread free).
+async fn come_back_later(
+    state: &AppState,
+    session: &Session,
+    data: SessionData,
+    form: &LoginForm,
+    status: (StatusCode, String),
+    seconds: u64,
+) -> Result<Response, AuthorizeError> {
+    let page = login_page(
+        state,
+        session,
+        data,
+        &form.request,
+        &form.username,
+        Some(status),
+    )
+    .await?;
+    Ok(web::with_retry_after(page, seconds))
 }
 
 async fn signed_in_page(

@@ -227,21 +227,6 @@ async fn callback(
     )
 }
 
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_and_consents_in_headless_chromium() {
     let dir = TempDir::new().expect("tempdir");
@@ -270,7 +255,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
 
     // The "MCP client": a loopback callback that records what the browser brings back.
     let captured: Captured = Arc::default();
-    let callback_addr = serve(
+    let callback_addr = crate::support::serve_on_loopback(
         Router::new()
             .route("/callback", get(callback))
             .with_state(captured.clone()),

@@ -11,7 +11,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Agent, TestApp, TestResponse, request, sqlite_url};
+use crate::support::{
+    Agent, TestApp, TestResponse, post_form, request, serve_on_loopback, sqlite_url,
+};
 
 async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestApp {
     let dir = tempfile::TempDir::new().expect("dir");
@@ -27,18 +29,14 @@ async fn post_from(
     fields: &[(&str, &str)],
     basic: Option<(&str, &str)>,
 ) -> TestResponse {
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    let mut req = request("POST", path)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-forwarded-for", forwarded_for);
-    if let Some((id, secret)) = basic {
-        use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-        req = req.header("authorization", format!("Basic {encoded}"));
-    }
-    app.send(req.body(Body::from(body)).expect("request")).await
+    post_form(
+        app,
+        path,
+        fields,
+        basic,
+        &[("x-forwarded-for", forwarded_for)],
+    )
+    .await
 }
 
 fn trusting_the_test_peer(config: &mut gatehouse::config::Config) {
@@ -235,19 +233,7 @@ async fn failed_client_authentication_runs_out_the_clients_budget() {
 
 /// Serves the real router on a loopback socket, with the socket's peer as client address.
 async fn serve(app: &TestApp) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = gatehouse::app(app.state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
+    serve_on_loopback(gatehouse::app(app.state.clone())).await
 }
 
 /// Reads from `stream` until `buffer` holds `want` bytes.

@@ -214,6 +214,46 @@ impl TestApp {
     }
 }
 
+/// Serves `router` on a fresh loopback socket, with each connection's peer as its client
+/// address (as `gatehouse serve` does); returns the address.
+pub async fn serve_on_loopback(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
+}
+
+/// POSTs a form to `path`, with Basic credentials when given, and `headers` besides.
+pub async fn post_form(
+    app: &TestApp,
+    path: &str,
+    fields: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+) -> TestResponse {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut req = request("POST", path).header("content-type", "application/x-www-form-urlencoded");
+    if let Some((id, secret)) = basic {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        req = req.header("authorization", format!("Basic {encoded}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    app.send(req.body(Body::from(body)).expect("request")).await
+}
+
 /// A request builder for `method path`.
 pub fn request(method: &str, path: &str) -> axum::http::request::Builder {
     Request::builder().method(method).uri(path)

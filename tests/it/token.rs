@@ -100,16 +100,7 @@ async fn post(
     fields: &[(&str, &str)],
     basic: Option<(&str, &str)>,
 ) -> TestResponse {
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    let mut req = request("POST", path).header("content-type", "application/x-www-form-urlencoded");
-    if let Some((id, secret)) = basic {
-        use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-        req = req.header("authorization", format!("Basic {encoded}"));
-    }
-    app.send(req.body(Body::from(body)).expect("request")).await
+    crate::support::post_form(app, path, fields, basic, &[]).await
 }
 
 pub(crate) async fn exchange(
@@ -146,6 +137,12 @@ pub(crate) async fn refresh(app: &TestApp, client_id: &str, token: &str) -> Test
         None,
     )
     .await
+}
+
+/// A refresh with `token` is refused as `invalid_grant` (its family is dead).
+async fn assert_refresh_refused(app: &TestApp, client_id: &str, token: &Value) {
+    let token = token.as_str().expect("a refresh token");
+    assert_error(&refresh(app, client_id, token).await, 400, "invalid_grant");
 }
 
 fn assert_error(res: &TestResponse, status: u16, code: &str) {
@@ -436,16 +433,7 @@ async fn a_code_redeemed_twice_is_refused_and_revokes_what_it_issued() {
         401,
         "the first access token is revoked"
     );
-    assert_error(
-        &refresh(
-            &app,
-            &client_id,
-            tokens["refresh_token"].as_str().expect("rt"),
-        )
-        .await,
-        400,
-        "invalid_grant",
-    );
+    assert_refresh_refused(&app, &client_id, &tokens["refresh_token"]).await;
     // Later too, and for any other verifier: still refused, nothing issued.
     app.clock.advance(time::Duration::seconds(30));
     assert_error(
@@ -469,16 +457,7 @@ async fn code_replay_with_another_verifier_is_refused_and_revokes() {
         400,
         "invalid_grant",
     );
-    assert_error(
-        &refresh(
-            &app,
-            &client_id,
-            first["refresh_token"].as_str().expect("rt"),
-        )
-        .await,
-        400,
-        "invalid_grant",
-    );
+    assert_refresh_refused(&app, &client_id, &first["refresh_token"]).await;
     let events = gatehouse::audit::read(&app.state.store, None, None, 50)
         .await
         .expect("audit");
@@ -694,16 +673,7 @@ async fn a_token_presented_after_its_successor_was_used_revokes_the_family(app: 
         "the access token from RT2"
     );
     assert_eq!(mcp_status(&app, at3).await, 401, "the newest access token");
-    assert_error(
-        &refresh(
-            &app,
-            &client_id,
-            third["refresh_token"].as_str().expect("rt"),
-        )
-        .await,
-        400,
-        "invalid_grant",
-    );
+    assert_refresh_refused(&app, &client_id, &third["refresh_token"]).await;
     let events = gatehouse::audit::read(&app.state.store, None, None, 50)
         .await
         .expect("audit");
@@ -741,16 +711,7 @@ async fn a_rotated_token_after_the_grace_window_revokes_the_family() {
     app.clock.advance(time::Duration::seconds(31));
     assert_error(&refresh(&app, &client_id, &rt1).await, 400, "invalid_grant");
     assert_eq!(mcp_status(&app, at2).await, 401);
-    assert_error(
-        &refresh(
-            &app,
-            &client_id,
-            second["refresh_token"].as_str().expect("rt"),
-        )
-        .await,
-        400,
-        "invalid_grant",
-    );
+    assert_refresh_refused(&app, &client_id, &second["refresh_token"]).await;
 }
 
 #[tokio::test]
