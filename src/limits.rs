@@ -38,16 +38,24 @@ pub struct Limits {
 /// minute, not as many as the request budget allows.
 #[derive(Debug)]
 struct Failures<K> {
-    /// Key -> when its debt is paid off (the theoretical arrival time).
-    debts: Mutex<std::collections::HashMap<K, Instant>>,
+    debts: Mutex<Debts<K>>,
     /// What one failure adds.
     interval: Duration,
     /// The debt at which requests are refused.
     tolerance: Duration,
 }
 
-/// Keys held at most before a clean-up is forced (each entry is gone a minute after its last
-/// failure anyway).
+#[derive(Debug)]
+struct Debts<K> {
+    /// Key -> when its debt is paid off (the theoretical arrival time).
+    by_key: std::collections::HashMap<K, Instant>,
+    /// The one debt of every key that found no room (see [`MAX_FAILURE_KEYS`]).
+    overflow: Option<Instant>,
+}
+
+/// Keys held at most, so memory stays bounded however many addresses or client ids fail at
+/// once (an entry is gone a minute after its last failure anyway). Past it, the keys not held
+/// share one budget: under such a flood they are throttled together.
 const MAX_FAILURE_KEYS: usize = 100_000;
 
 impl<K: std::hash::Hash + Eq> Failures<K> {
@@ -55,7 +63,10 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
         let per_minute = per_minute.max(1);
         let interval = Duration::from_secs(60) / per_minute;
         Self {
-            debts: Mutex::new(std::collections::HashMap::new()),
+            debts: Mutex::new(Debts {
+                by_key: std::collections::HashMap::new(),
+                overflow: None,
+            }),
             interval,
             tolerance: interval * per_minute,
         }
@@ -64,7 +75,12 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
     /// How long `key` must wait before its next request is tried; `None` to go ahead.
     fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
         let debts = self.debts.lock().unwrap_or_else(|p| p.into_inner());
-        let debt = debts.get(key)?.checked_duration_since(now)?;
+        let paid_off = match debts.by_key.get(key) {
+            Some(paid_off) => *paid_off,
+            None if debts.by_key.len() >= MAX_FAILURE_KEYS => debts.overflow?,
+            None => return None,
+        };
+        let debt = paid_off.checked_duration_since(now)?;
         // Another failure now would pass the tolerance: wait until it would not.
         (debt + self.interval > self.tolerance).then(|| debt + self.interval - self.tolerance)
     }
@@ -72,18 +88,27 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
     /// Counts one failure of `key`.
     fn charge(&self, key: K, now: Instant) {
         let mut debts = self.debts.lock().unwrap_or_else(|p| p.into_inner());
-        if debts.len() >= MAX_FAILURE_KEYS {
-            debts.retain(|_, paid_off| *paid_off > now);
+        let held = debts.by_key.contains_key(&key);
+        if !held && debts.by_key.len() >= MAX_FAILURE_KEYS {
+            debts.by_key.retain(|_, paid_off| *paid_off > now);
         }
-        let paid_off = debts.entry(key).or_insert(now);
-        *paid_off = (*paid_off).max(now) + self.interval;
+        let interval = self.interval;
+        let add = |paid_off: &mut Instant| *paid_off = (*paid_off).max(now) + interval;
+        if held || debts.by_key.len() < MAX_FAILURE_KEYS {
+            add(debts.by_key.entry(key).or_insert(now));
+        } else {
+            add(debts.overflow.get_or_insert(now));
+        }
     }
 
     /// Forgets the keys that owe nothing.
     fn prune(&self, now: Instant) {
         let mut debts = self.debts.lock().unwrap_or_else(|p| p.into_inner());
-        debts.retain(|_, paid_off| *paid_off > now);
-        debts.shrink_to_fit();
+        debts.by_key.retain(|_, paid_off| *paid_off > now);
+        debts.by_key.shrink_to_fit();
+        if debts.overflow.is_some_and(|paid_off| paid_off <= now) {
+            debts.overflow = None;
+        }
     }
 }
 
@@ -436,9 +461,35 @@ mod tests {
         assert_eq!(failures.wait(&key, later), Some(Duration::from_secs(3)));
         // Once all 21 failures are paid off (at 63 s), nothing is owed and the key is forgotten.
         failures.prune(t + Duration::from_secs(62));
-        assert_eq!(failures.debts.lock().expect("lock").len(), 1);
+        assert_eq!(failures.debts.lock().expect("lock").by_key.len(), 1);
         failures.prune(t + Duration::from_secs(63));
-        assert!(failures.debts.lock().expect("lock").is_empty());
+        assert!(failures.debts.lock().expect("lock").by_key.is_empty());
+    }
+
+    /// However many keys fail, at most `MAX_FAILURE_KEYS` are held; the others share one debt.
+    #[test]
+    fn failing_keys_beyond_the_limit_share_one_budget() {
+        let failures = Failures::new(20);
+        let t = Instant::now();
+        for n in 0..MAX_FAILURE_KEYS {
+            failures.charge(n, t);
+        }
+        // No room: new keys share the overflow's budget, 20 failures in all.
+        for n in 0..20 {
+            assert_eq!(failures.wait(&(MAX_FAILURE_KEYS + n), t), None);
+            failures.charge(MAX_FAILURE_KEYS + n, t);
+        }
+        assert!(failures.wait(&(MAX_FAILURE_KEYS + 99), t).is_some());
+        assert_eq!(
+            failures.debts.lock().expect("lock").by_key.len(),
+            MAX_FAILURE_KEYS
+        );
+        // A held key keeps its own budget.
+        assert_eq!(failures.wait(&0, t), None);
+        // Once the held keys owe nothing, a new key gets room of its own again.
+        let later = t + Duration::from_secs(4);
+        failures.charge(MAX_FAILURE_KEYS + 500, later);
+        assert_eq!(failures.debts.lock().expect("lock").by_key.len(), 1);
     }
 
     #[test]
