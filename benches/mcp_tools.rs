@@ -151,6 +151,7 @@ fn main() {
         let guarded = gatehouse::app(state.clone());
         // The same service with the layer taken out: a fixed caller instead.
         let principal = Principal {
+            kind: gatehouse::mcp::verify::CallerKind::User,
             subject: "u_bench".into(),
             client_id: "gh_bench".into(),
             scopes: vec!["mcp".into()],

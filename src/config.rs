@@ -287,6 +287,11 @@ pub struct RegistrationConfig {
     /// A dynamic registration that completed no sign-in within this many seconds is deleted
     /// (Claude registers a new client on every connection). 0 keeps them. Default 86400.
     pub unused_client_ttl: u64,
+    /// Scopes a client may register for `client_credentials` (tokens with no user behind them)
+    /// at `/register`. Empty (default): only clients the operator adds (`gatehouse clients add
+    /// --confidential`) may use that grant (RFC 6749 §4.4: arranged with the server; RFC 7591
+    /// §5: registered metadata is self-asserted).
+    pub client_credentials_scopes: Vec<String>,
 }
 
 impl Default for RegistrationConfig {
@@ -301,6 +306,7 @@ impl Default for RegistrationConfig {
             rate_limit_per_hour: 30,
             max_body_bytes: 16 * 1024,
             unused_client_ttl: 86_400,
+            client_credentials_scopes: Vec::new(),
         }
     }
 }
@@ -406,6 +412,9 @@ pub struct RegistrationPolicy {
     pub max_body_bytes: usize,
     /// Age after which a never-used dynamic registration is deleted.
     pub unused_client_ttl: Option<Duration>,
+    /// Scopes a dynamically registered client may hold for `client_credentials`; empty: that
+    /// grant is for operator-added clients only.
+    pub client_credentials_scopes: Vec<ScopeToken>,
 }
 
 /// A scope the server knows, with its consent-page description.
@@ -848,6 +857,11 @@ impl Config {
             unused_client_ttl: (reg.unused_client_ttl > 0).then(|| {
                 Duration::seconds(i64::try_from(reg.unused_client_ttl).unwrap_or(i64::MAX))
             }),
+            client_credentials_scopes: scope_list(
+                "registration.client_credentials_scopes",
+                &reg.client_credentials_scopes,
+                &mut problems,
+            ),
         };
         if raw.client_metadata.insecure_allow_loopback {
             development_defaults.push(

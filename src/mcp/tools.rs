@@ -15,7 +15,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 use super::server::GatehouseMcp;
-use super::verify::Principal;
+use super::verify::{CallerKind, Principal};
 
 /// Every tool this server offers.
 pub const TOOL_NAMES: [&str; 2] = ["whoami", "get_activity_log"];
@@ -58,16 +58,20 @@ impl GatehouseMcp {
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<CallToolResult, ErrorData> {
         let p = principal(&parts)?;
-        let user = self
-            .state
-            .store
-            .user(&p.subject)
-            .await
-            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let user = match p.kind {
+            CallerKind::User => self
+                .state
+                .store
+                .user(&p.subject)
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
+            CallerKind::Service => None,
+        };
         let expires = time::OffsetDateTime::from_unix_timestamp(p.expires_at)
             .ok()
             .and_then(|t| t.format(&Rfc3339).ok());
         Ok(text_json(&json!({
+            "kind": p.kind.as_str(),
             "subject": p.subject,
             "username": user.as_ref().map(|u| u.username.as_str()),
             "roles": user.as_ref().map(|u| u.roles.clone()),
@@ -91,12 +95,16 @@ impl GatehouseMcp {
         let limit = args.limit.unwrap_or(20).clamp(1, MAX_PAGE);
         let everyone = args.everyone.unwrap_or(false);
         if everyone {
-            let user = self
-                .state
-                .store
-                .user(&p.subject)
-                .await
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            // Roles belong to people: a service client is never an administrator.
+            let user = match p.kind {
+                CallerKind::User => self
+                    .state
+                    .store
+                    .user(&p.subject)
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
+                CallerKind::Service => None,
+            };
             let admin = &self.state.config.mcp.admin_role;
             if !user.is_some_and(|u| u.roles.iter().any(|r| r == admin)) {
                 return Ok(CallToolResult::error(vec![ContentBlock::text(format!(

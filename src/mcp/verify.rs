@@ -22,6 +22,8 @@ const CACHE_CAPACITY: usize = 10_000;
 pub struct Principal {
     /// The user id (`sub`), or the client id for client_credentials tokens.
     pub subject: String,
+    /// Whether a person is behind the token, or only a service client.
+    pub kind: CallerKind,
     /// The client the token was issued to.
     pub client_id: String,
     /// The token's scopes, with the narrower scopes they imply.
@@ -32,6 +34,25 @@ pub struct Principal {
     pub jti: String,
     /// Its expiry, unix seconds.
     pub expires_at: i64,
+}
+
+/// Who is behind an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// A user, through an application they authorized.
+    User,
+    /// A service client on its own (client credentials): no user, no roles, only its scopes.
+    Service,
+}
+
+impl CallerKind {
+    /// As tools show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Service => "service",
+        }
+    }
 }
 
 impl Principal {
@@ -210,6 +231,13 @@ impl TokenVerifier {
         let kid = header.key_id().unwrap_or_default().to_owned();
         Ok(Cached {
             principal: Principal {
+                // RFC 9068 §2.2: with no resource owner, `sub` is the client's identifier. User
+                // ids and client ids never coincide (`u_` and `gh_`/https prefixes).
+                kind: if claims.sub == claims.client_id {
+                    CallerKind::Service
+                } else {
+                    CallerKind::User
+                },
                 subject: claims.sub,
                 client_id: claims.client_id,
                 scopes: self.effective_scopes(&claims.scope),

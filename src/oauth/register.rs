@@ -19,7 +19,8 @@ use super::error::RegistrationError;
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
 use crate::domain::{
-    Client, ClientKind, RedirectPolicy, RedirectUri, Secret, TokenEndpointAuthMethod, random_token,
+    Client, ClientKind, RedirectPolicy, RedirectUri, ScopeToken, Secret, TokenEndpointAuthMethod,
+    random_token,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -154,9 +155,17 @@ pub fn validate(
     let grant_types = request
         .grant_types
         .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
+    let service_scopes = service_scopes(config, kind);
     for grant in &grant_types {
         let allowed = match grant.as_str() {
             "authorization_code" | "refresh_token" => true,
+            "client_credentials" if service_scopes.is_some_and(<[_]>::is_empty) => {
+                // RFC 6749 §4.4: the grant is for what was arranged with the server; a
+                // self-registered client has arranged nothing (RFC 7591 §5).
+                return Err(metadata_error(
+                    "grant type client_credentials (tokens with no user) is not open to registration on this server; ask its operator to add the client".to_owned(),
+                ));
+            }
             "client_credentials" => auth_method.uses_secret(),
             _ => false,
         };
@@ -219,7 +228,7 @@ pub fn validate(
         None => None,
     };
     let known = config.scope_names();
-    let scope = request
+    let mut scope = request
         .scope
         .map(|s| {
             s.split(' ')
@@ -228,6 +237,23 @@ pub fn validate(
                 .join(" ")
         })
         .filter(|s| !s.is_empty());
+    // A self-registered service client holds no more than the operator opened to such clients.
+    if let Some(allowed) =
+        service_scopes.filter(|_| grant_types.iter().any(|g| g == "client_credentials"))
+    {
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        match &scope {
+            None => scope = Some(allowed.join(" ")),
+            Some(asked) => {
+                if let Some(other) = asked.split(' ').find(|s| !allowed.contains(s)) {
+                    return Err(metadata_error(format!(
+                        "scope {other:?} is not available to clients that use client_credentials here (available: {})",
+                        allowed.join(" ")
+                    )));
+                }
+            }
+        }
+    }
 
     Ok(Client {
         id,
@@ -245,6 +271,16 @@ pub fn validate(
         created_at: now,
         last_used_at: None,
     })
+}
+
+/// The scopes a client of `kind` may hold for `client_credentials`: `None` when the operator
+/// vouches for it (any), an empty list when the grant is closed to it.
+pub fn service_scopes(config: &Config, kind: ClientKind) -> Option<&[ScopeToken]> {
+    match kind {
+        ClientKind::Operator => None,
+        ClientKind::Dynamic => Some(&config.registration.client_credentials_scopes),
+        ClientKind::MetadataDocument => Some(&[]),
+    }
 }
 
 /// A new client id: the prefix and 128 random bits.

@@ -832,21 +832,14 @@ async fn operator_clients_are_not_flagged_unverified() {
     );
 }
 
-/// A client registered only for client_credentials gets no code (RFC 6749 §4.1.2.1).
+/// A client registered only for client_credentials gets no code (RFC 6749 §4.1.2.1); an
+/// operator's client, so its redirect URI is trusted with the error.
 #[tokio::test]
 async fn clients_not_registered_for_codes_are_unauthorized() {
     let app = TestApp::sqlite().await;
-    let res = app
-        .post_json(
-            "/register",
-            &serde_json::json!({
-                "redirect_uris": ["https://service.example.com/cb"],
-                "grant_types": ["client_credentials"],
-                "token_endpoint_auth_method": "client_secret_basic"
-            }),
-        )
+    let (client_id, _) = app
+        .operator_client("client_secret_basic", &["client_credentials"], "mcp")
         .await;
-    let client_id = res.json()["client_id"].as_str().expect("id").to_owned();
     let (path, state) = authorize_request(&client_id, "https://service.example.com/cb", &["mcp"]);
     let q = query_of(&app.get(&path).await.location());
     assert_eq!(q["error"], "unauthorized_client");

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
-use gatehouse::clock::FixedClock;
+use gatehouse::clock::{Clock, FixedClock};
 use gatehouse::config::Config;
 use gatehouse::state::{AppState, StartError};
 use sqlx::Connection;
@@ -364,6 +364,43 @@ pub fn query_of(url: &str) -> std::collections::HashMap<String, String> {
 }
 
 impl TestApp {
+    /// Adds a confidential client the way `gatehouse clients add --confidential` does (the
+    /// operator vouches for it), registered for `grants` with `scope`; returns its id and secret.
+    pub async fn operator_client(
+        &self,
+        method: &str,
+        grants: &[&str],
+        scope: &str,
+    ) -> (String, String) {
+        use gatehouse::oauth::register;
+        let request = register::RegistrationRequest {
+            redirect_uris: Some(vec!["https://service.example.com/cb".to_owned()]),
+            token_endpoint_auth_method: Some(method.to_owned()),
+            grant_types: Some(grants.iter().map(|g| (*g).to_owned()).collect()),
+            scope: Some(scope.to_owned()),
+            client_name: Some("Operator's service".to_owned()),
+            ..register::RegistrationRequest::default()
+        };
+        let mut client = register::validate(
+            request,
+            &self.state.config,
+            &gatehouse::domain::RedirectPolicy::permissive(),
+            gatehouse::domain::ClientKind::Operator,
+            register::new_client_id().expect("id"),
+            self.clock.now(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let secret = register::issue_secret(&mut client)
+            .expect("secret")
+            .expect("a confidential client has a secret");
+        self.state
+            .store
+            .insert_client(&client)
+            .await
+            .expect("insert");
+        (client.id, secret.expose().to_owned())
+    }
+
     /// Adds a user with `roles` directly in the store.
     pub async fn add_user(
         &self,

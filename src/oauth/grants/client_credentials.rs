@@ -1,5 +1,8 @@
-//! The client credentials grant (RFC 6749 §4.4) for confidential, service-to-service clients:
-//! scopes within what the client was registered for; no refresh token.
+//! The client credentials grant (RFC 6749 §4.4) for confidential, service-to-service clients
+//! the operator arranged: those added with `gatehouse clients add --confidential`, and
+//! self-registered ones only within `registration.client_credentials_scopes` (empty by default:
+//! none). Scopes within what the client was registered for; no refresh token; the token's `sub`
+//! is the client id (RFC 9068 §2.2), which is how the resource side tells it has no user.
 
 use serde_json::json;
 
@@ -24,6 +27,15 @@ pub async fn issue(
         ));
     }
     let config = &state.config;
+    // Checked here too, not only at registration: a client registered while the setting allowed
+    // more (or before this rule) gets no more than it allows now.
+    let service_scopes = crate::oauth::register::service_scopes(config, client.kind);
+    if service_scopes.is_some_and(<[_]>::is_empty) {
+        return Err(TokenError::UnauthorizedClient(
+            "client_credentials is for clients the operator added; this client registered itself"
+                .into(),
+        ));
+    }
     let resource = config.resource();
     if optional(params, "resource")?.is_some_and(|r| !same_resource(&resource, r)) {
         return Err(TokenError::InvalidTarget(format!(
@@ -39,6 +51,14 @@ pub async fn issue(
             .collect::<Vec<_>>()
             .join(" ")
     });
+    let registered = match service_scopes {
+        Some(allowed) => registered
+            .split(' ')
+            .filter(|s| allowed.iter().any(|a| a.as_str() == *s))
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => registered,
+    };
     let scope = narrowed_scope(optional(params, "scope")?, &registered)?;
     let now = state.clock.now();
     let grant_id = new_grant_id()
