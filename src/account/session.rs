@@ -40,6 +40,10 @@ pub struct PendingAuthorization {
     pub force_consent: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// The client was added by the operator, so its redirect URI is trusted with an error
+    /// (RFC 9700 §4.11.2).
+    #[serde(default)]
+    pub operator_client: bool,
 }
 
 /// Everything Gatehouse keeps in a browser session.

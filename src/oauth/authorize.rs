@@ -3,7 +3,10 @@
 //! is signed in and has consented.
 //!
 //! Until the client and redirect URI are known good, every failure is an error page; after,
-//! failures go back to the client (interop checklist items 35-38; RFC 9700 §4.1).
+//! failures go back to the client (interop checklist items 35-38; RFC 9700 §4.1), but only to a
+//! redirect URI the server trusts (RFC 9700 §4.11.2): an operator's client, or one the signed-in
+//! person has already connected. Anyone can register a client whose redirect URI is a phishing
+//! page; without that rule any error would send a browser there with no one's consent.
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -298,10 +301,13 @@ pub async fn authorize_get(
     RawQuery(query): RawQuery,
 ) -> Response {
     let product = state.config.product_name.clone();
-    match authorize(&state, &session, ip, &query.unwrap_or_default()).await {
+    let query = query.unwrap_or_default();
+    match authorize(&state, &session, ip, &query).await {
         Ok(response) => response,
         Err(err) => {
-            audit_refusal(&state, &err).await;
+            let params = Params::parse(&query);
+            let client_id = params.get("client_id").ok().flatten();
+            audit_refusal(&state, &err, client_id, ip).await;
             err.into_response_for(&product)
         }
     }
@@ -317,16 +323,34 @@ async fn authorize(
     let client = check_client(state, &params, ip).await?;
     let redirect_uri = check_redirect_uri(&client, &params)?;
     let target = ErrorTarget::new(state, &redirect_uri, params.get("state").unwrap_or(None));
-    check_grant_type(&client, &target)?;
-    check_no_repeats(&params, &target)?;
-    check_response_type(&params, &target)?;
-    let code_challenge = check_pkce(&params, &target)?;
-    let resource = check_resource(state, &params, &target)?;
-    let scopes = requested_scopes(state, &params);
-    let prompt = check_prompt(&params, &target)?;
-
     let now = state.clock.now();
     let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
+    let operator_client = client.kind == ClientKind::Operator;
+    let checked = (|| {
+        check_grant_type(&client, &target)?;
+        check_no_repeats(&params, &target)?;
+        check_response_type(&params, &target)?;
+        let code_challenge = check_pkce(&params, &target)?;
+        let resource = check_resource(state, &params, &target)?;
+        let prompt = check_prompt(&params, &target)?;
+        Ok((code_challenge, resource, prompt))
+    })();
+    let (code_challenge, resource, prompt) = match checked {
+        Ok(checked) => checked,
+        Err(err) => {
+            let resource = state.config.resource();
+            return Err(to_trusted_redirect(
+                state,
+                &data,
+                &client.id,
+                &resource,
+                operator_client,
+                err,
+            )
+            .await);
+        }
+    };
+    let scopes = requested_scopes(state, &params);
     if prompt.login {
         data.user_id = None;
         data.authenticated_at = None;
@@ -342,6 +366,7 @@ async fn authorize(
         scopes,
         force_consent: prompt.consent,
         created_at: now.unix_timestamp(),
+        operator_client,
     };
     let id = pending.id.clone();
     data.add_pending(pending, now);
@@ -433,11 +458,9 @@ pub async fn continue_authorization(
         if !interactive {
             data.take_pending(id);
             data.save(session).await?;
-            return Err(AuthorizeError::redirect(
-                &target,
-                "login_required",
-                "the user is not signed in",
-            ));
+            let err =
+                AuthorizeError::redirect(&target, "login_required", "the user is not signed in");
+            return Err(pending_refused(state, &data, &pending, err).await);
         }
         return Ok(see_other(&format!("{}?request={id}", routes::LOGIN)));
     };
@@ -445,11 +468,20 @@ pub async fn continue_authorization(
     if consent.granted.is_empty() {
         data.take_pending(id);
         data.save(session).await?;
-        return Err(AuthorizeError::redirect(
+        let err = AuthorizeError::redirect(
             &target,
             "access_denied",
             "this account may not grant any of the requested scopes",
-        ));
+        );
+        // Consent was remembered for this client (and so its redirect URI trusted) only if
+        // some scope was: the same read answers both.
+        return Err(
+            if consent.remembered.is_empty() && !pending.operator_client {
+                untrusted(err)
+            } else {
+                err
+            },
+        );
     }
     let remembered = consent
         .granted
@@ -463,13 +495,72 @@ pub async fn continue_authorization(
     if !interactive {
         data.take_pending(id);
         data.save(session).await?;
-        return Err(AuthorizeError::redirect(
+        let err = AuthorizeError::redirect(
             &target,
             "consent_required",
             "the user has not consented to these scopes",
-        ));
+        );
+        return Err(
+            if consent.remembered.is_empty() && !pending.operator_client {
+                untrusted(err)
+            } else {
+                err
+            },
+        );
     }
     Ok(see_other(&format!("{}?request={id}", routes::CONSENT)))
+}
+
+/// RFC 9700 §4.11.2: `err`, if it is a redirect, goes back to the client only when the server
+/// trusts its redirect URI: the operator added the client, or the person signed in here has
+/// already connected it (a remembered consent). Otherwise it becomes the error page.
+async fn to_trusted_redirect(
+    state: &AppState,
+    data: &SessionData,
+    client_id: &str,
+    resource: &str,
+    operator_client: bool,
+    err: AuthorizeError,
+) -> AuthorizeError {
+    if operator_client || !matches!(err, AuthorizeError::Redirect { .. }) {
+        return err;
+    }
+    let consented = match current_user(state, data).await {
+        Ok(Some(user)) => matches!(
+            state.store.consent(&user.id, client_id, resource).await,
+            Ok(Some(_))
+        ),
+        Ok(None) => false,
+        Err(read) => return read,
+    };
+    if consented { err } else { untrusted(err) }
+}
+
+/// [`to_trusted_redirect`] for a request in progress.
+async fn pending_refused(
+    state: &AppState,
+    data: &SessionData,
+    pending: &PendingAuthorization,
+    err: AuthorizeError,
+) -> AuthorizeError {
+    let (client, resource) = (&pending.client_id, &pending.resource);
+    to_trusted_redirect(state, data, client, resource, pending.operator_client, err).await
+}
+
+/// A redirect error shown as the error page instead: the person learns what went wrong and is
+/// not sent to a redirect URI nobody vouched for.
+fn untrusted(err: AuthorizeError) -> AuthorizeError {
+    match err {
+        AuthorizeError::Redirect {
+            error, description, ..
+        } => page(
+            StatusCode::BAD_REQUEST,
+            "The application's request was refused",
+            format!("{description} ({error})."),
+            "For your safety you were not sent back to the application, which you have not connected yet. Go back to it and try connecting again; if this keeps happening, tell whoever runs it what this page says.",
+        ),
+        other => other,
+    }
 }
 
 /// The page for a request that expired or was already used.
@@ -536,8 +627,14 @@ pub async fn issue_code(
     Ok(redirect_with(&pending.redirect_uri, &params))
 }
 
-/// Every refused authorization request is audited with its reason.
-async fn audit_refusal(state: &AppState, err: &AuthorizeError) {
+/// Every refused authorization request is audited with its reason, the `client_id` it named
+/// (known or not) and the address it came from.
+async fn audit_refusal(
+    state: &AppState,
+    err: &AuthorizeError,
+    client_id: Option<&str>,
+    ip: Option<std::net::IpAddr>,
+) {
     let detail = match err {
         AuthorizeError::Page { message, .. } | AuthorizeError::TooMany { message, .. } => {
             json!({ "shown": "error page", "reason": message })
@@ -547,7 +644,10 @@ async fn audit_refusal(state: &AppState, err: &AuthorizeError) {
         } => json!({ "error": error, "reason": description }),
         AuthorizeError::Internal(_) => return,
     };
-    let event = AuditEvent::new("authorize.refused", state.clock.now(), detail).failed();
+    let mut event = AuditEvent::new("authorize.refused", state.clock.now(), detail).failed();
+    // A client_id is at most a URL; one longer is not worth keeping whole.
+    event.client_id = client_id.map(|id| id.chars().take(512).collect());
+    event.ip = ip.map(|i| i.to_string());
     if let Err(e) = audit::record(&state.store, event).await {
         tracing::error!(error = %e, "cannot audit a refused authorization");
     }

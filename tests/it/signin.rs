@@ -213,13 +213,12 @@ async fn untrusted_client_or_redirect_gets_an_error_page_and_no_redirect() {
     }
 }
 
-/// Every other error goes back to the client with error, state and iss.
-#[tokio::test]
-async fn request_errors_are_redirected_with_error_state_and_iss() {
-    let (app, client_id) = claude_app().await;
+/// Every request error, `client_id` and `redirect_uri` aside, for `client_id` redirecting to
+/// `callback` with `state=s1`: the request and the error it must give.
+fn request_error_cases(client_id: &str, callback: &str) -> Vec<(String, &'static str)> {
     let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-    let base = format!("/authorize?client_id={client_id}&redirect_uri={CLAUDE_CALLBACK}&state=s1");
-    let cases = [
+    let base = format!("/authorize?client_id={client_id}&redirect_uri={callback}&state=s1");
+    vec![
         (
             format!("{base}&code_challenge={challenge}&code_challenge_method=S256"),
             "invalid_request",
@@ -263,8 +262,23 @@ async fn request_errors_are_redirected_with_error_state_and_iss() {
             ),
             "invalid_request",
         ),
-    ];
-    for (path, error) in cases {
+    ]
+}
+
+/// Every other error goes back to the client with error, state and iss, when the server trusts
+/// its redirect URI: here an operator's client.
+#[tokio::test]
+async fn request_errors_are_redirected_with_error_state_and_iss() {
+    let app = TestApp::sqlite().await;
+    let (client_id, _) = app
+        .operator_client_with(
+            "none",
+            &["authorization_code", "refresh_token"],
+            "mcp",
+            CLAUDE_CALLBACK,
+        )
+        .await;
+    for (path, error) in request_error_cases(&client_id, CLAUDE_CALLBACK) {
         let res = app.get(&path).await;
         assert_eq!(res.status, 303, "{path}");
         let location = res.location();
@@ -278,13 +292,50 @@ async fn request_errors_are_redirected_with_error_state_and_iss() {
     let refused = gatehouse::audit::read(&app.state.store, None, None, 50)
         .await
         .expect("audit");
-    assert_eq!(
-        refused
-            .iter()
-            .filter(|e| e.event.kind == "authorize.refused")
-            .count(),
-        9
-    );
+    let refused: Vec<_> = refused
+        .iter()
+        .filter(|e| e.event.kind == "authorize.refused")
+        .collect();
+    assert_eq!(refused.len(), 9);
+    for event in refused {
+        assert_eq!(event.event.client_id.as_deref(), Some(client_id.as_str()));
+        assert_eq!(event.event.ip.as_deref(), Some("192.0.2.10"));
+    }
+}
+
+/// Security review: anyone may register a client whose redirect URI is a phishing page, and any
+/// error sent the browser there with no one's consent (an open redirector). RFC 9700 §4.11.2:
+/// for a self-registered client nobody here has connected, every error is the error page, with
+/// no `Location`; once the person signed in here has connected it, errors go back to it.
+#[tokio::test]
+async fn errors_of_a_client_nobody_connected_stay_on_the_error_page() {
+    let (app, client_id) = claude_app().await;
+    for (path, error) in request_error_cases(&client_id, CLAUDE_CALLBACK) {
+        let res = app.get(&path).await;
+        assert_eq!(res.status, 400, "{path}");
+        assert!(res.header("location").is_none(), "{path}");
+        let text = res.text();
+        assert!(text.contains(&format!("({error})")), "{path}: {text}");
+        assert!(text.contains("you were not sent back"), "{text}");
+    }
+    // prompt=none with nobody signed in: the page too.
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let res = app.get(&format!("{path}&prompt=none")).await;
+    assert_eq!(res.status, 400);
+    assert!(res.header("location").is_none());
+
+    // Connected by alice in this browser: the same errors go back to the client.
+    let mut agent = Agent::new(&app);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    decide(&mut agent, &consent, "allow").await;
+    for (path, error) in request_error_cases(&client_id, CLAUDE_CALLBACK) {
+        let res = agent.get(&path).await;
+        assert_eq!(res.status, 303, "{path}");
+        assert_eq!(query_of(&res.location())["error"], error, "{path}");
+    }
 }
 
 /// Trailing-slash and case variants of the resource are accepted (interop item 2).
@@ -381,7 +432,9 @@ async fn scopes_are_limited_by_roles() {
         page.contains("<code>activity:read</code>") && !page.contains("<code>mcp</code>"),
         "{page}"
     );
+    decide(&mut agent, &consent, "allow").await;
 
+    // Bob has connected the client, so its redirect URI is trusted with the error.
     let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let q = query_of(&agent.get(&path).await.location());
     assert_eq!(q["error"], "access_denied");
@@ -450,9 +503,19 @@ async fn remembered_consent_skips_the_page_and_prompt_consent_forces_it() {
     assert!(consent.starts_with("/consent?"), "{consent}");
 }
 
+/// An operator's client is trusted with errors, so `prompt=none` answers by redirect.
 #[tokio::test]
 async fn prompt_none_answers_without_a_page() {
-    let (app, client_id) = claude_app().await;
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let (client_id, _) = app
+        .operator_client_with(
+            "none",
+            &["authorization_code", "refresh_token"],
+            "mcp",
+            CLAUDE_CALLBACK,
+        )
+        .await;
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let q = query_of(&agent.get(&format!("{path}&prompt=none")).await.location());

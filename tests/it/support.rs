@@ -372,13 +372,28 @@ impl TestApp {
         grants: &[&str],
         scope: &str,
     ) -> (String, String) {
+        let (id, secret) = self
+            .operator_client_with(method, grants, scope, "https://service.example.com/cb")
+            .await;
+        (id, secret.expect("a confidential client has a secret"))
+    }
+
+    /// Adds a client the way `gatehouse clients add` does, with `redirect_uri`; returns its id
+    /// and its secret if it has one (`method` other than `none`).
+    pub async fn operator_client_with(
+        &self,
+        method: &str,
+        grants: &[&str],
+        scope: &str,
+        redirect_uri: &str,
+    ) -> (String, Option<String>) {
         use gatehouse::oauth::register;
         let request = register::RegistrationRequest {
-            redirect_uris: Some(vec!["https://service.example.com/cb".to_owned()]),
+            redirect_uris: Some(vec![redirect_uri.to_owned()]),
             token_endpoint_auth_method: Some(method.to_owned()),
             grant_types: Some(grants.iter().map(|g| (*g).to_owned()).collect()),
             scope: Some(scope.to_owned()),
-            client_name: Some("Operator's service".to_owned()),
+            client_name: Some("Operator's client".to_owned()),
             ..register::RegistrationRequest::default()
         };
         let mut client = register::validate(
@@ -390,15 +405,13 @@ impl TestApp {
             self.clock.now(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let secret = register::issue_secret(&mut client)
-            .expect("secret")
-            .expect("a confidential client has a secret");
+        let secret = register::issue_secret(&mut client).expect("secret");
         self.state
             .store
             .insert_client(&client)
             .await
             .expect("insert");
-        (client.id, secret.expose().to_owned())
+        (client.id, secret.map(|s| s.expose().to_owned()))
     }
 
     /// Adds a user with `roles` directly in the store.
