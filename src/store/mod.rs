@@ -73,6 +73,9 @@ pub enum StoreError {
     /// A row holds a value this version does not understand.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database file could not be created or its mode set.
+    #[error("database file {0}")]
+    File(String),
 }
 
 impl StoreError {
@@ -118,8 +121,61 @@ async fn open_sqlite_connection(options: &AnyConnectOptions) -> Result<AnyConnec
     Ok(conn)
 }
 
+/// Makes the SQLite file at `path` readable by its owner alone: created with mode 0600 when it is
+/// new (SQLite gives its `-wal` and `-shm` files the database file's mode), tightened to 0600,
+/// with its `-wal` and `-shm`, when another user could read it. It holds password hashes, the
+/// session-cookie key and every grant. Warns when others may write to its directory.
+fn private_sqlite_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |e: std::io::Error| StoreError::File(format!("{}: {e}", path.display()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for file in [
+                path.to_owned(),
+                path.with_file_name(sidecar(path, "-wal")),
+                path.with_file_name(sidecar(path, "-shm")),
+            ] {
+                let Ok(meta) = std::fs::metadata(&file) else {
+                    continue;
+                };
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(failed)?;
+                    tracing::warn!(path = %file.display(), "the database file was readable by other users; it is now mode 0600");
+                }
+            }
+        }
+        Err(e) => return Err(failed(e)),
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        // Writable by others without the sticky bit: they could replace the database file.
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            tracing::warn!(dir = %dir.display(), "other users may write to the database's directory: chmod go-w it");
+        }
+    }
+    Ok(())
+}
+
+/// The name of a SQLite sidecar file of `path` (`-wal`, `-shm`).
+fn sidecar(path: &std::path::Path, suffix: &str) -> std::ffi::OsString {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    name
+}
+
 impl Store {
-    /// Connects (creating a SQLite file if needed) and applies the migrations.
+    /// Connects (creating a SQLite file if needed, mode 0600) and applies the migrations.
     pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         // Without this, the first `Any` connect panics.
         DRIVERS.call_once(sqlx::any::install_default_drivers);
@@ -127,14 +183,15 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url.connect_string())?;
         let store = match backend {
             Backend::Sqlite => {
-                // The writer first: it creates the file, switches it to WAL and migrates it.
+                let path = sqlx::sqlite::SqliteConnectOptions::from_str(&url.connect_string())?
+                    .get_filename()
+                    .to_owned();
+                private_sqlite_file(&path)?;
+                // The writer first: it switches the file to WAL and migrates it.
                 let mut writer = open_sqlite_connection(&options).await?;
                 writer.execute(write::WRITER_PRAGMAS).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
                 let readers = Arc::new(read::SqliteReaders::open(&options).await?);
-                let path = sqlx::sqlite::SqliteConnectOptions::from_str(&url.connect_string())?
-                    .get_filename()
-                    .to_owned();
                 let engine =
                     engine::Engine::open(&path).map_err(|e| StoreError::Engine(e.to_string()))?;
                 let committer =

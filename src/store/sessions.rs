@@ -1,5 +1,10 @@
 //! The browser-session store: tower-sessions records kept in our own database through the same
 //! pool and migrations as everything else (one query set for SQLite and PostgreSQL).
+//!
+//! A session id is a bearer secret (with the cookie key, it makes a valid cookie), so the
+//! database holds only its SHA-256, like every other secret here: someone who reads the database
+//! file cannot take over a signed-in browser. (Sessions stored before by their plain id are
+//! simply never found again, and expire.)
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -11,6 +16,14 @@ use super::Store;
 /// [`Store`] as a tower-sessions [`SessionStore`].
 #[derive(Debug, Clone)]
 pub struct SessionStoreAdapter(pub Store);
+
+/// The stored form of a session id: its hash.
+fn stored(id: &Id) -> String {
+    crate::domain::Secret::presented(&id.to_string())
+        .hash()
+        .as_str()
+        .to_owned()
+}
 
 fn backend(err: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
@@ -26,7 +39,7 @@ impl SessionStore for SessionStoreAdapter {
             let inserted = sqlx::query(
                 "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
             )
-            .bind(record.id.to_string())
+            .bind(stored(&record.id))
             .bind(data)
             .bind(record.expiry_date.unix_timestamp())
             .execute(&mut *self.0.writer().await.map_err(backend)?)
@@ -46,7 +59,7 @@ impl SessionStore for SessionStoreAdapter {
             "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
         )
-        .bind(record.id.to_string())
+        .bind(stored(&record.id))
         .bind(data)
         .bind(record.expiry_date.unix_timestamp())
         .execute(&mut *self.0.writer().await.map_err(backend)?)
@@ -59,7 +72,7 @@ impl SessionStore for SessionStoreAdapter {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT data, expires_at FROM sessions WHERE id = $1 AND expires_at > $2",
         )
-        .bind(id.to_string())
+        .bind(stored(id))
         .bind(OffsetDateTime::now_utc().unix_timestamp())
         .fetch_optional(&mut *self.0.reader().await.map_err(backend)?)
         .await
@@ -77,7 +90,7 @@ impl SessionStore for SessionStoreAdapter {
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id.to_string())
+            .bind(stored(id))
             .execute(&mut *self.0.writer().await.map_err(backend)?)
             .await
             .map_err(backend)?;

@@ -7,6 +7,7 @@ use gatehouse::clock::Clock;
 use gatehouse::domain::Secret;
 use oauth2::basic::BasicClient;
 use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use sqlx::Connection;
 use tempfile::TempDir;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -776,6 +777,64 @@ async fn session_cookie_is_hardened_rotated_at_login_and_ended_by_logout() {
     assert!(res.text().contains("You are signed out"));
     let res = agent.get(&consent).await;
     assert_eq!(res.status, 400, "the pending request went with the session");
+}
+
+/// Security review: the database held the cookie-signing key and every session id in clear, so
+/// reading the file was enough to forge a signed-in admin's cookie. Session ids are stored only
+/// as hashes now: a cookie made from what the database holds, signed with the very key, finds no
+/// session; the browser's own cookie still does.
+#[tokio::test]
+async fn a_cookie_forged_from_the_database_signs_nobody_in() {
+    use tower_sessions::cookie::{Cookie, CookieJar, Key};
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    sign_in(&mut agent, &login, "alice", PASSWORD).await;
+    assert!(
+        agent
+            .get("/logout")
+            .await
+            .text()
+            .contains("Signed in as alice")
+    );
+
+    let key = app
+        .state
+        .store
+        .existing_server_secret("session_cookie_key")
+        .await
+        .expect("read")
+        .expect("the key is in the database");
+    let key = {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key)
+            .expect("base64");
+        Key::try_from(bytes.as_slice()).expect("key")
+    };
+    let mut db = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM sessions")
+        .fetch_all(&mut db)
+        .await
+        .expect("sessions");
+    assert!(!stored.is_empty());
+    for id in stored {
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&key)
+            .add(Cookie::new("__Host-gatehouse", id));
+        let forged = jar
+            .get("__Host-gatehouse")
+            .expect("cookie")
+            .value()
+            .to_owned();
+        let mut thief = Agent::new(&app);
+        thief.cookies.insert("__Host-gatehouse".into(), forged);
+        let page = thief.get("/logout").await.text();
+        assert!(page.contains("You are signed out"), "{page}");
+    }
 }
 
 /// Every page of the flow, and its redirects: no script, no framing, no referrer, no caching.

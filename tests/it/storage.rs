@@ -561,3 +561,40 @@ async fn the_server_runs_on_postgres() {
         kid.as_str()
     );
 }
+
+/// The mode bits of `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Security review: the database file and its `-wal` and `-shm` were created 0644 and hold the
+/// session-cookie key and every grant. A new one is 0600, all three files; an old one that
+/// others could read is tightened at start.
+#[tokio::test]
+async fn the_sqlite_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", "correct horse battery staple", &["user"])
+        .await;
+    let db = app.dir.path().join("gatehouse.db");
+    let sidecars = ["gatehouse.db-wal", "gatehouse.db-shm"].map(|f| app.dir.path().join(f));
+    for file in std::iter::once(&db).chain(&sidecars) {
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+    }
+    // Closed, the log is folded into the file and removed; the file made readable by others.
+    let dir = app.restart_parts().await;
+    let db = dir.path().join("gatehouse.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let url = sqlite_url(&dir);
+    let app = TestApp::with(dir, &url, |_| {}).await;
+    app.add_user("bob", "correct horse battery staple", &["user"])
+        .await;
+    for file in std::iter::once(&db).chain(&sidecars) {
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+    }
+}
