@@ -714,6 +714,52 @@ async fn a_rotated_token_after_the_grace_window_revokes_the_family() {
     assert_refresh_refused(&app, &client_id, &second["refresh_token"]).await;
 }
 
+/// Security review: after a role lost a scope, refreshing an earlier grant still returned it,
+/// for up to the family's lifetime. Now each refresh keeps only what the user's roles allow
+/// today, and refuses when nothing is left.
+#[tokio::test]
+async fn a_scope_taken_from_a_role_leaves_the_grant_at_its_next_refresh() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp", "activity:read"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    assert_eq!(t0["scope"], "mcp activity:read");
+    let with_role = |scopes: &'static [&'static str]| {
+        move |c: &mut gatehouse::config::Config| {
+            let scopes = scopes
+                .iter()
+                .map(|s| gatehouse::domain::ScopeToken::parse(s).expect("scope"))
+                .collect();
+            c.roles.insert("user".into(), scopes);
+        }
+    };
+    let dir = app.restart_parts().await;
+    let url = crate::support::sqlite_url(&dir);
+    let app = TestApp::with(dir, &url, with_role(&["mcp"])).await;
+    let t1 = refresh(&app, &client_id, t0["refresh_token"].as_str().expect("rt")).await;
+    assert_eq!(t1.status, 200, "{}", t1.text());
+    let t1 = t1.json();
+    assert_eq!(t1["scope"], "mcp");
+    let (claims, _) = verified_claims(&app, t1["access_token"].as_str().expect("at")).await;
+    assert_eq!(claims["scope"], "mcp");
+
+    // The role keeps only activity:read; a refresh asking for mcp alone has nothing left.
+    let dir = app.restart_parts().await;
+    let app = TestApp::with(dir, &url, with_role(&["activity:read"])).await;
+    let res = post(
+        &app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t1["refresh_token"].as_str().expect("rt")),
+            ("client_id", &client_id),
+            ("scope", "mcp"),
+        ],
+        None,
+    )
+    .await;
+    assert_error(&res, 400, "invalid_grant");
+}
+
 #[tokio::test]
 async fn scope_may_narrow_on_refresh_but_never_widen() {
     let (app, client_id) = app_with_claude().await;

@@ -94,6 +94,28 @@ fn usable(client: &Client, record: &RefreshRecord) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// `scope` less what the user's roles no longer allow: taking a scope away from a role reaches
+/// every grant at its next refresh, not after the family's 90 days. None left (or no user):
+/// `invalid_grant`, so the client asks the person again.
+async fn within_roles(state: &AppState, user_id: &str, scope: &str) -> Result<String, TokenError> {
+    let Some(user) = state.store.user(user_id).await? else {
+        return Err(TokenError::InvalidGrant(
+            "the user of this grant no longer exists".into(),
+        ));
+    };
+    let allowed = crate::oauth::authorize::grantable(state, &user);
+    let kept: Vec<&str> = scope
+        .split(' ')
+        .filter(|s| allowed.iter().any(|a| a == s))
+        .collect();
+    if kept.is_empty() {
+        return Err(TokenError::InvalidGrant(
+            "this account may no longer grant any of the grant's scopes; sign in again".into(),
+        ));
+    }
+    Ok(kept.join(" "))
+}
+
 /// Rotates an unused token, after the checks on its grant: the new pair, or `None` when the token
 /// is already used, or when the guarded write found it used, its grant revoked or the row gone
 /// (nothing is written then).
@@ -124,6 +146,10 @@ async fn rotate(
         )));
     }
     let scope = narrowed_scope(presented.scope, &grant.scopes)?;
+    let scope = match &grant.user_id {
+        Some(user_id) => within_roles(state, user_id, &scope).await?,
+        None => scope,
+    };
 
     let config = &state.config;
     let access = mint(
