@@ -52,6 +52,7 @@ async fn setup() -> (AppState, String, tempfile::TempDir) {
             roles: vec!["user".into()],
             created_at: now,
             password_changed_at: now,
+            signed_out_at: None,
         })
         .await
         .unwrap();

@@ -53,6 +53,7 @@ async fn setup() -> Bench {
         roles: vec!["user".into()],
         created_at: now,
         password_changed_at: now,
+        signed_out_at: None,
     };
     state.store.insert_user(&user).await.unwrap();
     let client = Client {

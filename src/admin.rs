@@ -185,6 +185,7 @@ async fn run_users(
                 roles: roles.clone(),
                 created_at: now,
                 password_changed_at: now,
+                signed_out_at: None,
             };
             store.insert_user(&user).await.map_err(|e| match e {
                 crate::store::StoreError::Conflict(_) => {
@@ -250,15 +251,30 @@ async fn run_users(
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
             let hash = password::hash(read_password()?).await?;
-            store.set_password(&name, &hash, now).await?;
+            let revoked = store
+                .set_password(&name, &hash, now)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
             let mut event = AuditEvent::new(
                 "user.password_changed",
                 now,
                 json!({ "username": name, "by": "operator" }),
             );
-            event.subject = Some(user.id);
+            event.subject = Some(user.id.clone());
             audit::record(store, event).await?;
-            println!("Changed the password of {name}; their browser sessions are signed out.");
+            let n = audit_revoked(
+                store,
+                &revoked,
+                Some(&user.id),
+                None,
+                "password changed",
+                now,
+            )
+            .await?;
+            let seconds = config.revocation_sync_interval.whole_seconds();
+            println!(
+                "Changed the password of {name}: their browser sessions are signed out, and {n} grants are revoked with all their tokens (running servers refuse them within {seconds} s). Applications they connected need them to sign in again."
+            );
         }
     }
     Ok(())
@@ -317,8 +333,13 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
                 .user_by_name(&name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
-            let n = revoke_grants(&store, Some(&user.id), None, "revoked by the operator", now).await?;
-            println!("Revoked {n} grants of {name} with all their tokens (running servers refuse them within {seconds} s).");
+            let reason = "revoked by the operator";
+            let revoked = store.sign_out_everywhere(&user.id, reason, now).await?;
+            let n = audit_revoked(&store, &revoked, Some(&user.id), None, reason, now).await?;
+            let mut event = AuditEvent::new("user.signed_out", now, json!({ "by": "operator" }));
+            event.subject = Some(user.id.clone());
+            audit::record(&store, event).await?;
+            println!("Revoked {n} grants of {name} with all their tokens (running servers refuse them within {seconds} s), ended their browser sessions and forgot their consents: each application asks them again.");
         } else if let Some(id) = target.client {
             let n = revoke_grants(&store, None, Some(&id), "revoked by the operator", now).await?;
             println!("Revoked {n} grants of client {id} with all their tokens (running servers refuse them within {seconds} s).");

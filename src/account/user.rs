@@ -54,6 +54,20 @@ pub struct User {
     pub created_at: OffsetDateTime,
     /// When the password last changed (sessions from before are ended).
     pub password_changed_at: OffsetDateTime,
+    /// When all their browser sessions were ended by the operator (sessions from before are
+    /// ended), if ever.
+    pub signed_out_at: Option<OffsetDateTime>,
+}
+
+impl User {
+    /// Whether a browser session that signed in at `at` (unix seconds) still counts: not if
+    /// the password changed, or the operator signed the user out everywhere, after it.
+    pub fn session_valid(&self, at: i64) -> bool {
+        let ended = self.signed_out_at.map_or(self.password_changed_at, |t| {
+            t.max(self.password_changed_at)
+        });
+        ended.unix_timestamp() <= at
+    }
 }
 
 impl fmt::Debug for User {

@@ -374,8 +374,8 @@ async fn authorize(
     continue_authorization(state, session, data, &id, !prompt.none).await
 }
 
-/// The signed-in user of this session, if their account still exists and their password has
-/// not changed since they signed in.
+/// The signed-in user of this session, if their account still exists and neither their
+/// password changed nor the operator signed them out everywhere since they signed in.
 pub async fn current_user(
     state: &AppState,
     data: &SessionData,
@@ -384,7 +384,7 @@ pub async fn current_user(
         return Ok(None);
     };
     let user = state.store.user(id).await?;
-    Ok(user.filter(|u| u.password_changed_at.unix_timestamp() <= at))
+    Ok(user.filter(|u| u.session_valid(at)))
 }
 
 /// The scopes `user` may grant: the union of their roles' scopes.

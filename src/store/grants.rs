@@ -336,7 +336,8 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Revokes every live grant of a user or of a client; returns their ids.
+    /// Revokes every live grant of a user or of a client, and voids their codes not yet
+    /// redeemed (each would make a new grant), in one transaction; returns the grants' ids.
     pub async fn revoke_grants_of(
         &self,
         user_id: Option<&str>,
@@ -344,7 +345,19 @@ impl Store {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError> {
-        revoke_live_grants(&mut *self.writer().await?, user_id, client_id, reason, now).await
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query(
+            "DELETE FROM authorization_codes WHERE consumed_at IS NULL \
+             AND (($1 IS NOT NULL AND user_id = $1) OR ($2 IS NOT NULL AND client_id = $2))",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+        let ids = revoke_live_grants(&mut tx, user_id, client_id, reason, now).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// Revokes one access token until it would have expired.

@@ -15,6 +15,7 @@ struct UserRow {
     roles: String,
     created_at: i64,
     password_changed_at: i64,
+    signed_out_at: Option<i64>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -27,6 +28,7 @@ impl TryFrom<UserRow> for User {
                 .map_err(|e| StoreError::Corrupt(format!("user {}: roles: {e}", row.user_id)))?,
             created_at: from_unix(row.created_at)?,
             password_changed_at: from_unix(row.password_changed_at)?,
+            signed_out_at: row.signed_out_at.map(from_unix).transpose()?,
             id: row.user_id,
             password_hash: row.password_hash,
         })
@@ -34,7 +36,7 @@ impl TryFrom<UserRow> for User {
 }
 
 const USER_COLUMNS: &str =
-    "user_id, username, password_hash, roles, created_at, password_changed_at";
+    "user_id, username, password_hash, roles, created_at, password_changed_at, signed_out_at";
 
 /// Failed sign-ins recorded for one key (an account name or an IP address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,22 +143,61 @@ impl Store {
         super::grants::finish_removal(tx, removed, Some(user_id), None, reason, now).await
     }
 
-    /// Sets a new password hash. False when there is no such user.
+    /// Sets a new password hash and ends what the old password let anyone start: browser
+    /// sessions from before (by `password_changed_at`), codes not yet redeemed, and every live
+    /// grant with its tokens; remembered consent stays, so the person, signed in again, is not
+    /// asked again. One transaction. `None` when there is no such user; else the revoked grants'
+    /// ids.
     pub async fn set_password(
         &self,
         username: &str,
         hash: &str,
         at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE username = $1",
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        let user_id: Option<String> = sqlx::query_scalar(
+            "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE username = $1 \
+             RETURNING user_id",
         )
         .bind(username)
         .bind(hash)
         .bind(at.unix_timestamp())
-        .execute(&mut *self.writer().await?)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let Some(user_id) = user_id else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let revoked = end_grants_and_codes(&mut tx, &user_id, "password changed", at).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+
+    /// Ends everything a user has going, as `gatehouse tokens revoke --user` does: every browser
+    /// session (they sign in again), codes not yet redeemed, every live grant with its tokens,
+    /// and remembered consent (each application asks again). One transaction; the revoked
+    /// grants' ids.
+    pub async fn sign_out_everywhere(
+        &self,
+        user_id: &str,
+        reason: &str,
+        at: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("UPDATE users SET signed_out_at = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(at.unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM consents WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let revoked = end_grants_and_codes(&mut tx, user_id, reason, at).await?;
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     /// The failed-sign-in record of `key`.
@@ -310,4 +351,19 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("server secret {name} vanished")))
     }
+}
+
+/// Deletes the codes of `user_id` not yet redeemed and revokes their live grants, on `conn` (a
+/// transaction of the caller's); the revoked grants' ids.
+async fn end_grants_and_codes(
+    conn: &mut sqlx::AnyConnection,
+    user_id: &str,
+    reason: &str,
+    at: OffsetDateTime,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query("DELETE FROM authorization_codes WHERE user_id = $1 AND consumed_at IS NULL")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    super::grants::revoke_live_grants(conn, Some(user_id), None, reason, at).await
 }

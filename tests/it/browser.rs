@@ -275,6 +275,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
             roles: vec!["user".into()],
             created_at: now,
             password_changed_at: now,
+            signed_out_at: None,
         })
         .await
         .expect("user");

@@ -20,6 +20,6 @@ pub(crate) mod mcp_server;
 pub mod process;
 mod readme;
 mod register;
-mod signin;
+pub(crate) mod signin;
 mod storage;
 pub(crate) mod token;

@@ -15,7 +15,11 @@ const CLAUDE_CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
 
 /// An authorization request as a real client builds it: PKCE S256, random state, scopes and the
 /// RFC 8707 resource. Returns the path+query to visit and the state.
-fn authorize_request(client_id: &str, redirect_uri: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) fn authorize_request(
+    client_id: &str,
+    redirect_uri: &str,
+    scopes: &[&str],
+) -> (String, String) {
     let client = BasicClient::new(ClientId::new(client_id.to_owned()))
         .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("auth url"))
         .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).expect("redirect url"));

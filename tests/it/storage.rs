@@ -219,6 +219,7 @@ async fn redemption_suite(store: &Store) {
             roles: vec![],
             created_at: now,
             password_changed_at: now,
+            signed_out_at: None,
         })
         .await
         .expect("user");

@@ -431,6 +431,7 @@ impl TestApp {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             created_at: now,
             password_changed_at: now,
+            signed_out_at: None,
         };
         self.state
             .store

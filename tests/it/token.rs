@@ -760,6 +760,126 @@ async fn a_scope_taken_from_a_role_leaves_the_grant_at_its_next_refresh() {
     assert_error(&res, 400, "invalid_grant");
 }
 
+/// A code for `client_id` from a browser already signed in and consented, with a PKCE pair of
+/// its own; the code and the verifier.
+async fn code_for_signed_in(agent: &mut Agent<'_>, client_id: &str) -> (String, String) {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let path = format!(
+        "/authorize?response_type=code&client_id={client_id}&redirect_uri={CALLBACK}&scope=mcp&state=s&code_challenge={}&code_challenge_method=S256",
+        challenge.as_str()
+    );
+    let back = agent.get(&path).await.location();
+    assert!(back.starts_with(CALLBACK), "{back}");
+    (query_of(&back)["code"].clone(), verifier.secret().clone())
+}
+
+/// Security review: a password change revoked no refresh token, and `tokens revoke --user`
+/// left the person's consents and browser sessions, so the next `/authorize` from the same
+/// browser silently issued a working code. A password change now ends the sessions and the
+/// grants; signing out everywhere also forgets the consents, so each application asks again.
+#[tokio::test]
+async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    let pending = code_for(&app, &client_id, &["mcp"]).await;
+
+    app.clock.advance(time::Duration::seconds(5));
+    let hash = gatehouse::account::password::hash("a brand new password".into())
+        .await
+        .expect("hash");
+    let revoked = app
+        .state
+        .store
+        .set_password("alice", &hash, app.clock.now())
+        .await
+        .expect("passwd")
+        .expect("alice exists");
+    assert_eq!(revoked.len(), 1, "the grant of the redeemed code");
+    assert_refresh_refused(&app, &client_id, &t0["refresh_token"]).await;
+    assert_error(
+        &exchange(&app, &client_id, &pending.0, &pending.1).await,
+        400,
+        "invalid_grant",
+    );
+
+    // Signed in again (new password), connected: then the operator signs alice out everywhere.
+    let mut agent = Agent::new(&app);
+    let (path, _) = crate::signin::authorize_request(&client_id, CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let page = agent.get(&login).await;
+    let res = agent
+        .post_form(
+            "/login",
+            &[
+                ("csrf", &page.hidden("csrf")),
+                ("request", &page.hidden("request")),
+                ("username", "alice"),
+                ("password", "a brand new password"),
+            ],
+        )
+        .await;
+    let back = res.location();
+    assert!(back.starts_with(CALLBACK), "consent remembered: {back}");
+    // (that code was made with the test's own challenge; a fresh exchange gives a live grant)
+    let (code, verifier) = code_for_signed_in(&mut agent, &client_id).await;
+    let t1 = exchange(&app, &client_id, &code, &verifier).await.json();
+    app.clock.advance(time::Duration::seconds(5));
+    let revoked = app
+        .state
+        .store
+        .sign_out_everywhere("u_alice", "revoked by the operator", app.clock.now())
+        .await
+        .expect("sign out");
+    assert_eq!(revoked.len(), 1);
+    assert_refresh_refused(&app, &client_id, &t1["refresh_token"]).await;
+    let back = agent.get(&path).await.location();
+    assert!(
+        back.starts_with("/login?"),
+        "the browser session ended: {back}"
+    );
+    let page = agent.get(&back).await;
+    let res = agent
+        .post_form(
+            "/login",
+            &[
+                ("csrf", &page.hidden("csrf")),
+                ("request", &page.hidden("request")),
+                ("username", "alice"),
+                ("password", "a brand new password"),
+            ],
+        )
+        .await;
+    assert!(
+        res.location().starts_with("/consent?"),
+        "the consent was forgotten: {}",
+        res.location()
+    );
+}
+
+/// `tokens revoke --client` revokes the client's grants and voids its codes not yet redeemed:
+/// one redeemed a moment later would have made a new grant.
+#[tokio::test]
+async fn revoking_a_clients_grants_voids_its_pending_codes() {
+    let (app, client_id) = app_with_claude().await;
+    let (code, verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let t0 = exchange(&app, &client_id, &code, &verifier).await.json();
+    let (pending, pending_verifier) = code_for(&app, &client_id, &["mcp"]).await;
+    let revoked = app
+        .state
+        .store
+        .revoke_grants_of(None, Some(&client_id), "operator", app.clock.now())
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.len(), 1);
+    assert_refresh_refused(&app, &client_id, &t0["refresh_token"]).await;
+    assert_error(
+        &exchange(&app, &client_id, &pending, &pending_verifier).await,
+        400,
+        "invalid_grant",
+    );
+}
+
 #[tokio::test]
 async fn scope_may_narrow_on_refresh_but_never_widen() {
     let (app, client_id) = app_with_claude().await;
