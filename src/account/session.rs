@@ -44,6 +44,10 @@ pub struct PendingAuthorization {
     /// (RFC 9700 §4.11.2).
     #[serde(default)]
     pub operator_client: bool,
+    /// The client cannot authenticate (RFC 8252 §8.6): remembered consent stands only at the
+    /// redirect URI it was given for.
+    #[serde(default)]
+    pub public_client: bool,
 }
 
 /// Everything Gatehouse keeps in a browser session.

@@ -367,6 +367,7 @@ async fn authorize(
         force_consent: prompt.consent,
         created_at: now.unix_timestamp(),
         operator_client,
+        public_client: !client.is_confidential(),
     };
     let id = pending.id.clone();
     data.add_pending(pending, now);
@@ -407,6 +408,8 @@ pub struct ConsentState {
     pub granted: Vec<String>,
     /// Scopes remembered from earlier consent.
     pub remembered: Vec<String>,
+    /// The remembered consent was given for this request's very redirect URI.
+    pub same_redirect: bool,
 }
 
 /// Works out the consent state of `pending` for `user`.
@@ -422,12 +425,17 @@ pub async fn consent_state(
         .filter(|s| allowed.contains(s))
         .cloned()
         .collect();
-    let remembered = state
+    let consent = state
         .store
         .consent(&user.id, &pending.client_id, &pending.resource)
-        .await?
-        .map(|s| {
-            s.split(' ')
+        .await?;
+    let same_redirect = consent
+        .as_ref()
+        .is_some_and(|c| c.redirect_uri.as_deref() == Some(pending.redirect_uri.as_str()));
+    let remembered = consent
+        .map(|c| {
+            c.scopes
+                .split(' ')
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned)
                 .collect()
@@ -436,6 +444,7 @@ pub async fn consent_state(
     Ok(ConsentState {
         granted,
         remembered,
+        same_redirect,
     })
 }
 
@@ -487,6 +496,10 @@ pub async fn continue_authorization(
         .granted
         .iter()
         .all(|s| consent.remembered.contains(s));
+    // RFC 8252 §8.6, RFC 6749 §10.2: a public client cannot prove who it is, so a remembered
+    // consent stands for it only at the redirect URI it was given for; anyone can start a flow
+    // for a public client with a loopback redirect of their own.
+    let remembered = remembered && (!pending.public_client || consent.same_redirect);
     if remembered && !pending.force_consent {
         data.take_pending(id);
         data.save(session).await?;

@@ -82,10 +82,12 @@ async fn consent_page(
         .await
         .map_err(|_| expired_request())?;
     let consent = consent_state(state, &pending, &user).await?;
+    // A public client at another redirect URI is asked for everything again, as if new.
+    let stands = !pending.force_consent && (!pending.public_client || consent.same_redirect);
     let (kept, new): (Vec<_>, Vec<_>) = consent
         .granted
         .iter()
-        .partition(|s| consent.remembered.contains(s) && !pending.force_consent);
+        .partition(|s| stands && consent.remembered.contains(s));
     let redirect_host = client
         .redirect_uri(&pending.redirect_uri)
         .and_then(|u| u.host().map(str::to_owned))
@@ -203,6 +205,7 @@ async fn decide(
                     &pending.client_id,
                     &pending.resource,
                     &remembered.join(" "),
+                    &pending.redirect_uri,
                     now,
                 )
                 .await?;

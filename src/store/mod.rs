@@ -34,7 +34,7 @@ pub use keys::KeyRecord;
 pub use limits::RateTake;
 pub use prune::{Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
-pub use users::{CodeRecord, ThrottleState};
+pub use users::{CodeRecord, Consent, ThrottleState};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

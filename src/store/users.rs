@@ -38,6 +38,15 @@ impl TryFrom<UserRow> for User {
 const USER_COLUMNS: &str =
     "user_id, username, password_hash, roles, created_at, password_changed_at, signed_out_at";
 
+/// What a person allowed a client, remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    /// Scopes, space-separated.
+    pub scopes: String,
+    /// The redirect URI it was given for (`None` for consents from before that was kept).
+    pub redirect_uri: Option<String>,
+}
+
 /// Failed sign-ins recorded for one key (an account name or an IP address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleState {
@@ -259,41 +268,49 @@ impl Store {
         Ok(())
     }
 
-    /// The scopes `user_id` already allowed `client_id` for `resource`, space-separated.
+    /// What `user_id` already allowed `client_id` for `resource`.
     pub async fn consent(
         &self,
         user_id: &str,
         client_id: &str,
         resource: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2 AND resource = $3",
+    ) -> Result<Option<Consent>, StoreError> {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT scopes, redirect_uri FROM consents WHERE user_id = $1 AND client_id = $2 AND resource = $3",
         )
         .bind(user_id)
         .bind(client_id)
         .bind(resource)
         .fetch_optional(&mut *self.reader().await?)
-        .await?)
+        .await?;
+        Ok(row.map(|(scopes, redirect_uri)| Consent {
+            scopes,
+            redirect_uri,
+        }))
     }
 
-    /// Remembers the scopes a user allowed (replacing what was remembered).
+    /// Remembers the scopes a user allowed (replacing what was remembered), and the redirect
+    /// URI they allowed them for.
     pub async fn save_consent(
         &self,
         user_id: &str,
         client_id: &str,
         resource: &str,
         scopes: &str,
+        redirect_uri: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO consents (user_id, client_id, resource, scopes, granted_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (user_id, client_id, resource) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
+            "INSERT INTO consents (user_id, client_id, resource, scopes, granted_at, redirect_uri) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, client_id, resource) DO UPDATE \
+             SET scopes = excluded.scopes, granted_at = excluded.granted_at, redirect_uri = excluded.redirect_uri",
         )
         .bind(user_id)
         .bind(client_id)
         .bind(resource)
         .bind(scopes)
         .bind(at.unix_timestamp())
+        .bind(redirect_uri)
         .execute(&mut *self.writer().await?)
         .await?;
         Ok(())

@@ -397,6 +397,60 @@ async fn loopback_redirect_matches_any_port() {
     assert_eq!(query_of(&back)["state"], state);
 }
 
+/// Security review: once consented, a public client got a code at once at any loopback port,
+/// with whatever PKCE challenge the caller made; anyone on the machine could start that flow.
+/// RFC 8252 §8.6, RFC 6749 §10.2: a public client cannot be authenticated, so its remembered
+/// consent stands only at the redirect URI it was given for; another port asks again. A client
+/// with a fixed https redirect (Claude.ai) is not asked again.
+#[tokio::test]
+async fn a_public_client_at_another_loopback_port_is_asked_again() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app
+        .register_client("Claude Code", &["http://127.0.0.1/callback"])
+        .await;
+    let mut agent = Agent::new(&app);
+    let first = "http://127.0.0.1:50001/callback";
+    let (path, _) = authorize_request(&client_id, first, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
+        .await
+        .location();
+    decide(&mut agent, &consent, "allow").await;
+    // The same port: straight back with a code.
+    let (path, _) = authorize_request(&client_id, first, &["mcp"]);
+    let back = agent.get(&path).await.location();
+    assert!(
+        back.starts_with(first) && query_of(&back).contains_key("code"),
+        "{back}"
+    );
+    // Another port: the consent page, asking for everything again.
+    let (path, _) = authorize_request(&client_id, "http://127.0.0.1:50002/callback", &["mcp"]);
+    let consent = agent.get(&path).await.location();
+    assert!(consent.starts_with("/consent?"), "{consent}");
+    let page = agent.get(&consent).await.text();
+    assert!(!page.contains("Already allowed earlier"), "{page}");
+    let back = decide(&mut agent, &consent, "allow").await.location();
+    assert!(
+        back.starts_with("http://127.0.0.1:50002/callback?"),
+        "{back}"
+    );
+
+    // Claude.ai's fixed https callback: remembered as before.
+    let claude = app.register_client("Claude", &[CLAUDE_CALLBACK]).await;
+    let (path, _) = authorize_request(&claude, CLAUDE_CALLBACK, &["mcp"]);
+    let consent = agent.get(&path).await.location();
+    decide(&mut agent, &consent, "allow").await;
+    let (path, _) = authorize_request(&claude, CLAUDE_CALLBACK, &["mcp"]);
+    assert!(
+        agent
+            .get(&path)
+            .await
+            .location()
+            .starts_with(CLAUDE_CALLBACK)
+    );
+}
+
 #[tokio::test]
 async fn omitted_redirect_uri_uses_the_only_registered_one() {
     let (app, client_id) = claude_app().await;
