@@ -26,8 +26,10 @@ pub struct LoginPage {
     pub csrf: String,
     /// Authorization request id (may be empty).
     pub request: String,
-    /// The application the person is signing in to.
+    /// The application the person is signing in to: a metadata-document client's verified host.
     pub app_name: Option<String>,
+    /// The name a metadata-document client gives itself, shown second.
+    pub claimed_name: Option<String>,
     /// The name typed last time (after a failure).
     pub username: String,
     /// What went wrong last time.

@@ -56,16 +56,30 @@ const GENERIC_FAILURE: &str = "Incorrect user name or password.";
 /// drains in well under a second.
 const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
 
-/// The application a pending request is for, to name it on the login page.
-async fn app_name(state: &AppState, data: &SessionData, request: &str) -> Option<String> {
-    let pending = data.pending(request, state.clock.now())?;
-    let client = resolve_client(state, &pending.client_id, None).await.ok()?;
-    client.name.or_else(|| {
+/// The application a pending request is for, to name it on the login page: the verified host
+/// of a metadata-document client with the name it gives itself, or the registered name (never
+/// with characters that disguise it), or its redirect host.
+async fn app_name(
+    state: &AppState,
+    data: &SessionData,
+    request: &str,
+) -> (Option<String>, Option<String>) {
+    let Some(pending) = data.pending(request, state.clock.now()) else {
+        return (None, None);
+    };
+    let Ok(client) = resolve_client(state, &pending.client_id, None).await else {
+        return (None, None);
+    };
+    if let Some(host) = client.verified_host() {
+        return (Some(host), client.display_name());
+    }
+    let name = client.display_name().or_else(|| {
         client
             .redirect_uris
             .first()
             .and_then(|u| u.host().map(str::to_owned))
-    })
+    });
+    (name, None)
 }
 
 async fn login_page(
@@ -78,6 +92,7 @@ async fn login_page(
 ) -> Result<Response, AuthorizeError> {
     let csrf = data.form_csrf()?;
     data.save(session).await?;
+    let (app_name, claimed_name) = app_name(state, &data, request).await;
     let (status, error) = match error {
         Some((status, message)) => (status, Some(message)),
         None => (StatusCode::OK, None),
@@ -88,7 +103,8 @@ async fn login_page(
             product: state.config.product_name.clone(),
             csrf,
             request: request.to_owned(),
-            app_name: app_name(state, &data, request).await,
+            app_name,
+            claimed_name,
             username: username.to_owned(),
             error,
         },

@@ -110,7 +110,68 @@ pub struct Client {
     pub last_used_at: Option<OffsetDateTime>,
 }
 
+/// Longest accepted `client_name`, in characters.
+pub const MAX_CLIENT_NAME: usize = 200;
+
+/// Characters that change how a name looks without being seen: control characters, the
+/// bidirectional embeddings, overrides, isolates and marks (behind a right-to-left override, a
+/// reversed string reads "Claude by Anthropic"), zero-width characters, the word joiner, the
+/// byte-order mark, fillers, variation selectors, interlinear annotations and tag characters. A
+/// name shown to a person deciding whom to trust may hold none of them (UTS #39 §3.1, RFC 8264
+/// §7).
+pub fn deceptive_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+                | '\u{E0100}'..='\u{E01EF}'
+        )
+}
+
+/// Whether `name` may be a client's name: not blank, at most [`MAX_CLIENT_NAME`] characters,
+/// none of them [`deceptive_char`].
+pub fn acceptable_client_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.chars().count() <= MAX_CLIENT_NAME
+        && !name.chars().any(deceptive_char)
+}
+
 impl Client {
+    /// The name to show a person: the registered one without any [`deceptive_char`] (a name
+    /// stored before they were refused is shown neutralised), if anything is left.
+    pub fn display_name(&self) -> Option<String> {
+        let shown: String = self
+            .name
+            .as_deref()?
+            .chars()
+            .filter(|c| !deceptive_char(*c))
+            .collect();
+        (!shown.trim().is_empty()).then_some(shown)
+    }
+
+    /// For a metadata-document client, the host of its `client_id` URL: what was verified by
+    /// fetching the document, and so what the pages lead with (its name is self-asserted).
+    pub fn verified_host(&self) -> Option<String> {
+        if self.kind != ClientKind::MetadataDocument {
+            return None;
+        }
+        url::Url::parse(&self.id)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+    }
+
     /// The registered redirect URI that `requested` matches, if any (exact; any port on
     /// loopback).
     pub fn redirect_uri(&self, requested: &str) -> Option<&RedirectUri> {
@@ -150,5 +211,31 @@ impl fmt::Debug for Client {
                 &self.secret_hash.as_ref().map(|_| "<redacted>"),
             )
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The review's name: a right-to-left override that makes a reversed string read "Claude by
+    /// Anthropic"; and the invisible characters that hide a difference.
+    #[test]
+    fn deceptive_names_are_refused() {
+        let reversed = "\u{202E}ciporhtnA yb edualC";
+        assert!(!acceptable_client_name(reversed));
+        for hidden in [
+            "Clau\u{200B}de",
+            "Claude\u{2066}",
+            "Cl\u{FEFF}aude",
+            "C\u{E0041}laude",
+            "a\u{0007}b",
+        ] {
+            assert!(!acceptable_client_name(hidden), "{hidden:?}");
+        }
+        assert!(acceptable_client_name("Claude"));
+        assert!(acceptable_client_name("Überweisung – 東京"));
+        assert!(!acceptable_client_name("   "));
+        assert!(!acceptable_client_name(&"x".repeat(MAX_CLIENT_NAME + 1)));
     }
 }

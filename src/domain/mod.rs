@@ -9,7 +9,10 @@ mod scope;
 mod secret;
 
 pub use algorithm::SigningAlgorithm;
-pub use client::{Client, ClientKind, TokenEndpointAuthMethod};
+pub use client::{
+    Client, ClientKind, MAX_CLIENT_NAME, TokenEndpointAuthMethod, acceptable_client_name,
+    deceptive_char,
+};
 pub use issuer::{Issuer, IssuerError};
 pub use redirect_uri::{
     RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError, is_loopback_host,

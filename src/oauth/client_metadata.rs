@@ -367,9 +367,10 @@ impl ClientMetadataFetcher {
             .map(|u| RedirectUri::parse(u, &self.redirect_policy))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
-        let name = doc.client_name.filter(|n| {
-            !n.trim().is_empty() && n.chars().count() <= 200 && !n.chars().any(char::is_control)
-        });
+        // A name that could mislead is dropped: the verified host is what the pages lead with.
+        let name = doc
+            .client_name
+            .filter(|n| crate::domain::acceptable_client_name(n));
         Ok(Client {
             id: client_id.to_owned(),
             kind: ClientKind::MetadataDocument,

@@ -23,7 +23,6 @@ use super::error::{AuthorizeError, ErrorTarget};
 use crate::account::login::RequestQuery;
 use crate::account::session::{SessionData, tokens_match};
 use crate::audit::{self, AuditEvent};
-use crate::domain::ClientKind;
 use crate::pages::{self, ConsentPage, ScopeView};
 use crate::routes;
 use crate::state::AppState;
@@ -92,21 +91,14 @@ async fn consent_page(
         .redirect_uri(&pending.redirect_uri)
         .and_then(|u| u.host().map(str::to_owned))
         .unwrap_or_else(|| pending.redirect_uri.clone());
-    // A metadata-document client is identified by the host of its client_id URL, which we
-    // fetched; its self-asserted name comes second (interop item 34).
-    let app_host = (client.kind == ClientKind::MetadataDocument)
-        .then(|| {
-            url::Url::parse(&client.id)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-        })
-        .flatten();
-    // The headline names what was verified: the metadata document's host; a self-asserted
-    // name only comes second ("calls itself").
-    let (app_name, claimed_name) = match &app_host {
-        Some(host) => (host.clone(), client.name.clone()),
+    // The headline names what was verified: a metadata document's host; a self-asserted name
+    // only comes second ("calls itself"), and never with characters that disguise it.
+    let (app_name, claimed_name) = match client.verified_host() {
+        Some(host) => (host, client.display_name()),
         None => (
-            client.name.clone().unwrap_or_else(|| redirect_host.clone()),
+            client
+                .display_name()
+                .unwrap_or_else(|| redirect_host.clone()),
             None,
         ),
     };

@@ -19,8 +19,8 @@ use super::error::RegistrationError;
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
 use crate::domain::{
-    Client, ClientKind, RedirectPolicy, RedirectUri, ScopeToken, Secret, TokenEndpointAuthMethod,
-    random_token,
+    Client, ClientKind, MAX_CLIENT_NAME, RedirectPolicy, RedirectUri, ScopeToken, Secret,
+    TokenEndpointAuthMethod, acceptable_client_name, random_token,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -30,9 +30,6 @@ use crate::web::ClientIp;
 pub const CLIENT_ID_PREFIX: &str = "gh_";
 /// Most redirect URIs one client may register.
 const MAX_REDIRECT_URIS: usize = 20;
-/// Longest accepted `client_name`.
-const MAX_NAME: usize = 200;
-
 /// The registration request (RFC 7591 §2). Fields Gatehouse does not use are ignored.
 #[derive(Debug, Default)]
 pub struct RegistrationRequest {
@@ -212,9 +209,9 @@ pub fn validate(
 
     let name = request.client_name.filter(|n| !n.trim().is_empty());
     if let Some(n) = &name {
-        if n.chars().count() > MAX_NAME || n.chars().any(char::is_control) {
+        if !acceptable_client_name(n) {
             return Err(metadata_error(format!(
-                "client_name must be at most {MAX_NAME} characters without control characters"
+                "client_name must be at most {MAX_CLIENT_NAME} characters, without control, invisible or text-direction characters"
             )));
         }
     }

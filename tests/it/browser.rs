@@ -137,6 +137,15 @@ impl Driver {
             .to_owned()
     }
 
+    /// The page's HTML as the browser holds it.
+    async fn source(&self) -> String {
+        self.call("GET", "/source", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     async fn wait_for_url(&self, part: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -313,6 +322,47 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
 
     driver.wait_for_url(&redirect_uri).await;
     driver.screenshot("callback.png").await;
+
+    // A client registered before deceptive names were refused: a right-to-left override that
+    // makes a reversed name read "Claude by Anthropic". The consent page shows it neutralised:
+    // the characters as stored, in their order, with nothing that reverses them.
+    let disguised = gatehouse::domain::Client {
+        id: "gh_disguised".into(),
+        kind: gatehouse::domain::ClientKind::Dynamic,
+        name: Some("\u{202E}ciporhtnA yb edualC".into()),
+        redirect_uris: vec![
+            gatehouse::domain::RedirectUri::parse(
+                &redirect_uri,
+                &gatehouse::domain::RedirectPolicy::permissive(),
+            )
+            .expect("uri"),
+        ],
+        auth_method: gatehouse::domain::TokenEndpointAuthMethod::None,
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        response_types: vec!["code".into()],
+        scope: None,
+        client_uri: None,
+        logo_uri: None,
+        application_type: None,
+        secret_hash: None,
+        created_at: now,
+        last_used_at: None,
+    };
+    state.store.insert_client(&disguised).await.expect("client");
+    let (challenge, _verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, _) = BasicClient::new(ClientId::new("gh_disguised".into()))
+        .set_auth_uri(AuthUrl::new(format!("{issuer}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).expect("url"))
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scope(Scope::new("mcp".into()))
+        .url();
+    driver.goto(authorize_url.as_str()).await;
+    driver.wait_for_url("/consent?request=").await;
+    let disguised_shot = driver.screenshot("consent-disguised-name.png").await;
+    let html = driver.source().await;
+    assert!(!html.contains('\u{202E}'), "the override reached the page");
+    assert!(html.contains("ciporhtnA yb edualC"), "{html}");
     driver.quit().await;
 
     let q = captured
@@ -323,7 +373,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
     assert!(q.get("code").is_some_and(|c| c.len() >= 43), "{q:?}");
     assert_eq!(q.get("state"), Some(state_param.secret()));
     assert_eq!(q.get("iss"), Some(&issuer));
-    for shot in [login_shot, consent_shot] {
+    for shot in [login_shot, consent_shot, disguised_shot] {
         assert!(
             std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
             "{}",

@@ -415,3 +415,27 @@ async fn uncached_fetches_are_budgeted_per_address_and_errors_stay_generic() {
         "{html}"
     );
 }
+
+/// Security review: the sign-in page named a metadata-document client by the name it chose
+/// ("Claude"). Both pages now lead with the host of its `client_id`, which was verified by
+/// fetching the document, and give the chosen name second.
+#[tokio::test]
+async fn the_sign_in_page_leads_with_the_verified_host() {
+    let (app, _server, base) = setup().await;
+    let id = format!("{base}/ok.json");
+    let host = url::Url::parse(&base)
+        .expect("url")
+        .host_str()
+        .expect("host")
+        .to_owned();
+    let (path, _) =
+        crate::signin::authorize_request(&id, "https://claude.ai/api/mcp/auth_callback", &["mcp"]);
+    let mut agent = crate::support::Agent::new(&app);
+    let login = agent.get(&path).await.location();
+    let page = agent.get(&login).await.text();
+    assert!(
+        page.contains(&format!("to continue to <strong>{host}</strong>")),
+        "{page}"
+    );
+    assert!(page.contains("it calls itself “Claude”"), "{page}");
+}

@@ -320,6 +320,13 @@ async fn unsupported_metadata_is_refused_with_invalid_client_metadata() {
         ),
         ("application_type", json!("desktop"), "application_type"),
         ("client_name", json!("a\u{0007}b"), "client_name"),
+        // A right-to-left override: a reversed string that reads "Claude by Anthropic".
+        (
+            "client_name",
+            json!("\u{202E}ciporhtnA yb edualC"),
+            "client_name",
+        ),
+        ("client_name", json!("Clau\u{200B}de"), "client_name"),
     ];
     for (field, value, names) in cases {
         let mut body = base();
