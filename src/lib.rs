@@ -98,7 +98,14 @@ pub fn app(state: AppState) -> Router {
 /// [`app`] with `mcp` as the resource server's routes (see [`mcp::router_with_auth`]).
 #[doc(hidden)]
 pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
-    Router::new()
+    // RFC 6797: on an https issuer, browsers keep to https for this host for a year.
+    let hsts = state.config.issuer.is_https().then(|| {
+        SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        )
+    });
+    let router = Router::new()
         .merge(pages_router(&state))
         .merge(oauth::router(&state))
         .merge(mcp)
@@ -120,5 +127,9 @@ pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(web::panic_response))
         .layer(axum::middleware::from_fn(keep_alive::finish_request_bodies))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    match hsts {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
 }

@@ -195,7 +195,7 @@ const METADATA_FETCHES_PER_MINUTE: u32 = 20;
 
 /// The key of an address: IPv6 clients are keyed by their /64, since one host holds a whole
 /// /64 and could otherwise rotate through it.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -274,10 +274,12 @@ impl Limits {
         check(&self.metadata_fetch, ip)
     }
 
-    /// Takes one MCP request from an access token's budget (keyed by its `jti`) at `now`.
-    /// Shared by every instance when the database is; if the database cannot be asked, this
-    /// instance counts alone (and says so in the log) rather than refuse every request.
-    pub async fn mcp_token(&self, jti: &str, now: time::OffsetDateTime) -> Budget {
+    /// Takes one MCP request from the budget of an access token's grant at `now`: every token
+    /// of one grant shares it, so refreshing (or any new token of the same grant) does not
+    /// renew it. Shared by every instance when the database is; if the database cannot be
+    /// asked, this instance counts alone (and says so in the log) rather than refuse every
+    /// request.
+    pub async fn mcp_token(&self, grant_id: &str, now: time::OffsetDateTime) -> Budget {
         let asked = Instant::now();
         if let Some(store) = self
             .shared
@@ -287,7 +289,7 @@ impl Limits {
             let limit = self.mcp_token_limit.max(1);
             let interval = (60_000_000 / i64::from(limit)).max(1);
             let now = micros(now);
-            let key = format!("mcp_token:{jti}");
+            let key = format!("mcp_grant:{grant_id}");
             let take = store.take_rate_budget(&key, now, interval, i64::from(limit));
             // A slow database must not hold every MCP call: past this, count locally.
             let failure = match tokio::time::timeout(SHARED_BUDGET_TIMEOUT, take).await {
@@ -300,7 +302,7 @@ impl Limits {
                 tracing::warn!(error = %failure, pause = ?SHARED_BUDGET_PAUSE, "cannot count the per-token rate limit in the database; counting in this instance only");
             }
         }
-        take(&self.mcp_token, &jti.to_owned(), self.mcp_token_limit)
+        take(&self.mcp_token, &grant_id.to_owned(), self.mcp_token_limit)
     }
 
     /// Forgets the shared budgets that are full again; returns how many.

@@ -184,7 +184,7 @@ async fn login(
     }
 
     let account_key = throttle::account_key(&form.username);
-    let ip_key = ip.map(|i| throttle::ip_key(&i.to_string()));
+    let ip_key = ip.map(throttle::ip_key);
     let account_wait = throttle::wait(
         throttle::ACCOUNT,
         state.store.throttle(&account_key).await?,

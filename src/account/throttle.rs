@@ -64,15 +64,29 @@ pub fn account_key(username: &str) -> String {
     format!("user:{}", username.to_ascii_lowercase())
 }
 
-/// The key of a client IP.
-pub fn ip_key(ip: &str) -> String {
-    format!("ip:{ip}")
+/// The key of a client address: an IPv6 client by its /64, since one host holds a whole /64
+/// and could otherwise step through it past the lockout (as the rate limits key them).
+pub fn ip_key(ip: std::net::IpAddr) -> String {
+    format!("ip:{}", crate::limits::key(ip))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    /// One host's /64 is one key; another /64 is another.
+    #[test]
+    fn ipv6_addresses_are_throttled_by_their_64() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert_eq!(
+            ip_key(ip("2001:db8:1:2::1")),
+            ip_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(ip_key(ip("2001:db8:1:2::1")), ip_key(ip("2001:db8:1:3::1")));
+        assert_eq!(ip_key(ip("192.0.2.7")), "ip:192.0.2.7");
+        assert_eq!(ip_key(ip("::ffff:192.0.2.7")), "ip:192.0.2.7");
+    }
 
     #[test]
     fn delays_grow_then_cap() {

@@ -62,6 +62,16 @@ pub fn prepare_dir(dir: &Path) -> Result<(), KeyError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| dir_error(dir, e))?;
+    // An existing directory others may read or enter is theirs to list: made the owner's alone.
+    let mode = fs::metadata(dir)
+        .map_err(|e| dir_error(dir, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| dir_error(dir, e))?;
+        tracing::warn!(dir = %dir.display(), "the keys directory was open to other users; it is now mode 0700");
+    }
     fs::read_dir(dir).map_err(|e| dir_error(dir, e))?;
     for (name, text) in [(".gitignore", GITIGNORE), ("README.md", README)] {
         let path = dir.join(name);

@@ -6,8 +6,9 @@
 //!    id) and verified ([`TokenVerifier`]): none gets 401 with the discovery challenge, a bad one
 //!    401 `invalid_token`; either spends from the client address's budget
 //!    (`mcp.rate_limit_unauthenticated` a minute);
-//! 3. a valid token spends from its own budget (`mcp.rate_limit_per_token` a minute); when empty,
-//!    429 with `Retry-After`, never an auth error;
+//! 3. a valid token spends from its grant's budget (`mcp.rate_limit_per_token` a minute, shared
+//!    by every token of the grant, so a refresh does not renew it); when empty, 429 with
+//!    `Retry-After`, never an auth error;
 //! 4. the token must hold the base scope, and for `tools/call` each tool's scope (read from the
 //!    JSON-RPC body, at most `mcp.max_body_bytes`); else 403 `insufficient_scope` listing every
 //!    scope the request needs;
@@ -253,7 +254,7 @@ impl Guard {
         let budget = self
             .state
             .limits
-            .mcp_token(&principal.jti, self.state.clock.now())
+            .mcp_token(&principal.grant_id, self.state.clock.now())
             .await;
         if let Some(wait) = budget.retry_after {
             let mut response = web::rate_limited(wait);

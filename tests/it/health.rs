@@ -26,3 +26,22 @@ async fn unreachable_database_is_a_503_with_the_reason() {
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["database"], "database unreachable");
 }
+
+/// RFC 6797: on an https issuer every answer, errors included, tells browsers to keep to https.
+#[tokio::test]
+async fn an_https_issuer_sends_strict_transport_security() {
+    let app = TestApp::sqlite().await;
+    for path in [
+        "/health",
+        "/mcp",
+        "/.well-known/oauth-authorization-server",
+        "/nowhere",
+    ] {
+        let res = app.get(path).await;
+        assert_eq!(
+            res.header("strict-transport-security"),
+            Some("max-age=31536000"),
+            "{path}"
+        );
+    }
+}

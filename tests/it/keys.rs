@@ -71,6 +71,24 @@ async fn private_key_file_is_0600_in_a_0700_directory_that_git_ignores() {
     assert!(keys_dir.join("README.md").is_file());
 }
 
+/// Security review: an existing `keys_dir` with mode 0755 was accepted without a word. It is
+/// made the owner's alone at start.
+#[tokio::test]
+async fn an_existing_keys_dir_open_to_others_is_closed_at_start() {
+    let app = TestApp::sqlite().await;
+    let dir = app.restart_parts().await;
+    let keys_dir = dir.path().join("keys");
+    std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let url = crate::support::sqlite_url(&dir);
+    let app = TestApp::with(dir, &url, |_| {}).await;
+    let mode = std::fs::metadata(app.dir.path().join("keys"))
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
 /// A token signed before a restart verifies after it, with the key a relying party reads from
 /// the JWK set; the kid does not change and no second key is generated.
 #[tokio::test]

@@ -541,11 +541,8 @@ async fn rate_limits_answer_429_with_headers() {
     .await;
     app.add_user("alice", PASSWORD, &["user"]).await;
     let client_id = app.register_client("Claude", &[CALLBACK]).await;
-    let token = authorize(&app, &client_id, "alice", "mcp", &format!("{ISSUER}/mcp"))
-        .await
-        .access_token()
-        .secret()
-        .clone();
+    let tokens = authorize(&app, &client_id, "alice", "mcp", &format!("{ISSUER}/mcp")).await;
+    let token = tokens.access_token().secret().clone();
     for remaining in ["2", "1", "0"] {
         let res = mcp(
             &app,
@@ -577,6 +574,26 @@ async fn rate_limits_answer_429_with_headers() {
         "a 429 must not look like a token problem"
     );
     assert_eq!(res.json()["error"], "rate_limited");
+
+    // Security review: a refresh minted a token with a budget of its own. The budget is the
+    // grant's: the refreshed token is refused too.
+    let refresh = tokens.refresh_token().expect("refresh token").secret();
+    let refreshed = crate::token::refresh(&app, &client_id, refresh).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+    let fresh = refreshed.json()["access_token"]
+        .as_str()
+        .expect("at")
+        .to_owned();
+    assert_ne!(fresh, token);
+    let res = mcp(
+        &app,
+        Some(&fresh),
+        None,
+        "2026-07-28",
+        stateless(call(1, "whoami", json!({}))),
+    )
+    .await;
+    assert_eq!(res.status, 429, "{}", res.text());
 
     // Without a token: per client address.
     for _ in 0..2 {
