@@ -69,23 +69,6 @@ pub enum StartError {
     Threads(std::io::Error),
 }
 
-/// Reads the session-cookie key, creating it on the very first start of any instance.
-async fn session_key(store: &Store, now: time::OffsetDateTime) -> Result<SessionKey, StoreError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let fresh = crate::domain::random_token(64)
-        .map_err(|_| StoreError::Corrupt("random number generator failed".to_owned()))?;
-    let stored = store
-        .server_secret("session_cookie_key", || fresh, now)
-        .await?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(stored.as_bytes())
-        .map_err(|e| StoreError::Corrupt(format!("session_cookie_key: {e}")))?;
-    let key = tower_sessions::cookie::Key::try_from(bytes.as_slice())
-        .map_err(|e| StoreError::Corrupt(format!("session_cookie_key: {e}")))?;
-    Ok(SessionKey(key))
-}
-
 impl AppState {
     /// One round of key maintenance: what the rotation schedule says is due, then the key set
     /// the database describes (which also picks up what the CLI or another instance changed).
@@ -150,13 +133,10 @@ impl AppState {
         .await?;
         let keyset =
             keys::load_or_create(&store, &vault, config.signing_algorithm, clock.now()).await?;
-        let session_key =
-            session_key(&store, clock.now())
-                .await
-                .map_err(|source| StartError::Database {
-                    url: config.database.redacted(),
-                    source,
-                })?;
+        let session_key = keys::session_cookie_key(&store, &vault, clock.now()).await?;
+        let session_key = tower_sessions::cookie::Key::try_from(session_key.as_slice())
+            .map(SessionKey)
+            .map_err(|e| KeyError::Invalid("session_cookie_key".into(), e.to_string()))?;
         let client_metadata = ClientMetadataFetcher::new(&config)
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
         let revocations = RevocationView::default();

@@ -5,12 +5,14 @@
 //! (published, verifies only) -> `retired` (gone from the JWK set) -> deleted; `lifecycle` holds
 //! the schedule and the operator's emergency steps.
 
+mod cookie;
 mod files;
 mod keyset;
 pub mod lifecycle;
 mod material;
 mod vault;
 
+pub use cookie::session_cookie_key;
 pub use files::{KeyFile, prepare_dir};
 pub use keyset::{JwtRejection, KeyError, KeySet, KeyStore, LoadedKey, load_or_create};
 pub use lifecycle::{RotationPolicy, Transition};

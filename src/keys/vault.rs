@@ -128,6 +128,27 @@ impl Vault {
         &self.dir
     }
 
+    /// `clear` sealed under the passphrase's key and bound to `name`; `None` when no passphrase
+    /// is set.
+    pub fn seal_secret(&self, name: &str, clear: &[u8]) -> Option<String> {
+        let kek = self.kek.as_ref()?;
+        sealed::seal(&kek.0, name.as_bytes(), clear)
+    }
+
+    /// What [`Vault::seal_secret`] sealed as `name`.
+    pub fn open_secret(&self, name: &str, blob: &str) -> Result<Vec<u8>, KeyError> {
+        let Some(kek) = &self.kek else {
+            return Err(KeyError::Passphrase(format!(
+                "{name} is sealed under a passphrase: set GATEHOUSE_KEYS_PASSPHRASE"
+            )));
+        };
+        sealed::open(&kek.0, name.as_bytes(), blob).ok_or_else(|| {
+            KeyError::Passphrase(format!(
+                "cannot open {name}: keys_passphrase is not the one it was sealed with"
+            ))
+        })
+    }
+
     fn seal(&self, kid: &str, private: &Map<String, Value>) -> Result<Option<String>, KeyError> {
         let Some(kek) = &self.kek else {
             return Ok(None);

@@ -351,6 +351,15 @@ impl Store {
         )
     }
 
+    /// Deletes a server secret (one moved elsewhere).
+    pub async fn delete_server_secret(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.writer().await?)
+            .await?;
+        Ok(())
+    }
+
     /// A server-wide secret, created with `make` by whichever instance asks first.
     pub async fn server_secret(
         &self,

@@ -197,3 +197,58 @@ async fn the_generated_key_is_current_and_audited() {
     assert_eq!(events[0].event.kind, "key.generated");
     assert_eq!(events[0].event.detail["kid"], keys[0].kid.as_str());
 }
+
+/// The session-cookie key an older version kept in clear in the database is moved at start, the
+/// same key (browsers signed in stay signed in): to a 0600 file in `keys_dir` without a
+/// passphrase, sealed in the database with one.
+#[tokio::test]
+async fn the_session_cookie_key_leaves_the_database() {
+    use base64::Engine;
+    let legacy = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 64]);
+    for passphrase in [None, Some("a passphrase of some length")] {
+        let app = TestApp::sqlite().await;
+        let dir = app.restart_parts().await;
+        std::fs::remove_file(dir.path().join("keys").join("session_cookie_key")).expect("rm");
+        let url = crate::support::sqlite_url(&dir);
+        {
+            use sqlx::Connection;
+            let mut db = sqlx::AnyConnection::connect(&url).await.expect("db");
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ('session_cookie_key', $1, 0)",
+            )
+            .bind(&legacy)
+            .execute(&mut db)
+            .await
+            .expect("legacy key");
+        }
+        let app = TestApp::with(dir, &url, |c| {
+            c.keys_passphrase = passphrase.map(|p| gatehouse::config::Passphrase(p.into()));
+        })
+        .await;
+        let store = &app.state.store;
+        assert_eq!(
+            store
+                .existing_server_secret("session_cookie_key")
+                .await
+                .expect("read"),
+            None
+        );
+        let file = app.dir.path().join("keys").join("session_cookie_key");
+        let sealed = store
+            .existing_server_secret("session_cookie_key_sealed")
+            .await
+            .expect("read");
+        match passphrase {
+            None => {
+                assert_eq!(std::fs::read_to_string(&file).expect("file"), legacy);
+                assert_eq!(sealed, None);
+            }
+            Some(_) => {
+                assert!(!file.exists());
+                let sealed = sealed.expect("sealed in the database");
+                assert!(!sealed.contains(&legacy));
+            }
+        }
+        assert_eq!(app.state.session_key.0.master(), [7u8; 64].as_slice());
+    }
+}

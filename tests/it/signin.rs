@@ -838,9 +838,10 @@ async fn session_cookie_is_hardened_rotated_at_login_and_ended_by_logout() {
 }
 
 /// Security review: the database held the cookie-signing key and every session id in clear, so
-/// reading the file was enough to forge a signed-in admin's cookie. Session ids are stored only
-/// as hashes now: a cookie made from what the database holds, signed with the very key, finds no
-/// session; the browser's own cookie still does.
+/// reading the file was enough to forge a signed-in admin's cookie. The key is no longer in the
+/// database (without a passphrase it is a 0600 file in `keys_dir`), and session ids are stored
+/// only as hashes: even with the key file too, a cookie made from what the database holds finds
+/// no session.
 #[tokio::test]
 async fn a_cookie_forged_from_the_database_signs_nobody_in() {
     use tower_sessions::cookie::{Cookie, CookieJar, Key};
@@ -857,17 +858,29 @@ async fn a_cookie_forged_from_the_database_signs_nobody_in() {
             .contains("Signed in as alice")
     );
 
-    let key = app
-        .state
-        .store
-        .existing_server_secret("session_cookie_key")
-        .await
-        .expect("read")
-        .expect("the key is in the database");
+    assert_eq!(
+        app.state
+            .store
+            .existing_server_secret("session_cookie_key")
+            .await
+            .expect("read"),
+        None,
+        "the cookie key is not in the database"
+    );
+    let file = app.dir.path().join("keys").join("session_cookie_key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let key = std::fs::read_to_string(&file).expect("key file");
     let key = {
         use base64::Engine;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(key)
+            .decode(key.trim())
             .expect("base64");
         Key::try_from(bytes.as_slice()).expect("key")
     };
