@@ -199,6 +199,19 @@ pub enum UnauthorizedTools {
     Annotate,
 }
 
+/// Whether `/mcp` keeps sessions for clients of the 2025 protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    /// No sessions: every request stands alone (no `Mcp-Session-Id`; `GET /mcp` is 405). Costs
+    /// no memory between requests and works across instances without sticky sessions.
+    #[default]
+    Stateless,
+    /// A session per `initialize` (`Mcp-Session-Id`), kept in this instance's memory within
+    /// the bounds below, for servers that push messages to clients.
+    Stateful,
+}
+
 /// `[mcp]`: the MCP endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -220,6 +233,17 @@ pub struct McpConfig {
     pub admin_role: String,
     /// Largest MCP request body, bytes. Default 1048576.
     pub max_body_bytes: usize,
+    /// `stateless` (default) or `stateful`: whether 2025-protocol clients get a session. The
+    /// 2026-07-28 protocol has none either way.
+    pub session_mode: SessionMode,
+    /// Stateful mode: seconds after which a session with no request ends. Default 300.
+    pub session_idle_timeout: u64,
+    /// Stateful mode: most live sessions per user (per subject); a new one ends the oldest.
+    /// Default 16.
+    pub max_sessions_per_user: usize,
+    /// Stateful mode: most live sessions in this instance; past it a new session is refused
+    /// with 503 and `Retry-After`, and the live ones keep working. Default 2000.
+    pub max_sessions: usize,
 }
 
 impl Default for McpConfig {
@@ -236,6 +260,10 @@ impl Default for McpConfig {
             clock_leeway: 30,
             admin_role: "admin".to_owned(),
             max_body_bytes: 1024 * 1024,
+            session_mode: SessionMode::Stateless,
+            session_idle_timeout: 300,
+            max_sessions_per_user: 16,
+            max_sessions: 2000,
         }
     }
 }
@@ -790,6 +818,15 @@ impl Config {
         }
         if mcp.rate_limit_per_token == 0 || mcp.rate_limit_unauthenticated == 0 {
             problems.push("mcp rate limits must be at least 1 request per minute".to_owned());
+        }
+        if !(10..=86_400).contains(&mcp.session_idle_timeout)
+            || !(1..=1000).contains(&mcp.max_sessions_per_user)
+            || !(1..=1_000_000).contains(&mcp.max_sessions)
+        {
+            problems.push(format!(
+                "mcp.session_idle_timeout must be 10 to 86400 seconds, mcp.max_sessions_per_user 1 to 1000 and mcp.max_sessions 1 to 1000000, not {}, {} and {}",
+                mcp.session_idle_timeout, mcp.max_sessions_per_user, mcp.max_sessions
+            ));
         }
         if mcp.clock_leeway > 300 {
             problems.push(format!(

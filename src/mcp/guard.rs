@@ -12,8 +12,10 @@
 //! 4. the token must hold the base scope, and for `tools/call` each tool's scope (read from the
 //!    JSON-RPC body, at most `mcp.max_body_bytes`); else 403 `insufficient_scope` listing every
 //!    scope the request needs;
-//! 5. an `Mcp-Session-Id` created by another subject is answered as unknown (404);
-//! 6. the caller's [`Principal`] goes into the request's extensions for the service.
+//! 5. an `Mcp-Session-Id` this instance did not issue to this subject (or that has ended) is
+//!    answered as unknown (404); a new session past `mcp.max_sessions` is refused (503);
+//! 6. the caller's [`Principal`] goes into the request's extensions for the service, and a
+//!    new session past `mcp.max_sessions_per_user` ends that subject's oldest.
 //!
 //! Every response carries `X-RateLimit-Limit` and `X-RateLimit-Remaining`. Refusals are audited
 //! (at most once a minute per client and reason, so a flood cannot flood the audit log).
@@ -39,6 +41,7 @@ use crate::audit::{self, AuditEvent};
 use crate::limits::Budget;
 use crate::state::AppState;
 use crate::web;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -48,11 +51,14 @@ pub struct Guard {
     state: AppState,
     verifier: TokenVerifier,
     sessions: SessionOwners,
+    /// rmcp's sessions, to end those the bounds evict (stateful mode).
+    manager: Arc<LocalSessionManager>,
+    stateful: bool,
 }
 
 impl Guard {
     /// A guard for `state`'s resource.
-    pub fn new(state: AppState) -> Self {
+    pub fn new(state: AppState, manager: Arc<LocalSessionManager>) -> Self {
         let implies = state
             .config
             .scopes
@@ -68,10 +74,19 @@ impl Guard {
             state.config.leeway().whole_seconds(),
             implies,
         );
+        let mcp = &state.config.mcp;
+        let sessions = SessionOwners::new(
+            std::time::Duration::from_secs(mcp.session_idle_timeout),
+            mcp.max_sessions_per_user,
+            mcp.max_sessions,
+        );
+        let stateful = mcp.session_mode == crate::config::SessionMode::Stateful;
         Self {
             state,
             verifier,
-            sessions: SessionOwners::default(),
+            sessions,
+            manager,
+            stateful,
         }
     }
 }
@@ -132,6 +147,17 @@ fn rate_headers(response: &mut axum::response::Response, budget: Budget) {
         );
     }
 }
+
+/// Whether a JSON-RPC body is an `initialize` request (which opens a session in stateful mode).
+fn is_initialize(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("method").and_then(Value::as_str) == Some("initialize"))
+}
+
+/// How long a refused new session is told to wait: sessions end after their idle timeout, so
+/// room comes back within it; a client that retries sooner is refused again at no cost.
+const SESSIONS_FULL_RETRY_AFTER: u64 = 30;
 
 /// The tools a JSON-RPC body calls (`tools/call`), for a single message or a batch.
 fn called_tools(body: &[u8]) -> Vec<String> {
@@ -272,9 +298,11 @@ impl Guard {
         // 4. Scopes: the base scope for everything; each called tool's for tools/call.
         let (parts, body) = request.into_parts();
         let mut needed = vec![config.mcp.base_scope.clone()];
+        let mut opens_session = false;
         let body = if parts.method == Method::POST {
             match axum::body::to_bytes(body, config.mcp.max_body_bytes).await {
                 Ok(bytes) => {
+                    opens_session = self.stateful && is_initialize(&bytes);
                     for tool in called_tools(&bytes) {
                         for scope in GatehouseMcp::scopes_for(&self.state, &tool) {
                             if !needed.contains(&scope) {
@@ -320,10 +348,12 @@ impl Guard {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if let Some(id) = &session {
+            // Unknown here (never issued, ended, evicted, another instance's) or another
+            // subject's: answered as an unknown session, so the client starts a new one.
             if self
                 .sessions
                 .owner(id)
-                .is_some_and(|owner| owner != principal.subject)
+                .is_none_or(|owner| owner != principal.subject)
             {
                 let mut response = web::json_error(
                     StatusCode::NOT_FOUND,
@@ -334,7 +364,7 @@ impl Guard {
                 self.audit_refusal(
                     ip,
                     Some(&principal),
-                    "session of another subject",
+                    "unknown session or another subject's",
                     json!({ "status": 404 }),
                 )
                 .await;
@@ -342,7 +372,28 @@ impl Guard {
             }
         }
 
-        // 6. Serve, with the caller in the extensions.
+        // 6. Stateful mode: room for a new session, or a clear refusal; live ones keep working.
+        if opens_session && session.is_none() && !self.sessions.has_room() {
+            let mut response = web::with_retry_after(
+                web::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_sessions",
+                    "This server holds as many MCP sessions as it may; try again shortly",
+                ),
+                SESSIONS_FULL_RETRY_AFTER,
+            );
+            rate_headers(&mut response, budget);
+            self.audit_refusal(
+                ip,
+                Some(&principal),
+                "sessions full",
+                json!({ "status": 503 }),
+            )
+            .await;
+            return response;
+        }
+
+        // 7. Serve, with the caller in the extensions.
         let method = parts.method.clone();
         let mut request = Request::from_parts(parts, body);
         request.extensions_mut().insert(principal.clone());
@@ -359,13 +410,37 @@ impl Guard {
                     .get(SESSION_HEADER)
                     .and_then(|v| v.to_str().ok()),
             ) {
-                (None, Some(created)) => self.sessions.bind(created, &principal.subject),
+                (None, Some(created)) => {
+                    let evicted = self.sessions.bind(created, &principal.subject);
+                    self.end_sessions(evicted, &principal, ip).await;
+                }
                 (Some(id), _) if method == Method::DELETE => self.sessions.forget(id),
                 _ => {}
             }
         }
         rate_headers(&mut response, budget);
         response
+    }
+
+    /// Ends sessions the per-user bound evicted (their next request gets 404, as for any
+    /// unknown session), auditing each.
+    async fn end_sessions(&self, evicted: Vec<String>, principal: &Principal, ip: Option<IpAddr>) {
+        use rmcp::transport::streamable_http_server::session::SessionManager;
+        for id in evicted {
+            let session: rmcp::transport::common::server_side_http::SessionId = id.as_str().into();
+            if let Err(err) = self.manager.close_session(&session).await {
+                tracing::warn!(error = %err, "cannot end an evicted MCP session");
+            }
+            let mut event = AuditEvent::new(
+                "mcp.session_evicted",
+                self.state.clock.now(),
+                json!({ "reason": "over mcp.max_sessions_per_user", "limit": self.state.config.mcp.max_sessions_per_user }),
+            );
+            event.ip = ip.map(|i| i.to_string());
+            event.subject = Some(principal.subject.clone());
+            event.client_id = Some(principal.client_id.clone());
+            audit::record_after_commit(&self.state.store, event).await;
+        }
     }
 
     async fn audit_refusal(

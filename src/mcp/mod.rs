@@ -25,7 +25,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::Config;
+use crate::config::{Config, SessionMode};
 use crate::routes;
 use crate::state::AppState;
 use crate::web;
@@ -52,16 +52,36 @@ const MCP_EXPOSE_HEADERS: [&str; 5] = [
 
 /// The resource server's routes.
 pub fn router(state: &AppState) -> Router<AppState> {
-    router_with_auth(
-        state,
-        guard::GuardLayer(Arc::new(guard::Guard::new(state.clone()))),
-    )
+    let sessions = session_manager(&state.config);
+    let guard = guard::Guard::new(state.clone(), sessions.clone());
+    routes_with(state, guard::GuardLayer(Arc::new(guard)), sessions)
 }
 
 /// The resource server's routes with `auth` in the bearer layer's place: for the benchmark
 /// that measures that layer against a stand-in, everything else being equal.
 #[doc(hidden)]
 pub fn router_with_auth<L>(state: &AppState, auth: L) -> Router<AppState>
+where
+    L: Layer<Route> + Clone + Send + Sync + 'static,
+    L::Service: Service<Request> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request>>::Response: IntoResponse + 'static,
+    <L::Service as Service<Request>>::Error: Into<Infallible> + 'static,
+    <L::Service as Service<Request>>::Future: Send + 'static,
+{
+    routes_with(state, auth, session_manager(&state.config))
+}
+
+/// rmcp's sessions of this instance (stateful mode), ending after `mcp.session_idle_timeout`
+/// without a request.
+fn session_manager(config: &Config) -> Arc<LocalSessionManager> {
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(std::time::Duration::from_secs(
+        config.mcp.session_idle_timeout,
+    ));
+    Arc::new(manager)
+}
+
+fn routes_with<L>(state: &AppState, auth: L, sessions: Arc<LocalSessionManager>) -> Router<AppState>
 where
     L: Layer<Route> + Clone + Send + Sync + 'static,
     L::Service: Service<Request> + Clone + Send + Sync + 'static,
@@ -81,7 +101,7 @@ where
             web::budget,
         ))
         .layer(web::public_cors());
-    let service = mcp_service(state);
+    let service = mcp_service(state, sessions);
     let mcp = Router::new()
         .route_service(routes::MCP, service.clone())
         .route_service(&format!("{}/", routes::MCP), service)
@@ -95,13 +115,21 @@ where
 /// [`router_with_auth`]).
 fn mcp_service(
     state: &AppState,
+    sessions: Arc<LocalSessionManager>,
 ) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
     let mcp_state = state.clone();
     let tools = server::GatehouseMcp::tool_router();
+    let mut config =
+        StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config));
+    let stateful = state.config.mcp.session_mode == SessionMode::Stateful;
+    config.legacy_session_mode = stateful;
+    // Without sessions, a plain JSON answer where the tool sends nothing before its result: one
+    // body, no event-stream framing.
+    config.json_response = !stateful;
     StreamableHttpService::new(
         move || Ok(server::GatehouseMcp::new(mcp_state.clone(), tools.clone())),
-        LocalSessionManager::default().into(),
-        StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config)),
+        sessions,
+        config,
     )
 }
 

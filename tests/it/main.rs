@@ -17,6 +17,7 @@ mod key_rotation;
 mod keys;
 mod mcp;
 pub(crate) mod mcp_server;
+mod mcp_sessions;
 pub mod process;
 mod readme;
 mod register;

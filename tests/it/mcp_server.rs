@@ -71,7 +71,7 @@ pub(crate) fn message(res: &TestResponse) -> Value {
     }
 }
 
-fn initialize(protocol: &str) -> Value {
+pub(crate) fn initialize(protocol: &str) -> Value {
     json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": { "protocolVersion": protocol, "capabilities": {}, "clientInfo": { "name": "test", "version": "1" } } })
 }
@@ -103,7 +103,7 @@ fn challenge_param(header: &str, name: &str) -> Option<String> {
 }
 
 /// Signs in as `user` and consents; returns the token response.
-async fn authorize(
+pub(crate) async fn authorize(
     app: &TestApp,
     client_id: &str,
     user: &str,
@@ -230,12 +230,16 @@ async fn an_independent_client_discovers_signs_in_steps_up_and_calls_tools() {
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.text());
-    let session = res.header("mcp-session-id").expect("session").to_owned();
+    // Stateless by default: no session, a plain JSON answer.
+    assert_eq!(res.header("mcp-session-id"), None);
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let session: Option<String> = None;
+    let session = session.as_deref();
     assert_eq!(message(&res)["result"]["protocolVersion"], "2025-06-18");
     let res = mcp(
         &app,
         Some(&token),
-        Some(&session),
+        session,
         "2025-06-18",
         json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
     )
@@ -245,7 +249,7 @@ async fn an_independent_client_discovers_signs_in_steps_up_and_calls_tools() {
         &mcp(
             &app,
             Some(&token),
-            Some(&session),
+            session,
             "2025-06-18",
             json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }),
         )
@@ -262,7 +266,7 @@ async fn an_independent_client_discovers_signs_in_steps_up_and_calls_tools() {
         &mcp(
             &app,
             Some(&token),
-            Some(&session),
+            session,
             "2025-06-18",
             call(3, "whoami", json!({})),
         )
@@ -279,7 +283,7 @@ async fn an_independent_client_discovers_signs_in_steps_up_and_calls_tools() {
     let res = mcp(
         &app,
         Some(&token),
-        Some(&session),
+        session,
         "2025-06-18",
         call(4, "get_activity_log", json!({})),
     )
@@ -303,7 +307,7 @@ async fn an_independent_client_discovers_signs_in_steps_up_and_calls_tools() {
     let res = mcp(
         &app,
         Some(&token),
-        Some(&session),
+        session,
         "2025-06-18",
         call(5, "get_activity_log", json!({ "limit": 5 })),
     )
@@ -524,7 +528,7 @@ async fn every_bad_token_is_a_401_invalid_token() {
     assert_eq!(res.json()["error"], "unauthorized");
 }
 
-async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestApp {
+pub(crate) async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestApp {
     let dir = TempDir::new().expect("tempdir");
     let url = sqlite_url(&dir);
     TestApp::with(dir, &url, tweak).await
@@ -639,10 +643,10 @@ async fn configured_origins_are_enforced_and_server_clients_pass() {
     );
 }
 
-/// A session survives its owner's refresh; another subject's token cannot use it.
+/// Stateful mode: a session survives its owner's refresh; another subject's token cannot use it.
 #[tokio::test]
 async fn sessions_continue_after_refresh_and_refuse_other_subjects() {
-    let app = TestApp::sqlite().await;
+    let app = app_with(|c| c.mcp.session_mode = gatehouse::config::SessionMode::Stateful).await;
     app.add_user("alice", PASSWORD, &["user"]).await;
     app.add_user("bob", PASSWORD, &["user"]).await;
     let client_id = app.register_client("Claude", &[CALLBACK]).await;

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""MCP sessions against a running `gatehouse serve`, through real sockets, and the server's
+resident memory as they pile up and after they expire.
+
+It signs in as USER (registration, authorize with PKCE, sign-in and consent pages, code
+exchange: the whole flow a client runs), then CONNECTIONS keep-alive connections send
+`initialize` (protocol 2025-06-18, which opens a session) and never `DELETE` the session, as many
+clients do, until SESSIONS sessions were asked for. It prints the server's VmRSS (from
+/proc/PID/status) before, at each checkpoint, and every minute for WAIT seconds after.
+
+Usage: benches/mcp_sessions.py BASE PID USER PASSWORD [SESSIONS=30000] [CONNECTIONS=64]
+       [WAIT=600] [CHECKPOINTS=10000,30000]
+The server needs `mcp.rate_limit_per_token` raised out of the way for the measurement. Only the
+Python standard library; loopback targets only.
+"""
+
+import asyncio
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import time
+import urllib.parse
+from collections import Counter
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Browser:
+    """Just enough of a browser for the sign-in pages: one cookie jar, no redirects followed."""
+
+    def __init__(self, host, port):
+        self.host, self.port, self.cookies = host, port, {}
+
+    def request(self, method, path, form=None, body=None, headers=None):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = dict(headers or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body, headers=headers)
+        res = conn.getresponse()
+        data = res.read()
+        for value in res.headers.get_all("Set-Cookie") or []:
+            name, _, rest = value.partition("=")
+            self.cookies[name] = rest.split(";")[0]
+        conn.close()
+        return res.status, res.headers, data
+
+
+def csrf_of(html):
+    return re.search(rb'name="csrf" value="([^"]+)"', html).group(1).decode()
+
+
+def sign_in(base, user, password):
+    host, port = urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port
+    b = Browser(host, port)
+    redirect = "http://127.0.0.1:9/cb"
+    _, _, data = b.request("POST", "/register", body=json.dumps({
+        "redirect_uris": [redirect], "token_endpoint_auth_method": "none",
+        "client_name": "bench"}), headers={"Content-Type": "application/json"})
+    client_id = json.loads(data)["client_id"]
+    verifier = b64(os.urandom(32))
+    challenge = b64(hashlib.sha256(verifier.encode()).digest())
+    query = urllib.parse.urlencode({
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect,
+        "scope": "mcp", "state": "s", "code_challenge": challenge,
+        "code_challenge_method": "S256", "resource": f"{base}/mcp"})
+    _, h, _ = b.request("GET", f"/authorize?{query}")
+    login = h["Location"]
+    _, _, page = b.request("GET", login)
+    request_id = urllib.parse.parse_qs(urllib.parse.urlsplit(login).query)["request"][0]
+    _, h, _ = b.request("POST", "/login", form={
+        "csrf": csrf_of(page), "request": request_id, "username": user, "password": password})
+    consent = h["Location"]
+    _, _, page = b.request("GET", consent)
+    _, h, _ = b.request("POST", "/consent", form={
+        "csrf": csrf_of(page), "request": request_id, "decision": "allow"})
+    code = urllib.parse.parse_qs(urllib.parse.urlsplit(h["Location"]).query)["code"][0]
+    _, _, data = b.request("POST", "/token", form={
+        "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+        "redirect_uri": redirect, "client_id": client_id, "resource": f"{base}/mcp"})
+    return json.loads(data)["access_token"]
+
+
+async def read_response(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    elif "chunked" in headers.get("transfer-encoding", ""):
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status, headers
+
+
+INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "bench", "version": "1"}}}).encode()
+
+
+async def opener(host, port, token, counter, quota, statuses, lock):
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            f"MCP-Protocol-Version: 2025-06-18\r\nContent-Length: {len(INITIALIZE)}\r\n\r\n"
+            ).encode() + INITIALIZE
+    try:
+        while True:
+            async with lock:
+                if counter[0] >= quota:
+                    return
+                counter[0] += 1
+            writer.write(head)
+            await writer.drain()
+            status, headers = await read_response(reader)
+            statuses[status] += 1
+            if headers.get("connection") == "close":
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+    finally:
+        writer.close()
+
+
+async def open_sessions(base, token, upto, connections, counter, statuses):
+    parts = urllib.parse.urlsplit(base)
+    lock = asyncio.Lock()
+    await asyncio.gather(*(opener(parts.hostname, parts.port, token, counter, upto, statuses, lock)
+                           for _ in range(connections)))
+
+
+def main():
+    base, pid, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    sessions = int(sys.argv[5]) if len(sys.argv) > 5 else 30000
+    connections = int(sys.argv[6]) if len(sys.argv) > 6 else 64
+    wait = int(sys.argv[7]) if len(sys.argv) > 7 else 600
+    checkpoints = [int(c) for c in (sys.argv[8] if len(sys.argv) > 8 else "10000,30000").split(",")]
+    token = sign_in(base, user, password)
+    print(f"before: {rss_kb(pid)} KB")
+    counter, statuses = [0], Counter()
+    started = time.monotonic()
+    for checkpoint in [c for c in checkpoints if c <= sessions]:
+        asyncio.run(open_sessions(base, token, checkpoint, connections, counter, statuses))
+        print(f"after {checkpoint} initialize requests ({time.monotonic() - started:.1f} s, "
+              f"answers {dict(statuses)}): {rss_kb(pid)} KB", flush=True)
+    idle_started = time.monotonic()
+    while time.monotonic() - idle_started < wait:
+        time.sleep(min(60, wait - (time.monotonic() - idle_started)))
+        print(f"{time.monotonic() - idle_started:.0f} s idle: {rss_kb(pid)} KB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
