@@ -242,7 +242,8 @@ pub struct McpConfig {
     /// Default 16.
     pub max_sessions_per_user: usize,
     /// Stateful mode: most live sessions in this instance; past it a new session is refused
-    /// with 503 and `Retry-After`, and the live ones keep working. Default 2000.
+    /// with 503 and `Retry-After`, and the live ones keep working. Default 1000 (each idle
+    /// session holds about 155 KB).
     pub max_sessions: usize,
 }
 
@@ -263,7 +264,7 @@ impl Default for McpConfig {
             session_mode: SessionMode::Stateless,
             session_idle_timeout: 300,
             max_sessions_per_user: 16,
-            max_sessions: 2000,
+            max_sessions: 1000,
         }
     }
 }
