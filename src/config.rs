@@ -283,6 +283,13 @@ pub struct RateLimitsConfig {
     /// at once; past it every request of that address or client is answered 429 `slow_down`
     /// until the count drains (OAuth 2.1 §7.7: guessing secrets and codes). Default 20.
     pub failures_per_minute: u32,
+    /// Addresses or CIDR blocks from which hosted clients (Claude.ai, ChatGPT) reach this server
+    /// on behalf of many people: every per-address budget is multiplied by
+    /// `shared_egress_factor` for them. Empty by default; see the README for where the hosted
+    /// products publish their ranges.
+    pub shared_egress: Vec<String>,
+    /// The multiplier of every per-address budget for `shared_egress` addresses. Default 100.
+    pub shared_egress_factor: u32,
 }
 
 impl Default for RateLimitsConfig {
@@ -291,6 +298,8 @@ impl Default for RateLimitsConfig {
             public_per_minute: 600,
             oauth_per_minute: 300,
             failures_per_minute: 20,
+            shared_egress: Vec::new(),
+            shared_egress_factor: 100,
         }
     }
 }
@@ -494,6 +503,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Reverse proxies trusted to name the client address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Hosted clients' egress (`rate_limits.shared_egress`), validated.
+    pub shared_egress: Vec<ipnet::IpNet>,
     /// The MCP endpoint's settings (validated).
     pub mcp: McpConfig,
     /// Per-IP budgets of the other endpoints.
@@ -785,17 +796,32 @@ impl Config {
             }
         }
 
-        let mut trusted_proxies = Vec::new();
-        for cidr in &raw.trusted_proxies {
-            let parsed = cidr
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => problems.push(format!(
-                    "trusted_proxies: {cidr:?} is not an address or CIDR block"
-                )),
+        let cidrs = |what: &str, list: &[String], problems: &mut Vec<String>| {
+            let mut nets = Vec::new();
+            for cidr in list {
+                let parsed = cidr
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                match parsed {
+                    Ok(net) => nets.push(net),
+                    Err(_) => {
+                        problems.push(format!("{what}: {cidr:?} is not an address or CIDR block"));
+                    }
+                }
             }
+            nets
+        };
+        let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies, &mut problems);
+        let shared_egress = cidrs(
+            "rate_limits.shared_egress",
+            &raw.rate_limits.shared_egress,
+            &mut problems,
+        );
+        if !(1..=10_000).contains(&raw.rate_limits.shared_egress_factor) {
+            problems.push(format!(
+                "rate_limits.shared_egress_factor must be 1 to 10000, not {}",
+                raw.rate_limits.shared_egress_factor
+            ));
         }
         let mcp = &raw.mcp;
         if !raw.scopes.contains_key(&mcp.base_scope) {
@@ -975,6 +1001,7 @@ impl Config {
                 roles,
                 allowed_origins,
                 trusted_proxies,
+                shared_egress,
                 mcp: raw.mcp,
                 rate_limits: raw.rate_limits,
                 session_idle_timeout,

@@ -14,22 +14,101 @@ use crate::store::{Backend, RateTake, Store};
 /// The limiters of one server instance.
 #[derive(Debug)]
 pub struct Limits {
-    registration: DefaultKeyedRateLimiter<IpAddr>,
-    metadata_fetch: DefaultKeyedRateLimiter<IpAddr>,
+    /// The per-address budgets of ordinary addresses.
+    addresses: AddressBudgets,
+    /// Hosted clients' egress (`rate_limits.shared_egress`) and their larger budgets.
+    shared_egress: Option<(Vec<ipnet::IpNet>, AddressBudgets)>,
     mcp_token: Informed<String>,
-    mcp_unauthenticated: Informed<IpAddr>,
     mcp_token_limit: u32,
     /// Where the per-token budgets are counted when they are global.
     shared: Option<Store>,
     /// After the database failed to count a budget: budgets are counted in this instance
     /// without asking it for a while.
     shared_paused: Pause,
-    mcp_unauthenticated_limit: u32,
     refusal_audit: DefaultKeyedRateLimiter<String>,
+    failures_by_client: Failures<String>,
+}
+
+/// Every budget kept per client address, each sized as configured times a factor (1, or
+/// `rate_limits.shared_egress_factor` for hosted clients' egress, where many people arrive from
+/// one address).
+#[derive(Debug)]
+struct AddressBudgets {
+    registration: DefaultKeyedRateLimiter<IpAddr>,
+    metadata_fetch: DefaultKeyedRateLimiter<IpAddr>,
+    mcp_unauthenticated: Informed<IpAddr>,
+    mcp_unauthenticated_limit: u32,
     public: DefaultKeyedRateLimiter<IpAddr>,
     oauth: DefaultKeyedRateLimiter<IpAddr>,
-    failures_by_ip: Failures<IpAddr>,
-    failures_by_client: Failures<String>,
+    failures: Failures<IpAddr>,
+}
+
+impl AddressBudgets {
+    fn new(config: &Config, factor: u32) -> Self {
+        let times = |n: u32| n.saturating_mul(factor);
+        let per_hour = config
+            .registration
+            .rate_limit_per_hour
+            .saturating_mul(std::num::NonZeroU32::new(factor).unwrap_or(std::num::NonZeroU32::MIN));
+        let unauthenticated = times(config.mcp.rate_limit_unauthenticated);
+        Self {
+            registration: RateLimiter::keyed(Quota::per_hour(per_hour)),
+            metadata_fetch: RateLimiter::keyed(per_minute(times(METADATA_FETCHES_PER_MINUTE))),
+            mcp_unauthenticated: RateLimiter::keyed(per_minute(unauthenticated))
+                .with_middleware::<governor::middleware::StateInformationMiddleware>(
+            ),
+            mcp_unauthenticated_limit: unauthenticated,
+            public: RateLimiter::keyed(per_minute(times(config.rate_limits.public_per_minute))),
+            oauth: RateLimiter::keyed(per_minute(times(config.rate_limits.oauth_per_minute))),
+            failures: Failures::new(times(config.rate_limits.failures_per_minute)),
+        }
+    }
+
+    fn prune(&self, now: Instant) {
+        for limiter in [
+            &self.registration,
+            &self.metadata_fetch,
+            &self.public,
+            &self.oauth,
+        ] {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        self.mcp_unauthenticated.retain_recent();
+        self.failures.prune(now);
+    }
+}
+
+/// Which per-address budget a refusal came from, named in the 429's body and the audit log so an
+/// operator knows which setting to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// `mcp.rate_limit_unauthenticated`: `/mcp` without a valid credential.
+    Unauthenticated,
+    /// `registration.rate_limit_per_hour`.
+    Registration,
+    /// `rate_limits.oauth_per_minute`.
+    OAuth,
+    /// `rate_limits.public_per_minute`.
+    Public,
+    /// `mcp.rate_limit_per_token`: the token's grant.
+    Token,
+    /// `rate_limits.failures_per_minute`.
+    Failures,
+}
+
+impl Exhausted {
+    /// As the 429's `budget` member says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Registration => "registration",
+            Self::OAuth => "oauth",
+            Self::Public => "public",
+            Self::Token => "token",
+            Self::Failures => "failures",
+        }
+    }
 }
 
 /// Failed requests per key, `limit` a minute, all of which may come at once: the generic cell
@@ -238,40 +317,42 @@ impl Limits {
     /// counted in `store`, so that it holds across every instance sharing the database; on
     /// SQLite (one instance) it is counted in memory.
     pub fn new(config: &Config, store: &Store) -> Self {
+        let shared_egress = (!config.shared_egress.is_empty()).then(|| {
+            let factor = config.rate_limits.shared_egress_factor;
+            (
+                config.shared_egress.clone(),
+                AddressBudgets::new(config, factor),
+            )
+        });
         Self {
+            addresses: AddressBudgets::new(config, 1),
+            shared_egress,
             shared: (store.backend() == Backend::Postgres).then(|| store.clone()),
             shared_paused: Pause::default(),
-            registration: RateLimiter::keyed(Quota::per_hour(
-                config.registration.rate_limit_per_hour,
-            )),
             mcp_token: RateLimiter::keyed(per_minute(config.mcp.rate_limit_per_token))
                 .with_middleware::<governor::middleware::StateInformationMiddleware>(),
-            mcp_unauthenticated: RateLimiter::keyed(per_minute(
-                config.mcp.rate_limit_unauthenticated,
-            ))
-            .with_middleware::<governor::middleware::StateInformationMiddleware>(),
             mcp_token_limit: config.mcp.rate_limit_per_token,
-            mcp_unauthenticated_limit: config.mcp.rate_limit_unauthenticated,
             refusal_audit: RateLimiter::keyed(per_minute(1)),
-            public: RateLimiter::keyed(per_minute(config.rate_limits.public_per_minute)),
-            oauth: RateLimiter::keyed(per_minute(config.rate_limits.oauth_per_minute)),
-            failures_by_ip: Failures::new(config.rate_limits.failures_per_minute),
             failures_by_client: Failures::new(config.rate_limits.failures_per_minute),
-            metadata_fetch: RateLimiter::keyed(Quota::per_minute(
-                std::num::NonZeroU32::new(METADATA_FETCHES_PER_MINUTE)
-                    .unwrap_or(std::num::NonZeroU32::MIN),
-            )),
+        }
+    }
+
+    /// The budgets of `ip`: the larger ones of hosted clients' egress, or the ordinary ones.
+    fn of(&self, ip: IpAddr) -> &AddressBudgets {
+        match &self.shared_egress {
+            Some((nets, budgets)) if nets.iter().any(|n| n.contains(&ip)) => budgets,
+            _ => &self.addresses,
         }
     }
 
     /// Takes one registration from `ip`'s budget; `Err` holds how long to wait.
     pub fn registration(&self, ip: IpAddr) -> Result<(), Duration> {
-        check(&self.registration, ip)
+        check(&self.of(ip).registration, ip)
     }
 
     /// Takes one uncached metadata-document fetch from `ip`'s budget.
     pub fn metadata_fetch(&self, ip: IpAddr) -> Result<(), Duration> {
-        check(&self.metadata_fetch, ip)
+        check(&self.of(ip).metadata_fetch, ip)
     }
 
     /// Takes one MCP request from the budget of an access token's grant at `now`: every token
@@ -318,18 +399,19 @@ impl Limits {
 
     /// Takes one MCP request without valid credentials from the client address's budget.
     pub fn mcp_unauthenticated(&self, ip: IpAddr) -> Budget {
+        let budgets = self.of(ip);
         take(
-            &self.mcp_unauthenticated,
+            &budgets.mcp_unauthenticated,
             &key(ip),
-            self.mcp_unauthenticated_limit,
+            budgets.mcp_unauthenticated_limit,
         )
     }
 
     /// Takes one request to `endpoints` from `ip`'s budget; `Err` holds how long to wait.
     pub fn endpoints(&self, endpoints: Endpoints, ip: IpAddr) -> Result<(), Duration> {
         match endpoints {
-            Endpoints::Public => check(&self.public, ip),
-            Endpoints::OAuth => check(&self.oauth, ip),
+            Endpoints::Public => check(&self.of(ip).public, ip),
+            Endpoints::OAuth => check(&self.of(ip).oauth, ip),
         }
     }
 
@@ -341,7 +423,7 @@ impl Limits {
         client_id: Option<&str>,
     ) -> Option<Duration> {
         let now = Instant::now();
-        let by_ip = ip.and_then(|ip| self.failures_by_ip.wait(&key(ip), now));
+        let by_ip = ip.and_then(|ip| self.of(ip).failures.wait(&key(ip), now));
         let by_client = client_id.and_then(|id| self.failures_by_client.wait(&id.to_owned(), now));
         by_ip.max(by_client)
     }
@@ -351,7 +433,7 @@ impl Limits {
     pub fn credential_failed(&self, ip: Option<IpAddr>, client_id: Option<&str>) {
         let now = Instant::now();
         if let Some(ip) = ip {
-            self.failures_by_ip.charge(key(ip), now);
+            self.of(ip).failures.charge(key(ip), now);
         }
         if let Some(id) = client_id {
             self.failures_by_client.charge(id.to_owned(), now);
@@ -365,20 +447,13 @@ impl Limits {
 
     /// Forgets keys whose budget is full again, so memory stays bounded.
     pub fn prune(&self) {
-        for limiter in [
-            &self.registration,
-            &self.metadata_fetch,
-            &self.public,
-            &self.oauth,
-        ] {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+        let now = Instant::now();
+        self.addresses.prune(now);
+        if let Some((_, budgets)) = &self.shared_egress {
+            budgets.prune(now);
         }
         self.mcp_token.retain_recent();
-        self.mcp_unauthenticated.retain_recent();
         self.refusal_audit.retain_recent();
-        let now = Instant::now();
-        self.failures_by_ip.prune(now);
         self.failures_by_client.prune(now);
     }
 }

@@ -182,7 +182,26 @@ pub async fn budget(
     let peer = peer_ip(request.extensions());
     if let Some(ip) = client_ip(peer, request.headers(), &state.config.trusted_proxies) {
         if let Err(wait) = state.limits.endpoints(endpoints, ip) {
-            return rate_limited(wait);
+            let budget = match endpoints {
+                crate::limits::Endpoints::Public => crate::limits::Exhausted::Public,
+                crate::limits::Endpoints::OAuth => crate::limits::Exhausted::OAuth,
+            };
+            // Audited with the address, once a minute per address and budget: a flood does not
+            // flood the log.
+            if state
+                .limits
+                .audit_refusal(&format!("{ip}|{}", budget.as_str()))
+            {
+                let mut event = crate::audit::AuditEvent::new(
+                    "rate_limited",
+                    state.clock.now(),
+                    json!({ "budget": budget.as_str(), "path": request.uri().path() }),
+                )
+                .failed();
+                event.ip = Some(ip.to_string());
+                crate::audit::record_after_commit(&state.store, event).await;
+            }
+            return rate_limited(budget, wait);
         }
     }
     next.run(request).await
@@ -202,14 +221,25 @@ pub fn with_retry_after(mut response: Response, seconds: u64) -> Response {
     response
 }
 
-/// 429 with `Retry-After` and a body that says "rate limited", never an auth error.
-pub fn rate_limited(retry_after: std::time::Duration) -> Response {
+/// 429 with `Retry-After` and a body that says "rate limited", never an auth error, and names
+/// the budget that ran out (`"budget": "oauth"`), so whoever reads a client's error knows which
+/// setting it is.
+pub fn rate_limited(
+    budget: crate::limits::Exhausted,
+    retry_after: std::time::Duration,
+) -> Response {
     let seconds = seconds_to_wait(retry_after);
-    let response = json_error(
+    let body = json!({
+        "error": "rate_limited",
+        "error_description": format!("Too many requests ({} budget); retry in {seconds} s", budget.as_str()),
+        "budget": budget.as_str(),
+    });
+    let response = (
         StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        &format!("Too many requests; retry in {seconds} s"),
-    );
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response();
     with_retry_after(response, seconds)
 }
 

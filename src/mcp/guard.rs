@@ -5,7 +5,8 @@
 //! 2. the token is read from `Authorization: Bearer` only (never a query string, never a session
 //!    id) and verified ([`TokenVerifier`]): none gets 401 with the discovery challenge, a bad one
 //!    401 `invalid_token`; either spends from the client address's budget
-//!    (`mcp.rate_limit_unauthenticated` a minute);
+//!    (`mcp.rate_limit_unauthenticated` a minute), except a genuine token that has expired or
+//!    been revoked;
 //! 3. a valid token spends from its grant's budget (`mcp.rate_limit_per_token` a minute, shared
 //!    by every token of the grant, so a refresh does not renew it); when empty, 429 with
 //!    `Retry-After`, never an auth error;
@@ -38,7 +39,7 @@ use super::server::GatehouseMcp;
 use super::sessions::SessionOwners;
 use super::verify::{Principal, TokenRejection, TokenVerifier};
 use crate::audit::{self, AuditEvent};
-use crate::limits::Budget;
+use crate::limits::{Budget, Exhausted};
 use crate::state::AppState;
 use crate::web;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -246,7 +247,22 @@ impl Guard {
         let principal = match principal {
             Ok(p) => p,
             Err(rejection) => {
-                let budget = ip.map(|ip| self.state.limits.mcp_unauthenticated(ip));
+                // A token that verifies (our signature, issuer and audience) but has expired or
+                // been revoked is a client that needs to refresh or sign in again, not a
+                // probe: it never spends the unauthenticated budget, which is for requests
+                // with no credential or a forged one. Hosted clients bring many people's
+                // hourly expiries from one address.
+                let genuine = matches!(
+                    rejection,
+                    Some(
+                        TokenRejection::Expired
+                            | TokenRejection::NotYetValid
+                            | TokenRejection::Revoked
+                    )
+                );
+                let budget = ip
+                    .filter(|_| !genuine)
+                    .map(|ip| self.state.limits.mcp_unauthenticated(ip));
                 let mut response = match (budget, rejection) {
                     (
                         Some(Budget {
@@ -254,7 +270,7 @@ impl Guard {
                             ..
                         }),
                         _,
-                    ) => web::rate_limited(wait),
+                    ) => web::rate_limited(Exhausted::Unauthenticated, wait),
                     (_, None) => challenge.into_response(),
                     (_, Some(reason)) => {
                         challenge.invalid_token(&reason.to_string()).into_response()
@@ -283,7 +299,7 @@ impl Guard {
             .mcp_token(&principal.grant_id, self.state.clock.now())
             .await;
         if let Some(wait) = budget.retry_after {
-            let mut response = web::rate_limited(wait);
+            let mut response = web::rate_limited(Exhausted::Token, wait);
             rate_headers(&mut response, budget);
             self.audit_refusal(
                 ip,

@@ -60,7 +60,9 @@ impl IntoResponse for RegistrationError {
                 "access_denied",
                 "Dynamic client registration is disabled on this server; ask its operator for a client id",
             ),
-            Self::RateLimited(wait) => web::rate_limited(wait),
+            Self::RateLimited(wait) => {
+                web::rate_limited(crate::limits::Exhausted::Registration, wait)
+            }
             Self::Internal(cause) => {
                 tracing::error!(cause = %cause, "registration failed");
                 web::json_error(
@@ -359,7 +361,22 @@ impl IntoResponse for TokenError {
             );
         }
         if let Self::SlowDown(wait) = self {
-            return web::with_retry_after(response, web::seconds_to_wait(wait));
+            // Every 429 names its budget, as `web::rate_limited` does.
+            let seconds = web::seconds_to_wait(wait);
+            let body = serde_json::json!({
+                "error": code,
+                "error_description": description,
+                "budget": crate::limits::Exhausted::Failures.as_str(),
+            });
+            let mut response = (status, axum::Json(body)).into_response();
+            let headers = response.headers_mut();
+            for (name, value) in [
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+                (axum::http::header::PRAGMA, "no-cache"),
+            ] {
+                headers.insert(name, axum::http::HeaderValue::from_static(value));
+            }
+            return web::with_retry_after(response, seconds);
         }
         response
     }

@@ -21,6 +21,7 @@ mod mcp_sessions;
 pub mod process;
 mod readme;
 mod register;
+mod shared_egress;
 pub(crate) mod signin;
 mod storage;
 pub(crate) mod token;
