@@ -15,16 +15,13 @@ Python standard library; loopback targets only.
 """
 
 import asyncio
-import base64
-import hashlib
-import http.client
 import json
-import os
-import re
 import sys
 import time
 import urllib.parse
 from collections import Counter
+
+from oauth_flow import sign_in
 
 
 def rss_kb(pid):
@@ -33,69 +30,6 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
-
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class Browser:
-    """Just enough of a browser for the sign-in pages: one cookie jar, no redirects followed."""
-
-    def __init__(self, host, port):
-        self.host, self.port, self.cookies = host, port, {}
-
-    def request(self, method, path, form=None, body=None, headers=None):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        headers = dict(headers or {})
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        if form is not None:
-            body = urllib.parse.urlencode(form)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        conn.request(method, path, body=body, headers=headers)
-        res = conn.getresponse()
-        data = res.read()
-        for value in res.headers.get_all("Set-Cookie") or []:
-            name, _, rest = value.partition("=")
-            self.cookies[name] = rest.split(";")[0]
-        conn.close()
-        return res.status, res.headers, data
-
-
-def csrf_of(html):
-    return re.search(rb'name="csrf" value="([^"]+)"', html).group(1).decode()
-
-
-def sign_in(base, user, password):
-    host, port = urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port
-    b = Browser(host, port)
-    redirect = "http://127.0.0.1:9/cb"
-    _, _, data = b.request("POST", "/register", body=json.dumps({
-        "redirect_uris": [redirect], "token_endpoint_auth_method": "none",
-        "client_name": "bench"}), headers={"Content-Type": "application/json"})
-    client_id = json.loads(data)["client_id"]
-    verifier = b64(os.urandom(32))
-    challenge = b64(hashlib.sha256(verifier.encode()).digest())
-    query = urllib.parse.urlencode({
-        "response_type": "code", "client_id": client_id, "redirect_uri": redirect,
-        "scope": "mcp", "state": "s", "code_challenge": challenge,
-        "code_challenge_method": "S256", "resource": f"{base}/mcp"})
-    _, h, _ = b.request("GET", f"/authorize?{query}")
-    login = h["Location"]
-    _, _, page = b.request("GET", login)
-    request_id = urllib.parse.parse_qs(urllib.parse.urlsplit(login).query)["request"][0]
-    _, h, _ = b.request("POST", "/login", form={
-        "csrf": csrf_of(page), "request": request_id, "username": user, "password": password})
-    consent = h["Location"]
-    _, _, page = b.request("GET", consent)
-    _, h, _ = b.request("POST", "/consent", form={
-        "csrf": csrf_of(page), "request": request_id, "decision": "allow"})
-    code = urllib.parse.parse_qs(urllib.parse.urlsplit(h["Location"]).query)["code"][0]
-    _, _, data = b.request("POST", "/token", form={
-        "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-        "redirect_uri": redirect, "client_id": client_id, "resource": f"{base}/mcp"})
-    return json.loads(data)["access_token"]
 
 
 async def read_response(reader):
