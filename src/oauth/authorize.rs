@@ -369,6 +369,16 @@ async fn authorize(
         operator_client,
         public_client: !client.is_confidential(),
     };
+    // The common case, a returning user whose consent stands: the code at once, and the
+    // browser session is neither read twice nor written.
+    if !prompt.login {
+        if let Some(user) = current_user(state, &data).await? {
+            let consent = consent_state(state, &pending, &user).await?;
+            if consent.stands_for(&pending) {
+                return issue_code(state, &pending, &user, &consent.granted, now).await;
+            }
+        }
+    }
     let id = pending.id.clone();
     data.add_pending(pending, now);
     data.save(session).await?;
@@ -410,6 +420,20 @@ pub struct ConsentState {
     pub remembered: Vec<String>,
     /// The remembered consent was given for this request's very redirect URI.
     pub same_redirect: bool,
+}
+
+impl ConsentState {
+    /// Whether the remembered consent covers `pending` as it is, so a code may be issued
+    /// without asking: every scope to grant was allowed before, `prompt=consent` was not sent,
+    /// and for a public client the redirect URI is the one it was given for (RFC 8252 §8.6,
+    /// RFC 6749 §10.2: a public client cannot prove who it is, and anyone can start a flow for
+    /// one with a loopback redirect of their own).
+    pub fn stands_for(&self, pending: &PendingAuthorization) -> bool {
+        !self.granted.is_empty()
+            && self.granted.iter().all(|s| self.remembered.contains(s))
+            && !pending.force_consent
+            && (!pending.public_client || self.same_redirect)
+    }
 }
 
 /// Works out the consent state of `pending` for `user`.
@@ -492,15 +516,7 @@ pub async fn continue_authorization(
             },
         );
     }
-    let remembered = consent
-        .granted
-        .iter()
-        .all(|s| consent.remembered.contains(s));
-    // RFC 8252 §8.6, RFC 6749 §10.2: a public client cannot prove who it is, so a remembered
-    // consent stands for it only at the redirect URI it was given for; anyone can start a flow
-    // for a public client with a loopback redirect of their own.
-    let remembered = remembered && (!pending.public_client || consent.same_redirect);
-    if remembered && !pending.force_consent {
+    if consent.stands_for(&pending) {
         data.take_pending(id);
         data.save(session).await?;
         return issue_code(state, &pending, &user, &consent.granted, now).await;
@@ -620,9 +636,14 @@ pub async fn issue_code(
         created_at: now,
         expires_at: now + state.config.authorization_code_ttl,
     };
-    state.store.insert_code(&record).await?;
-    // A client that completed a sign-in is in use: it no longer expires as unused.
-    state.store.touch_client(&pending.client_id, now).await?;
+    // A client that completed a sign-in is in use: it no longer expires as unused. Both writes
+    // at once: on SQLite they go into one batch.
+    let (inserted, touched) = tokio::join!(
+        state.store.insert_code(&record),
+        state.store.touch_client(&pending.client_id, now)
+    );
+    inserted?;
+    touched?;
     let mut event = AuditEvent::new(
         "code.issued",
         now,

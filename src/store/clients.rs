@@ -137,18 +137,21 @@ impl Store {
         super::grants::finish_removal(tx, removed, None, Some(client_id), reason, now).await
     }
 
-    /// Records that a client completed a sign-in or token request.
+    /// Records that a client completed a sign-in or token request (a client known only by its
+    /// metadata document has no row: nothing changes). On SQLite it joins the committer's next
+    /// batch instead of taking the writer for a transaction of its own.
     pub async fn touch_client(
         &self,
         client_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1")
-            .bind(client_id)
-            .bind(at.unix_timestamp())
-            .execute(&mut *self.writer().await?)
-            .await?;
-        Ok(())
+        self.guarded_write(super::write::GuardedWrite {
+            update: "UPDATE clients SET last_used_at = $2 WHERE client_id = $1",
+            params: vec![client_id.into(), at.unix_timestamp().into()],
+            inserts: Vec::new(),
+        })
+        .await
+        .map(drop)
     }
 
     /// Deletes the dynamic registrations created before `cutoff` that were never used, and
