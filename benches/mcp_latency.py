@@ -23,15 +23,9 @@ import sys
 import time
 import urllib.parse
 
-from oauth_flow import sign_in
+from load_client import proc_kb, read_response, sign_in
 
 
-def vm_hwm_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return -1
 
 
 def message(method, protocol):
@@ -45,25 +39,6 @@ def message(method, protocol):
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
 
 
-async def read_response(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    if "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
-        return status, headers
-    elif "chunked" in headers.get("transfer-encoding", ""):
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    return status, headers
 
 
 INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -137,7 +112,7 @@ def main():
         where = ", in sessions" if session else ""
         print(f"{method} ({protocol}{where}), {connections} connections: {rate:,.0f}/s, "
               f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, answers {statuses}", flush=True)
-    print(f"server peak RSS (VmHWM): {vm_hwm_kb(pid)} KB")
+    print(f"server peak RSS (VmHWM): {proc_kb(pid, 'VmHWM')} KB")
 
 
 if __name__ == "__main__":

@@ -21,35 +21,11 @@ import time
 import urllib.parse
 from collections import Counter
 
-from oauth_flow import sign_in
+from load_client import proc_kb, read_response, sign_in
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
 
 
-async def read_response(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    if "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
-    elif "chunked" in headers.get("transfer-encoding", ""):
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    return status, headers
 
 
 INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -94,17 +70,17 @@ def main():
     wait = int(sys.argv[7]) if len(sys.argv) > 7 else 600
     checkpoints = [int(c) for c in (sys.argv[8] if len(sys.argv) > 8 else "10000,30000").split(",")]
     token = sign_in(base, user, password)
-    print(f"before: {rss_kb(pid)} KB")
+    print(f"before: {proc_kb(pid, 'VmRSS')} KB")
     counter, statuses = [0], Counter()
     started = time.monotonic()
     for checkpoint in [c for c in checkpoints if c <= sessions]:
         asyncio.run(open_sessions(base, token, checkpoint, connections, counter, statuses))
         print(f"after {checkpoint} initialize requests ({time.monotonic() - started:.1f} s, "
-              f"answers {dict(statuses)}): {rss_kb(pid)} KB", flush=True)
+              f"answers {dict(statuses)}): {proc_kb(pid, 'VmRSS')} KB", flush=True)
     idle_started = time.monotonic()
     while time.monotonic() - idle_started < wait:
         time.sleep(min(60, wait - (time.monotonic() - idle_started)))
-        print(f"{time.monotonic() - idle_started:.0f} s idle: {rss_kb(pid)} KB", flush=True)
+        print(f"{time.monotonic() - idle_started:.0f} s idle: {proc_kb(pid, 'VmRSS')} KB", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,11 @@ import sys
 import time
 import urllib.parse
 
-from oauth_flow import Browser, b64, csrf_of
+from load_client import Browser, b64, csrf_of, proc_kb
 
 REDIRECT = "http://127.0.0.1:9/cb"
 
 
-def vm_hwm_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return -1
 
 
 async def exchange(reader, writer, host, method, path, body=b"", headers=""):
@@ -195,7 +189,7 @@ def main():
                 line += (f" (authorize p50 {pct(authorize, 0.5):.2f} ms, p99 {pct(authorize, 0.99):.2f}"
                          f" ms; token p50 {pct(token, 0.5):.2f} ms, p99 {pct(token, 0.99):.2f} ms)")
             print(line, flush=True)
-    print(f"server peak RSS (VmHWM): {vm_hwm_kb(pid)} KB")
+    print(f"server peak RSS (VmHWM): {proc_kb(pid, 'VmHWM')} KB")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,22 @@ fn text_json(value: &serde_json::Value) -> CallToolResult {
     )])
 }
 
+impl GatehouseMcp {
+    /// The user behind the caller; `None` for a service client (client credentials), which has
+    /// no user and so no roles.
+    async fn user_of(&self, p: &Principal) -> Result<Option<crate::account::User>, ErrorData> {
+        match p.kind {
+            CallerKind::User => self
+                .state
+                .store
+                .user(&p.subject)
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None)),
+            CallerKind::Service => Ok(None),
+        }
+    }
+}
+
 #[tool_router(router = tool_router, vis = "pub")]
 impl GatehouseMcp {
     /// Who is calling: user, client, scopes and when the token expires.
@@ -58,15 +74,7 @@ impl GatehouseMcp {
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<CallToolResult, ErrorData> {
         let p = principal(&parts)?;
-        let user = match p.kind {
-            CallerKind::User => self
-                .state
-                .store
-                .user(&p.subject)
-                .await
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
-            CallerKind::Service => None,
-        };
+        let user = self.user_of(p).await?;
         let expires = time::OffsetDateTime::from_unix_timestamp(p.expires_at)
             .ok()
             .and_then(|t| t.format(&Rfc3339).ok());
@@ -96,15 +104,7 @@ impl GatehouseMcp {
         let everyone = args.everyone.unwrap_or(false);
         if everyone {
             // Roles belong to people: a service client is never an administrator.
-            let user = match p.kind {
-                CallerKind::User => self
-                    .state
-                    .store
-                    .user(&p.subject)
-                    .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
-                CallerKind::Service => None,
-            };
+            let user = self.user_of(p).await?;
             let admin = &self.state.config.mcp.admin_role;
             if !user.is_some_and(|u| u.roles.iter().any(|r| r == admin)) {
                 return Ok(CallToolResult::error(vec![ContentBlock::text(format!(

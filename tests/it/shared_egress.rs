@@ -55,21 +55,7 @@ async fn connect(app: &TestApp) -> Result<(), (u16, String)> {
         return Err(fail(&res));
     }
     let login = res.location();
-    let page = agent.get(&login).await;
-    if page.status != 200 {
-        return Err(fail(&page));
-    }
-    let res = agent
-        .post_form(
-            "/login",
-            &[
-                ("csrf", &page.hidden("csrf")),
-                ("request", &page.hidden("request")),
-                ("username", "alice"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
+    let res = crate::signin::sign_in(&mut agent, &login, "alice", PASSWORD).await;
     if res.status != 303 {
         return Err(fail(&res));
     }

@@ -37,7 +37,7 @@ pub(crate) fn authorize_request(
 }
 
 /// Signs in on the login page the authorize step redirected to; returns the next response.
-async fn sign_in(
+pub(crate) async fn sign_in(
     agent: &mut Agent<'_>,
     login_location: &str,
     username: &str,

@@ -807,18 +807,7 @@ async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
     let mut agent = Agent::new(&app);
     let (path, _) = crate::signin::authorize_request(&client_id, CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let page = agent.get(&login).await;
-    let res = agent
-        .post_form(
-            "/login",
-            &[
-                ("csrf", &page.hidden("csrf")),
-                ("request", &page.hidden("request")),
-                ("username", "alice"),
-                ("password", "a brand new password"),
-            ],
-        )
-        .await;
+    let res = crate::signin::sign_in(&mut agent, &login, "alice", "a brand new password").await;
     let back = res.location();
     assert!(back.starts_with(CALLBACK), "consent remembered: {back}");
     // (that code was made with the test's own challenge; a fresh exchange gives a live grant)
@@ -838,18 +827,7 @@ async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
         back.starts_with("/login?"),
         "the browser session ended: {back}"
     );
-    let page = agent.get(&back).await;
-    let res = agent
-        .post_form(
-            "/login",
-            &[
-                ("csrf", &page.hidden("csrf")),
-                ("request", &page.hidden("request")),
-                ("username", "alice"),
-                ("password", "a brand new password"),
-            ],
-        )
-        .await;
+    let res = crate::signin::sign_in(&mut agent, &back, "alice", "a brand new password").await;
     assert!(
         res.location().starts_with("/consent?"),
         "the consent was forgotten: {}",

@@ -1,5 +1,7 @@
-"""The OAuth flow a client runs, for the load scripts beside this file: registration, authorize
-with PKCE, the sign-in and consent pages, the code exchange. Only the Python standard library."""
+"""What the load scripts beside this file share: the OAuth flow a client runs (registration,
+authorize with PKCE, the sign-in and consent pages, the code exchange), reading one HTTP/1.1
+answer off a keep-alive connection, and the server's memory from /proc. Only the Python
+standard library."""
 
 import base64
 import hashlib
@@ -71,3 +73,33 @@ def sign_in(base, user, password):
         "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
         "redirect_uri": redirect, "client_id": client_id, "resource": f"{base}/mcp"})
     return json.loads(data)["access_token"]
+
+
+def proc_kb(pid, field):
+    """A memory figure of process `pid` (`VmRSS`, `VmHWM`) from /proc, in KB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+async def read_response(reader):
+    """One HTTP/1.1 answer (Content-Length or chunked): its status and lower-cased headers."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    elif "chunked" in headers.get("transfer-encoding", ""):
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status, headers
