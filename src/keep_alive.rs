@@ -83,8 +83,10 @@ impl Drop for Returning {
 
 /// Middleware: see the module's account.
 pub async fn finish_request_bodies(request: Request, next: Next) -> Response {
-    // HTTP/2 streams end on their own, and a connection header is not allowed there.
-    if request.version() != Version::HTTP_11 && request.version() != Version::HTTP_10 {
+    // HTTP/2 streams end on their own, and a connection header is not allowed there. A request
+    // with no body (a GET, most of them) has nothing to leave unread: no wrapper for it.
+    let http1 = matches!(request.version(), Version::HTTP_11 | Version::HTTP_10);
+    if !http1 || request.body().is_end_stream() {
         return next.run(request).await;
     }
     let slot: Slot = Arc::default();

@@ -221,17 +221,31 @@ pub fn with_retry_after(mut response: Response, seconds: u64) -> Response {
     response
 }
 
-/// 429 with `Retry-After` and a body that says "rate limited", never an auth error, and names
-/// the budget that ran out (`"budget": "oauth"`), so whoever reads a client's error knows which
-/// setting it is.
+/// 429 with `Retry-After` and a body that says "rate limited", never an auth error.
 pub fn rate_limited(
     budget: crate::limits::Exhausted,
     retry_after: std::time::Duration,
 ) -> Response {
-    let seconds = seconds_to_wait(retry_after);
+    let description = format!(
+        "Too many requests ({} budget); retry in {} s",
+        budget.as_str(),
+        seconds_to_wait(retry_after)
+    );
+    too_many("rate_limited", &description, budget, retry_after)
+}
+
+/// Every 429: JSON with `error` and `error_description` that names the budget that ran out
+/// (`"budget": "oauth"`), so whoever reads a client's error knows which setting it is; not
+/// cached; `Retry-After` in whole seconds, rounded up.
+pub fn too_many(
+    code: &str,
+    description: &str,
+    budget: crate::limits::Exhausted,
+    retry_after: std::time::Duration,
+) -> Response {
     let body = json!({
-        "error": "rate_limited",
-        "error_description": format!("Too many requests ({} budget); retry in {seconds} s", budget.as_str()),
+        "error": code,
+        "error_description": description,
         "budget": budget.as_str(),
     });
     let response = (
@@ -240,7 +254,7 @@ pub fn rate_limited(
         Json(body),
     )
         .into_response();
-    with_retry_after(response, seconds)
+    with_retry_after(response, seconds_to_wait(retry_after))
 }
 
 #[cfg(test)]

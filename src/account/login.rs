@@ -16,7 +16,7 @@ use tower_sessions::Session;
 use super::session::{SessionData, tokens_match};
 use super::throttle;
 use crate::audit::{self, AuditEvent};
-use crate::oauth::authorize::{continue_authorization, current_user};
+use crate::oauth::authorize::{Pending, continue_authorization, current_user};
 use crate::oauth::clients::resolve_client;
 use crate::oauth::error::AuthorizeError;
 use crate::pages::{self, LoginPage, MessagePage};
@@ -126,7 +126,14 @@ pub async fn login_get(
         )
         .await?;
         if !q.request.is_empty() && current_user(&state, &data).await?.is_some() {
-            return continue_authorization(&state, &session, data, &q.request, true).await;
+            return continue_authorization(
+                &state,
+                &session,
+                data,
+                Pending::Kept(q.request.clone()),
+                true,
+            )
+            .await;
         }
         login_page(&state, &session, data, &q.request, "", None).await
     }
@@ -293,7 +300,8 @@ async fn login(
     audit::record(&state.store, event).await?;
 
     if !form.request.is_empty() {
-        return continue_authorization(state, session, data, &form.request, true).await;
+        let pending = Pending::Kept(form.request.clone());
+        return continue_authorization(state, session, data, pending, true).await;
     }
     signed_in_page(state, session, data, &user.username.to_string()).await
 }

@@ -32,8 +32,8 @@ pub enum PasswordError {
     Hash(String),
 }
 
-/// Hashes a new password (argon2id, random salt) on a blocking thread. For the CLI and tests; a
-/// server path hashes on its [`PasswordPool`].
+/// Hashes a new password (argon2id, random salt) on a blocking thread (the CLI sets passwords;
+/// the server only checks them, on its [`PasswordPool`]).
 pub async fn hash(password: String) -> Result<String, PasswordError> {
     if !(MIN_LEN..=MAX_LEN).contains(&password.chars().count()) {
         return Err(PasswordError::Length);
@@ -107,50 +107,24 @@ struct Counters {
     done: AtomicU64,
 }
 
-enum Job {
-    Verify {
-        password: String,
-        stored: Option<String>,
-        reply: oneshot::Sender<bool>,
-    },
-    Hash {
-        password: String,
-        reply: oneshot::Sender<Result<String, PasswordError>>,
-    },
+/// One password to check, and where its answer goes.
+struct Job {
+    password: String,
+    stored: Option<String>,
+    reply: oneshot::Sender<bool>,
 }
 
 impl Job {
-    /// The asker gave up (its client went away): the work would be wasted.
-    fn abandoned(&self) -> bool {
-        match self {
-            Self::Verify { reply, .. } => reply.is_closed(),
-            Self::Hash { reply, .. } => reply.is_closed(),
-        }
-    }
-
-    /// Does the work; `finished` runs before the answer is sent, so an asker that has its answer
-    /// finds the pool's counters already up to date.
+    /// Checks the password; `finished` runs before the answer is sent, so an asker that has its
+    /// answer finds the pool's counters already up to date.
     fn run(self, finished: impl FnOnce()) {
-        match self {
-            Self::Verify {
-                password,
-                stored,
-                reply,
-            } => {
-                let matched = verify_now(&password, stored.as_deref());
-                finished();
-                let _ = reply.send(matched);
-            }
-            Self::Hash { password, reply } => {
-                let hashed = hash_now(&password);
-                finished();
-                let _ = reply.send(hashed);
-            }
-        }
+        let matched = verify_now(&self.password, self.stored.as_deref());
+        finished();
+        let _ = self.reply.send(matched);
     }
 }
 
-/// Threads that hash and check passwords, behind a bounded queue (see the module's account).
+/// Threads that check passwords, behind a bounded queue (see the module's account).
 /// The threads end when the last clone of the pool is dropped.
 #[derive(Clone)]
 pub struct PasswordPool {
@@ -197,25 +171,13 @@ impl PasswordPool {
             return Ok(false);
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Verify {
+        self.submit(Job {
             password,
             stored,
             reply,
         })?;
         // A worker that died with the job (it cannot panic, but if it did): not a match.
         Ok(answer.await.unwrap_or(false))
-    }
-
-    /// Hashes a new password (argon2id, random salt).
-    pub async fn hash(&self, password: String) -> Result<Result<String, PasswordError>, Busy> {
-        if !(MIN_LEN..=MAX_LEN).contains(&password.chars().count()) {
-            return Ok(Err(PasswordError::Length));
-        }
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Hash { password, reply })?;
-        Ok(answer
-            .await
-            .unwrap_or_else(|_| Err(PasswordError::Hash("the hashing thread stopped".into()))))
     }
 
     fn submit(&self, job: Job) -> Result<(), Busy> {
@@ -266,7 +228,8 @@ fn work(receiver: &Mutex<Receiver<Job>>, counters: &Counters) {
             receiver.recv()
         };
         let Ok(job) = job else { return };
-        if job.abandoned() {
+        // The asker gave up (its client went away): the work would be wasted.
+        if job.reply.is_closed() {
             counters.in_flight.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
@@ -302,20 +265,11 @@ mod tests {
             pool.verify("correct horse".to_owned(), None).await,
             Ok(false)
         );
-        let pooled = pool
-            .hash("another horse".to_owned())
-            .await
-            .expect("room")
-            .expect("hash");
-        assert_eq!(
-            pool.verify("another horse".to_owned(), Some(pooled)).await,
-            Ok(true)
-        );
         assert!(matches!(
             hash("short".to_owned()).await,
             Err(PasswordError::Length)
         ));
-        assert_eq!(pool.stats().done, 5);
+        assert_eq!(pool.stats().done, 3);
     }
 
     /// Beyond the workers and the queue, a check is refused at once; nothing more ever runs or

@@ -137,41 +137,41 @@ where
     }
 }
 
+/// The budget's headers. (A refusal's `Retry-After` is set by [`web::rate_limited`].)
 fn rate_headers(response: &mut axum::response::Response, budget: Budget) {
     let h = response.headers_mut();
     h.insert("x-ratelimit-limit", HeaderValue::from(budget.limit));
     h.insert("x-ratelimit-remaining", HeaderValue::from(budget.remaining));
-    if let Some(wait) = budget.retry_after {
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(web::seconds_to_wait(wait)),
-        );
+}
+
+/// The JSON-RPC messages of a body: the one, or a batch's; none when it is not JSON. Parsed once
+/// for every question the layer asks of it.
+fn messages(body: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => vec![other],
+        Err(_) => Vec::new(),
     }
 }
 
-/// Whether a JSON-RPC body is an `initialize` request (which opens a session in stateful mode).
-fn is_initialize(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .is_some_and(|v| v.get("method").and_then(Value::as_str) == Some("initialize"))
+fn method(message: &Value) -> Option<&str> {
+    message.get("method").and_then(Value::as_str)
+}
+
+/// Whether the messages are an `initialize` request (which opens a session in stateful mode).
+fn is_initialize(messages: &[Value]) -> bool {
+    matches!(messages, [one] if method(one) == Some("initialize"))
 }
 
 /// How long a refused new session is told to wait: sessions end after their idle timeout, so
 /// room comes back within it; a client that retries sooner is refused again at no cost.
 const SESSIONS_FULL_RETRY_AFTER: u64 = 30;
 
-/// The tools a JSON-RPC body calls (`tools/call`), for a single message or a batch.
-fn called_tools(body: &[u8]) -> Vec<String> {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    let messages = match value {
-        Value::Array(items) => items,
-        other => vec![other],
-    };
+/// The tools the messages call (`tools/call`).
+fn called_tools(messages: &[Value]) -> Vec<String> {
     messages
         .iter()
-        .filter(|m| m.get("method").and_then(Value::as_str) == Some("tools/call"))
+        .filter(|m| method(m) == Some("tools/call"))
         .filter_map(|m| {
             m.pointer("/params/name")
                 .and_then(Value::as_str)
@@ -318,8 +318,9 @@ impl Guard {
         let body = if parts.method == Method::POST {
             match axum::body::to_bytes(body, config.mcp.max_body_bytes).await {
                 Ok(bytes) => {
-                    opens_session = self.stateful && is_initialize(&bytes);
-                    for tool in called_tools(&bytes) {
+                    let messages = messages(&bytes);
+                    opens_session = self.stateful && is_initialize(&messages);
+                    for tool in called_tools(&messages) {
                         for scope in GatehouseMcp::scopes_for(&self.state, &tool) {
                             if !needed.contains(&scope) {
                                 needed.push(scope);
@@ -495,9 +496,9 @@ mod tests {
     #[test]
     fn tools_called_in_single_and_batch_messages() {
         let single = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
-        assert_eq!(called_tools(single), ["whoami"]);
+        assert_eq!(called_tools(&messages(single)), ["whoami"]);
         let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_activity_log"}}]"#;
-        assert_eq!(called_tools(batch), ["get_activity_log"]);
-        assert!(called_tools(b"not json").is_empty());
+        assert_eq!(called_tools(&messages(batch)), ["get_activity_log"]);
+        assert!(called_tools(&messages(b"not json")).is_empty());
     }
 }

@@ -54,26 +54,13 @@ const MCP_EXPOSE_HEADERS: [&str; 5] = [
 pub fn router(state: &AppState) -> Router<AppState> {
     let sessions = session_manager(&state.config);
     let guard = guard::Guard::new(state.clone(), sessions.clone());
-    routes_with(state, guard::GuardLayer(Arc::new(guard)), sessions)
-}
-
-/// The resource server's routes with `auth` in the bearer layer's place: for the benchmark
-/// that measures that layer against a stand-in, everything else being equal.
-#[doc(hidden)]
-pub fn router_with_auth<L>(state: &AppState, auth: L) -> Router<AppState>
-where
-    L: Layer<Route> + Clone + Send + Sync + 'static,
-    L::Service: Service<Request> + Clone + Send + Sync + 'static,
-    <L::Service as Service<Request>>::Response: IntoResponse + 'static,
-    <L::Service as Service<Request>>::Error: Into<Infallible> + 'static,
-    <L::Service as Service<Request>>::Future: Send + 'static,
-{
-    routes_with(state, auth, session_manager(&state.config))
+    router_with_auth(state, guard::GuardLayer(Arc::new(guard)), sessions)
 }
 
 /// rmcp's sessions of this instance (stateful mode), ending after `mcp.session_idle_timeout`
 /// without a request.
-fn session_manager(config: &Config) -> Arc<LocalSessionManager> {
+#[doc(hidden)]
+pub fn session_manager(config: &Config) -> Arc<LocalSessionManager> {
     let mut manager = LocalSessionManager::default();
     manager.session_config.keep_alive = Some(std::time::Duration::from_secs(
         config.mcp.session_idle_timeout,
@@ -81,7 +68,15 @@ fn session_manager(config: &Config) -> Arc<LocalSessionManager> {
     Arc::new(manager)
 }
 
-fn routes_with<L>(state: &AppState, auth: L, sessions: Arc<LocalSessionManager>) -> Router<AppState>
+/// The resource server's routes with `auth` in the bearer layer's place (the bearer layer ends
+/// the sessions its bounds evict, so it shares `sessions` with the service): for the benchmark
+/// that measures that layer against a stand-in, everything else being equal.
+#[doc(hidden)]
+pub fn router_with_auth<L>(
+    state: &AppState,
+    auth: L,
+    sessions: Arc<LocalSessionManager>,
+) -> Router<AppState>
 where
     L: Layer<Route> + Clone + Send + Sync + 'static,
     L::Service: Service<Request> + Clone + Send + Sync + 'static,

@@ -338,16 +338,7 @@ async fn authorize(
     let (code_challenge, resource, prompt) = match checked {
         Ok(checked) => checked,
         Err(err) => {
-            let resource = state.config.resource();
-            return Err(to_trusted_redirect(
-                state,
-                &data,
-                &client.id,
-                &resource,
-                operator_client,
-                err,
-            )
-            .await);
+            return Err(to_trusted_redirect(state, &data, &client.id, operator_client, err).await);
         }
     };
     let scopes = requested_scopes(state, &params);
@@ -369,20 +360,7 @@ async fn authorize(
         operator_client,
         public_client: !client.is_confidential(),
     };
-    // The common case, a returning user whose consent stands: the code at once, and the
-    // browser session is neither read twice nor written.
-    if !prompt.login {
-        if let Some(user) = current_user(state, &data).await? {
-            let consent = consent_state(state, &pending, &user).await?;
-            if consent.stands_for(&pending) {
-                return issue_code(state, &pending, &user, &consent.granted, now).await;
-            }
-        }
-    }
-    let id = pending.id.clone();
-    data.add_pending(pending, now);
-    data.save(session).await?;
-    continue_authorization(state, session, data, &id, !prompt.none).await
+    continue_authorization(state, session, data, Pending::New(pending), !prompt.none).await
 }
 
 /// The signed-in user of this session, if their account still exists and neither their
@@ -431,8 +409,13 @@ impl ConsentState {
     pub fn stands_for(&self, pending: &PendingAuthorization) -> bool {
         !self.granted.is_empty()
             && self.granted.iter().all(|s| self.remembered.contains(s))
-            && !pending.force_consent
-            && (!pending.public_client || self.same_redirect)
+            && self.applies_to(pending)
+    }
+
+    /// Whether what was remembered counts for `pending` at all: not under `prompt=consent`, and
+    /// for a public client only at the redirect URI it was given for.
+    pub fn applies_to(&self, pending: &PendingAuthorization) -> bool {
+        !pending.force_consent && (!pending.public_client || self.same_redirect)
     }
 }
 
@@ -472,72 +455,97 @@ pub async fn consent_state(
     })
 }
 
-/// Finishes (or advances) the pending request `id`: to the login page, to the consent page, or
-/// straight back to the client with a code when consent is remembered. `interactive` is false
-/// for `prompt=none`, which answers `login_required` / `consent_required` instead of a page.
+/// A request being authorized: one kept in the browser session (it comes back from the sign-in
+/// page), or one just made, kept there only if a page must be shown for it.
+#[derive(Debug)]
+pub enum Pending {
+    /// Kept in the session under this id.
+    Kept(String),
+    /// Just made by `/authorize`; not in the session yet.
+    New(PendingAuthorization),
+}
+
+/// Finishes (or advances) `pending`: to the login page, to the consent page, or straight back to
+/// the client with a code when consent stands. The session is written only when it changes: a
+/// request goes into it when a page is shown, and a kept one leaves it when it is finished. The
+/// common case, a returning user whose consent stands, writes nothing to the session.
+/// `interactive` is false for `prompt=none`, which answers `login_required` /
+/// `consent_required` instead of a page.
 pub async fn continue_authorization(
     state: &AppState,
     session: &Session,
-    mut data: SessionData,
-    id: &str,
+    data: SessionData,
+    pending: Pending,
     interactive: bool,
 ) -> Result<Response, AuthorizeError> {
     let now = state.clock.now();
-    let Some(pending) = data.pending(id, now).cloned() else {
-        return Err(expired_request());
+    let (pending, kept) = match pending {
+        Pending::Kept(id) => match data.pending(&id, now) {
+            Some(found) => (found.clone(), true),
+            None => return Err(expired_request()),
+        },
+        Pending::New(new) => (new, false),
+    };
+    // Finished: a kept request leaves the session (each works once).
+    let finish = |mut data: SessionData| {
+        let id = pending.id.clone();
+        async move {
+            if kept {
+                data.take_pending(&id);
+                data.save(session).await?;
+            }
+            Ok::<(), AuthorizeError>(())
+        }
+    };
+    // A page to show: a new request enters the session, which the page's form refers to.
+    let show = |mut data: SessionData, route: &'static str| {
+        let pending = pending.clone();
+        async move {
+            let id = pending.id.clone();
+            if !kept {
+                data.add_pending(pending, now);
+                data.save(session).await?;
+            }
+            Ok::<Response, AuthorizeError>(see_other(&format!("{route}?request={id}")))
+        }
     };
     let target = ErrorTarget::for_pending(state, &pending);
     let Some(user) = current_user(state, &data).await? else {
         if !interactive {
-            data.take_pending(id);
-            data.save(session).await?;
+            finish(data).await?;
             let err =
                 AuthorizeError::redirect(&target, "login_required", "the user is not signed in");
-            return Err(pending_refused(state, &data, &pending, err).await);
+            return Err(trusted_or_page(err, pending.operator_client));
         }
-        return Ok(see_other(&format!("{}?request={id}", routes::LOGIN)));
+        return show(data, routes::LOGIN).await;
     };
     let consent = consent_state(state, &pending, &user).await?;
+    // RFC 9700 §4.11.2: an error goes back to an operator's client, or to one this person has
+    // connected (its consent is remembered); to any other, it is shown as a page.
+    let trusted = pending.operator_client || !consent.remembered.is_empty();
     if consent.granted.is_empty() {
-        data.take_pending(id);
-        data.save(session).await?;
+        finish(data).await?;
         let err = AuthorizeError::redirect(
             &target,
             "access_denied",
             "this account may not grant any of the requested scopes",
         );
-        // Consent was remembered for this client (and so its redirect URI trusted) only if
-        // some scope was: the same read answers both.
-        return Err(
-            if consent.remembered.is_empty() && !pending.operator_client {
-                untrusted(err)
-            } else {
-                err
-            },
-        );
+        return Err(trusted_or_page(err, trusted));
     }
     if consent.stands_for(&pending) {
-        data.take_pending(id);
-        data.save(session).await?;
+        finish(data).await?;
         return issue_code(state, &pending, &user, &consent.granted, now).await;
     }
     if !interactive {
-        data.take_pending(id);
-        data.save(session).await?;
+        finish(data).await?;
         let err = AuthorizeError::redirect(
             &target,
             "consent_required",
             "the user has not consented to these scopes",
         );
-        return Err(
-            if consent.remembered.is_empty() && !pending.operator_client {
-                untrusted(err)
-            } else {
-                err
-            },
-        );
+        return Err(trusted_or_page(err, trusted));
     }
-    Ok(see_other(&format!("{}?request={id}", routes::CONSENT)))
+    show(data, routes::CONSENT).await
 }
 
 /// RFC 9700 §4.11.2: `err`, if it is a redirect, goes back to the client only when the server
@@ -547,33 +555,27 @@ async fn to_trusted_redirect(
     state: &AppState,
     data: &SessionData,
     client_id: &str,
-    resource: &str,
     operator_client: bool,
     err: AuthorizeError,
 ) -> AuthorizeError {
     if operator_client || !matches!(err, AuthorizeError::Redirect { .. }) {
         return err;
     }
+    let resource = state.config.resource();
     let consented = match current_user(state, data).await {
         Ok(Some(user)) => matches!(
-            state.store.consent(&user.id, client_id, resource).await,
+            state.store.consent(&user.id, client_id, &resource).await,
             Ok(Some(_))
         ),
         Ok(None) => false,
         Err(read) => return read,
     };
-    if consented { err } else { untrusted(err) }
+    trusted_or_page(err, consented)
 }
 
-/// [`to_trusted_redirect`] for a request in progress.
-async fn pending_refused(
-    state: &AppState,
-    data: &SessionData,
-    pending: &PendingAuthorization,
-    err: AuthorizeError,
-) -> AuthorizeError {
-    let (client, resource) = (&pending.client_id, &pending.resource);
-    to_trusted_redirect(state, data, client, resource, pending.operator_client, err).await
+/// `err` as it is when the redirect URI is trusted, else as the error page ([`untrusted`]).
+fn trusted_or_page(err: AuthorizeError, trusted: bool) -> AuthorizeError {
+    if trusted { err } else { untrusted(err) }
 }
 
 /// A redirect error shown as the error page instead: the person learns what went wrong and is

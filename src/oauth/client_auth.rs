@@ -3,6 +3,8 @@
 //! `client_secret_post`. Secrets are compared in constant time; an unknown client is 401
 //! `invalid_client`, on which MCP clients register again (interop checklist item 29).
 
+use std::net::IpAddr;
+
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -15,17 +17,10 @@ use crate::state::AppState;
 
 /// What the client presented.
 #[derive(Debug)]
-pub struct Presented {
+struct Presented {
     client_id: String,
     secret: Option<Secret>,
     basic: bool,
-}
-
-impl Presented {
-    /// The `client_id` presented (not yet authenticated).
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
 }
 
 fn invalid_client(description: &str, basic: bool) -> TokenError {
@@ -37,7 +32,7 @@ fn invalid_client(description: &str, basic: bool) -> TokenError {
 
 /// Reads the client's credentials from the `Authorization: Basic` header or the body, refusing
 /// requests that use two methods at once (RFC 6749 §2.3).
-pub fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, TokenError> {
+fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, TokenError> {
     let body_id = params
         .get("client_id")
         .map_err(|_| TokenError::InvalidRequest("client_id is repeated".into()))?;
@@ -100,9 +95,53 @@ pub fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, Toke
     }
 }
 
+/// Authenticates the client of a request at `/token`, `/revoke` or `/introspect` within the
+/// failure budget (OAuth 2.1 §7.7: guessing secrets, codes and tokens): a request from an address
+/// or for a `client_id` that failed too often is refused untried (`slow_down`), and a failed
+/// authentication counts against both.
+pub async fn authenticate_within_budget(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    headers: &HeaderMap,
+    params: &Params,
+    lookup: Lookup,
+) -> Result<Client, TokenError> {
+    not_too_many_failures(state, ip, None)?;
+    let credentials = presented(headers, params).inspect_err(|e| counted(state, ip, None, e))?;
+    let client_id = credentials.client_id.clone();
+    not_too_many_failures(state, None, Some(&client_id))?;
+    authenticate(state, credentials, lookup)
+        .await
+        .inspect_err(|e| counted(state, ip, Some(&client_id), e))
+}
+
+/// Refuses a request from an address or for a client that failed too often; `client_id` is the
+/// one presented, known or not.
+fn not_too_many_failures(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    client_id: Option<&str>,
+) -> Result<(), TokenError> {
+    match state.limits.credential_failures(ip, client_id) {
+        Some(wait) => Err(TokenError::SlowDown(wait)),
+        None => Ok(()),
+    }
+}
+
+/// Counts `error` against the address and the client when it is what guessing a client secret,
+/// a code or a refresh token produces (`invalid_client`, `invalid_grant`).
+pub fn counted(state: &AppState, ip: Option<IpAddr>, client_id: Option<&str>, error: &TokenError) {
+    if matches!(
+        error,
+        TokenError::InvalidClient { .. } | TokenError::InvalidGrant(_)
+    ) {
+        state.limits.credential_failed(ip, client_id);
+    }
+}
+
 /// Authenticates the client that presented `credentials`; `lookup` says whether a recently read
 /// copy of the client will do (see [`crate::oauth::clients::ClientCache`]).
-pub async fn authenticate(
+async fn authenticate(
     state: &AppState,
     credentials: Presented,
     lookup: Lookup,

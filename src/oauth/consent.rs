@@ -82,11 +82,11 @@ async fn consent_page(
         .map_err(|_| expired_request())?;
     let consent = consent_state(state, &pending, &user).await?;
     // A public client at another redirect URI is asked for everything again, as if new.
-    let stands = !pending.force_consent && (!pending.public_client || consent.same_redirect);
+    let applies = consent.applies_to(&pending);
     let (kept, new): (Vec<_>, Vec<_>) = consent
         .granted
         .iter()
-        .partition(|s| stands && consent.remembered.contains(s));
+        .partition(|s| applies && consent.remembered.contains(s));
     let redirect_host = client
         .redirect_uri(&pending.redirect_uri)
         .and_then(|u| u.host().map(str::to_owned))

@@ -334,9 +334,17 @@ impl TokenError {
 impl IntoResponse for TokenError {
     fn into_response(self) -> Response {
         let code = self.code();
+        if let Self::SlowDown(wait) = self {
+            let budget = crate::limits::Exhausted::Failures;
+            let mut response = web::too_many(code, &self.to_string(), budget, wait);
+            response.headers_mut().insert(
+                axum::http::header::PRAGMA,
+                axum::http::HeaderValue::from_static("no-cache"),
+            );
+            return response;
+        }
         let (status, description) = match &self {
             Self::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, self.to_string()),
-            Self::SlowDown(_) => (StatusCode::TOO_MANY_REQUESTS, self.to_string()),
             Self::Internal(cause) => {
                 tracing::error!(cause = %cause, "token endpoint failed");
                 (
@@ -359,24 +367,6 @@ impl IntoResponse for TokenError {
                     "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
                 ),
             );
-        }
-        if let Self::SlowDown(wait) = self {
-            // Every 429 names its budget, as `web::rate_limited` does.
-            let seconds = web::seconds_to_wait(wait);
-            let body = serde_json::json!({
-                "error": code,
-                "error_description": description,
-                "budget": crate::limits::Exhausted::Failures.as_str(),
-            });
-            let mut response = (status, axum::Json(body)).into_response();
-            let headers = response.headers_mut();
-            for (name, value) in [
-                (axum::http::header::CACHE_CONTROL, "no-store"),
-                (axum::http::header::PRAGMA, "no-cache"),
-            ] {
-                headers.insert(name, axum::http::HeaderValue::from_static(value));
-            }
-            return web::with_retry_after(response, seconds);
         }
         response
     }

@@ -11,12 +11,12 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::client_auth::{authenticate, presented};
+use super::client_auth::authenticate_within_budget;
 use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::required;
 use super::revoke::{KnownToken, identify};
-use super::token::{counted, form_params, not_too_many_failures};
+use super::token::form_params;
 use crate::state::AppState;
 use crate::web::ClientIp;
 
@@ -27,34 +27,25 @@ pub async fn introspect_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut client_id = None;
-    match introspect(&state, ip, &mut client_id, &headers, body).await {
+    match introspect(&state, ip, &headers, body).await {
         Ok(doc) => {
             let mut out = Json(doc).into_response();
             out.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             out
         }
-        Err(err) => {
-            counted(&state, ip, client_id.as_deref(), &err);
-            err.into_response()
-        }
+        Err(err) => err.into_response(),
     }
 }
 
 async fn introspect(
     state: &AppState,
     ip: Option<IpAddr>,
-    client_id: &mut Option<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, TokenError> {
-    not_too_many_failures(state, ip, None)?;
     let params = form_params(headers, body)?;
-    let credentials = presented(headers, &params)?;
-    *client_id = Some(credentials.client_id().to_owned());
-    not_too_many_failures(state, None, client_id.as_deref())?;
-    let client = authenticate(state, credentials, Lookup::Fresh).await?;
+    let client = authenticate_within_budget(state, ip, headers, &params, Lookup::Fresh).await?;
     if !client.is_confidential() {
         return Err(TokenError::InvalidClient {
             description: "introspection is for clients that authenticate with a secret".into(),

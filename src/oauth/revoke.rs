@@ -12,11 +12,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::client_auth::{authenticate, presented};
+use super::client_auth::authenticate_within_budget;
 use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::{optional, required};
-use super::token::{counted, form_params, not_too_many_failures};
+use super::token::form_params;
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, Secret};
 use crate::state::AppState;
@@ -65,34 +65,25 @@ pub async fn revoke_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut client_id = None;
-    match revoke(&state, ip, &mut client_id, &headers, body).await {
+    match revoke(&state, ip, &headers, body).await {
         Ok(()) => {
             let mut out = StatusCode::OK.into_response();
             out.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             out
         }
-        Err(err) => {
-            counted(&state, ip, client_id.as_deref(), &err);
-            err.into_response()
-        }
+        Err(err) => err.into_response(),
     }
 }
 
 async fn revoke(
     state: &AppState,
     ip: Option<IpAddr>,
-    client_id: &mut Option<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(), TokenError> {
-    not_too_many_failures(state, ip, None)?;
     let params = form_params(headers, body)?;
-    let credentials = presented(headers, &params)?;
-    *client_id = Some(credentials.client_id().to_owned());
-    not_too_many_failures(state, None, client_id.as_deref())?;
-    let client = authenticate(state, credentials, Lookup::Fresh).await?;
+    let client = authenticate_within_budget(state, ip, headers, &params, Lookup::Fresh).await?;
     let token = required(&params, "token")?;
     // RFC 7009 §2.1: the hint is only a hint; both kinds are looked up.
     let _hint = optional(&params, "token_type_hint")?;

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::client_auth::{authenticate, presented};
+use super::client_auth::{authenticate_within_budget, counted};
 use super::clients::Lookup;
 use super::error::TokenError;
 use super::grants::{self, GrantType};
@@ -66,14 +66,7 @@ pub async fn token_post(
 ) -> Response {
     match token(&state, ip, &headers, body).await {
         Ok(response) => token_json(&response),
-        Err(failure) => {
-            let Failure {
-                error,
-                presented,
-                client_id,
-                grant_type,
-            } = failure;
-            counted(&state, ip, presented.as_deref(), &error);
+        Err((error, client_id, grant_type)) => {
             let audited = match &error {
                 TokenError::Internal(_) => false,
                 // A flood of refusals is audited once a minute per address, not once each.
@@ -99,50 +92,9 @@ pub async fn token_post(
     }
 }
 
-/// Refuses a request from an address or for a client that failed too often (OAuth 2.1 §7.7);
-/// `client_id` is the one presented, known or not.
-pub fn not_too_many_failures(
-    state: &AppState,
-    ip: Option<IpAddr>,
-    client_id: Option<&str>,
-) -> Result<(), TokenError> {
-    match state.limits.credential_failures(ip, client_id) {
-        Some(wait) => Err(TokenError::SlowDown(wait)),
-        None => Ok(()),
-    }
-}
-
-/// Counts `error` against the address and the presented client when it is what guessing a
-/// client secret, a code or a refresh token produces.
-pub fn counted(state: &AppState, ip: Option<IpAddr>, client_id: Option<&str>, error: &TokenError) {
-    if matches!(
-        error,
-        TokenError::InvalidClient { .. } | TokenError::InvalidGrant(_)
-    ) {
-        state.limits.credential_failed(ip, client_id);
-    }
-}
-
-/// A refused token request, with what the audit log and the failure budget need.
-struct Failure {
-    error: TokenError,
-    /// The `client_id` the request presented, authenticated or not.
-    presented: Option<String>,
-    /// The client, once authenticated.
-    client_id: Option<String>,
-    grant_type: Option<String>,
-}
-
-impl Failure {
-    fn early(error: TokenError) -> Self {
-        Self {
-            error,
-            presented: None,
-            client_id: None,
-            grant_type: None,
-        }
-    }
-}
+/// A refused token request: the error, the authenticated client and the grant type, for the
+/// audit log.
+type Failure = (TokenError, Option<String>, Option<String>);
 
 async fn token(
     state: &AppState,
@@ -150,58 +102,47 @@ async fn token(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<TokenResponse, Failure> {
-    not_too_many_failures(state, ip, None).map_err(Failure::early)?;
-    let params = form_params(headers, body).map_err(Failure::early)?;
+    let params = form_params(headers, body).map_err(|e| (e, None, None))?;
     // grant_type first: an unknown one is unsupported_grant_type whatever else is wrong.
     let grant_type = match params.get("grant_type") {
         Ok(Some(g)) => g,
         Ok(None) => {
-            return Err(Failure::early(TokenError::InvalidRequest(
-                "grant_type is required".into(),
-            )));
+            return Err((
+                TokenError::InvalidRequest("grant_type is required".into()),
+                None,
+                None,
+            ));
         }
         Err(_) => {
-            return Err(Failure::early(TokenError::InvalidRequest(
-                "grant_type is repeated".into(),
-            )));
+            return Err((
+                TokenError::InvalidRequest("grant_type is repeated".into()),
+                None,
+                None,
+            ));
         }
     };
     let Some(grant) = GrantType::parse(grant_type) else {
         let err = TokenError::UnsupportedGrantType(format!(
             "grant_type {grant_type:?} is not supported; use authorization_code, refresh_token or client_credentials"
         ));
-        return Err(Failure {
-            grant_type: Some(grant_type.to_owned()),
-            ..Failure::early(err)
-        });
+        return Err((err, None, Some(grant_type.to_owned())));
     };
-    let fail = |error: TokenError, presented: Option<&str>, client: Option<String>| Failure {
-        error,
-        presented: presented.map(str::to_owned),
-        client_id: client,
-        grant_type: Some(grant.as_str().to_owned()),
-    };
+    let fail = |e: TokenError, client: Option<String>| (e, client, Some(grant.as_str().to_owned()));
     if let Some(name) = params.repeated() {
         return Err(fail(
             TokenError::InvalidRequest(format!("parameter {name} is repeated")),
             None,
-            None,
         ));
     }
-    let credentials = presented(headers, &params).map_err(|e| fail(e, None, None))?;
-    let presented_id = credentials.client_id().to_owned();
-    let presented_id = Some(presented_id.as_str());
-    not_too_many_failures(state, None, presented_id).map_err(|e| fail(e, None, None))?;
     // Exchanges and refreshes only continue what a grant or code already started; client
     // credentials start a grant, so they read the client afresh.
     let lookup = match grant {
         GrantType::AuthorizationCode | GrantType::RefreshToken => Lookup::Cached,
         GrantType::ClientCredentials => Lookup::Fresh,
     };
-    let client = authenticate(state, credentials, lookup)
+    let client = authenticate_within_budget(state, ip, headers, &params, lookup)
         .await
-        .map_err(|e| fail(e, presented_id, None))?;
-    let client_id = Some(client.id.clone());
+        .map_err(|e| fail(e, None))?;
     let result = match grant {
         GrantType::AuthorizationCode => {
             grants::authorization_code::exchange(state, &client, &params).await
@@ -211,5 +152,9 @@ async fn token(
             grants::client_credentials::issue(state, &client, &params).await
         }
     };
-    result.map_err(|e| fail(e, presented_id, client_id))
+    result.map_err(|e| {
+        // A bad code or refresh token counts against the address and the client.
+        counted(state, ip, Some(&client.id), &e);
+        fail(e, Some(client.id.clone()))
+    })
 }

@@ -347,15 +347,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::query(
-            "DELETE FROM authorization_codes WHERE consumed_at IS NULL \
-             AND (($1 IS NOT NULL AND user_id = $1) OR ($2 IS NOT NULL AND client_id = $2))",
-        )
-        .bind(user_id)
-        .bind(client_id)
-        .execute(&mut *tx)
-        .await?;
-        let ids = revoke_live_grants(&mut tx, user_id, client_id, reason, now).await?;
+        let ids = end_grants_and_codes(&mut tx, user_id, client_id, reason, now).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -429,6 +421,26 @@ pub(super) async fn finish_removal(
     let revoked = revoke_live_grants(&mut tx, user_id, client_id, reason, now).await?;
     tx.commit().await?;
     Ok(Some(revoked))
+}
+
+/// Voids the codes not yet redeemed of a user or of a client and revokes their live grants, on
+/// `conn` (a transaction of the caller's); the revoked grants' ids.
+pub(super) async fn end_grants_and_codes(
+    conn: &mut sqlx::AnyConnection,
+    user_id: Option<&str>,
+    client_id: Option<&str>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query(
+        "DELETE FROM authorization_codes WHERE consumed_at IS NULL \
+         AND (($1 IS NOT NULL AND user_id = $1) OR ($2 IS NOT NULL AND client_id = $2))",
+    )
+    .bind(user_id)
+    .bind(client_id)
+    .execute(&mut *conn)
+    .await?;
+    revoke_live_grants(conn, user_id, client_id, reason, now).await
 }
 
 /// Revokes every live grant of a user or of a client on `conn` (a transaction of the caller's);

@@ -179,7 +179,14 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let revoked = end_grants_and_codes(&mut tx, &user_id, "password changed", at).await?;
+        let revoked = super::grants::end_grants_and_codes(
+            &mut tx,
+            Some(&user_id),
+            None,
+            "password changed",
+            at,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(revoked))
     }
@@ -205,7 +212,8 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        let revoked = end_grants_and_codes(&mut tx, user_id, reason, at).await?;
+        let revoked =
+            super::grants::end_grants_and_codes(&mut tx, Some(user_id), None, reason, at).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -382,19 +390,4 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("server secret {name} vanished")))
     }
-}
-
-/// Deletes the codes of `user_id` not yet redeemed and revokes their live grants, on `conn` (a
-/// transaction of the caller's); the revoked grants' ids.
-async fn end_grants_and_codes(
-    conn: &mut sqlx::AnyConnection,
-    user_id: &str,
-    reason: &str,
-    at: OffsetDateTime,
-) -> Result<Vec<String>, StoreError> {
-    sqlx::query("DELETE FROM authorization_codes WHERE user_id = $1 AND consumed_at IS NULL")
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
-    super::grants::revoke_live_grants(conn, Some(user_id), None, reason, at).await
 }
