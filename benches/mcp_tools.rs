@@ -172,11 +172,7 @@ fn main() {
         );
         let bare = gatehouse::app_with_mcp(
             state.clone(),
-            gatehouse::mcp::router_with_auth(
-                &state,
-                stand_in,
-                gatehouse::mcp::session_manager(&state.config),
-            ),
+            gatehouse::mcp::router_with_auth(&state, stand_in),
         );
         // Warm both (token cache, connections).
         for _ in 0..20.min(total) {

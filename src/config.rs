@@ -207,8 +207,9 @@ pub enum SessionMode {
     /// no memory between requests and works across instances without sticky sessions.
     #[default]
     Stateless,
-    /// A session per `initialize` (`Mcp-Session-Id`), kept in this instance's memory within
-    /// the bounds below, for servers that push messages to clients.
+    /// A session per `initialize` (`Mcp-Session-Id`), for clients that expect one: a record of
+    /// its owner and last use in this instance's memory, within the bounds below. Requests are
+    /// served as in stateless mode; a session only has to be recognised.
     Stateful,
 }
 
@@ -242,8 +243,7 @@ pub struct McpConfig {
     /// Default 16.
     pub max_sessions_per_user: usize,
     /// Stateful mode: most live sessions in this instance; past it a new session is refused
-    /// with 503 and `Retry-After`, and the live ones keep working. Default 1000 (each idle
-    /// session holds about 155 KB).
+    /// with 503 and `Retry-After`, and the live ones keep working. Default 10000.
     pub max_sessions: usize,
 }
 
@@ -264,7 +264,7 @@ impl Default for McpConfig {
             session_mode: SessionMode::Stateless,
             session_idle_timeout: 300,
             max_sessions_per_user: 16,
-            max_sessions: 1000,
+            max_sessions: 10_000,
         }
     }
 }
@@ -847,12 +847,12 @@ impl Config {
             problems.push("mcp rate limits must be at least 1 request per minute".to_owned());
         }
         if !(10..=86_400).contains(&mcp.session_idle_timeout)
-            || !(1..=1000).contains(&mcp.max_sessions_per_user)
+            || !(1..=mcp.max_sessions).contains(&mcp.max_sessions_per_user)
             || !(1..=1_000_000).contains(&mcp.max_sessions)
         {
             problems.push(format!(
-                "mcp.session_idle_timeout must be 10 to 86400 seconds, mcp.max_sessions_per_user 1 to 1000 and mcp.max_sessions 1 to 1000000, not {}, {} and {}",
-                mcp.session_idle_timeout, mcp.max_sessions_per_user, mcp.max_sessions
+                "mcp.session_idle_timeout must be 10 to 86400 seconds, mcp.max_sessions 1 to 1000000 and mcp.max_sessions_per_user 1 to mcp.max_sessions, not {}, {} and {}",
+                mcp.session_idle_timeout, mcp.max_sessions, mcp.max_sessions_per_user
             ));
         }
         if mcp.clock_leeway > 300 {

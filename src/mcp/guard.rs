@@ -14,9 +14,11 @@
 //!    JSON-RPC body, at most `mcp.max_body_bytes`); else 403 `insufficient_scope` listing every
 //!    scope the request needs;
 //! 5. an `Mcp-Session-Id` this instance did not issue to this subject (or that has ended) is
-//!    answered as unknown (404); a new session past `mcp.max_sessions` is refused (503);
-//! 6. the caller's [`Principal`] goes into the request's extensions for the service, and a
-//!    new session past `mcp.max_sessions_per_user` ends that subject's oldest.
+//!    answered as unknown (404); `DELETE` of a live one ends it; in stateful mode an
+//!    `initialize` past `mcp.max_sessions` is refused (503) ([`super::sessions`]);
+//! 6. the caller's [`Principal`] goes into the request's extensions for the service; a
+//!    successful `initialize` in stateful mode opens a session (its id on the response), which
+//!    past `mcp.max_sessions_per_user` ends that subject's oldest.
 //!
 //! Every response carries `X-RateLimit-Limit` and `X-RateLimit-Remaining`. Refusals are audited
 //! (at most once a minute per client and reason, so a flood cannot flood the audit log).
@@ -42,7 +44,6 @@ use crate::audit::{self, AuditEvent};
 use crate::limits::{Budget, Exhausted};
 use crate::state::AppState;
 use crate::web;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -51,15 +52,13 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub struct Guard {
     state: AppState,
     verifier: TokenVerifier,
-    sessions: SessionOwners,
-    /// rmcp's sessions, to end those the bounds evict (stateful mode).
-    manager: Arc<LocalSessionManager>,
+    sessions: Arc<SessionOwners>,
     stateful: bool,
 }
 
 impl Guard {
     /// A guard for `state`'s resource.
-    pub fn new(state: AppState, manager: Arc<LocalSessionManager>) -> Self {
+    pub fn new(state: AppState) -> Self {
         let implies = state
             .config
             .scopes
@@ -76,17 +75,19 @@ impl Guard {
             implies,
         );
         let mcp = &state.config.mcp;
-        let sessions = SessionOwners::new(
+        let sessions = Arc::new(SessionOwners::new(
             std::time::Duration::from_secs(mcp.session_idle_timeout),
             mcp.max_sessions_per_user,
             mcp.max_sessions,
-        );
+        ));
         let stateful = mcp.session_mode == crate::config::SessionMode::Stateful;
+        if stateful {
+            SessionOwners::sweep_while_alive(&sessions);
+        }
         Self {
             state,
             verifier,
             sessions,
-            manager,
             stateful,
         }
     }
@@ -370,7 +371,7 @@ impl Guard {
             if self
                 .sessions
                 .owner(id)
-                .is_none_or(|owner| owner != principal.subject)
+                .is_none_or(|owner| *owner != *principal.subject)
             {
                 let mut response = web::json_error(
                     StatusCode::NOT_FOUND,
@@ -410,8 +411,15 @@ impl Guard {
             return response;
         }
 
+        // The client ends its session (the transport's `DELETE`); the service has nothing of it.
+        if let (Some(id), &Method::DELETE) = (&session, &parts.method) {
+            self.sessions.end(id);
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            rate_headers(&mut response, budget);
+            return response;
+        }
+
         // 7. Serve, with the caller in the extensions.
-        let method = parts.method.clone();
         let mut request = Request::from_parts(parts, body);
         request.extensions_mut().insert(principal.clone());
         let response = match inner.call(request).await {
@@ -419,35 +427,27 @@ impl Guard {
             Err(never) => match never {},
         };
         let mut response = response.map(Body::new);
-        if response.status().is_success() {
-            match (
-                &session,
-                response
-                    .headers()
-                    .get(SESSION_HEADER)
-                    .and_then(|v| v.to_str().ok()),
-            ) {
-                (None, Some(created)) => {
-                    let evicted = self.sessions.bind(created, &principal.subject);
-                    self.end_sessions(evicted, &principal, ip).await;
+        if opens_session && session.is_none() && response.status() == StatusCode::OK {
+            match self.sessions.open(&principal.subject) {
+                Some(opened) => {
+                    if let Ok(value) = HeaderValue::from_str(&opened.id) {
+                        response.headers_mut().insert(SESSION_HEADER, value);
+                    }
+                    self.audit_evictions(opened.evicted, &principal, ip).await;
                 }
-                (Some(id), _) if method == Method::DELETE => self.sessions.forget(id),
-                _ => {}
+                None => tracing::warn!(
+                    "no random bytes for an MCP session id; the client continues without a session"
+                ),
             }
         }
         rate_headers(&mut response, budget);
         response
     }
 
-    /// Ends sessions the per-user bound evicted (their next request gets 404, as for any
-    /// unknown session), auditing each.
-    async fn end_sessions(&self, evicted: Vec<String>, principal: &Principal, ip: Option<IpAddr>) {
-        use rmcp::transport::streamable_http_server::session::SessionManager;
-        for id in evicted {
-            let session: rmcp::transport::common::server_side_http::SessionId = id.as_str().into();
-            if let Err(err) = self.manager.close_session(&session).await {
-                tracing::warn!(error = %err, "cannot end an evicted MCP session");
-            }
+    /// Audits the sessions the per-user bound ended (their next request gets 404, as for any
+    /// unknown session).
+    async fn audit_evictions(&self, evicted: usize, principal: &Principal, ip: Option<IpAddr>) {
+        for _ in 0..evicted {
             let mut event = AuditEvent::new(
                 "mcp.session_evicted",
                 self.state.clock.now(),

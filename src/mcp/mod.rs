@@ -20,12 +20,12 @@ use axum::http::{HeaderName, Method};
 use axum::response::IntoResponse;
 use axum::routing::Route;
 use axum::routing::get;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::{Config, SessionMode};
+use crate::config::Config;
 use crate::routes;
 use crate::state::AppState;
 use crate::web;
@@ -52,31 +52,14 @@ const MCP_EXPOSE_HEADERS: [&str; 5] = [
 
 /// The resource server's routes.
 pub fn router(state: &AppState) -> Router<AppState> {
-    let sessions = session_manager(&state.config);
-    let guard = guard::Guard::new(state.clone(), sessions.clone());
-    router_with_auth(state, guard::GuardLayer(Arc::new(guard)), sessions)
+    let guard = guard::Guard::new(state.clone());
+    router_with_auth(state, guard::GuardLayer(Arc::new(guard)))
 }
 
-/// rmcp's sessions of this instance (stateful mode), ending after `mcp.session_idle_timeout`
-/// without a request.
+/// The resource server's routes with `auth` in the bearer layer's place: for the benchmark that
+/// measures that layer against a stand-in, everything else being equal.
 #[doc(hidden)]
-pub fn session_manager(config: &Config) -> Arc<LocalSessionManager> {
-    let mut manager = LocalSessionManager::default();
-    manager.session_config.keep_alive = Some(std::time::Duration::from_secs(
-        config.mcp.session_idle_timeout,
-    ));
-    Arc::new(manager)
-}
-
-/// The resource server's routes with `auth` in the bearer layer's place (the bearer layer ends
-/// the sessions its bounds evict, so it shares `sessions` with the service): for the benchmark
-/// that measures that layer against a stand-in, everything else being equal.
-#[doc(hidden)]
-pub fn router_with_auth<L>(
-    state: &AppState,
-    auth: L,
-    sessions: Arc<LocalSessionManager>,
-) -> Router<AppState>
+pub fn router_with_auth<L>(state: &AppState, auth: L) -> Router<AppState>
 where
     L: Layer<Route> + Clone + Send + Sync + 'static,
     L::Service: Service<Request> + Clone + Send + Sync + 'static,
@@ -96,7 +79,7 @@ where
             web::budget,
         ))
         .layer(web::public_cors());
-    let service = mcp_service(state, sessions);
+    let service = mcp_service(state);
     let mcp = Router::new()
         .route_service(routes::MCP, service.clone())
         .route_service(&format!("{}/", routes::MCP), service)
@@ -107,23 +90,22 @@ where
 
 /// The MCP service itself (rmcp, Streamable HTTP), without the bearer layer: it expects a
 /// [`verify::Principal`] in each request's extensions (another layer in the bearer layer's place:
-/// [`router_with_auth`]).
+/// [`router_with_auth`]). It keeps nothing between requests: each is served by a handler made
+/// for it over the process's one tool router, and answered with one JSON body where the tool
+/// sends nothing before its result. Sessions, in stateful mode, are the bearer layer's records
+/// ([`sessions`]).
 fn mcp_service(
     state: &AppState,
-    sessions: Arc<LocalSessionManager>,
-) -> StreamableHttpService<server::GatehouseMcp, LocalSessionManager> {
+) -> StreamableHttpService<server::GatehouseMcp, NeverSessionManager> {
     let mcp_state = state.clone();
     let tools = server::GatehouseMcp::tool_router();
     let mut config =
         StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config));
-    let stateful = state.config.mcp.session_mode == SessionMode::Stateful;
-    config.legacy_session_mode = stateful;
-    // Without sessions, a plain JSON answer where the tool sends nothing before its result: one
-    // body, no event-stream framing.
-    config.json_response = !stateful;
+    config.legacy_session_mode = false;
+    config.json_response = true;
     StreamableHttpService::new(
         move || Ok(server::GatehouseMcp::new(mcp_state.clone(), tools.clone())),
-        sessions,
+        Arc::new(NeverSessionManager::default()),
         config,
     )
 }

@@ -1,42 +1,55 @@
-//! MCP sessions (`Mcp-Session-Id`) in stateful mode (`mcp.session_mode = "stateful"`): who owns
-//! each, and the bounds on how many there are.
+//! MCP sessions (`Mcp-Session-Id`) in stateful mode (`mcp.session_mode = "stateful"`).
 //!
-//! - A session belongs to the subject whose token created it. It keeps working when its owner's
-//!   client refreshes its token; another subject's token with that session id is answered as an
-//!   unknown session (404), never served. Authentication is still checked on every request:
-//!   ownership only ever refuses.
+//! A session here is a record, not a connection: its id, its owner and its last use, a few
+//! hundred bytes. Every request, in a session or not, is served by the same stateless MCP
+//! service (the tool list and schemas are the process's, made once); the built-in tools keep
+//! nothing per session and push nothing, so a session only needs to be recognised. `GET /mcp` is
+//! 405 (no server-initiated stream, which the transport allows), `DELETE` ends the session.
+//!
+//! - An `initialize` request opens one: the id (128 random bits) goes on the response (Streamable
+//!   HTTP transport, "Session Management"). A request without an id is still served: the
+//!   2026-07-28 protocol has no sessions, and nothing here needs one.
+//! - A session belongs to the subject whose token opened it. It keeps working when its owner's
+//!   client refreshes its token; another subject's token with that id is answered as an unknown
+//!   session (404), never served. Authentication is still checked on every request: ownership
+//!   only ever refuses.
 //! - At most `mcp.max_sessions_per_user` live sessions per subject: a new one ends the oldest
 //!   (clients often drop a session and start another without `DELETE`).
 //! - At most `mcp.max_sessions` in this instance: past it a new session is refused (503 with
 //!   `Retry-After`) and the live ones keep working.
-//! - A session with no request for `mcp.session_idle_timeout` is over: rmcp ends it, and it no
-//!   longer counts here.
+//! - A session with no request for `mcp.session_idle_timeout` is over; a sweep forgets such
+//!   sessions and gives their memory back.
 //!
-//! In stateless mode (the default) there are no sessions, and none of this is used.
+//! In stateless mode (the default) no session is opened, and every id is unknown.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use crate::domain::random_token;
+
+/// Random bytes in a session id (128 bits: "globally unique and cryptographically secure").
+const SESSION_ID_BYTES: usize = 16;
 
 #[derive(Debug)]
 struct Entry {
-    owner: String,
+    owner: Arc<str>,
     seen: Instant,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Session id -> owner and last use.
-    sessions: HashMap<String, Entry>,
+    sessions: HashMap<Arc<str>, Entry>,
     /// Owner -> their sessions, oldest first.
-    by_owner: HashMap<String, VecDeque<String>>,
+    by_owner: HashMap<Arc<str>, VecDeque<Arc<str>>>,
 }
 
 impl Inner {
     fn remove(&mut self, session: &str) -> Option<Entry> {
         let entry = self.sessions.remove(session)?;
         if let Some(list) = self.by_owner.get_mut(&entry.owner) {
-            list.retain(|s| s != session);
+            list.retain(|s| &**s != session);
             if list.is_empty() {
                 self.by_owner.remove(&entry.owner);
             }
@@ -44,18 +57,30 @@ impl Inner {
         Some(entry)
     }
 
-    /// Forgets every session idle longer than `idle` at `now`.
+    /// Forgets every session idle longer than `idle` at `now`, and hands back the memory the
+    /// maps no longer need.
     fn expire(&mut self, idle: Duration, now: Instant) {
-        let expired: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| now.duration_since(e.seen) >= idle)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            self.remove(&id);
+        self.sessions
+            .retain(|_, e| now.duration_since(e.seen) < idle);
+        let sessions = &self.sessions;
+        self.by_owner.retain(|_, list| {
+            list.retain(|id| sessions.contains_key(id));
+            !list.is_empty()
+        });
+        if self.sessions.capacity() > 2 * self.sessions.len() + 64 {
+            self.sessions.shrink_to_fit();
+            self.by_owner.shrink_to_fit();
         }
     }
+}
+
+/// A session just opened.
+#[derive(Debug)]
+pub struct Opened {
+    /// Its id, for the `Mcp-Session-Id` response header.
+    pub id: String,
+    /// The owner's sessions it ended (over the per-user bound), oldest first.
+    pub evicted: usize,
 }
 
 /// The live sessions of this instance and their owners.
@@ -79,12 +104,40 @@ impl SessionOwners {
         }
     }
 
+    /// Forgets ended sessions every quarter of the idle timeout (at least every minute) while
+    /// `sessions` lives, so that their memory comes back even when no request arrives. Needs a
+    /// Tokio runtime; without one, sessions are still forgotten when they are next looked at.
+    pub fn sweep_while_alive(sessions: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let period = (sessions.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let weak: Weak<Self> = Arc::downgrade(sessions);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(sessions) = weak.upgrade() else {
+                    return;
+                };
+                sessions.sweep();
+            }
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets the sessions that have ended.
+    pub fn sweep(&self) {
+        self.lock().expire(self.idle, Instant::now());
+    }
+
     /// The owner of `session`, refreshing its last use; `None` when it is unknown or over.
-    pub fn owner(&self, session: &str) -> Option<String> {
+    pub fn owner(&self, session: &str) -> Option<Arc<str>> {
         let now = Instant::now();
         let mut inner = self.lock();
         let entry = inner.sessions.get_mut(session)?;
@@ -105,15 +158,23 @@ impl SessionOwners {
         inner.sessions.len() < self.total
     }
 
-    /// Records that `subject` created `session`. Returns the subject's sessions beyond the
-    /// per-subject bound, oldest first, now forgotten here: the caller ends them.
-    pub fn bind(&self, session: &str, subject: &str) -> Vec<String> {
+    /// Opens a session for `subject`, ending the subject's oldest beyond the per-subject bound.
+    /// `None` only when the system's random source fails.
+    pub fn open(&self, subject: &str) -> Option<Opened> {
+        let id = random_token(SESSION_ID_BYTES).ok()?;
+        let evicted = self.bind(&id, subject);
+        Some(Opened { id, evicted })
+    }
+
+    /// Records that `subject` holds `session`; returns how many of the subject's sessions beyond
+    /// the per-subject bound were ended to make room.
+    fn bind(&self, session: &str, subject: &str) -> usize {
         let now = Instant::now();
+        let idle = self.idle;
         let mut inner = self.lock();
         let inner = &mut *inner;
         // The subject's sessions that ended by themselves are not counted against it.
-        let idle = self.idle;
-        let stale: Vec<String> = inner
+        let stale: Vec<Arc<str>> = inner
             .by_owner
             .get(subject)
             .into_iter()
@@ -129,18 +190,20 @@ impl SessionOwners {
         for id in stale {
             inner.remove(&id);
         }
-        if inner.sessions.contains_key(session) {
-            return Vec::new();
-        }
+        let owner: Arc<str> = match inner.by_owner.get_key_value(subject) {
+            Some((owner, _)) => owner.clone(),
+            None => subject.into(),
+        };
+        let session: Arc<str> = session.into();
         inner.sessions.insert(
-            session.to_owned(),
+            session.clone(),
             Entry {
-                owner: subject.to_owned(),
+                owner: owner.clone(),
                 seen: now,
             },
         );
-        let list = inner.by_owner.entry(subject.to_owned()).or_default();
-        list.push_back(session.to_owned());
+        let list = inner.by_owner.entry(owner).or_default();
+        list.push_back(session);
         let mut evicted = Vec::new();
         while list.len() > self.per_owner {
             if let Some(oldest) = list.pop_front() {
@@ -150,12 +213,12 @@ impl SessionOwners {
         for id in &evicted {
             inner.sessions.remove(id);
         }
-        evicted
+        evicted.len()
     }
 
-    /// Forgets a session (deleted by its client, or ended).
-    pub fn forget(&self, session: &str) {
-        self.lock().remove(session);
+    /// Ends a session (its client deleted it). Whether it was live.
+    pub fn end(&self, session: &str) -> bool {
+        self.lock().remove(session).is_some()
     }
 
     /// Live sessions held.
@@ -176,26 +239,81 @@ mod tests {
     #[test]
     fn each_owner_keeps_the_newest_sessions_and_all_share_the_total() {
         let owners = SessionOwners::new(Duration::from_secs(300), 2, 3);
-        assert!(owners.bind("a1", "alice").is_empty());
-        assert!(owners.bind("a2", "alice").is_empty());
-        assert_eq!(owners.bind("a3", "alice"), ["a1"]);
-        assert_eq!(owners.owner("a1"), None);
-        assert_eq!(owners.owner("a3").as_deref(), Some("alice"));
+        let a1 = owners.open("alice").expect("open");
+        assert_eq!(a1.evicted, 0);
+        assert_eq!(owners.open("alice").expect("open").evicted, 0);
+        let a3 = owners.open("alice").expect("open");
+        assert_eq!(a3.evicted, 1);
+        assert_eq!(owners.owner(&a1.id), None, "the oldest ended");
+        assert_eq!(owners.owner(&a3.id).as_deref(), Some("alice"));
         assert!(owners.has_room());
-        assert!(owners.bind("b1", "bob").is_empty());
+        let b1 = owners.open("bob").expect("open");
         assert_eq!(owners.len(), 3);
         assert!(!owners.has_room());
-        owners.forget("b1");
+        assert!(owners.end(&b1.id));
+        assert!(!owners.end(&b1.id), "ended once");
         assert!(owners.has_room());
     }
 
     #[test]
-    fn idle_sessions_no_longer_count() {
+    fn ids_are_long_random_and_distinct() {
+        let owners = SessionOwners::new(Duration::from_secs(300), 1000, 1000);
+        let ids: std::collections::HashSet<String> = (0..200)
+            .map(|_| owners.open("alice").expect("open").id)
+            .collect();
+        assert_eq!(ids.len(), 200);
+        assert!(ids.iter().all(|id| id.len() >= 22));
+        // Visible ASCII only (the transport's rule for the header value).
+        assert!(
+            ids.iter()
+                .flat_map(|id| id.bytes())
+                .all(|b| (0x21..=0x7e).contains(&b))
+        );
+    }
+
+    #[test]
+    fn idle_sessions_no_longer_count_and_a_sweep_forgets_them() {
         let owners = SessionOwners::new(Duration::ZERO, 1, 1);
-        assert!(owners.bind("a1", "alice").is_empty());
+        let a1 = owners.open("alice").expect("open");
         // Idle for at least zero seconds: over, so there is room, and no eviction is needed.
         assert!(owners.has_room());
-        assert!(owners.bind("a2", "alice").is_empty());
-        assert_eq!(owners.owner("a2"), None);
+        let a2 = owners.open("alice").expect("open");
+        assert_eq!(a2.evicted, 0);
+        assert_eq!(owners.owner(&a1.id), None);
+        owners.sweep();
+        assert!(owners.is_empty());
+        let inner = owners.lock();
+        assert!(inner.by_owner.is_empty());
+    }
+
+    #[test]
+    fn a_sweep_keeps_live_sessions_and_returns_the_maps_memory() {
+        let owners = SessionOwners::new(Duration::from_secs(300), 10_000, 10_000);
+        let live = owners.open("bob").expect("open");
+        for i in 0..5_000 {
+            owners.open(&format!("user{i}")).expect("open");
+        }
+        {
+            // Age everyone but bob's session past the idle timeout.
+            let mut inner = owners.lock();
+            let old = Instant::now()
+                .checked_sub(Duration::from_secs(301))
+                .expect("uptime past five minutes");
+            for (id, entry) in inner.sessions.iter_mut() {
+                if **id != *live.id {
+                    entry.seen = old;
+                }
+            }
+        }
+        owners.sweep();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners.owner(&live.id).as_deref(), Some("bob"));
+        let inner = owners.lock();
+        assert!(
+            inner.sessions.capacity() < 1_000,
+            "{}",
+            inner.sessions.capacity()
+        );
+        assert_eq!(inner.by_owner.len(), 1);
     }
 }

@@ -170,3 +170,73 @@ async fn past_the_total_bound_a_new_session_is_refused_and_the_live_ones_work() 
     assert!(res.status.is_success(), "{} {}", res.status, res.text());
     open(&app, &alice).await;
 }
+
+/// A session is recognised, not kept open: a call in it is served; its id is long and random;
+/// there is no stream to open in it (`GET` is 405, which the transport allows); a request with no
+/// id is still served (the 2026-07-28 protocol has none); `DELETE` ends it (204), after which the
+/// id is unknown (404) and a second `DELETE` is too.
+#[tokio::test]
+async fn a_stateful_session_is_recognised_and_ends_on_delete() {
+    let app = app_with(stateful(16, 100)).await;
+    let alice = token_of(&app, "alice").await;
+    let session = open(&app, &alice).await;
+    assert!(session.len() >= 22, "{session}");
+    assert_ne!(session, open(&app, &alice).await);
+    assert_eq!(call_in(&app, &alice, &session).await, 200);
+    let get = |session: String| {
+        crate::support::request("GET", "/mcp")
+            .header("host", "mcp.example.com")
+            .header("authorization", format!("Bearer {alice}"))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    assert_eq!(app.send(get(session.clone())).await.status, 405);
+    let res = mcp(
+        &app,
+        Some(&alice),
+        None,
+        "2025-06-18",
+        call(3, "whoami", json!({})),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.header("mcp-session-id"),
+        None,
+        "only initialize opens one"
+    );
+    let delete = |session: String| {
+        crate::support::request("DELETE", "/mcp")
+            .header("host", "mcp.example.com")
+            .header("authorization", format!("Bearer {alice}"))
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    assert_eq!(app.send(delete(session.clone())).await.status, 204);
+    assert_eq!(call_in(&app, &alice, &session).await, 404);
+    assert_eq!(app.send(delete(session.clone())).await.status, 404);
+}
+
+/// An `initialize` the service refuses (here a protocol header that contradicts its body) opens
+/// no session and spends none of the bounds.
+#[tokio::test]
+async fn a_refused_initialize_opens_no_session() {
+    let app = app_with(stateful(1, 1)).await;
+    let alice = token_of(&app, "alice").await;
+    let res = mcp(
+        &app,
+        Some(&alice),
+        None,
+        "2025-03-26",
+        initialize("2025-06-18"),
+    )
+    .await;
+    assert_ne!(res.status, 200, "{}", res.text());
+    assert_eq!(res.header("mcp-session-id"), None);
+    open(&app, &alice).await;
+}
