@@ -167,29 +167,12 @@ impl SessionOwners {
     }
 
     /// Records that `subject` holds `session`; returns how many of the subject's sessions beyond
-    /// the per-subject bound were ended to make room.
+    /// the per-subject bound were ended to make room. Amortised constant time below the bound.
     fn bind(&self, session: &str, subject: &str) -> usize {
         let now = Instant::now();
         let idle = self.idle;
         let mut inner = self.lock();
         let inner = &mut *inner;
-        // The subject's sessions that ended by themselves are not counted against it.
-        let stale: Vec<Arc<str>> = inner
-            .by_owner
-            .get(subject)
-            .into_iter()
-            .flatten()
-            .filter(|id| {
-                inner
-                    .sessions
-                    .get(*id)
-                    .is_none_or(|e| now.duration_since(e.seen) >= idle)
-            })
-            .cloned()
-            .collect();
-        for id in stale {
-            inner.remove(&id);
-        }
         let owner: Arc<str> = match inner.by_owner.get_key_value(subject) {
             Some((owner, _)) => owner.clone(),
             None => subject.into(),
@@ -202,18 +185,32 @@ impl SessionOwners {
                 seen: now,
             },
         );
+        let sessions = &mut inner.sessions;
         let list = inner.by_owner.entry(owner).or_default();
-        list.push_back(session);
-        let mut evicted = Vec::new();
+        list.push_back(session.clone());
+        if list.len() <= self.per_owner {
+            return 0;
+        }
+        // At the bound: the subject's sessions that ended by themselves are not counted against
+        // it; then the oldest live ones make room.
+        list.retain(|id| {
+            let live = *id == session
+                || sessions
+                    .get(id)
+                    .is_some_and(|e| now.duration_since(e.seen) < idle);
+            if !live {
+                sessions.remove(id);
+            }
+            live
+        });
+        let mut evicted = 0;
         while list.len() > self.per_owner {
             if let Some(oldest) = list.pop_front() {
-                evicted.push(oldest);
+                sessions.remove(&oldest);
+                evicted += 1;
             }
         }
-        for id in &evicted {
-            inner.sessions.remove(id);
-        }
-        evicted.len()
+        evicted
     }
 
     /// Ends a session (its client deleted it). Whether it was live.
@@ -284,6 +281,28 @@ mod tests {
         assert!(owners.is_empty());
         let inner = owners.lock();
         assert!(inner.by_owner.is_empty());
+    }
+
+    #[test]
+    fn at_the_bound_an_ended_session_makes_room_before_a_live_one() {
+        let owners = SessionOwners::new(Duration::from_secs(300), 3, 100);
+        let ids: Vec<String> = (0..3)
+            .map(|_| owners.open("alice").expect("open").id)
+            .collect();
+        {
+            // The middle one has been idle past the timeout.
+            let mut inner = owners.lock();
+            let entry = inner.sessions.get_mut(ids[1].as_str()).expect("held");
+            entry.seen = Instant::now()
+                .checked_sub(Duration::from_secs(301))
+                .expect("uptime past five minutes");
+        }
+        assert_eq!(owners.open("alice").expect("open").evicted, 0);
+        assert_eq!(owners.owner(&ids[0]).as_deref(), Some("alice"));
+        assert_eq!(owners.owner(&ids[1]), None);
+        assert_eq!(owners.open("alice").expect("open").evicted, 1);
+        assert_eq!(owners.owner(&ids[0]), None, "now the oldest live one ends");
+        assert_eq!(owners.len(), 3);
     }
 
     #[test]
