@@ -11,7 +11,7 @@ server's peak RSS (VmHWM) at the end.
 Usage: benches/mcp_latency.py BASE PID USER PASSWORD [LEVELS=1,16,64] [SECONDS=10]
        [METHOD=tools/call|tools/list] [PROTOCOL=2026-07-28|2025-06-18] [SESSION=no|yes]
 SESSION=yes (with 2025-06-18, against `mcp.session_mode = "stateful"`): each connection first
-opens a session with `initialize` and sends every call in it, answered as an event stream.
+opens a session with `initialize` and sends every call in it.
 The server needs `mcp.rate_limit_per_token` raised out of the way for the measurement. Client
 and server share the machine's cores. Only the Python standard library; loopback targets only.
 """

@@ -8,7 +8,7 @@ use serde_json::json;
 use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 /// `Cache-Control` of the public discovery documents and the JWK set (seconds). Claude caches
-/// discovery for about five minutes anyway (interop checklist item 13).
+/// discovery for about five minutes anyway.
 pub const PUBLIC_DOCUMENT_MAX_AGE: u64 = 300;
 
 /// A JSON error body `{"error": code, "error_description": description}` that is never cached.
@@ -51,7 +51,7 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 /// CORS for the public OAuth surface (discovery, JWK set, registration) that browser-based
 /// clients such as MCP Inspector call: any origin, never credentials, preflights answered (the TS
-/// SDK sends `MCP-Protocol-Version`, which forces one; checklist item 13).
+/// SDK sends `MCP-Protocol-Version`, which forces one).
 pub fn public_cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(Any)

@@ -1,8 +1,8 @@
 //! The issuer identifier (RFC 8414 §2, RFC 9207) and the URLs built from it.
 //!
 //! Clients compare the issuer as a raw string with PRM `authorization_servers[0]`, the metadata
-//! `issuer`, the JWT `iss` and the authorization response `iss` (interop checklist items 1, 12, 19,
-//! 24). So there is exactly one canonical spelling: `scheme://host[:port]`, lower-case, no default
+//! `issuer`, the JWT `iss` and the authorization response `iss` (RFC 8414 §3.3, RFC 9207 §2.4).
+//! So there is exactly one canonical spelling: `scheme://host[:port]`, lower-case, no default
 //! port, no trailing slash, no path, query, fragment or userinfo.
 
 use std::fmt;

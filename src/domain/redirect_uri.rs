@@ -1,6 +1,6 @@
 //! Redirect URIs: what may be registered (RFC 7591 §2, RFC 8252, RFC 9700 §4.1) and how a
 //! requested one is matched against a registered one: exactly, except that a loopback URI
-//! matches on any port (RFC 8252 §7.3; interop checklist item 37).
+//! matches on any port (RFC 8252 §7.3; VS Code and Claude Code use an ephemeral port).
 
 use std::fmt;
 use std::net::IpAddr;

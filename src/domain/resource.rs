@@ -1,6 +1,6 @@
 //! RFC 8707 resource indicators: the MCP resource is one canonical string, and a client's
-//! `resource` names it when it is the same URL up to the variants clients produce (interop
-//! checklist items 2, 42): a trailing slash, and upper-case scheme or host.
+//! `resource` names it when it is the same URL up to the variants clients produce (MCP
+//! authorization spec, canonical server URI): a trailing slash, and upper-case scheme or host.
 
 use url::Url;
 

@@ -7,8 +7,8 @@
 //! Codes and refresh tokens, written by the thousand, begin with the time they were issued (see
 //! [`Secret::generate_ordered`]), and so do grant ids ([`new_grant_id`]): the index entries of
 //! new rows then land at the end of their index, in a few pages shared by every row of a
-//! commit, instead of one random page each that the commit must write again. With random keys a
-//! code exchange wrote about 29 KB; with ordered ones, about 14 KB (`BENCHMARKS.md`).
+//! commit, instead of one random page each that the commit must write again. That makes a code
+//! exchange write far less (`BENCHMARKS.md`).
 
 use std::fmt;
 

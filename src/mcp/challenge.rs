@@ -1,6 +1,6 @@
 //! The `WWW-Authenticate: Bearer` challenge (RFC 6750 §3, RFC 9728 §5.1) in the exact form MCP
-//! clients parse: `Bearer name="value", name="value"`, one challenge, absolute URLs (checklist
-//! items 15-18).
+//! clients parse: `Bearer name="value", name="value"`, one challenge, absolute URLs (the TS SDK
+//! ignores a header that does not start with `Bearer`, and both SDKs find parameters by regex).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -54,7 +54,7 @@ impl BearerChallenge {
 
     /// The 403 challenge for a token that lacks scopes: `scope` lists every scope the request
     /// needs (not only the missing ones), so a client can step up in one round trip (RFC 6750
-    /// §3.1; interop checklist item 17).
+    /// §3.1; MCP authorization spec).
     pub fn insufficient_scope(mut self, needed: &[String]) -> Self {
         self.error = Some((
             "insufficient_scope",

@@ -30,7 +30,7 @@ use crate::routes;
 use crate::state::AppState;
 use crate::web;
 
-/// Request headers browser MCP clients send (checklist section J).
+/// Request headers browser MCP clients send (MCP Streamable HTTP transport).
 const MCP_ALLOW_HEADERS: [&str; 8] = [
     "authorization",
     "content-type",
@@ -71,7 +71,7 @@ where
     let prm = Router::new()
         .route(routes::PRM, get(prm::prm_get))
         .route(routes::PRM_MCP, get(prm::prm_get))
-        // The Python SDK keeps a trailing slash of the server URL (checklist item 8).
+        // The MCP Python SDK keeps a trailing slash of the server URL.
         .route(&format!("{}/", routes::PRM_MCP), get(prm::prm_get))
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,6 +1,6 @@
 //! RFC 9728 Protected Resource Metadata, served identically at
 //! `/.well-known/oauth-protected-resource/mcp` and `/.well-known/oauth-protected-resource`
-//! (checklist items 6-11).
+//! (RFC 9728 §3; clients try the path-aware URL first, then the root).
 
 use axum::extract::State;
 use axum::response::Response;
@@ -13,11 +13,11 @@ use crate::web;
 /// The RFC 9728 §2 document.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ProtectedResourceMetadata {
-    /// Exactly `{issuer}/mcp`, the URL users paste (checklist item 10).
+    /// Exactly `{issuer}/mcp`, the URL users paste (RFC 9728 §3.3).
     pub resource: String,
-    /// The issuer, byte-identical to the AS metadata `issuer` (checklist item 12).
+    /// The issuer, byte-identical to the AS metadata `issuer` (clients compare raw strings).
     pub authorization_servers: Vec<String>,
-    /// The scope catalog; never `offline_access` (checklist item 11).
+    /// The scope catalog; never `offline_access` (MCP authorization spec).
     pub scopes_supported: Vec<String>,
     /// Tokens only in the `Authorization` header.
     pub bearer_methods_supported: Vec<&'static str>,

@@ -3,7 +3,7 @@
 //! is signed in and has consented.
 //!
 //! Until the client and redirect URI are known good, every failure is an error page; after,
-//! failures go back to the client (interop checklist items 35-38; RFC 9700 §4.1), but only to a
+//! failures go back to the client (RFC 6749 §4.1.2.1; RFC 9700 §4.1), but only to a
 //! redirect URI the server trusts (RFC 9700 §4.11.2): an operator's client, or one the signed-in
 //! person has already connected. Anyone can register a client whose redirect URI is a phishing
 //! page; without that rule any error would send a browser there with no one's consent.
@@ -168,7 +168,7 @@ fn check_response_type(params: &Params, target: &ErrorTarget) -> Result<(), Auth
     }
 }
 
-/// Step 6: PKCE with S256 is required; `plain` is refused (RFC 7636 §4.3; interop item 35).
+/// Step 6: PKCE with S256 is required; `plain` is refused (RFC 7636 §4.3; MCP authorization spec).
 fn check_pkce(params: &Params, target: &ErrorTarget) -> Result<String, AuthorizeError> {
     let challenge = params
         .get("code_challenge")

@@ -1,7 +1,7 @@
 //! Client authentication at the token, revocation and introspection endpoints (RFC 6749 §2.3):
 //! `none` (public clients send only `client_id`), `client_secret_basic` and
 //! `client_secret_post`. Secrets are compared in constant time; an unknown client is 401
-//! `invalid_client`, on which MCP clients register again (interop checklist item 29).
+//! `invalid_client`, on which MCP clients (Claude, the TS SDK) register again.
 
 use std::net::IpAddr;
 

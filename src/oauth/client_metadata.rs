@@ -1,13 +1,12 @@
 //! Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document; MCP 2025-11-25
 //! and later): a `client_id` that is an https URL names a JSON document describing the client.
 //!
-//! Interop checklist items 31-34: only a 200 counts, redirects are not followed, the body is
-//! capped at 5 KB, the document's `client_id` must equal the URL byte for byte, `redirect_uris`
-//! is required, secret-based authentication is refused, and `none` is negotiated when the
-//! document prefers `private_key_jwt` but also supports `none` (ChatGPT). SSRF (RFC 6890): the
-//! host is resolved once by our own resolver, which refuses special-use addresses, and the
-//! connection goes only to the addresses it returned. Documents are cached within bounds;
-//! failures never are.
+//! Per the draft: only a 200 counts, redirects are not followed, the body is capped at 5 KB, the
+//! document's `client_id` must equal the URL byte for byte, `redirect_uris` is required,
+//! secret-based authentication is refused, and `none` is negotiated when the document prefers
+//! `private_key_jwt` but also supports `none` (ChatGPT). SSRF (RFC 6890): the host is resolved
+//! once by our own resolver, which refuses special-use addresses, and the connection goes only to
+//! the addresses it returned. Documents are cached within bounds; failures never are.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -2,9 +2,10 @@
 //! application will be able to do; remembered per (user, client, resource), so asking again for
 //! the same or fewer scopes skips the page and asking for more shows only what is new.
 //!
-//! Interop checklist items 34, 38, 39: the redirect URI's host is shown prominently, unverified
-//! and loopback-only clients are flagged, the form's CSRF token is bound to this one request, and
-//! the answer is a 303.
+//! As the MCP authorization spec asks: the redirect URI's host is shown prominently, unverified
+//! and loopback-only clients are flagged, and the form's CSRF token is bound to this one request.
+//! The answer is a 303, never a 307, which would re-POST the form to the client's callback
+//! (Claude's answers 405).
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;

@@ -162,7 +162,7 @@ impl From<crate::account::session::SessionError> for AuthorizeError {
 }
 
 /// A 303 to `uri` with `params` added to its query (a 303, never a 307: the browser must GET the
-/// client's callback; interop checklist item 38).
+/// client's callback, and Claude's answers a POST with 405).
 pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> Response {
     match url::Url::parse(uri) {
         Ok(mut url) => {
@@ -265,8 +265,8 @@ pub enum TokenError {
     /// Malformed request.
     #[error("{0}")]
     InvalidRequest(String),
-    /// Client authentication failed, or the client is unknown (clients re-register on this;
-    /// interop checklist item 29).
+    /// Client authentication failed, or the client is unknown (Claude and the TS SDK register
+    /// again on this).
     #[error("{description}")]
     InvalidClient {
         /// Why.

@@ -1,7 +1,8 @@
 //! RFC 8414 authorization-server metadata, and the decision not to serve OpenID discovery.
 //!
 //! Every URL is built from [`crate::routes`] and the one canonical issuer string, which is
-//! byte-identical to PRM `authorization_servers[0]` (interop checklist items 12, 19, 24).
+//! byte-identical to PRM `authorization_servers[0]` and has no trailing slash: clients compare
+//! issuers as raw strings (RFC 8414 §3.3).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -43,16 +44,17 @@ pub struct AuthorizationServerMetadata {
     pub response_modes_supported: Vec<&'static str>,
     /// No implicit, no password grant.
     pub grant_types_supported: Vec<&'static str>,
-    /// `none` for public clients is required for Claude's CIMD path (checklist item 22).
+    /// `none` for public clients: Claude uses CIMD only when this lists `none`.
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
-    /// PKCE S256 only; `plain` is refused (checklist item 20).
+    /// PKCE S256 only; `plain` is refused. MCP clients stop when `S256` is not listed (MCP
+    /// authorization spec).
     pub code_challenge_methods_supported: Vec<&'static str>,
     /// Access tokens are RFC 9068 JWTs signed with these algorithms.
     pub access_token_signing_alg_values_supported: Vec<&'static str>,
-    /// RFC 9207: every authorization response carries `iss` (checklist item 36).
+    /// RFC 9207: every authorization response carries `iss`.
     pub authorization_response_iss_parameter_supported: bool,
-    /// https `client_id`s name metadata documents (checklist item 31); with `none` in the auth
-    /// methods, this is what makes Claude use CIMD (item 22).
+    /// https `client_id`s name metadata documents (CIMD); with `none` in the auth methods, this
+    /// is what makes Claude use CIMD.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id_metadata_document_supported: Option<bool>,
 }
@@ -109,8 +111,8 @@ pub async fn metadata_get(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /.well-known/openid-configuration`: 404. Gatehouse is an OAuth server for MCP and issues
-/// no ID tokens; a partial OIDC document would break clients that validate it (checklist item
-/// 23), and clients only try this URL after the RFC 8414 one.
+/// no ID tokens; a partial OIDC document would break clients that validate it (the TS SDK
+/// requires every OIDC field), and clients only try this URL after the RFC 8414 one.
 pub async fn openid_configuration_get() -> Response {
     web::json_error(
         StatusCode::NOT_FOUND,

@@ -1,9 +1,10 @@
 //! Dynamic client registration (RFC 7591) at `/register`, and the clean-up of registrations
 //! that were never used.
 //!
-//! Interop checklist items 25-30: JSON in; 201 with the registered metadata echoed; absent
-//! optional fields omitted, never `null`; the requested `token_endpoint_auth_method` echoed; a
-//! secret only for secret-based methods; unknown fields ignored; generated ids never `https://`.
+//! RFC 7591 §3.2.1, as MCP clients parse it: JSON in; 201 with the registered metadata echoed;
+//! absent optional fields omitted, never `null` (Claude Code rejects `null`); the requested
+//! `token_endpoint_auth_method` echoed; a secret only for secret-based methods; unknown fields
+//! ignored (RFC 7591 §2); generated ids never `https://`, so they are never taken for CIMD URLs.
 
 use axum::Json;
 use axum::body::Bytes;

@@ -1,6 +1,6 @@
 //! The token endpoint (RFC 6749 §3.2, §4.1.3, §6; OAuth 2.1 §4): read `grant_type` first, then
 //! the rest; authenticate the client; hand over to the grant. Errors are JSON with
-//! `Cache-Control: no-store` (interop checklist items 40-44).
+//! `Cache-Control: no-store` (RFC 6749 §5.2).
 
 use std::net::IpAddr;
 

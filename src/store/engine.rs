@@ -2,10 +2,10 @@
 //!
 //! sqlx runs every SQLite connection on a thread of its own, and each statement is a hand-over to
 //! that thread and back. Every rotation and code exchange waits for a batch, and on two cores that
-//! thread was a third busy one: a batch took about 620 µs, of which the thread ran about 300 µs
-//! and waited for a core the rest (`BENCHMARKS.md`). So batches run here instead, on a connection
-//! of the committer's own (rusqlite, over the same SQLite library sqlx links), on whichever
-//! runtime thread runs the committer, statement by statement from prepared statements.
+//! thread was a third busy one: a batch spent much of its time waiting for a core
+//! (`BENCHMARKS.md`). So batches run here instead, on a connection of the committer's own
+//! (rusqlite, over the same SQLite library sqlx links), on whichever runtime thread runs the
+//! committer, statement by statement from prepared statements.
 //!
 //! The runtime thread never waits here: the connection's busy timeout is zero, and a write lock
 //! held by another connection (a CLI command's, or the lent one still rolling back what its

@@ -2,7 +2,7 @@
 //! one file per table family. Row structs stay private and convert into domain types.
 //!
 //! `Any` has no time, bool, uuid or json types, so timestamps are unix seconds (`i64`), flags are
-//! 0/1 integers and JSON is text (see the shared dependency notes).
+//! 0/1 integers and JSON is text.
 
 mod audit;
 mod clients;

@@ -3,9 +3,9 @@
 //! On PostgreSQL, the pool. On SQLite, a small set of connections the store holds itself: sqlx
 //! runs each SQLite connection on a thread of its own, and its pool pings a connection (a round
 //! trip to that thread) every time one is given back. For a one-row lookup that doubled the
-//! thread wake-ups; the token endpoint's refreshes went from about 4.6 context switches each to
-//! 2.9, and from 7,200-7,600/s to 7,500-8,800/s at 16 clients (`BENCHMARKS.md`). A SQLite
-//! connection is a file handle in this process, so there is nothing a ping could find out.
+//! thread wake-ups, which the token endpoint's refreshes paid for in context switches and
+//! throughput (`BENCHMARKS.md`). A SQLite connection is a file handle in this process, so there
+//! is nothing a ping could find out.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -43,7 +43,7 @@ pub struct AccessToken {
 }
 
 /// The token endpoint's success response (RFC 6749 §5.1). `expires_in` and `scope` are always
-/// present (interop checklist items 40, 41).
+/// present: Python SDK clients refresh ahead of expiry only when they know `expires_in`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenResponse {
     /// The access token.

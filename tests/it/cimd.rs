@@ -1,6 +1,7 @@
-//! Client ID Metadata Documents (interop checklist items 31-34): documents served by a real HTTP
-//! server on loopback (allowed only through `client_metadata.insecure_allow_loopback`, which
-//! exists for exactly this), and the SSRF refusals, which send nothing anywhere.
+//! Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document): documents
+//! served by a real HTTP server on loopback (allowed only through
+//! `client_metadata.insecure_allow_loopback`, which exists for exactly this), and the SSRF
+//! refusals, which send nothing anywhere.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
 //! RFC 8414 metadata, RFC 9728 Protected Resource Metadata and the OIDC decision, checked field
-//! by field against the contract (interop checklist sections A, B, D) and snapshot-tested.
+//! by field against what MCP clients require (RFC 8414, RFC 9728) and snapshot-tested.
 
 use crate::support::{ISSUER, TestApp, request};
 use axum::body::Body;
@@ -22,12 +22,12 @@ async fn authorization_server_metadata_matches_the_contract() {
     let doc = res.json();
     insta::assert_json_snapshot!("authorization_server_metadata", doc);
 
-    // Items 19, 24: the issuer is the string the well-known URL was built from, no slash.
+    // RFC 8414 §3.3: the issuer is the string the well-known URL was built from, no slash.
     assert_eq!(doc["issuer"], ISSUER);
     assert_eq!(doc["authorization_endpoint"], format!("{ISSUER}/authorize"));
     assert_eq!(doc["token_endpoint"], format!("{ISSUER}/token"));
     assert_eq!(doc["jwks_uri"], format!("{ISSUER}/jwks.json"));
-    // Item 20: code + S256, and never plain.
+    // code + S256 (MCP clients stop without S256), and never plain.
     assert_eq!(strings(&doc["response_types_supported"]), ["code"]);
     let pkce = strings(&doc["code_challenge_methods_supported"]);
     assert!(
@@ -41,13 +41,14 @@ async fn authorization_server_metadata_matches_the_contract() {
         !grants.contains(&"implicit") && !grants.contains(&"password"),
         "{grants:?}"
     );
-    // Item 22: `none` is required for Claude's CIMD path.
+    // `none` is required for Claude's CIMD path.
     assert!(strings(&doc["token_endpoint_auth_methods_supported"]).contains(&"none"));
-    // Item 36.
+    // RFC 9207: `iss` in every authorization response.
     assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
-    // Items 11, 21: offline_access is never advertised; refresh tokens are always issued.
+    // offline_access is never advertised (Claude would add it to every request); refresh tokens
+    // are always issued.
     assert!(!strings(&doc["scopes_supported"]).contains(&"offline_access"));
-    // Item 26 spirit: absent optional fields are omitted, never null.
+    // Absent optional fields are omitted, never null (Claude Code rejects null).
     assert!(
         doc.as_object()
             .expect("object")
@@ -69,7 +70,7 @@ async fn protected_resource_metadata_matches_the_contract() {
         .get("/.well-known/oauth-authorization-server")
         .await
         .json();
-    // Items 1, 12: byte-identical issuer strings.
+    // Byte-identical issuer strings: clients compare them as raw strings.
     assert_eq!(
         doc["authorization_servers"][0]
             .as_str()
@@ -77,15 +78,15 @@ async fn protected_resource_metadata_matches_the_contract() {
             .as_bytes(),
         metadata["issuer"].as_str().expect("string").as_bytes()
     );
-    // Item 10: the resource is exactly the URL users paste.
+    // RFC 9728 §3.3: the resource is exactly the URL users paste.
     assert_eq!(doc["resource"], format!("{ISSUER}/mcp"));
     assert_eq!(strings(&doc["bearer_methods_supported"]), ["header"]);
     assert!(!strings(&doc["scopes_supported"]).contains(&"offline_access"));
     assert_eq!(doc["resource_name"], "Gatehouse");
 }
 
-/// Item 7: the same document at the path-aware and the root URL; item 8: a trailing slash and a
-/// copied query string are tolerated.
+/// The same document at the path-aware and the root URL (RFC 9728 §3); a trailing slash (MCP
+/// Python SDK) and a copied query string (TS SDK) are tolerated.
 #[tokio::test]
 async fn protected_resource_metadata_is_identical_at_every_url_clients_try() {
     let app = TestApp::sqlite().await;
@@ -104,8 +105,8 @@ async fn protected_resource_metadata_is_identical_at_every_url_clients_try() {
     }
 }
 
-/// Item 23: Gatehouse issues no ID tokens, so OIDC discovery is a 404 (JSON), never a partial
-/// document and never 5xx.
+/// Gatehouse issues no ID tokens, so OIDC discovery is a 404 (JSON), never a partial document
+/// and never 5xx.
 #[tokio::test]
 async fn openid_configuration_is_a_json_404() {
     let app = TestApp::sqlite().await;
@@ -129,8 +130,8 @@ async fn advertised_jwks_uri_is_served() {
     assert_eq!(app.get(path).await.status, 200);
 }
 
-/// Item 13: discovery is CORS-readable, and the TS SDK's preflight (forced by its
-/// `MCP-Protocol-Version` header) is answered.
+/// Discovery is CORS-readable, and the TS SDK's preflight (forced by its `MCP-Protocol-Version`
+/// header) is answered.
 #[tokio::test]
 async fn discovery_documents_are_cors_readable_and_preflights_answered() {
     let app = TestApp::sqlite().await;

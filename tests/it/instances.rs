@@ -1,7 +1,8 @@
 //! Two real `gatehouse serve` processes behind one issuer, sharing one real PostgreSQL database
-//! (anchors §3.1 item 11: state lost on restart, refresh races between replicas, keys that differ
-//! per replica). Each instance has its own key directory: keys reach the other through the
-//! database, sealed under the shared passphrase. Every request goes over a loopback socket.
+//! (what breaks replicated authorization servers: state lost on restart, refresh races between
+//! replicas, keys that differ per replica). Each instance has its own key directory: keys reach
+//! the other through the database, sealed under the shared passphrase. Every request goes over a
+//! loopback socket.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
-//! Signing-key rotation that never breaks a live session (anchors §2.16: peers either sign with a
-//! key relying parties could not have fetched yet, rotate only by hand, or never retire old
-//! keys). The schedule runs on a fixed clock; tokens come from the real token endpoint and are
-//! spent on the real MCP endpoint.
+//! Signing-key rotation that never breaks a live session: a key is published before it signs
+//! (verifiers must be able to fetch it first), and an old key keeps verifying until the tokens it
+//! signed have expired. The schedule runs on a fixed clock; tokens come from the real token
+//! endpoint and are spent on the real MCP endpoint.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! `/mcp` before the MCP service lands: every request is a 401 whose challenge starts discovery
-//! (interop checklist items 7, 14-16, 18), and browser preflights are answered without a token.
+//! (RFC 9728 §5.1, MCP authorization spec), and browser preflights are answered without a token.
 
 use crate::support::{ISSUER, TestApp, request, sqlite_url};
 use axum::body::Body;
@@ -39,8 +39,8 @@ async fn no_token_is_a_401_with_the_exact_challenge_and_json_body() {
     }
 }
 
-/// Item 16: starts with `Bearer `, `name="value"` with no spaces around `=`, an absolute URL,
-/// one challenge; item 18: never `offline_access`.
+/// Starts with `Bearer `, `name="value"` with no spaces around `=`, an absolute URL, one
+/// challenge, as the TS and Python SDKs parse it; never `offline_access` (MCP authorization spec).
 #[tokio::test]
 async fn challenge_parses_the_way_sdk_clients_parse_it() {
     let app = TestApp::sqlite().await;
@@ -95,8 +95,8 @@ async fn presented_token_is_answered_invalid_token() {
     assert_eq!(res.json()["error"], "invalid_token");
 }
 
-/// Section J: a browser's preflight is answered before authentication, with the headers MCP
-/// clients send and read, and never with credentials.
+/// A browser's preflight is answered before authentication, with the headers MCP clients send
+/// and read, and never with credentials.
 #[tokio::test]
 async fn preflight_is_answered_without_a_token() {
     let app = TestApp::sqlite().await;

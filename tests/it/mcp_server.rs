@@ -1,8 +1,8 @@
-//! The MCP resource server (interop checklist sections C, I, J): a real MCP session behind the
-//! bearer layer. The end-to-end test is an independent client that starts from a bare 401 and
-//! discovers everything itself; the rest reproduces the failures seen in the field (a 200 where
-//! a 401 was needed, an audience mismatch, a 429 that looks like an invalid token, sessions
-//! across a refresh).
+//! The MCP resource server (RFC 6750 challenges, RFC 8707 audiences, MCP Streamable HTTP
+//! transport): a real MCP session behind the bearer layer. The end-to-end test is an independent
+//! client that starts from a bare 401 and discovers everything itself; the rest reproduces the
+//! failures seen in the field (a 200 where a 401 was needed, an audience mismatch, a 429 that
+//! looks like an invalid token, sessions across a refresh).
 
 use crate::support::{
     Agent, ISSUER, TestApp, TestResponse, oauth_http, query_of, request, sqlite_url,
@@ -169,7 +169,7 @@ pub(crate) async fn authorize(
 }
 
 /// Discovery from a 401, registration, sign-in, tokens, initialize, tools, a 403 step-up and
-/// re-authorization, as an MCP client does it (interop checklist sections 3, B-D).
+/// re-authorization, as an MCP client does it (RFC 9728 and RFC 8414 discovery).
 #[tokio::test]
 async fn an_independent_client_discovers_signs_in_steps_up_and_calls_tools() {
     let app = TestApp::sqlite().await;

@@ -1,6 +1,7 @@
 //! Dynamic client registration (RFC 7591): the exact bodies real MCP clients send, every
 //! refused form with its error code, the operator's policy, and the clean-up of registrations
-//! that were never used (interop checklist items 25-30, 37; anchors §3.1 item 6, §3.3).
+//! that were never used (RFC 7591 §2, §3.2; Cursor sends three redirect URIs in one request, and
+//! refusing one refuses them all).
 
 use crate::support::{TestApp, TestResponse, request, sqlite_url};
 use axum::body::Body;
@@ -73,7 +74,7 @@ async fn claude_registers() {
         }),
     )
     .await;
-    // Claude's bogus scope is dropped, not an error (interop item 21).
+    // Claude's bogus scope is dropped, not an error.
     assert!(doc.get("scope").is_none(), "{doc}");
     assert_eq!(doc["client_name"], "Claude");
 }

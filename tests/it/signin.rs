@@ -1,6 +1,6 @@
 //! The browser leg (RFC 6749 §4.1.1-4.1.2, RFC 7636, RFC 8707, RFC 9207, RFC 9700): sign-in,
 //! consent and the redirect back, driven with a cookie jar against the real router, with the
-//! authorization request built by the independent `oauth2` crate. Interop checklist items 34-39.
+//! authorization request built by the independent `oauth2` crate.
 
 use crate::support::{Agent, ISSUER, TestApp, TestResponse, query_of, sqlite_url};
 use gatehouse::clock::Clock;
@@ -124,7 +124,10 @@ async fn full_browser_leg_login_consent_redirect_with_code_state_iss() {
     );
 
     let res = decide(&mut agent, &consent, "allow").await;
-    assert_eq!(res.status, 303, "302/303, never 307 (interop item 38)");
+    assert_eq!(
+        res.status, 303,
+        "302/303, never 307: a 307 would re-POST the consent form to the client's callback"
+    );
     let back = res.location();
     assert!(back.starts_with(&format!("{CLAUDE_CALLBACK}?")), "{back}");
     let q = query_of(&back);
@@ -343,7 +346,8 @@ async fn errors_of_a_client_nobody_connected_stay_on_the_error_page() {
     }
 }
 
-/// Trailing-slash and case variants of the resource are accepted (interop item 2).
+/// Trailing-slash and case variants of the resource are accepted (MCP authorization spec,
+/// canonical server URI).
 #[tokio::test]
 async fn resource_variants_and_absence_are_accepted() {
     let (app, client_id) = claude_app().await;

@@ -1,7 +1,8 @@
 //! The token endpoint (RFC 6749 §4.1.3, §5, §6; RFC 7636; RFC 8707; RFC 9068), revocation
 //! (RFC 7009) and introspection (RFC 7662). The main flow is driven by the independent `oauth2`
-//! crate; the misbehaviour of real clients is reproduced as it is seen (interop checklist
-//! section H; anchors §2.15, §3.1 items 3-5, §4 item 1). Expiry uses the fixed clock, never sleeps.
+//! crate; the misbehaviour of real clients is reproduced as it is seen (ChatGPT posting one code
+//! twice, refreshes raced or retried after a lost response, no `offline_access` asked for).
+//! Expiry uses the fixed clock, never sleeps.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,6 @@
 //! The refresh token grant (RFC 6749 §6, OAuth 2.1 §4.3.1): rotation on every use, strict and
-//! retry-safe (anchors §4 item 1).
+//! retry-safe, because real clients race and retry refreshes (Claude.ai refreshes from two
+//! egress addresses).
 //!
 //! - The first use rotates the token, in one transaction that also stores its successor, the
 //!   response sealed under a key derived from the used token, and the audit event.
