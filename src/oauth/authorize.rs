@@ -638,14 +638,6 @@ pub async fn issue_code(
         created_at: now,
         expires_at: now + state.config.authorization_code_ttl,
     };
-    // A client that completed a sign-in is in use: it no longer expires as unused. Both writes
-    // at once: on SQLite they go into one batch.
-    let (inserted, touched) = tokio::join!(
-        state.store.insert_code(&record),
-        state.store.touch_client(&pending.client_id, now)
-    );
-    inserted?;
-    touched?;
     let mut event = AuditEvent::new(
         "code.issued",
         now,
@@ -654,7 +646,9 @@ pub async fn issue_code(
     event.subject = Some(user.id.clone());
     event.client_id = Some(pending.client_id.clone());
     event.grant_id = Some(grant_id);
-    audit::record_after_commit(&state.store, event).await;
+    // The code with its audit event, and its client's last use: one wait for one commit.
+    state.store.issue_code(&record, &event).await?;
+    audit::log(&event);
     let mut params = vec![("code", code.expose())];
     if let Some(s) = &pending.state {
         params.push(("state", s.as_str()));

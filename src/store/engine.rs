@@ -149,8 +149,10 @@ impl Engine {
                     }
                     applied.push(matched == 1);
                 }
-                Write::Append(insert) => {
-                    self.insert(insert).map_err(at(&insert.what))?;
+                Write::Append(inserts) => {
+                    for insert in inserts {
+                        self.insert(insert).map_err(at(&insert.what))?;
+                    }
                     applied.push(true);
                 }
             }

@@ -19,8 +19,8 @@ use std::sync::{Mutex, PoisonError};
 
 use time::OffsetDateTime;
 
+use super::codes::CodeRecord;
 use super::grants::RefreshRecord;
-use super::users::CodeRecord;
 
 /// Most hints of each kind kept (about 400 bytes each). Past it, expired ones go; if that is not
 /// enough, all go: a missing hint only costs a read.

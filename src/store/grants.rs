@@ -1,4 +1,4 @@
-//! Grants, refresh-token families, code redemption and revocations.
+//! Grants, refresh-token families and revocations.
 //!
 //! Every state change that must happen once is one guarded statement inside a transaction
 //! (`... WHERE consumed_at IS NULL`, `... WHERE rotated_at IS NULL`): on SQLite the writer lock
@@ -9,7 +9,6 @@
 use time::OffsetDateTime;
 
 use super::audit::audit_insert;
-use super::users::CodeRecord;
 use super::write::{GuardedWrite, Insert};
 use super::{Store, StoreError, from_unix};
 use crate::audit::AuditEvent;
@@ -68,22 +67,6 @@ pub struct NewRefresh {
     pub expires_at: OffsetDateTime,
 }
 
-/// A code already redeemed: the grant it created, which a second redemption revokes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumedCode {
-    /// The grant the code created.
-    pub grant_id: String,
-}
-
-/// An authorization code as the token endpoint finds it: one read tells both.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CodeState {
-    /// Not redeemed yet.
-    Fresh(CodeRecord),
-    /// Already redeemed.
-    Consumed(ConsumedCode),
-}
-
 /// Revocations recorded since some time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revocations {
@@ -91,21 +74,6 @@ pub struct Revocations {
     pub grants: Vec<(String, OffsetDateTime)>,
     /// Revoked access tokens: jti and expiry.
     pub access_tokens: Vec<(String, OffsetDateTime)>,
-}
-
-#[derive(sqlx::FromRow)]
-struct CodeRow {
-    code_hash: String,
-    grant_id: String,
-    client_id: String,
-    user_id: String,
-    redirect_uri: String,
-    code_challenge: String,
-    resource: String,
-    scopes: String,
-    created_at: i64,
-    expires_at: i64,
-    consumed_at: Option<i64>,
 }
 
 type GrantRow = (
@@ -135,77 +103,6 @@ fn grant_from(row: GrantRow) -> Result<GrantRecord, StoreError> {
 const GRANT_COLUMNS: &str = "g.grant_id, g.client_id, g.user_id, g.resource, g.scopes, g.created_at, g.expires_at, g.revoked_at";
 
 impl Store {
-    /// A code by hash, fresh or consumed, in one read.
-    pub async fn code_for_exchange(
-        &self,
-        code_hash: &str,
-    ) -> Result<Option<CodeState>, StoreError> {
-        let row: Option<CodeRow> = sqlx::query_as(
-            "SELECT code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, \
-             resource, scopes, created_at, expires_at, consumed_at \
-             FROM authorization_codes WHERE code_hash = $1",
-        )
-        .bind(code_hash)
-        .fetch_optional(&mut *self.reader().await?)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        if row.consumed_at.is_some() {
-            return Ok(Some(CodeState::Consumed(ConsumedCode {
-                grant_id: row.grant_id,
-            })));
-        }
-        Ok(Some(CodeState::Fresh(CodeRecord {
-            code_hash: row.code_hash,
-            grant_id: row.grant_id,
-            client_id: row.client_id,
-            user_id: row.user_id,
-            redirect_uri: row.redirect_uri,
-            code_challenge: row.code_challenge,
-            resource: row.resource,
-            scopes: row.scopes,
-            created_at: from_unix(row.created_at)?,
-            expires_at: from_unix(row.expires_at)?,
-        })))
-    }
-
-    /// Consumes the code and creates its grant (and first refresh token) in one transaction,
-    /// which also writes `event` to the audit log. `Ok(false)` when the code was already
-    /// consumed (by a concurrent or earlier request): nothing is written then.
-    pub async fn redeem_code(
-        &self,
-        code_hash: &str,
-        now: OffsetDateTime,
-        grant: &GrantRecord,
-        refresh: Option<&NewRefresh>,
-        event: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let mut inserts = vec![grant_insert(grant)];
-        if let Some(refresh) = refresh {
-            inserts.push(refresh_insert(&grant.grant_id, refresh, now));
-        }
-        inserts.push(audit_insert(event));
-        let redeemed = self
-            .guarded_write(GuardedWrite {
-                update: "UPDATE authorization_codes SET consumed_at = $2 \
-                         WHERE code_hash = $1 AND consumed_at IS NULL",
-                params: vec![code_hash.into(), now.unix_timestamp().into()],
-                inserts,
-            })
-            .await;
-        self.fresh.codes.forget(code_hash);
-        if let (Ok(true), Some(refresh)) = (&redeemed, refresh) {
-            self.keep_refresh_hint(grant, refresh, now);
-        }
-        redeemed
-    }
-
-    /// A code this store issued and has not seen redeemed: a hint, which the redemption's
-    /// guarded write confirms or refutes (`fresh.rs`). Read [`Store::code_for_exchange`] when
-    /// there is none, or when the hint proves stale.
-    pub fn fresh_code(&self, code_hash: &str) -> Option<CodeRecord> {
-        self.fresh.codes.get(code_hash)
-    }
-
     /// A refresh token this store issued and has not seen used: a hint, which the rotation's
     /// guarded write confirms or refutes (`fresh.rs`). Read [`Store::refresh_token`] when there
     /// is none, or when the hint proves stale.
@@ -468,7 +365,12 @@ pub(super) async fn revoke_live_grants(
 
 impl Store {
     /// Keeps a hint of a refresh token just issued, as a read would find it.
-    fn keep_refresh_hint(&self, grant: &GrantRecord, refresh: &NewRefresh, now: OffsetDateTime) {
+    pub(super) fn keep_refresh_hint(
+        &self,
+        grant: &GrantRecord,
+        refresh: &NewRefresh,
+        now: OffsetDateTime,
+    ) {
         let hint = RefreshRecord {
             token_hash: refresh.token_hash.clone(),
             generation: refresh.generation,
@@ -485,7 +387,7 @@ impl Store {
     }
 }
 
-fn grant_insert(grant: &GrantRecord) -> Insert {
+pub(super) fn grant_insert(grant: &GrantRecord) -> Insert {
     Insert {
         table: "grants",
         columns: "grant_id, client_id, user_id, resource, scopes, created_at, expires_at",
@@ -502,7 +404,7 @@ fn grant_insert(grant: &GrantRecord) -> Insert {
     }
 }
 
-fn refresh_insert(grant_id: &str, refresh: &NewRefresh, now: OffsetDateTime) -> Insert {
+pub(super) fn refresh_insert(grant_id: &str, refresh: &NewRefresh, now: OffsetDateTime) -> Insert {
     Insert {
         table: "refresh_tokens",
         columns: "token_hash, grant_id, generation, created_at, expires_at",

@@ -6,6 +6,7 @@
 
 mod audit;
 mod clients;
+mod codes;
 mod engine;
 mod fresh;
 mod grants;
@@ -29,12 +30,13 @@ use sqlx::{AnyConnection, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
 pub use audit::AuditRecord;
-pub use grants::{CodeState, ConsumedCode, GrantRecord, NewRefresh, RefreshRecord, Revocations};
+pub use codes::{CodeRecord, CodeState, ConsumedCode};
+pub use grants::{GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;
 pub use limits::RateTake;
 pub use prune::{Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
-pub use users::{CodeRecord, Consent, ThrottleState};
+pub use users::{Consent, ThrottleState};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

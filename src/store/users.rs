@@ -1,10 +1,9 @@
-//! Users, sign-in throttling, remembered consent, authorization codes and server secrets.
+//! Users, sign-in throttling, remembered consent and server secrets.
 
 use time::OffsetDateTime;
 
 use sqlx::Connection;
 
-use super::write::Insert;
 use super::{Store, StoreError, from_unix};
 use crate::account::{User, Username};
 
@@ -57,31 +56,6 @@ pub struct ThrottleState {
     pub last_failure_at: OffsetDateTime,
     /// Locked until then, if locked.
     pub locked_until: Option<OffsetDateTime>,
-}
-
-/// An issued authorization code, as stored (by hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodeRecord {
-    /// SHA-256 of the code.
-    pub code_hash: String,
-    /// The grant everything issued from this code belongs to.
-    pub grant_id: String,
-    /// The client it was issued to.
-    pub client_id: String,
-    /// The user who consented.
-    pub user_id: String,
-    /// The redirect URI of the authorization request, as sent.
-    pub redirect_uri: String,
-    /// PKCE S256 challenge.
-    pub code_challenge: String,
-    /// The resource (RFC 8707) the tokens will be for.
-    pub resource: String,
-    /// Granted scopes, space-separated.
-    pub scopes: String,
-    /// Issue time.
-    pub created_at: OffsetDateTime,
-    /// Expiry.
-    pub expires_at: OffsetDateTime,
 }
 
 impl Store {
@@ -322,35 +296,6 @@ impl Store {
         .bind(redirect_uri)
         .execute(&mut *self.writer().await?)
         .await?;
-        Ok(())
-    }
-
-    /// Stores an issued authorization code (by hash).
-    pub async fn insert_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
-        // Appended: on SQLite it joins the committer's next batch (with the audit event of its
-        // issue, typically) instead of taking the writer for a transaction of its own.
-        self.append(Insert {
-            table: "authorization_codes",
-            columns: "code_hash, grant_id, client_id, user_id, redirect_uri, code_challenge, \
-                      resource, scopes, created_at, expires_at",
-            values: vec![
-                code.code_hash.as_str().into(),
-                code.grant_id.as_str().into(),
-                code.client_id.as_str().into(),
-                code.user_id.as_str().into(),
-                code.redirect_uri.as_str().into(),
-                code.code_challenge.as_str().into(),
-                code.resource.as_str().into(),
-                code.scopes.as_str().into(),
-                code.created_at.unix_timestamp().into(),
-                code.expires_at.unix_timestamp().into(),
-            ],
-            what: "authorization code".to_owned(),
-        })
-        .await?;
-        self.fresh
-            .codes
-            .keep(code.code_hash.clone(), code.clone(), code.created_at);
         Ok(())
     }
 

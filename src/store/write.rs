@@ -136,9 +136,9 @@ pub(super) struct GuardedWrite {
 pub(super) enum Write {
     /// Happens at most once (see [`GuardedWrite`]).
     Guarded(GuardedWrite),
-    /// A row appended unconditionally (an audit event): batched so that a stream of them costs
-    /// one commit per batch, not one each.
-    Append(Insert),
+    /// Rows appended unconditionally, all or none (an audit event; a code with its own):
+    /// batched so that a stream of them costs one commit per batch, not one each.
+    Append(Vec<Insert>),
 }
 
 /// Most writes in one transaction.
@@ -493,9 +493,22 @@ impl Store {
 
     /// Appends a row (on SQLite, in the committer's next batch).
     pub(super) async fn append(&self, insert: Insert) -> Result<(), StoreError> {
+        self.append_all(vec![insert]).await
+    }
+
+    /// Appends rows together, all or none (on SQLite, in the committer's next batch).
+    pub(super) async fn append_all(&self, inserts: Vec<Insert>) -> Result<(), StoreError> {
         match &self.writer {
-            Writer::Committer(jobs) => commit(jobs, Write::Append(insert)).await.map(drop),
-            Writer::Pool(_) => insert.execute_on(&mut *self.writer().await?).await,
+            Writer::Committer(jobs) => commit(jobs, Write::Append(inserts)).await.map(drop),
+            Writer::Pool(_) => {
+                let mut conn = self.writer().await?;
+                let mut tx = conn.begin().await?;
+                for insert in &inserts {
+                    insert.execute_on(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
         }
     }
 
