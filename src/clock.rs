@@ -5,6 +5,15 @@ use std::sync::Mutex;
 
 use time::{Duration, OffsetDateTime};
 
+/// A time for the operator's tables and messages (RFC 3339), or `-`.
+pub fn format_time(t: Option<OffsetDateTime>) -> String {
+    t.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_else(|| "-".to_owned())
+}
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + Debug {
     /// Now, in UTC.

@@ -199,6 +199,10 @@ pub enum UnauthorizedTools {
     Annotate,
 }
 
+/// The tools this server offers (each implemented in `mcp/tools.rs`): the names
+/// `mcp.tool_scopes` may use.
+pub const TOOL_NAMES: [&str; 2] = ["whoami", "get_activity_log"];
+
 /// Whether `/mcp` keeps sessions for clients of the 2025 protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -831,10 +835,10 @@ impl Config {
             ));
         }
         for (tool, scope) in &mcp.tool_scopes {
-            if !crate::mcp::tools::TOOL_NAMES.contains(&tool.as_str()) {
+            if !TOOL_NAMES.contains(&tool.as_str()) {
                 problems.push(format!(
                     "mcp.tool_scopes names the tool {tool:?}, which does not exist (tools: {})",
-                    crate::mcp::tools::TOOL_NAMES.join(", ")
+                    TOOL_NAMES.join(", ")
                 ));
             }
             if !raw.scopes.contains_key(scope) {
@@ -941,7 +945,7 @@ impl Config {
                 kr.check_interval
             ));
         }
-        let jwks_max_age = crate::web::PUBLIC_DOCUMENT_MAX_AGE;
+        let jwks_max_age = crate::routes::PUBLIC_DOCUMENT_MAX_AGE;
         let min_lead = jwks_max_age.max(kr.check_interval.saturating_mul(2));
         if kr.publish_lead < min_lead || kr.publish_lead > 30 * 86_400 {
             problems.push(format!(

@@ -11,7 +11,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod account;
-pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod clock;

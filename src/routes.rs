@@ -33,3 +33,7 @@ pub const REGISTER: &str = "/register";
 pub const MCP: &str = "/mcp";
 /// Liveness and readiness.
 pub const HEALTH: &str = "/health";
+
+/// `Cache-Control` of the public discovery documents and the JWK set (seconds). Claude caches
+/// discovery for about five minutes anyway.
+pub const PUBLIC_DOCUMENT_MAX_AGE: u64 = 300;

@@ -7,9 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
-/// `Cache-Control` of the public discovery documents and the JWK set (seconds). Claude caches
-/// discovery for about five minutes anyway.
-pub const PUBLIC_DOCUMENT_MAX_AGE: u64 = 300;
+use crate::routes::PUBLIC_DOCUMENT_MAX_AGE;
 
 /// A JSON error body `{"error": code, "error_description": description}` that is never cached.
 pub fn json_error(status: StatusCode, code: &str, description: &str) -> Response {

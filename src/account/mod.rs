@@ -5,6 +5,5 @@ pub mod login;
 pub mod password;
 pub mod session;
 pub mod throttle;
-pub mod user;
 
-pub use user::{User, Username, UsernameError};
+pub use crate::domain::{User, Username, UsernameError};

@@ -3,10 +3,12 @@
 mod algorithm;
 mod client;
 mod issuer;
+mod key_state;
 mod redirect_uri;
 mod resource;
 mod scope;
 mod secret;
+mod user;
 
 pub use algorithm::SigningAlgorithm;
 pub use client::{
@@ -14,9 +16,11 @@ pub use client::{
     deceptive_char,
 };
 pub use issuer::{Issuer, IssuerError};
+pub use key_state::KeyState;
 pub use redirect_uri::{
     RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError, is_loopback_host,
 };
 pub use resource::same_resource;
 pub use scope::{ScopeError, ScopeToken};
 pub use secret::{Secret, SecretHash, new_grant_id, random_token};
+pub use user::{User, Username, UsernameError};

@@ -318,7 +318,7 @@ pub async fn rotate(
     if let Some(next) = keys.iter().find(|k| k.state == KeyState::Next) {
         return Err(OperatorError::NextWaiting {
             kid: next.kid.clone(),
-            at: crate::cli::format_time(next.activate_after),
+            at: crate::clock::format_time(next.activate_after),
         });
     }
     if !keys.iter().any(|k| k.state == KeyState::Current) {

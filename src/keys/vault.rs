@@ -18,8 +18,8 @@ use super::KeyError;
 use super::files::{KeyFile, prepare_dir};
 use super::keyset::invalid;
 use super::material::thumbprint;
+use super::sealed;
 use crate::store::{KeyRecord, Store};
-use crate::tokens::sealed;
 
 /// The key-encryption key. `Debug` never shows it.
 struct Kek([u8; 32]);

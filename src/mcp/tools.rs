@@ -2,7 +2,7 @@
 //! bearer layer put there; nothing here trusts a session.
 //!
 //! Adding a tool: write an `async fn` in the `#[tool_router]` block below with a `#[tool]`
-//! attribute, add its name to [`TOOL_NAMES`], and give it a scope in the configuration's
+//! attribute, add its name to [`TOOL_NAMES`](crate::config::TOOL_NAMES), and give it a scope in the configuration's
 //! `mcp.tool_scopes` if it needs more than the base scope.
 
 use rmcp::handler::server::tool::Extension;
@@ -16,9 +16,6 @@ use time::format_description::well_known::Rfc3339;
 
 use super::server::GatehouseMcp;
 use super::verify::{CallerKind, Principal};
-
-/// Every tool this server offers.
-pub const TOOL_NAMES: [&str; 2] = ["whoami", "get_activity_log"];
 
 /// Most audit entries one `get_activity_log` call returns.
 const MAX_PAGE: u32 = 100;
@@ -137,5 +134,25 @@ impl GatehouseMcp {
         Ok(text_json(
             &json!({ "entries": entries, "next_cursor": next_cursor }),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TOOL_NAMES;
+
+    /// The names the configuration accepts in `mcp.tool_scopes` are exactly the tools served.
+    #[test]
+    fn the_configurations_tool_names_are_the_tools_served() {
+        let mut served: Vec<String> = GatehouseMcp::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        served.sort();
+        let mut named: Vec<&str> = TOOL_NAMES.to_vec();
+        named.sort_unstable();
+        assert_eq!(served, named);
     }
 }

@@ -1,10 +1,72 @@
-//! The `audit_events` table.
+//! The `audit_events` table, and the event it holds (recorded through [`crate::audit`]).
 
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::write::Insert;
 use super::{Store, StoreError};
-use crate::audit::{AuditEvent, Outcome};
+
+/// Whether the audited action succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It happened.
+    Success,
+    /// It was refused or failed.
+    Failure,
+}
+
+impl Outcome {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// When it happened.
+    pub at: OffsetDateTime,
+    /// Dotted event name, e.g. `key.generated`.
+    pub kind: String,
+    /// Success or failure.
+    pub outcome: Outcome,
+    /// The user it concerns.
+    pub subject: Option<String>,
+    /// The OAuth client it concerns.
+    pub client_id: Option<String>,
+    /// The grant it concerns.
+    pub grant_id: Option<String>,
+    /// The client IP, when the event came from a request.
+    pub ip: Option<String>,
+    /// Structured details (never secrets).
+    pub detail: Value,
+}
+
+impl AuditEvent {
+    /// A successful event with no subject; add fields with struct update syntax or setters.
+    pub fn new(kind: &str, at: OffsetDateTime, detail: Value) -> Self {
+        Self {
+            at,
+            kind: kind.to_owned(),
+            outcome: Outcome::Success,
+            subject: None,
+            client_id: None,
+            grant_id: None,
+            ip: None,
+            detail,
+        }
+    }
+
+    /// Marks the event as a failure.
+    pub fn failed(mut self) -> Self {
+        self.outcome = Outcome::Failure;
+        self
+    }
+}
 
 /// An audit event as read back, with its sequence number.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,11 +5,11 @@
 
 use time::OffsetDateTime;
 
+use super::AuditEvent;
 use super::audit::audit_insert;
 use super::grants::{GrantRecord, NewRefresh, grant_insert, refresh_insert};
 use super::write::{GuardedWrite, Insert};
 use super::{Store, StoreError, from_unix};
-use crate::audit::AuditEvent;
 
 /// An issued authorization code, as stored (by hash).
 #[derive(Debug, Clone, PartialEq, Eq)]

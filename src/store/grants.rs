@@ -8,10 +8,10 @@
 
 use time::OffsetDateTime;
 
+use super::AuditEvent;
 use super::audit::audit_insert;
 use super::write::{GuardedWrite, Insert};
 use super::{Store, StoreError, from_unix};
-use crate::audit::AuditEvent;
 
 /// A grant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

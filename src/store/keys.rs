@@ -5,8 +5,8 @@ use time::OffsetDateTime;
 use sqlx::Connection;
 
 use super::{Store, StoreError, from_unix};
+use crate::domain::KeyState;
 use crate::domain::SigningAlgorithm;
-use crate::keys::KeyState;
 
 /// A signing key as stored: everything but the private half.
 #[derive(Debug, Clone, PartialEq, Eq)]

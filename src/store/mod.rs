@@ -29,7 +29,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
-pub use audit::AuditRecord;
+pub use audit::{AuditEvent, AuditRecord, Outcome};
 pub use codes::{CodeRecord, CodeState, ConsumedCode};
 pub use grants::{GrantRecord, NewRefresh, RefreshRecord, Revocations};
 pub use keys::KeyRecord;

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use sqlx::Connection;
 
 use super::{Store, StoreError, from_unix};
-use crate::account::{User, Username};
+use crate::domain::{User, Username};
 
 #[derive(sqlx::FromRow)]
 struct UserRow {

@@ -1,9 +1,10 @@
-//! Tokens: RFC 9068 JWT access tokens, the sealed responses that make retries idempotent, and
-//! the in-memory revocation view the resource side checks on every request.
+//! Tokens: RFC 9068 JWT access tokens, and the in-memory revocation view the resource side checks
+//! on every request. (Sealing, which keeps a refresh's response for a retry, is in
+//! [`crate::keys::sealed`].)
 
 pub mod access;
 pub mod revocation;
-pub mod sealed;
 
+pub use crate::keys::sealed;
 pub use access::{AccessClaims, AccessToken, TokenResponse, mint};
 pub use revocation::RevocationView;

@@ -2,13 +2,14 @@
 //! configuration and database as `serve`, and reports an error as one clear line with a
 //! non-zero exit status.
 
+pub mod admin;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::config::{CONFIG_FILE_ENV, Config, ConfigErrors};
 use crate::domain::SigningAlgorithm;
@@ -226,11 +227,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => crate::server::serve(config).await,
         Command::Keys(KeysCommand::List) => keys_list(&config).await,
-        Command::Users(cmd) => crate::admin::users(&config, cmd).await,
-        Command::Clients(cmd) => crate::admin::clients(&config, cmd).await,
+        Command::Users(cmd) => admin::users(&config, cmd).await,
+        Command::Clients(cmd) => admin::clients(&config, cmd).await,
         Command::Keys(KeysCommand::Rotate { now, alg }) => keys_rotate(&config, now, alg).await,
         Command::Keys(KeysCommand::Retire { kid, yes }) => keys_retire(&config, &kid, yes).await,
-        Command::Tokens(cmd) => crate::admin::tokens(&config, cmd).await,
+        Command::Tokens(cmd) => admin::tokens(&config, cmd).await,
     }
 }
 
@@ -329,11 +330,7 @@ async fn keys_retire(config: &Config, kid: &str, yes: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// A time for the operator's tables (RFC 3339), or `-`.
-pub fn format_time(t: Option<OffsetDateTime>) -> String {
-    t.and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "-".to_owned())
-}
+use crate::clock::format_time;
 
 /// `gatehouse keys list`
 async fn keys_list(config: &Config) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! A token response kept for an idempotent replay, encrypted under a key derived from the secret
-//! the client presented (the code and its verifier, or the refresh token): the database never
-//! holds a usable token, and only the holder of that same secret can read the response back.
+//! Sealing: a value encrypted under a key derived from a secret, bound to a context. Used for a
+//! token response kept for an idempotent replay (under the refresh token the client presented:
+//! the database never holds a usable token, and only the holder of that same secret can read the
+//! response back), and for private keys under the key-encryption key (`vault.rs`).
 //!
 //! HKDF-SHA256 (RFC 5869) derives an AES-256-GCM key from the secret; the nonce is random.
 

@@ -4,9 +4,9 @@
 use anyhow::Context;
 use serde_json::json;
 
+use super::{ClientsCommand, TokensCommand, UsersCommand};
 use crate::account::{User, Username, password};
 use crate::audit::{self, AuditEvent};
-use crate::cli::{ClientsCommand, TokensCommand, UsersCommand};
 use crate::config::Config;
 use crate::domain::{ClientKind, RedirectPolicy, random_token};
 use crate::oauth::register::{self, RegistrationRequest};
@@ -87,7 +87,7 @@ async fn run(config: &Config, store: &Store, command: ClientsCommand) -> anyhow:
                 "CLIENT ID", "KIND", "NAME", "AUTH", "CREATED", "LAST USED"
             );
             for c in clients {
-                let time = crate::cli::format_time;
+                let time = crate::clock::format_time;
                 let uris: Vec<_> = c.redirect_uris.iter().map(|u| u.as_str()).collect();
                 println!(
                     "{:<26}  {:<8}  {:<20}  {:<19}  {:<20}  {:<20}  {}",
@@ -213,7 +213,7 @@ async fn run_users(
                 "NAME", "ROLES", "CREATED"
             );
             for u in users {
-                let created = crate::cli::format_time(Some(u.created_at));
+                let created = crate::clock::format_time(Some(u.created_at));
                 println!(
                     "{:<32}  {:<24}  {:<20}  {}",
                     u.username.as_str(),
