@@ -21,6 +21,6 @@ pub use redirect_uri::{
     RedirectKind, RedirectPolicy, RedirectUri, RedirectUriError, is_loopback_host,
 };
 pub use resource::same_resource;
-pub use scope::{ScopeError, ScopeToken};
+pub use scope::{ScopeError, ScopeSet, ScopeToken};
 pub use secret::{Secret, SecretHash, new_grant_id, random_token};
 pub use user::{User, Username, UsernameError};

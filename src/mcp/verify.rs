@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
+use crate::domain::ScopeSet;
 use crate::keys::{JwtRejection, KeyStore};
 use crate::tokens::{AccessClaims, RevocationView};
 
@@ -132,9 +133,8 @@ impl TokenVerifier {
     /// The scopes a token's scopes amount to, with everything they imply (transitively).
     fn effective_scopes(&self, scope: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let mut todo: Vec<String> = scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
+        let mut todo: Vec<String> = ScopeSet::parse_lenient(scope)
+            .names()
             .map(str::to_owned)
             .collect();
         while let Some(s) = todo.pop() {

@@ -21,7 +21,9 @@ use super::params::Params;
 use crate::account::User;
 use crate::account::session::{PendingAuthorization, SessionData, new_token};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, ClientKind, RedirectKind, Secret, new_grant_id, same_resource};
+use crate::domain::{
+    Client, ClientKind, RedirectKind, ScopeSet, Secret, new_grant_id, same_resource,
+};
 use crate::routes;
 use crate::state::AppState;
 use crate::store::CodeRecord;
@@ -241,21 +243,12 @@ fn check_resource(
 /// `claudeai`); none left means the default scopes.
 fn requested_scopes(state: &AppState, params: &Params) -> Vec<String> {
     let known = state.config.scope_names();
-    let mut scopes: Vec<String> = Vec::new();
-    for token in params.get("scope").unwrap_or(None).unwrap_or("").split(' ') {
-        if known.contains(&token) && !scopes.iter().any(|s| s == token) {
-            scopes.push(token.to_owned());
-        }
-    }
+    let mut scopes = ScopeSet::parse_lenient(params.get("scope").unwrap_or(None).unwrap_or(""));
+    scopes.retain(|s| known.contains(&s));
     if scopes.is_empty() {
-        scopes = state
-            .config
-            .default_scopes
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect();
+        scopes = state.config.default_scopes.iter().collect();
     }
-    scopes
+    scopes.names().map(str::to_owned).collect()
 }
 
 /// `prompt` (OIDC Core §3.1.2.1, honoured here for OAuth clients too).
@@ -441,9 +434,8 @@ pub async fn consent_state(
         .is_some_and(|c| c.redirect_uri.as_deref() == Some(pending.redirect_uri.as_str()));
     let remembered = consent
         .map(|c| {
-            c.scopes
-                .split(' ')
-                .filter(|t| !t.is_empty())
+            ScopeSet::parse_lenient(&c.scopes)
+                .names()
                 .map(str::to_owned)
                 .collect()
         })

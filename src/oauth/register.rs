@@ -20,7 +20,7 @@ use super::error::RegistrationError;
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
 use crate::domain::{
-    Client, ClientKind, MAX_CLIENT_NAME, RedirectPolicy, RedirectUri, ScopeToken, Secret,
+    Client, ClientKind, MAX_CLIENT_NAME, RedirectPolicy, RedirectUri, ScopeSet, ScopeToken, Secret,
     TokenEndpointAuthMethod, acceptable_client_name, random_token,
 };
 use crate::state::AppState;
@@ -229,29 +229,29 @@ pub fn validate(
     let mut scope = request
         .scope
         .map(|s| {
-            s.split(' ')
-                .filter(|t| known.contains(t))
-                .collect::<Vec<_>>()
-                .join(" ")
+            let mut set = ScopeSet::parse_lenient(&s);
+            set.retain(|t| known.contains(&t));
+            set
         })
         .filter(|s| !s.is_empty());
     // A self-registered service client holds no more than the operator opened to such clients.
     if let Some(allowed) =
         service_scopes.filter(|_| grant_types.iter().any(|g| g == "client_credentials"))
     {
-        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let allowed: ScopeSet = allowed.iter().collect();
         match &scope {
-            None => scope = Some(allowed.join(" ")),
+            None => scope = Some(allowed),
             Some(asked) => {
-                if let Some(other) = asked.split(' ').find(|s| !allowed.contains(s)) {
+                if let Some(other) = asked.first_missing_from(&allowed) {
                     return Err(metadata_error(format!(
-                        "scope {other:?} is not available to clients that use client_credentials here (available: {})",
-                        allowed.join(" ")
+                        "scope {:?} is not available to clients that use client_credentials here (available: {allowed})",
+                        other.as_str()
                     )));
                 }
             }
         }
     }
+    let scope = scope.map(|s| s.to_string());
 
     Ok(Client {
         id,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{GrantType, narrowed_scope, optional};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, new_grant_id, same_resource};
+use crate::domain::{Client, ScopeSet, new_grant_id, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
@@ -43,23 +43,14 @@ pub async fn issue(
         )));
     }
     // What the client was registered for; a client registered without scopes gets the defaults.
-    let registered = client.scope.clone().unwrap_or_else(|| {
-        config
-            .default_scopes
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    });
-    let registered = match service_scopes {
-        Some(allowed) => registered
-            .split(' ')
-            .filter(|s| allowed.iter().any(|a| a.as_str() == *s))
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => registered,
+    let mut registered = match &client.scope {
+        Some(scope) => ScopeSet::parse_lenient(scope),
+        None => config.default_scopes.iter().collect(),
     };
-    let scope = narrowed_scope(optional(params, "scope")?, &registered)?;
+    if let Some(allowed) = service_scopes {
+        registered.retain(|s| allowed.iter().any(|a| a.as_str() == s));
+    }
+    let scope = narrowed_scope(optional(params, "scope")?, &registered.to_string())?;
     let now = state.clock.now();
     let grant_id = new_grant_id()
         .map_err(|_| TokenError::Internal("random number generator failed".into()))?;

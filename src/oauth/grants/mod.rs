@@ -6,6 +6,7 @@ pub mod refresh_token;
 
 use super::error::TokenError;
 use super::params::Params;
+use crate::domain::{ScopeError, ScopeSet};
 
 /// A grant type the token endpoint supports (RFC 6749 §4.1.3, §6, §4.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,24 +65,22 @@ pub fn optional<'a>(params: &'a Params, name: &str) -> Result<Option<&'a str>, T
 /// The scope a request asks for, which must be within `granted` (RFC 6749 §6: never wider);
 /// absent means all of `granted`.
 pub fn narrowed_scope(requested: Option<&str>, granted: &str) -> Result<String, TokenError> {
-    let granted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    let granted = ScopeSet::parse_lenient(granted);
     let Some(requested) = requested else {
-        return Ok(granted.join(" "));
+        return Ok(granted.to_string());
     };
-    let mut out: Vec<&str> = Vec::new();
-    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
-        if !granted.contains(&scope) {
-            return Err(TokenError::InvalidScope(format!(
-                "scope {scope:?} was not granted; the grant covers {:?}",
-                granted.join(" ")
-            )));
-        }
-        if !out.contains(&scope) {
-            out.push(scope);
-        }
+    let not_granted = |scope: &str| {
+        TokenError::InvalidScope(format!(
+            "scope {scope:?} was not granted; the grant covers {:?}",
+            granted.to_string()
+        ))
+    };
+    let requested = ScopeSet::parse(requested).map_err(|ScopeError::Invalid(s)| not_granted(&s))?;
+    if let Some(scope) = requested.first_missing_from(&granted) {
+        return Err(not_granted(scope.as_str()));
     }
-    if out.is_empty() {
+    if requested.is_empty() {
         return Err(TokenError::InvalidScope("scope is empty".into()));
     }
-    Ok(out.join(" "))
+    Ok(requested.to_string())
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{narrowed_scope, optional, required};
 use crate::audit::{self, AuditEvent};
-use crate::domain::{Client, Secret, SecretHash, same_resource};
+use crate::domain::{Client, ScopeSet, Secret, SecretHash, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
 use crate::state::AppState;
@@ -105,16 +105,14 @@ async fn within_roles(state: &AppState, user_id: &str, scope: &str) -> Result<St
         ));
     };
     let allowed = crate::oauth::authorize::grantable(state, &user);
-    let kept: Vec<&str> = scope
-        .split(' ')
-        .filter(|s| allowed.iter().any(|a| a == s))
-        .collect();
+    let mut kept = ScopeSet::parse_lenient(scope);
+    kept.retain(|s| allowed.iter().any(|a| a == s));
     if kept.is_empty() {
         return Err(TokenError::InvalidGrant(
             "this account may no longer grant any of the grant's scopes; sign in again".into(),
         ));
     }
-    Ok(kept.join(" "))
+    Ok(kept.to_string())
 }
 
 /// Rotates an unused token, after the checks on its grant: the new pair, or `None` when the token
