@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use tower::{Layer, Service};
 
 use super::challenge::BearerChallenge;
-use super::server::GatehouseMcp;
+use super::scopes::ToolScopes;
 use super::sessions::SessionOwners;
 use super::verify::{Principal, TokenRejection, TokenVerifier};
 use crate::audit::{self, AuditEvent};
@@ -53,6 +53,7 @@ pub struct Guard {
     state: AppState,
     verifier: TokenVerifier,
     sessions: Arc<SessionOwners>,
+    scopes: ToolScopes,
     stateful: bool,
 }
 
@@ -81,6 +82,7 @@ impl Guard {
             mcp.max_sessions,
         ));
         let stateful = mcp.session_mode == crate::config::SessionMode::Stateful;
+        let scopes = ToolScopes::new(mcp);
         if stateful {
             SessionOwners::sweep_while_alive(&sessions);
         }
@@ -88,6 +90,7 @@ impl Guard {
             state,
             verifier,
             sessions,
+            scopes,
             stateful,
         }
     }
@@ -314,7 +317,7 @@ impl Guard {
 
         // 4. Scopes: the base scope for everything; each called tool's for tools/call.
         let (parts, body) = request.into_parts();
-        let mut needed = vec![config.mcp.base_scope.clone()];
+        let mut needed = vec![self.scopes.base().to_owned()];
         let mut opens_session = false;
         let body = if parts.method == Method::POST {
             match axum::body::to_bytes(body, config.mcp.max_body_bytes).await {
@@ -322,7 +325,7 @@ impl Guard {
                     let messages = messages(&bytes);
                     opens_session = self.stateful && is_initialize(&messages);
                     for tool in called_tools(&messages) {
-                        for scope in GatehouseMcp::scopes_for(&self.state, &tool) {
+                        for scope in self.scopes.for_tool(&tool) {
                             if !needed.contains(&scope) {
                                 needed.push(scope);
                             }

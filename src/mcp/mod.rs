@@ -5,6 +5,7 @@
 pub mod challenge;
 pub mod guard;
 pub mod prm;
+pub mod scopes;
 pub mod server;
 pub mod sessions;
 pub mod tools;
@@ -99,12 +100,19 @@ fn mcp_service(
 ) -> StreamableHttpService<server::GatehouseMcp, NeverSessionManager> {
     let mcp_state = state.clone();
     let tools = server::GatehouseMcp::tool_router();
+    let scopes = Arc::new(scopes::ToolScopes::new(&state.config.mcp));
     let mut config =
         StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config));
     config.legacy_session_mode = false;
     config.json_response = true;
     StreamableHttpService::new(
-        move || Ok(server::GatehouseMcp::new(mcp_state.clone(), tools.clone())),
+        move || {
+            Ok(server::GatehouseMcp::new(
+                mcp_state.clone(),
+                tools.clone(),
+                scopes.clone(),
+            ))
+        },
         Arc::new(NeverSessionManager::default()),
         config,
     )

@@ -2,6 +2,7 @@
 //! with tool, outcome and duration. Scopes are enforced before the request gets here (the bearer
 //! layer answers 403 with a step-up challenge); the check here is a second line of defence.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -14,6 +15,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 use serde_json::json;
 
+use super::scopes::ToolScopes;
 use super::verify::Principal;
 use crate::audit::{self, AuditEvent};
 use crate::config::UnauthorizedTools;
@@ -25,33 +27,24 @@ pub struct GatehouseMcp {
     /// The application state (store, config).
     pub state: AppState,
     tool_router: ToolRouter<GatehouseMcp>,
+    scopes: Arc<ToolScopes>,
 }
 
 impl GatehouseMcp {
     /// A service over `state` with `tools` ([`Self::tool_router`], made once per process: it
-    /// generates every tool's input schema, and rmcp makes a service per session, per request in
-    /// stateless mode).
-    pub fn new(state: AppState, tools: ToolRouter<GatehouseMcp>) -> Self {
+    /// generates every tool's input schema, and rmcp makes a service per request) and the scopes
+    /// each tool needs.
+    pub fn new(state: AppState, tools: ToolRouter<GatehouseMcp>, scopes: Arc<ToolScopes>) -> Self {
         Self {
             state,
             tool_router: tools,
+            scopes,
         }
-    }
-
-    /// The scopes a call of `tool` needs: the base scope and the tool's own.
-    pub fn scopes_for(state: &AppState, tool: &str) -> Vec<String> {
-        let mcp = &state.config.mcp;
-        let mut scopes = vec![mcp.base_scope.clone()];
-        if let Some(s) = mcp.tool_scopes.get(tool) {
-            if !scopes.contains(s) {
-                scopes.push(s.clone());
-            }
-        }
-        scopes
     }
 
     fn may_call(&self, principal: &Principal, tool: &str) -> bool {
-        Self::scopes_for(&self.state, tool)
+        self.scopes
+            .for_tool(tool)
             .iter()
             .all(|s| principal.has_scope(s))
     }
@@ -82,7 +75,7 @@ impl ServerHandler for GatehouseMcp {
             if allowed {
                 tools.push(tool);
             } else if mode == UnauthorizedTools::Annotate {
-                let needed = Self::scopes_for(&self.state, &tool.name).join(" ");
+                let needed = self.scopes.for_tool(&tool.name).join(" ");
                 let description = tool.description.clone().unwrap_or_default();
                 tool.description = Some(format!("{description} (Needs the scope {needed:?}, which this connection was not granted.)").into());
                 tools.push(tool);
@@ -108,7 +101,7 @@ impl ServerHandler for GatehouseMcp {
         } else {
             Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                 "This connection was not granted the scopes {} needs.",
-                Self::scopes_for(&self.state, &tool).join(" ")
+                self.scopes.for_tool(&tool).join(" ")
             ))])
             .into())
         };
