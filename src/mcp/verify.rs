@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::clock::Clock;
 use crate::domain::ScopeSet;
 use crate::keys::{JwtRejection, KeyStore};
-use crate::tokens::{AccessClaims, RevocationView};
+use crate::tokens::{NotAnAccessToken, RevocationView, read_access_claims};
 
 /// Most verified tokens kept.
 const CACHE_CAPACITY: usize = 10_000;
@@ -201,27 +201,11 @@ impl TokenVerifier {
             JwtRejection::UnknownKey => TokenRejection::UnknownKey,
             JwtRejection::Invalid(_) => TokenRejection::BadSignature,
         })?;
-        // RFC 9068 §4: the type must be at+jwt (or application/at+jwt).
-        let typ = header.token_type().map(str::to_ascii_lowercase);
-        if !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {
-            return Err(TokenRejection::WrongType);
-        }
-        let claims_map = payload.claims_set().clone();
-        // `aud` may be a string or an array that contains this resource.
-        let aud_ok = match claims_map.get("aud") {
-            Some(serde_json::Value::String(a)) => *a == self.audience,
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .any(|a| a.as_str() == Some(self.audience.as_str())),
-            _ => false,
-        };
-        let mut normalized = claims_map.clone();
-        normalized.insert(
-            "aud".to_owned(),
-            serde_json::Value::String(self.audience.clone()),
-        );
-        let claims: AccessClaims = serde_json::from_value(serde_json::Value::Object(normalized))
-            .map_err(|_| TokenRejection::BadSignature)?;
+        let (claims, aud_ok) =
+            read_access_claims(&payload, &header, &self.audience).map_err(|e| match e {
+                NotAnAccessToken::WrongType => TokenRejection::WrongType,
+                NotAnAccessToken::Malformed => TokenRejection::BadSignature,
+            })?;
         if claims.iss != self.issuer {
             return Err(TokenRejection::WrongIssuer);
         }

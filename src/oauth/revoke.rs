@@ -20,7 +20,7 @@ use super::token::form_params;
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, Secret};
 use crate::state::AppState;
-use crate::tokens::AccessClaims;
+use crate::tokens::{AccessClaims, read_access_claims};
 use crate::web::ClientIp;
 
 /// A token this server issued, identified.
@@ -38,14 +38,14 @@ pub async fn identify(state: &AppState, token: &str) -> Result<Option<KnownToken
         let Ok((payload, header)) = state.keys.verify_jwt(&state.store, token).await else {
             return Ok(None);
         };
-        if header.token_type() != Some("at+jwt") {
-            return Ok(None);
-        }
-        let claims: Option<AccessClaims> =
-            serde_json::from_value(serde_json::Value::Object(payload.claims_set().clone())).ok();
-        return Ok(claims
-            .filter(|c| c.iss == state.config.issuer.as_str())
-            .map(KnownToken::Access));
+        // Expired or not, for this server's resource or not: a token of ours is revoked.
+        return Ok(
+            read_access_claims(&payload, &header, &state.config.resource())
+                .ok()
+                .map(|(claims, _)| claims)
+                .filter(|c| c.iss == state.config.issuer.as_str())
+                .map(KnownToken::Access),
+        );
     }
     Ok(state
         .store

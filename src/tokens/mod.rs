@@ -6,5 +6,7 @@ pub mod access;
 pub mod revocation;
 
 pub use crate::keys::sealed;
-pub use access::{AccessClaims, AccessToken, TokenResponse, mint};
+pub use access::{
+    AccessClaims, AccessToken, NotAnAccessToken, TokenResponse, mint, read_access_claims,
+};
 pub use revocation::RevocationView;
