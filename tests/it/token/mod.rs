@@ -1,0 +1,296 @@
+//! The token endpoint (RFC 6749 §4.1.3, §5, §6; RFC 7636; RFC 8707; RFC 9068), revocation
+//! (RFC 7009) and introspection (RFC 7662). The main flow is driven by the independent `oauth2`
+//! crate; the misbehaviour of real clients is reproduced as it is seen (ChatGPT posting one code
+//! twice, refreshes raced or retried after a lost response, no `offline_access` asked for).
+//! Expiry uses the fixed clock, never sleeps.
+
+mod client_credentials;
+mod code;
+mod instances;
+mod refresh;
+mod retention;
+mod revocation;
+
+use std::collections::HashMap;
+
+use crate::support::{Agent, ISSUER, TestApp, TestResponse, oauth_http, query_of, request};
+use axum::body::Body;
+use gatehouse::clock::Clock;
+use gatehouse::domain::Secret;
+use gatehouse::store::Pruned;
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, RefreshToken,
+    Scope, TokenResponse as _, TokenUrl,
+};
+use serde_json::{Value, json};
+
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+
+fn resource() -> String {
+    format!("{ISSUER}/mcp")
+}
+
+/// Runs the browser leg for `client_id`; returns the code and the PKCE verifier.
+pub(crate) async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut req = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", resource());
+    for s in scopes {
+        req = req.add_scope(Scope::new((*s).to_owned()));
+    }
+    let (url, _) = req.url();
+    let mut agent = Agent::new(app);
+    let mut res = agent
+        .get(&format!(
+            "{}?{}",
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+        .await;
+    loop {
+        let location = res.location();
+        if location.starts_with(CALLBACK) {
+            let q = query_of(&location);
+            return (q["code"].clone(), verifier.secret().clone());
+        }
+        res = if location.starts_with("/login") {
+            let page = agent.get(&location).await;
+            let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+            agent
+                .post_form(
+                    "/login",
+                    &[
+                        ("csrf", &csrf),
+                        ("request", &request),
+                        ("username", "alice"),
+                        ("password", PASSWORD),
+                    ],
+                )
+                .await
+        } else {
+            let page = agent.get(&location).await;
+            let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+            agent
+                .post_form(
+                    "/consent",
+                    &[
+                        ("csrf", &csrf),
+                        ("request", &request),
+                        ("decision", "allow"),
+                    ],
+                )
+                .await
+        };
+    }
+}
+
+async fn app_with_claude() -> (TestApp, String) {
+    with_claude(TestApp::sqlite().await).await
+}
+
+async fn with_claude(app: TestApp) -> (TestApp, String) {
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    (app, client_id)
+}
+
+/// POSTs a form to `path` with optional Basic credentials.
+async fn post(
+    app: &TestApp,
+    path: &str,
+    fields: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> TestResponse {
+    crate::support::post_form(app, path, fields, basic, &[]).await
+}
+
+pub(crate) async fn exchange(
+    app: &TestApp,
+    client_id: &str,
+    code: &str,
+    verifier: &str,
+) -> TestResponse {
+    post(
+        app,
+        "/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", verifier),
+            ("redirect_uri", CALLBACK),
+            ("client_id", client_id),
+            ("resource", &resource()),
+        ],
+        None,
+    )
+    .await
+}
+
+pub(crate) async fn refresh(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
+    post(
+        app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await
+}
+
+/// A refresh with `token` is refused as `invalid_grant` (its family is dead).
+async fn assert_refresh_refused(app: &TestApp, client_id: &str, token: &Value) {
+    let token = token.as_str().expect("a refresh token");
+    assert_error(&refresh(app, client_id, token).await, 400, "invalid_grant");
+}
+
+fn assert_error(res: &TestResponse, status: u16, code: &str) {
+    assert_eq!(res.status, status, "{}", res.text());
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    assert_eq!(res.json()["error"], code, "{}", res.text());
+}
+
+/// Verifies an access token the way an independent resource server would: with the JWK set.
+async fn verified_claims(app: &TestApp, token: &str) -> (Value, josekit::jws::JwsHeader) {
+    let jwks = app.get("/jwks.json").await.json();
+    let key = josekit::jwk::Jwk::from_map(jwks["keys"][0].as_object().expect("key").clone())
+        .expect("jwk");
+    let verifier = josekit::jws::ES256
+        .verifier_from_jwk(&key)
+        .expect("verifier");
+    let (payload, header) =
+        josekit::jwt::decode_with_verifier(token, &verifier).expect("signature");
+    (Value::Object(payload.claims_set().clone()), header)
+}
+
+/// What `/mcp` answers a `tools/call whoami` made with `access_token`.
+pub(crate) async fn mcp_status(app: &TestApp, access_token: &str) -> u16 {
+    use crate::mcp_server::{call, mcp, stateless};
+    let body = stateless(call(1, "whoami", json!({})));
+    mcp(app, Some(access_token), None, "2026-07-28", body)
+        .await
+        .status
+        .as_u16()
+}
+
+/// Sends the same form `n` times at once, from spawned tasks (really concurrent database
+/// transactions on a multi-threaded runtime); returns each answer's status and body.
+async fn concurrently(
+    app: &TestApp,
+    n: usize,
+    path: &'static str,
+    fields: &[(&str, &str)],
+) -> Vec<(u16, Vec<u8>)> {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let (router, body) = (app.router.clone(), body.clone());
+        handles.push(tokio::spawn(async move {
+            use tower::ServiceExt;
+            let req = request("POST", path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .expect("req");
+            let res = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+            let status = res.status().as_u16();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            (status, bytes.to_vec())
+        }));
+    }
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.expect("task"));
+    }
+    answers
+}
+
+/// A code for `client_id` from a browser already signed in and consented, with a PKCE pair of
+/// its own; the code and the verifier.
+async fn code_for_signed_in(agent: &mut Agent<'_>, client_id: &str) -> (String, String) {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let path = format!(
+        "/authorize?response_type=code&client_id={client_id}&redirect_uri={CALLBACK}&scope=mcp&state=s&code_challenge={}&code_challenge_method=S256",
+        challenge.as_str()
+    );
+    let back = agent.get(&path).await.location();
+    assert!(back.starts_with(CALLBACK), "{back}");
+    (query_of(&back)["code"].clone(), verifier.secret().clone())
+}
+
+/// Registers a confidential client; returns (id, secret).
+pub(crate) async fn confidential(
+    app: &TestApp,
+    method: &str,
+    grants: &[&str],
+    scope: &str,
+) -> (String, String) {
+    let res = app
+        .post_json(
+            "/register",
+            &json!({ "redirect_uris": ["https://service.example.com/cb"], "token_endpoint_auth_method": method, "grant_types": grants, "scope": scope }),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let doc = res.json();
+    (
+        doc["client_id"].as_str().expect("id").to_owned(),
+        doc["client_secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+/// A tool called with `access_token`: the text of its result (JSON for the built-in tools), or
+/// the tool error's text.
+async fn tool_text(app: &TestApp, access_token: &str, tool: &str, arguments: Value) -> String {
+    use crate::mcp_server::{call, mcp, message, stateless};
+    let res = mcp(
+        app,
+        Some(access_token),
+        None,
+        "2026-07-28",
+        stateless(call(1, tool, arguments)),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    message(&res)["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {}", res.text()))
+        .to_owned()
+}
+
+/// `POST /revoke` of `token` by the public client `client_id`.
+async fn revoke_as_public_client(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
+    post(
+        app,
+        "/revoke",
+        &[("token", token), ("client_id", client_id)],
+        None,
+    )
+    .await
+}
+
+/// Audit event kinds, oldest first.
+async fn event_kinds(app: &TestApp) -> Vec<String> {
+    let mut events = gatehouse::audit::read(&app.state.store, None, None, 100)
+        .await
+        .expect("audit");
+    events.reverse();
+    events.into_iter().map(|e| e.event.kind).collect()
+}
+
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| k.as_str() == kind).count()
+}
