@@ -742,17 +742,17 @@ async fn tool_calls_and_refusals_are_audited() {
         stateless(call(3, "whoami", json!({}))),
     )
     .await;
-    // The tool-call event is written after the answer: wait for it.
-    let mut events = Vec::new();
-    for _ in 0..50 {
-        events = gatehouse::audit::read(&app.state.store, None, None, 100)
+    // The tool-call event is written after the answer.
+    let events = crate::support::eventually("the tool call's audit event", || async {
+        let events = gatehouse::audit::read(&app.state.store, None, None, 100)
             .await
             .expect("audit");
-        if events.iter().any(|e| e.event.kind == "mcp.tool_call") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        events
+            .iter()
+            .any(|e| e.event.kind == "mcp.tool_call")
+            .then_some(events)
+    })
+    .await;
     let call = events
         .iter()
         .find(|e| e.event.kind == "mcp.tool_call")

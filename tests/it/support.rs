@@ -517,3 +517,24 @@ pub fn oauth_http(
         })
     }
 }
+
+/// Waits for what the server does after its answer (an audit event written once the response is
+/// out, say): `check` until it returns something, for at most 5 s; then the test fails, naming
+/// `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 5 s for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
