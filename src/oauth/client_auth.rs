@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 /// What the client presented.
 #[derive(Debug)]
-struct Presented {
+struct PresentedClient {
     client_id: String,
     secret: Option<Secret>,
     basic: bool,
@@ -32,7 +32,7 @@ fn invalid_client(description: &str, basic: bool) -> TokenError {
 
 /// Reads the client's credentials from the `Authorization: Basic` header or the body, refusing
 /// requests that use two methods at once (RFC 6749 §2.3).
-fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, TokenError> {
+fn presented(headers: &HeaderMap, params: &Params) -> Result<PresentedClient, TokenError> {
     let body_id = params
         .get("client_id")
         .map_err(|_| TokenError::InvalidRequest("client_id is repeated".into()))?;
@@ -76,7 +76,7 @@ fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, TokenErr
                     "client_id differs from the Basic credentials".into(),
                 ));
             }
-            Ok(Presented {
+            Ok(PresentedClient {
                 client_id: id,
                 secret: Some(Secret::presented(&decode(secret))),
                 basic: true,
@@ -86,7 +86,7 @@ fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, TokenErr
             let id = body_id.ok_or_else(|| {
                 invalid_client("client authentication is required (client_id)", false)
             })?;
-            Ok(Presented {
+            Ok(PresentedClient {
                 client_id: id.to_owned(),
                 secret: body_secret.map(Secret::presented),
                 basic: false,
@@ -143,7 +143,7 @@ pub fn counted(state: &AppState, ip: Option<IpAddr>, client_id: Option<&str>, er
 /// copy of the client will do (see [`crate::oauth::clients::ClientCache`]).
 async fn authenticate(
     state: &AppState,
-    credentials: Presented,
+    credentials: PresentedClient,
     lookup: Lookup,
 ) -> Result<Client, TokenError> {
     let basic = credentials.basic;

@@ -94,7 +94,7 @@ impl ClientCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     /// Read the database (anything that may start something new for the client).
-    Fresh,
+    Database,
     /// The cache may answer (code exchange and refresh, see [`ClientCache`]).
     Cached,
 }
@@ -106,7 +106,7 @@ pub async fn resolve_client(
     client_id: &str,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Client, ClientLookupError> {
-    lookup_client(state, client_id, ip, Lookup::Fresh).await
+    lookup_client(state, client_id, ip, Lookup::Database).await
 }
 
 /// The client `client_id` names, from the cache when `lookup` allows.

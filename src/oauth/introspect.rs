@@ -45,7 +45,7 @@ async fn introspect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, TokenError> {
     let params = form_params(headers, body)?;
-    let client = authenticate_within_budget(state, ip, headers, &params, Lookup::Fresh).await?;
+    let client = authenticate_within_budget(state, ip, headers, &params, Lookup::Database).await?;
     if !client.is_confidential() {
         return Err(TokenError::InvalidClient {
             description: "introspection is for clients that authenticate with a secret".into(),

@@ -83,7 +83,7 @@ async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(), TokenError> {
     let params = form_params(headers, body)?;
-    let client = authenticate_within_budget(state, ip, headers, &params, Lookup::Fresh).await?;
+    let client = authenticate_within_budget(state, ip, headers, &params, Lookup::Database).await?;
     let token = required(&params, "token")?;
     // RFC 7009 §2.1: the hint is only a hint; both kinds are looked up.
     let _hint = optional(&params, "token_type_hint")?;

@@ -138,7 +138,7 @@ async fn token(
     // credentials start a grant, so they read the client afresh.
     let lookup = match grant {
         GrantType::AuthorizationCode | GrantType::RefreshToken => Lookup::Cached,
-        GrantType::ClientCredentials => Lookup::Fresh,
+        GrantType::ClientCredentials => Lookup::Database,
     };
     let client = authenticate_within_budget(state, ip, headers, &params, lookup)
         .await

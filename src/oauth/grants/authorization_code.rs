@@ -51,7 +51,7 @@ pub async fn exchange(
             "code_verifier must be 43 to 128 unreserved characters (RFC 7636 §4.1)".into(),
         ));
     }
-    let presented = Presented {
+    let presented = ExchangeRequest {
         verifier,
         hash: Secret::presented(code).hash(),
         redirect_uri: optional(params, "redirect_uri")?,
@@ -90,7 +90,7 @@ pub async fn exchange(
 }
 
 /// The request, as read from the form.
-struct Presented<'a> {
+struct ExchangeRequest<'a> {
     verifier: &'a str,
     hash: SecretHash,
     redirect_uri: Option<&'a str>,
@@ -106,7 +106,7 @@ fn not_valid() -> TokenError {
 async fn redeem(
     state: &AppState,
     client: &Client,
-    presented: &Presented<'_>,
+    presented: &ExchangeRequest<'_>,
     record: CodeRecord,
 ) -> Result<Option<TokenResponse>, TokenError> {
     let now = state.clock.now();

@@ -8,7 +8,7 @@
 //!   the response and retried, or two workers racing with one token) gets that same response: the
 //!   same new pair, not another one. Only while the successor has never been used: a client that
 //!   presented the successor has the rotation, so the old token after that is a replay.
-//! - Presented again after the grace window, or after its successor was used: theft is assumed
+//! - RefreshRequest again after the grace window, or after its successor was used: theft is assumed
 //!   and the whole family (the grant) is revoked, its access tokens and newest refresh token
 //!   included (RFC 9700 §4.14.2).
 
@@ -28,7 +28,7 @@ fn replay_secret(token: &str, client_id: &str) -> Vec<u8> {
 }
 
 /// The request, as read from the form.
-struct Presented<'a> {
+struct RefreshRequest<'a> {
     token: &'a str,
     hash: SecretHash,
     scope: Option<&'a str>,
@@ -46,7 +46,7 @@ pub async fn refresh(
     params: &Params,
 ) -> Result<TokenResponse, TokenError> {
     let token = required(params, "refresh_token")?;
-    let presented = Presented {
+    let presented = RefreshRequest {
         token,
         hash: Secret::presented(token).hash(),
         scope: optional(params, "scope")?,
@@ -121,7 +121,7 @@ async fn within_roles(state: &AppState, user_id: &str, scope: &str) -> Result<St
 async fn rotate(
     state: &AppState,
     client: &Client,
-    presented: &Presented<'_>,
+    presented: &RefreshRequest<'_>,
     record: RefreshRecord,
 ) -> Result<Option<TokenResponse>, TokenError> {
     usable(client, &record)?;
