@@ -4,9 +4,7 @@
 //! failures seen in the field (a 200 where a 401 was needed, an audience mismatch, a 429 that
 //! looks like an invalid token, sessions across a refresh).
 
-use crate::support::{
-    Agent, ISSUER, TestApp, TestResponse, oauth_http, query_of, request, sqlite_url,
-};
+use crate::support::{Agent, ISSUER, TestApp, TestResponse, oauth_http, request, sqlite_url};
 use axum::body::Body;
 use gatehouse::clock::Clock;
 use oauth2::basic::BasicClient;
@@ -123,42 +121,10 @@ pub(crate) async fn authorize(
         req = req.add_scope(Scope::new(s.to_owned()));
     }
     let (url, _) = req.url();
-    let mut agent = Agent::new(app);
-    let mut res = agent
-        .get(&format!(
-            "{}?{}",
-            url.path(),
-            url.query().unwrap_or_default()
-        ))
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let code = Agent::new(app)
+        .authorize_and_allow(&path, user, PASSWORD, CALLBACK)
         .await;
-    let code = loop {
-        let location = res.location();
-        if location.starts_with(CALLBACK) {
-            break query_of(&location)["code"].clone();
-        }
-        let page = agent.get(&location).await;
-        let (csrf, id) = (page.hidden("csrf"), page.hidden("request"));
-        res = if location.starts_with("/login") {
-            agent
-                .post_form(
-                    "/login",
-                    &[
-                        ("csrf", &csrf),
-                        ("request", &id),
-                        ("username", user),
-                        ("password", PASSWORD),
-                    ],
-                )
-                .await
-        } else {
-            agent
-                .post_form(
-                    "/consent",
-                    &[("csrf", &csrf), ("request", &id), ("decision", "allow")],
-                )
-                .await
-        };
-    };
     client
         .exchange_code(AuthorizationCode::new(code))
         .set_pkce_verifier(verifier)

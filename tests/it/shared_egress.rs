@@ -55,7 +55,7 @@ async fn connect(app: &TestApp) -> Result<(), (u16, String)> {
         return Err(fail(&res));
     }
     let login = res.location();
-    let res = crate::signin::sign_in(&mut agent, &login, "alice", PASSWORD).await;
+    let res = agent.sign_in(&login, "alice", PASSWORD).await;
     if res.status != 303 {
         return Err(fail(&res));
     }

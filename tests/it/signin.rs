@@ -36,47 +36,6 @@ pub(crate) fn authorize_request(
     (path, state.secret().clone())
 }
 
-/// Signs in on the login page the authorize step redirected to; returns the next response.
-pub(crate) async fn sign_in(
-    agent: &mut Agent<'_>,
-    login_location: &str,
-    username: &str,
-    password: &str,
-) -> TestResponse {
-    let page = agent.get(login_location).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let csrf = page.hidden("csrf");
-    let request = page.hidden("request");
-    agent
-        .post_form(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("request", &request),
-                ("username", username),
-                ("password", password),
-            ],
-        )
-        .await
-}
-
-/// Answers the consent page at `location`.
-async fn decide(agent: &mut Agent<'_>, location: &str, decision: &str) -> TestResponse {
-    let page = agent.get(location).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
-    agent
-        .post_form(
-            "/consent",
-            &[
-                ("csrf", &csrf),
-                ("request", &request),
-                ("decision", decision),
-            ],
-        )
-        .await
-}
-
 async fn claude_app() -> (TestApp, String) {
     let app = TestApp::sqlite().await;
     app.add_user("alice", PASSWORD, &["user"]).await;
@@ -95,7 +54,7 @@ async fn full_browser_leg_login_consent_redirect_with_code_state_iss() {
     let login = res.location();
     assert!(login.starts_with("/login?request="), "{login}");
 
-    let res = sign_in(&mut agent, &login, "alice", PASSWORD).await;
+    let res = agent.sign_in(&login, "alice", PASSWORD).await;
     assert_eq!(res.status, 303, "{}", res.text());
     let consent = res.location();
     assert!(consent.starts_with("/consent?request="), "{consent}");
@@ -123,7 +82,7 @@ async fn full_browser_leg_login_consent_redirect_with_code_state_iss() {
             && html.contains("name=\"decision\" value=\"deny\"")
     );
 
-    let res = decide(&mut agent, &consent, "allow").await;
+    let res = agent.decide(&consent, "allow").await;
     assert_eq!(
         res.status, 303,
         "302/303, never 307: a 307 would re-POST the consent form to the client's callback"
@@ -335,10 +294,8 @@ async fn errors_of_a_client_nobody_connected_stay_on_the_error_page() {
     // Connected by alice in this browser: the same errors go back to the client.
     let mut agent = Agent::new(&app);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
-    decide(&mut agent, &consent, "allow").await;
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    agent.decide(&consent, "allow").await;
     for (path, error) in request_error_cases(&client_id, CLAUDE_CALLBACK) {
         let res = agent.get(&path).await;
         assert_eq!(res.status, 303, "{path}");
@@ -385,15 +342,13 @@ async fn loopback_redirect_matches_any_port() {
     let mut agent = Agent::new(&app);
     let (path, state) = authorize_request(&client_id, "http://localhost:53124/callback", &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
     let page = agent.get(&consent).await.text();
     assert!(
         page.contains("Runs on your computer"),
         "loopback-only clients are flagged"
     );
-    let back = decide(&mut agent, &consent, "allow").await.location();
+    let back = agent.decide(&consent, "allow").await.location();
     assert!(
         back.starts_with("http://localhost:53124/callback?"),
         "{back}"
@@ -417,10 +372,8 @@ async fn a_public_client_at_another_loopback_port_is_asked_again() {
     let first = "http://127.0.0.1:50001/callback";
     let (path, _) = authorize_request(&client_id, first, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
-    decide(&mut agent, &consent, "allow").await;
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    agent.decide(&consent, "allow").await;
     // The same port: straight back with a code.
     let (path, _) = authorize_request(&client_id, first, &["mcp"]);
     let back = agent.get(&path).await.location();
@@ -434,7 +387,7 @@ async fn a_public_client_at_another_loopback_port_is_asked_again() {
     assert!(consent.starts_with("/consent?"), "{consent}");
     let page = agent.get(&consent).await.text();
     assert!(!page.contains("Already allowed earlier"), "{page}");
-    let back = decide(&mut agent, &consent, "allow").await.location();
+    let back = agent.decide(&consent, "allow").await.location();
     assert!(
         back.starts_with("http://127.0.0.1:50002/callback?"),
         "{back}"
@@ -444,7 +397,7 @@ async fn a_public_client_at_another_loopback_port_is_asked_again() {
     let claude = app.register_client("Claude", &[CLAUDE_CALLBACK]).await;
     let (path, _) = authorize_request(&claude, CLAUDE_CALLBACK, &["mcp"]);
     let consent = agent.get(&path).await.location();
-    decide(&mut agent, &consent, "allow").await;
+    agent.decide(&consent, "allow").await;
     let (path, _) = authorize_request(&claude, CLAUDE_CALLBACK, &["mcp"]);
     assert!(
         agent
@@ -487,15 +440,13 @@ async fn scopes_are_limited_by_roles() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp", "activity:read"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "bob", PASSWORD)
-        .await
-        .location();
+    let consent = agent.sign_in(&login, "bob", PASSWORD).await.location();
     let page = agent.get(&consent).await.text();
     assert!(
         page.contains("<code>activity:read</code>") && !page.contains("<code>mcp</code>"),
         "{page}"
     );
-    decide(&mut agent, &consent, "allow").await;
+    agent.decide(&consent, "allow").await;
 
     // Bob has connected the client, so its redirect URI is trusted with the error.
     let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
@@ -510,10 +461,8 @@ async fn deny_answers_access_denied() {
     let mut agent = Agent::new(&app);
     let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
-    let q = query_of(&decide(&mut agent, &consent, "deny").await.location());
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    let q = query_of(&agent.decide(&consent, "deny").await.location());
     assert_eq!(q["error"], "access_denied");
     assert_eq!(q["state"], state);
     assert_eq!(q["iss"], ISSUER);
@@ -528,10 +477,8 @@ async fn remembered_consent_skips_the_page_and_prompt_consent_forces_it() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
-    decide(&mut agent, &consent, "allow").await;
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    agent.decide(&consent, "allow").await;
 
     // Same scope again: straight back with a code.
     let (path, state) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
@@ -555,7 +502,7 @@ async fn remembered_consent_skips_the_page_and_prompt_consent_forces_it() {
         html.contains("Already allowed earlier: <code>mcp</code>"),
         "{html}"
     );
-    decide(&mut agent, &consent, "allow").await;
+    agent.decide(&consent, "allow").await;
 
     // prompt=consent: the page again, with everything.
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
@@ -585,9 +532,7 @@ async fn prompt_none_answers_without_a_page() {
     assert_eq!(q["error"], "login_required");
 
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
     assert!(consent.starts_with("/consent"));
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let q = query_of(&agent.get(&format!("{path}&prompt=none")).await.location());
@@ -635,9 +580,7 @@ async fn csrf_missing_or_foreign_is_refused() {
             .starts_with("/login")
     );
 
-    let consent = sign_in(&mut victim, &login, "alice", PASSWORD)
-        .await
-        .location();
+    let consent = victim.sign_in(&login, "alice", PASSWORD).await.location();
     let page = victim.get(&consent).await;
     let (good, request) = (page.hidden("csrf"), page.hidden("request"));
     // A second pending request of the same session has its own token.
@@ -817,9 +760,7 @@ async fn session_cookie_is_hardened_rotated_at_login_and_ended_by_logout() {
     }
     assert!(!cookie.contains("Domain="), "{cookie}");
     let before = agent.cookies["__Host-gatehouse"].clone();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
     assert_ne!(
         agent.cookies["__Host-gatehouse"], before,
         "session id rotated at sign-in"
@@ -853,7 +794,7 @@ async fn a_cookie_forged_from_the_database_signs_nobody_in() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    sign_in(&mut agent, &login, "alice", PASSWORD).await;
+    agent.sign_in(&login, "alice", PASSWORD).await;
     assert!(
         agent
             .get("/logout")
@@ -946,10 +887,8 @@ async fn password_change_and_removal_end_what_the_user_had() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
-    decide(&mut agent, &consent, "allow").await;
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    agent.decide(&consent, "allow").await;
     assert!(
         app.state
             .store
@@ -1019,9 +958,7 @@ async fn operator_clients_are_not_flagged_unverified() {
         .expect("insert");
     let (path, _) = authorize_request("gh_operator", "https://agent.example.com/cb", &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
     let html = agent.get(&consent).await.text();
     assert!(
         html.contains("Internal agent") && !html.contains("Unverified application"),
@@ -1050,10 +987,8 @@ async fn removing_a_client_removes_its_consents_and_codes() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let consent = sign_in(&mut agent, &login, "alice", PASSWORD)
-        .await
-        .location();
-    let code = query_of(&decide(&mut agent, &consent, "allow").await.location())["code"].clone();
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    let code = query_of(&agent.decide(&consent, "allow").await.location())["code"].clone();
     let hash = Secret::presented(&code).hash();
     assert!(
         app.state

@@ -326,6 +326,68 @@ impl<'a> Agent<'a> {
         self.keep_cookies(&res);
         res
     }
+
+    /// Fills in the sign-in page at `location` and posts it.
+    pub async fn sign_in(
+        &mut self,
+        location: &str,
+        username: &str,
+        password: &str,
+    ) -> TestResponse {
+        let page = self.get(location).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+        self.post_form(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("request", &request),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+
+    /// Answers the consent page at `location` with `decision` (`allow` or `deny`).
+    pub async fn decide(&mut self, location: &str, decision: &str) -> TestResponse {
+        let page = self.get(location).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
+        self.post_form(
+            "/consent",
+            &[
+                ("csrf", &csrf),
+                ("request", &request),
+                ("decision", decision),
+            ],
+        )
+        .await
+    }
+
+    /// The browser leg as a person goes through it: from an authorization request
+    /// (`authorize_path`, path and query), signs in and allows whenever a page asks, until the
+    /// redirect to `callback`; the code it carries.
+    pub async fn authorize_and_allow(
+        &mut self,
+        authorize_path: &str,
+        username: &str,
+        password: &str,
+        callback: &str,
+    ) -> String {
+        let mut res = self.get(authorize_path).await;
+        loop {
+            let location = res.location();
+            if location.starts_with(callback) {
+                return query_of(&location)["code"].clone();
+            }
+            res = if location.starts_with("/login") {
+                self.sign_in(&location, username, password).await
+            } else {
+                self.decide(&location, "allow").await
+            };
+        }
+    }
 }
 
 impl TestResponse {

@@ -46,49 +46,11 @@ pub(crate) async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) ->
         req = req.add_scope(Scope::new((*s).to_owned()));
     }
     let (url, _) = req.url();
-    let mut agent = Agent::new(app);
-    let mut res = agent
-        .get(&format!(
-            "{}?{}",
-            url.path(),
-            url.query().unwrap_or_default()
-        ))
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let code = Agent::new(app)
+        .authorize_and_allow(&path, "alice", PASSWORD, CALLBACK)
         .await;
-    loop {
-        let location = res.location();
-        if location.starts_with(CALLBACK) {
-            let q = query_of(&location);
-            return (q["code"].clone(), verifier.secret().clone());
-        }
-        res = if location.starts_with("/login") {
-            let page = agent.get(&location).await;
-            let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
-            agent
-                .post_form(
-                    "/login",
-                    &[
-                        ("csrf", &csrf),
-                        ("request", &request),
-                        ("username", "alice"),
-                        ("password", PASSWORD),
-                    ],
-                )
-                .await
-        } else {
-            let page = agent.get(&location).await;
-            let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
-            agent
-                .post_form(
-                    "/consent",
-                    &[
-                        ("csrf", &csrf),
-                        ("request", &request),
-                        ("decision", "allow"),
-                    ],
-                )
-                .await
-        };
-    }
+    (code, verifier.secret().clone())
 }
 
 async fn app_with_claude() -> (TestApp, String) {

@@ -260,7 +260,7 @@ async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
     let mut agent = Agent::new(&app);
     let (path, _) = crate::signin::authorize_request(&client_id, CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let res = crate::signin::sign_in(&mut agent, &login, "alice", "a brand new password").await;
+    let res = agent.sign_in(&login, "alice", "a brand new password").await;
     let back = res.location();
     assert!(back.starts_with(CALLBACK), "consent remembered: {back}");
     // (that code was made with the test's own challenge; a fresh exchange gives a live grant)
@@ -280,7 +280,7 @@ async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
         back.starts_with("/login?"),
         "the browser session ended: {back}"
     );
-    let res = crate::signin::sign_in(&mut agent, &back, "alice", "a brand new password").await;
+    let res = agent.sign_in(&back, "alice", "a brand new password").await;
     assert!(
         res.location().starts_with("/consent?"),
         "the consent was forgotten: {}",
