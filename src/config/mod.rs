@@ -607,6 +607,19 @@ impl Config {
         }
     }
 
+    /// The scopes `user`'s roles allow, each once, in the order of the roles and the catalog.
+    pub fn grantable(&self, user: &crate::domain::User) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for role in &user.roles {
+            for scope in self.roles.get(role).into_iter().flatten() {
+                if !out.iter().any(|s| s == scope.as_str()) {
+                    out.push(scope.as_str().to_owned());
+                }
+            }
+        }
+        out
+    }
+
     /// The MCP resource identifier (RFC 8707, RFC 9728 `resource`): exactly `{issuer}/mcp`.
     pub fn resource(&self) -> String {
         self.issuer.url(crate::routes::MCP)

@@ -369,19 +369,6 @@ pub async fn current_user(
     Ok(user.filter(|u| u.session_valid(at)))
 }
 
-/// The scopes `user` may grant: the union of their roles' scopes.
-pub fn grantable(state: &AppState, user: &User) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for role in &user.roles {
-        for scope in state.config.roles.get(role).into_iter().flatten() {
-            if !out.iter().any(|s| s == scope.as_str()) {
-                out.push(scope.as_str().to_owned());
-            }
-        }
-    }
-    out
-}
-
 /// Where a pending request stands for this user: scopes to grant, and those already allowed.
 #[derive(Debug, Clone)]
 pub struct ConsentState {
@@ -418,7 +405,7 @@ pub async fn consent_state(
     pending: &PendingAuthorization,
     user: &User,
 ) -> Result<ConsentState, AuthorizeError> {
-    let allowed = grantable(state, user);
+    let allowed = state.config.grantable(user);
     let granted: Vec<String> = pending
         .scopes
         .iter()

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::client_auth::{authenticate_within_budget, counted};
 use super::clients::Lookup;
 use super::error::TokenError;
-use super::grants::{self, GrantType};
+use super::grants::{GrantContext, GrantType, TokenRequest};
 use super::params::Params;
 use crate::audit::{self, AuditEvent};
 use crate::state::AppState;
@@ -143,14 +143,18 @@ async fn token(
     let client = authenticate_within_budget(state, ip, headers, &params, lookup)
         .await
         .map_err(|e| fail(e, None))?;
-    let result = match grant {
-        GrantType::AuthorizationCode => {
-            grants::authorization_code::exchange(state, &client, &params).await
+    let result = match TokenRequest::read(grant, &client, &state.config, &params) {
+        Ok(request) => {
+            let ctx = GrantContext {
+                config: &state.config,
+                store: &state.store,
+                keys: &state.keys,
+                revocations: &state.revocations,
+                now: state.clock.now(),
+            };
+            request.run(&ctx, &client).await
         }
-        GrantType::RefreshToken => grants::refresh_token::refresh(state, &client, &params).await,
-        GrantType::ClientCredentials => {
-            grants::client_credentials::issue(state, &client, &params).await
-        }
+        Err(e) => Err(e),
     };
     result.map_err(|e| {
         // A bad code or refresh token counts against the address and the client.

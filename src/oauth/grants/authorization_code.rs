@@ -9,12 +9,11 @@
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{GrantType, optional, required};
+use super::{GrantContext, GrantType, optional, required};
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, Secret, SecretHash, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
-use crate::state::AppState;
 use crate::store::{CodeRecord, CodeState, ConsumedCode, GrantRecord, NewRefresh};
 use crate::tokens::{TokenResponse, mint};
 
@@ -33,68 +32,68 @@ fn pkce_matches(verifier: &str, challenge: &str) -> bool {
     computed.as_bytes().ct_eq(challenge.as_bytes()).into()
 }
 
-/// `grant_type=authorization_code`
-pub async fn exchange(
-    state: &AppState,
-    client: &Client,
-    params: &Params,
-) -> Result<TokenResponse, TokenError> {
-    if !GrantType::AuthorizationCode.registered_by(client) {
-        return Err(TokenError::UnauthorizedClient(
-            "this client is not registered for the authorization code grant".into(),
-        ));
-    }
-    let code = required(params, "code")?;
-    let verifier = required(params, "code_verifier")?;
-    if !valid_verifier(verifier) {
-        return Err(TokenError::InvalidRequest(
-            "code_verifier must be 43 to 128 unreserved characters (RFC 7636 §4.1)".into(),
-        ));
-    }
-    let presented = ExchangeRequest {
-        verifier,
-        hash: Secret::presented(code).hash(),
-        redirect_uri: optional(params, "redirect_uri")?,
-        resource: optional(params, "resource")?,
-    };
-    // A code this instance issued and has not seen redeemed: straight to the redemption, without
-    // a read. Its guarded write has the last word; if it finds the code redeemed or gone, or if
-    // any check refuses, the database decides below, as for a code with no hint (a refused
-    // request is rare, and a second use of a code must revoke what it issued).
-    if let Some(hint) = state.store.fresh_code(presented.hash.as_str())
-        && let Ok(Some(response)) = redeem(state, client, &presented, hint).await
-    {
-        return Ok(response);
-    }
-    let record = match state
-        .store
-        .code_for_exchange(presented.hash.as_str())
-        .await?
-    {
-        None => return Err(not_valid()),
-        Some(CodeState::Consumed(consumed)) => return Err(reused(state, client, consumed).await?),
-        Some(CodeState::Fresh(record)) => record,
-    };
-    if let Some(response) = redeem(state, client, &presented, record).await? {
-        return Ok(response);
-    }
-    // A concurrent request redeemed it first: this one is a second use like any other.
-    match state
-        .store
-        .code_for_exchange(presented.hash.as_str())
-        .await?
-    {
-        Some(CodeState::Consumed(consumed)) => Err(reused(state, client, consumed).await?),
-        _ => Err(not_valid()),
-    }
-}
-
-/// The request, as read from the form.
-struct ExchangeRequest<'a> {
+/// A code exchange, as read from the form.
+#[derive(Debug)]
+pub struct ExchangeRequest<'a> {
     verifier: &'a str,
     hash: SecretHash,
     redirect_uri: Option<&'a str>,
     resource: Option<&'a str>,
+}
+
+impl<'a> ExchangeRequest<'a> {
+    /// Reads an exchange's parameters (RFC 6749 §4.1.3, RFC 7636 §4.5), once `client` is known
+    /// to be registered for the grant.
+    pub fn read(client: &Client, params: &'a Params) -> Result<Self, TokenError> {
+        if !GrantType::AuthorizationCode.registered_by(client) {
+            return Err(TokenError::UnauthorizedClient(
+                "this client is not registered for the authorization code grant".into(),
+            ));
+        }
+        let code = required(params, "code")?;
+        let verifier = required(params, "code_verifier")?;
+        if !valid_verifier(verifier) {
+            return Err(TokenError::InvalidRequest(
+                "code_verifier must be 43 to 128 unreserved characters (RFC 7636 §4.1)".into(),
+            ));
+        }
+        Ok(Self {
+            verifier,
+            hash: Secret::presented(code).hash(),
+            redirect_uri: optional(params, "redirect_uri")?,
+            resource: optional(params, "resource")?,
+        })
+    }
+}
+
+/// `grant_type=authorization_code`
+pub async fn exchange(
+    ctx: &GrantContext<'_>,
+    client: &Client,
+    presented: &ExchangeRequest<'_>,
+) -> Result<TokenResponse, TokenError> {
+    // A code this instance issued and has not seen redeemed: straight to the redemption, without
+    // a read. Its guarded write has the last word; if it finds the code redeemed or gone, or if
+    // any check refuses, the database decides below, as for a code with no hint (a refused
+    // request is rare, and a second use of a code must revoke what it issued).
+    if let Some(hint) = ctx.store.fresh_code(presented.hash.as_str())
+        && let Ok(Some(response)) = redeem(ctx, client, presented, hint).await
+    {
+        return Ok(response);
+    }
+    let record = match ctx.store.code_for_exchange(presented.hash.as_str()).await? {
+        None => return Err(not_valid()),
+        Some(CodeState::Consumed(consumed)) => return Err(reused(ctx, client, consumed).await?),
+        Some(CodeState::Fresh(record)) => record,
+    };
+    if let Some(response) = redeem(ctx, client, presented, record).await? {
+        return Ok(response);
+    }
+    // A concurrent request redeemed it first: this one is a second use like any other.
+    match ctx.store.code_for_exchange(presented.hash.as_str()).await? {
+        Some(CodeState::Consumed(consumed)) => Err(reused(ctx, client, consumed).await?),
+        _ => Err(not_valid()),
+    }
 }
 
 fn not_valid() -> TokenError {
@@ -104,12 +103,12 @@ fn not_valid() -> TokenError {
 /// Redeems an unused code: the tokens, or `None` when the guarded write found the code already
 /// consumed or gone (nothing is written then).
 async fn redeem(
-    state: &AppState,
+    ctx: &GrantContext<'_>,
     client: &Client,
     presented: &ExchangeRequest<'_>,
     record: CodeRecord,
 ) -> Result<Option<TokenResponse>, TokenError> {
-    let now = state.clock.now();
+    let now = ctx.now;
     if record.client_id != client.id {
         return Err(TokenError::InvalidGrant(
             "the authorization code was issued to another client".into(),
@@ -143,7 +142,7 @@ async fn redeem(
         )));
     }
 
-    let config = &state.config;
+    let config = ctx.config;
     let grant = GrantRecord {
         grant_id: record.grant_id.clone(),
         client_id: client.id.clone(),
@@ -155,7 +154,7 @@ async fn redeem(
         revoked_at: None,
     };
     let access = mint(
-        &state.keys.snapshot(),
+        &ctx.keys.snapshot(),
         config.issuer.as_str(),
         &grant,
         &grant.scopes,
@@ -184,7 +183,7 @@ async fn redeem(
     event.subject = grant.user_id.clone();
     event.client_id = Some(client.id.clone());
     event.grant_id = Some(grant.grant_id.clone());
-    let redeemed = state
+    let redeemed = ctx
         .store
         .redeem_code(presented.hash.as_str(), now, &grant, Some(&next), &event)
         .await?;
@@ -198,17 +197,17 @@ async fn redeem(
 /// A code presented again: refused, and what it produced is revoked (RFC 6749 §4.1.2: the
 /// first redemption may have been an attacker's, or this one is). Returns the error to answer.
 async fn reused(
-    state: &AppState,
+    ctx: &GrantContext<'_>,
     client: &Client,
     consumed: ConsumedCode,
 ) -> Result<TokenError, TokenError> {
-    let now = state.clock.now();
-    if state
+    let now = ctx.now;
+    if ctx
         .store
         .revoke_grant(&consumed.grant_id, "authorization code reused", now)
         .await?
     {
-        state.revocations.revoke_grant(&consumed.grant_id, now);
+        ctx.revocations.revoke_grant(&consumed.grant_id, now);
     }
     let mut event = AuditEvent::new(
         "code.reuse_detected",
@@ -217,7 +216,7 @@ async fn reused(
     );
     event.client_id = Some(client.id.clone());
     event.grant_id = Some(consumed.grant_id);
-    audit::record(&state.store, event.failed()).await?;
+    audit::record(ctx.store, event.failed()).await?;
     Ok(TokenError::InvalidGrant(
         "the authorization code was already used; the tokens issued from it are revoked".into(),
     ))

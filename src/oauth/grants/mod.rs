@@ -4,8 +4,83 @@ pub mod authorization_code;
 pub mod client_credentials;
 pub mod refresh_token;
 
+use time::OffsetDateTime;
+
 use super::error::TokenError;
 use super::params::Params;
+use crate::config::Config;
+use crate::domain::Client;
+use crate::keys::KeyStore;
+use crate::store::Store;
+use crate::tokens::{RevocationView, TokenResponse};
+
+pub use authorization_code::ExchangeRequest;
+pub use client_credentials::ServiceRequest;
+pub use refresh_token::RefreshRequest;
+
+/// What a grant works with: the moment of the request, and the parts of the server it reads
+/// and changes. Nothing else of the application reaches a grant.
+#[derive(Debug)]
+pub struct GrantContext<'a> {
+    /// The settings.
+    pub config: &'a Config,
+    /// The database.
+    pub store: &'a Store,
+    /// The signing keys.
+    pub keys: &'a KeyStore,
+    /// The revocations the resource side checks (a reuse revokes at once here too).
+    pub revocations: &'a RevocationView,
+    /// The request's time, read once.
+    pub now: OffsetDateTime,
+}
+
+/// A token request's parameters, read for its grant type once the client is authenticated.
+#[derive(Debug)]
+pub enum TokenRequest<'a> {
+    /// `authorization_code`
+    AuthorizationCode(ExchangeRequest<'a>),
+    /// `refresh_token`
+    RefreshToken(RefreshRequest<'a>),
+    /// `client_credentials`
+    ClientCredentials(ServiceRequest<'a>),
+}
+
+impl<'a> TokenRequest<'a> {
+    /// Reads `params` for `grant`: first whether `client` may use the grant, then its parameters.
+    pub fn read(
+        grant: GrantType,
+        client: &Client,
+        config: &Config,
+        params: &'a Params,
+    ) -> Result<Self, TokenError> {
+        Ok(match grant {
+            GrantType::AuthorizationCode => {
+                Self::AuthorizationCode(ExchangeRequest::read(client, params)?)
+            }
+            GrantType::RefreshToken => Self::RefreshToken(RefreshRequest::read(params)?),
+            GrantType::ClientCredentials => {
+                Self::ClientCredentials(ServiceRequest::read(client, config, params)?)
+            }
+        })
+    }
+
+    /// Runs the grant: the tokens, or the error to answer.
+    pub async fn run(
+        &self,
+        ctx: &GrantContext<'_>,
+        client: &Client,
+    ) -> Result<TokenResponse, TokenError> {
+        match self {
+            Self::AuthorizationCode(request) => {
+                authorization_code::exchange(ctx, client, request).await
+            }
+            Self::RefreshToken(request) => refresh_token::refresh(ctx, client, request).await,
+            Self::ClientCredentials(request) => {
+                client_credentials::issue(ctx, client, request).await
+            }
+        }
+    }
+}
 use crate::domain::{ScopeError, ScopeSet};
 
 /// A grant type the token endpoint supports (RFC 6749 §4.1.3, §6, §4.4).

@@ -14,12 +14,11 @@
 
 use serde_json::json;
 
-use super::{narrowed_scope, optional, required};
+use super::{GrantContext, narrowed_scope, optional, required};
 use crate::audit::{self, AuditEvent};
 use crate::domain::{Client, ScopeSet, Secret, SecretHash, same_resource};
 use crate::oauth::error::TokenError;
 use crate::oauth::params::Params;
-use crate::state::AppState;
 use crate::store::{NewRefresh, RefreshRecord};
 use crate::tokens::{TokenResponse, mint, sealed};
 
@@ -27,12 +26,26 @@ fn replay_secret(token: &str, client_id: &str) -> Vec<u8> {
     [token, client_id].join("\0").into_bytes()
 }
 
-/// The request, as read from the form.
-struct RefreshRequest<'a> {
+/// A refresh, as read from the form.
+#[derive(Debug)]
+pub struct RefreshRequest<'a> {
     token: &'a str,
     hash: SecretHash,
     scope: Option<&'a str>,
     resource: Option<&'a str>,
+}
+
+impl<'a> RefreshRequest<'a> {
+    /// Reads a refresh's parameters (RFC 6749 §6).
+    pub fn read(params: &'a Params) -> Result<Self, TokenError> {
+        let token = required(params, "refresh_token")?;
+        Ok(Self {
+            token,
+            hash: Secret::presented(token).hash(),
+            scope: optional(params, "scope")?,
+            resource: optional(params, "resource")?,
+        })
+    }
 }
 
 fn not_valid() -> TokenError {
@@ -41,39 +54,32 @@ fn not_valid() -> TokenError {
 
 /// `grant_type=refresh_token`
 pub async fn refresh(
-    state: &AppState,
+    ctx: &GrantContext<'_>,
     client: &Client,
-    params: &Params,
+    presented: &RefreshRequest<'_>,
 ) -> Result<TokenResponse, TokenError> {
-    let token = required(params, "refresh_token")?;
-    let presented = RefreshRequest {
-        token,
-        hash: Secret::presented(token).hash(),
-        scope: optional(params, "scope")?,
-        resource: optional(params, "resource")?,
-    };
     // A token this instance issued and has not seen used: straight to the rotation, without a
     // read. Its guarded write has the last word; if it finds the token used, revoked or gone,
     // or if any check refuses, the database decides below, as for a token with no hint (a
     // refused request is rare, and reuse detection must see it).
-    if let Some(hint) = state.store.fresh_refresh_token(presented.hash.as_str())
-        && let Ok(Some(response)) = rotate(state, client, &presented, hint).await
+    if let Some(hint) = ctx.store.fresh_refresh_token(presented.hash.as_str())
+        && let Ok(Some(response)) = rotate(ctx, client, presented, hint).await
     {
         return Ok(response);
     }
     // Twice at most: a concurrent request may rotate the token (or a revocation land) between
     // the read and the write, and the second read sees it.
     for _ in 0..2 {
-        let record = state
+        let record = ctx
             .store
             .refresh_token(presented.hash.as_str())
             .await?
             .ok_or_else(not_valid)?;
         if record.rotated_at.is_some() {
             usable(client, &record)?;
-            return replay(state, client, token, record).await;
+            return replay(ctx, client, presented.token, record).await;
         }
-        if let Some(response) = rotate(state, client, &presented, record).await? {
+        if let Some(response) = rotate(ctx, client, presented, record).await? {
             return Ok(response);
         }
     }
@@ -98,13 +104,17 @@ fn usable(client: &Client, record: &RefreshRecord) -> Result<(), TokenError> {
 /// `scope` less what the user's roles no longer allow: taking a scope away from a role reaches
 /// every grant at its next refresh, not after the family's 90 days. None left (or no user):
 /// `invalid_grant`, so the client asks the person again.
-async fn within_roles(state: &AppState, user_id: &str, scope: &str) -> Result<String, TokenError> {
-    let Some(user) = state.store.user(user_id).await? else {
+async fn within_roles(
+    ctx: &GrantContext<'_>,
+    user_id: &str,
+    scope: &str,
+) -> Result<String, TokenError> {
+    let Some(user) = ctx.store.user(user_id).await? else {
         return Err(TokenError::InvalidGrant(
             "the user of this grant no longer exists".into(),
         ));
     };
-    let allowed = crate::oauth::authorize::grantable(state, &user);
+    let allowed = ctx.config.grantable(&user);
     let mut kept = ScopeSet::parse_lenient(scope);
     kept.retain(|s| allowed.iter().any(|a| a == s));
     if kept.is_empty() {
@@ -119,7 +129,7 @@ async fn within_roles(state: &AppState, user_id: &str, scope: &str) -> Result<St
 /// is already used, or when the guarded write found it used, its grant revoked or the row gone
 /// (nothing is written then).
 async fn rotate(
-    state: &AppState,
+    ctx: &GrantContext<'_>,
     client: &Client,
     presented: &RefreshRequest<'_>,
     record: RefreshRecord,
@@ -128,7 +138,7 @@ async fn rotate(
     if record.rotated_at.is_some() {
         return Ok(None);
     }
-    let now = state.clock.now();
+    let now = ctx.now;
     let grant = &record.grant;
     if now >= record.expires_at || now >= grant.expires_at {
         return Err(TokenError::InvalidGrant(
@@ -146,13 +156,13 @@ async fn rotate(
     }
     let scope = narrowed_scope(presented.scope, &grant.scopes)?;
     let scope = match &grant.user_id {
-        Some(user_id) => within_roles(state, user_id, &scope).await?,
+        Some(user_id) => within_roles(ctx, user_id, &scope).await?,
         None => scope,
     };
 
-    let config = &state.config;
+    let config = ctx.config;
     let access = mint(
-        &state.keys.snapshot(),
+        &ctx.keys.snapshot(),
         config.issuer.as_str(),
         grant,
         &scope,
@@ -188,7 +198,7 @@ async fn rotate(
     event.subject = grant.user_id.clone();
     event.client_id = Some(client.id.clone());
     event.grant_id = Some(grant.grant_id.clone());
-    let rotated = state
+    let rotated = ctx
         .store
         .rotate_refresh(
             presented.hash.as_str(),
@@ -209,12 +219,12 @@ async fn rotate(
 
 /// A rotated token presented again.
 async fn replay(
-    state: &AppState,
+    ctx: &GrantContext<'_>,
     client: &Client,
     token: &str,
     record: RefreshRecord,
 ) -> Result<TokenResponse, TokenError> {
-    let now = state.clock.now();
+    let now = ctx.now;
     let grant = &record.grant;
     let within = record.replay_until.is_some_and(|until| now <= until);
     // RFC 9700 §4.14.2: the grace is for a client that never got the rotation; one that used the
@@ -235,15 +245,15 @@ async fn replay(
     event.client_id = Some(client.id.clone());
     event.grant_id = Some(grant.grant_id.clone());
     if let Some(response) = reopened {
-        audit::record_after_commit(&state.store, event).await;
+        audit::record_after_commit(ctx.store, event).await;
         return Ok(response);
     }
-    if state
+    if ctx
         .store
         .revoke_grant(&grant.grant_id, "refresh token reused", now)
         .await?
     {
-        state.revocations.revoke_grant(&grant.grant_id, now);
+        ctx.revocations.revoke_grant(&grant.grant_id, now);
     }
     event.kind = "refresh.reuse_detected".to_owned();
     event.detail = json!({
@@ -252,7 +262,7 @@ async fn replay(
         "successor_used": record.successor_used,
         "action": "family revoked",
     });
-    audit::record(&state.store, event.failed()).await?;
+    audit::record(ctx.store, event.failed()).await?;
     Err(TokenError::InvalidGrant(
         "the refresh token was already used; its family has been revoked".into(),
     ))
