@@ -186,8 +186,9 @@ async fn failed_client_authentication_runs_out_the_clients_budget() {
     let app = app_with(trusting_the_test_peer).await;
     let grants = ["authorization_code", "refresh_token"];
     let basic = "client_secret_basic";
-    let (id, _secret) = crate::token::confidential(&app, basic, &grants, "mcp").await;
-    let (other, other_secret) = crate::token::confidential(&app, basic, &grants, "mcp").await;
+    let (id, _secret) = crate::support::oauth::confidential(&app, basic, &grants, "mcp").await;
+    let (other, other_secret) =
+        crate::support::oauth::confidential(&app, basic, &grants, "mcp").await;
     let refresh = [("grant_type", "refresh_token"), ("refresh_token", "guess")];
     let paths = ["/token", "/revoke", "/introspect"];
     for n in 0..20 {

@@ -14,12 +14,11 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::key_rotation::kid_of;
-use crate::mcp_server::{call, stateless};
 use crate::process::{Running, free_port, gatehouse, wait_healthy};
+use crate::support::mcp::{call, stateless};
 use crate::support::{hidden_input, register_over_http};
 
-const PASSWORD: &str = "correct horse battery staple";
-const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+use crate::support::{CALLBACK, PASSWORD};
 const PASSPHRASE: &str = "shared by every instance";
 
 /// One instance: its process (killed when this is dropped), its address, its own working and

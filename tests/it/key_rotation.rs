@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::Duration;
 
-use crate::mcp_server::{call, mcp, message, stateless};
+use crate::support::mcp::{call, mcp, message, stateless};
+use crate::support::oauth::{code_for, exchange, refresh};
+use crate::support::{CALLBACK, PASSWORD};
 use crate::support::{TestApp, jwt_part, sqlite_url};
-use crate::token::{CALLBACK, PASSWORD, code_for, exchange, refresh};
 
 const LEAD: Duration = Duration::hours(1);
 const INTERVAL: Duration = Duration::hours(3);

@@ -4,134 +4,22 @@
 //! failures seen in the field (a 200 where a 401 was needed, an audience mismatch, a 429 that
 //! looks like an invalid token, sessions across a refresh).
 
-use crate::support::{Agent, ISSUER, TestApp, TestResponse, oauth_http, request, sqlite_url};
+use crate::support::{ISSUER, TestApp, oauth_http, request};
 use axum::body::Body;
 use gatehouse::clock::Clock;
 use oauth2::basic::BasicClient;
-use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope,
-    TokenResponse as _, TokenUrl,
-};
+use oauth2::{ClientId, TokenResponse as _, TokenUrl};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-const PASSWORD: &str = "correct horse battery staple";
-const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+use crate::support::mcp::{app_with, authorize, call, initialize, mcp, message, stateless};
+use crate::support::{CALLBACK, PASSWORD};
 const HOST: &str = "mcp.example.com";
-
-/// One JSON-RPC message to /mcp, as a client sends it.
-pub(crate) async fn mcp(
-    app: &TestApp,
-    token: Option<&str>,
-    session: Option<&str>,
-    protocol: &str,
-    body: Value,
-) -> TestResponse {
-    let mut req = request("POST", "/mcp")
-        .header("host", HOST)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", protocol);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    if let Some(s) = session {
-        req = req.header("mcp-session-id", s);
-    }
-    // 2026-07-28 repeats the method (and the tool's name) in headers, for intermediaries.
-    if protocol == "2026-07-28" {
-        if let Some(method) = body.get("method").and_then(Value::as_str) {
-            req = req.header("mcp-method", method);
-        }
-        if let Some(name) = body.pointer("/params/name").and_then(Value::as_str) {
-            req = req.header("mcp-name", name);
-        }
-    }
-    app.send(req.body(Body::from(body.to_string())).expect("request"))
-        .await
-}
-
-/// The JSON-RPC message of a response, JSON or SSE.
-pub(crate) fn message(res: &TestResponse) -> Value {
-    let text = res.text();
-    if res
-        .header("content-type")
-        .is_some_and(|c| c.starts_with("text/event-stream"))
-    {
-        let data = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .rfind(|d| d.starts_with('{'))
-            .unwrap_or_else(|| panic!("no message in {text}"));
-        serde_json::from_str(data).expect("json")
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    }
-}
-
-pub(crate) fn initialize(protocol: &str) -> Value {
-    json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": { "protocolVersion": protocol, "capabilities": {}, "clientInfo": { "name": "test", "version": "1" } } })
-}
-
-pub(crate) fn call(id: i64, tool: &str, arguments: Value) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": tool, "arguments": arguments } })
-}
-
-/// A request as a 2026-07-28 client sends it: no session, and the protocol signals in `_meta`
-/// of every request (SEP-2567).
-pub(crate) fn stateless(mut message: Value) -> Value {
-    let meta = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": { "name": "test", "version": "1" },
-        "io.modelcontextprotocol/clientCapabilities": {}
-    });
-    if message.get("params").is_none() {
-        message["params"] = json!({});
-    }
-    message["params"]["_meta"] = meta;
-    message
-}
 
 /// A parameter of a `WWW-Authenticate: Bearer` challenge, read the way the SDKs read it.
 fn challenge_param(header: &str, name: &str) -> Option<String> {
     let start = header.find(&format!("{name}=\""))? + name.len() + 2;
     let end = header[start..].find('"')? + start;
     Some(header[start..end].to_owned())
-}
-
-/// Signs in as `user` and consents; returns the token response.
-pub(crate) async fn authorize(
-    app: &TestApp,
-    client_id: &str,
-    user: &str,
-    scope: &str,
-    resource: &str,
-) -> oauth2::basic::BasicTokenResponse {
-    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
-        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
-        .set_token_uri(TokenUrl::new(format!("{ISSUER}/token")).expect("url"))
-        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let mut req = client
-        .authorize_url(CsrfToken::new_random)
-        .set_pkce_challenge(challenge)
-        .add_extra_param("resource", resource);
-    for s in scope.split(' ') {
-        req = req.add_scope(Scope::new(s.to_owned()));
-    }
-    let (url, _) = req.url();
-    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
-    let code = Agent::new(app)
-        .authorize_and_allow(&path, user, PASSWORD, CALLBACK)
-        .await;
-    client
-        .exchange_code(AuthorizationCode::new(code))
-        .set_pkce_verifier(verifier)
-        .add_extra_param("resource", resource)
-        .request_async(&oauth_http(app))
-        .await
-        .expect("token")
 }
 
 /// Discovery from a 401, registration, sign-in, tokens, initialize, tools, a 403 step-up and
@@ -494,12 +382,6 @@ async fn every_bad_token_is_a_401_invalid_token() {
     assert_eq!(res.json()["error"], "unauthorized");
 }
 
-pub(crate) async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestApp {
-    let dir = TempDir::new().expect("tempdir");
-    let url = sqlite_url(&dir);
-    TestApp::with(dir, &url, tweak).await
-}
-
 /// 429 says "rate limited", with Retry-After, never invalid_token; every answer carries the
 /// rate-limit headers.
 #[tokio::test]
@@ -548,7 +430,7 @@ async fn rate_limits_answer_429_with_headers() {
     // Security review: a refresh minted a token with a budget of its own. The budget is the
     // grant's: the refreshed token is refused too.
     let refresh = tokens.refresh_token().expect("refresh token").secret();
-    let refreshed = crate::token::refresh(&app, &client_id, refresh).await;
+    let refreshed = crate::support::oauth::refresh(&app, &client_id, refresh).await;
     assert_eq!(refreshed.status, 200, "{}", refreshed.text());
     let fresh = refreshed.json()["access_token"]
         .as_str()

@@ -3,14 +3,13 @@
 //! per user (a new one ends the oldest, which then answers 404 as any unknown session) and in
 //! all (past it, a new session is refused with 503 and `Retry-After`; live ones keep working).
 
-use crate::mcp_server::{app_with, authorize, call, initialize, mcp, message};
+use crate::support::mcp::{app_with, authorize, call, initialize, mcp, message};
 use crate::support::{ISSUER, TestApp};
 use gatehouse::config::SessionMode;
 use oauth2::TokenResponse as _;
 use serde_json::json;
 
-const PASSWORD: &str = "correct horse battery staple";
-const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+use crate::support::{CALLBACK, PASSWORD};
 
 /// A signed-in user's access token.
 async fn token_of(app: &TestApp, user: &str) -> String {

@@ -3,12 +3,11 @@
 //! addresses listed in `rate_limits.shared_egress` get every per-address budget times
 //! `rate_limits.shared_egress_factor`; every 429 names the budget it hit.
 
-use crate::mcp_server::{call, mcp, stateless};
+use crate::support::mcp::{call, mcp, stateless};
 use crate::support::{Agent, ISSUER, TestApp, post_form, query_of, sqlite_url};
 use serde_json::json;
 
-const PASSWORD: &str = "correct horse battery staple";
-const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+use crate::support::{CALLBACK, PASSWORD};
 
 async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestApp {
     let dir = tempfile::TempDir::new().expect("dir");
@@ -152,8 +151,8 @@ async fn forty_connections_from_a_listed_egress_all_complete() {
 async fn expired_genuine_tokens_do_not_spend_the_unauthenticated_budget() {
     let app = app_with(|_| {}).await;
     let client_id = app.register_client("Claude", &[CALLBACK]).await;
-    let (code, verifier) = crate::token::code_for(&app, &client_id, &["mcp"]).await;
-    let token = crate::token::exchange(&app, &client_id, &code, &verifier)
+    let (code, verifier) = crate::support::oauth::code_for(&app, &client_id, &["mcp"]).await;
+    let token = crate::support::oauth::exchange(&app, &client_id, &code, &verifier)
         .await
         .json()["access_token"]
         .as_str()

@@ -10,7 +10,7 @@ use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope
 use sqlx::Connection;
 use tempfile::TempDir;
 
-const PASSWORD: &str = "correct horse battery staple";
+use crate::support::PASSWORD;
 const CLAUDE_CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
 
 /// An authorization request as a real client builds it: PKCE S256, random state, scopes and the

@@ -20,38 +20,13 @@ use gatehouse::domain::Secret;
 use gatehouse::store::Pruned;
 use oauth2::basic::BasicClient;
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, RefreshToken,
-    Scope, TokenResponse as _, TokenUrl,
+    AuthorizationCode, ClientId, PkceCodeChallenge, RedirectUrl, RefreshToken, TokenResponse as _,
+    TokenUrl,
 };
 use serde_json::{Value, json};
 
-pub(crate) const PASSWORD: &str = "correct horse battery staple";
-pub(crate) const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
-
-fn resource() -> String {
-    format!("{ISSUER}/mcp")
-}
-
-/// Runs the browser leg for `client_id`; returns the code and the PKCE verifier.
-pub(crate) async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
-    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
-        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
-        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let mut req = client
-        .authorize_url(CsrfToken::new_random)
-        .set_pkce_challenge(challenge)
-        .add_extra_param("resource", resource());
-    for s in scopes {
-        req = req.add_scope(Scope::new((*s).to_owned()));
-    }
-    let (url, _) = req.url();
-    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
-    let code = Agent::new(app)
-        .authorize_and_allow(&path, "alice", PASSWORD, CALLBACK)
-        .await;
-    (code, verifier.secret().clone())
-}
+use crate::support::oauth::{code_for, exchange, post, refresh, resource};
+use crate::support::{CALLBACK, PASSWORD};
 
 async fn app_with_claude() -> (TestApp, String) {
     with_claude(TestApp::sqlite().await).await
@@ -61,52 +36,6 @@ async fn with_claude(app: TestApp) -> (TestApp, String) {
     app.add_user("alice", PASSWORD, &["user"]).await;
     let client_id = app.register_client("Claude", &[CALLBACK]).await;
     (app, client_id)
-}
-
-/// POSTs a form to `path` with optional Basic credentials.
-async fn post(
-    app: &TestApp,
-    path: &str,
-    fields: &[(&str, &str)],
-    basic: Option<(&str, &str)>,
-) -> TestResponse {
-    crate::support::post_form(app, path, fields, basic, &[]).await
-}
-
-pub(crate) async fn exchange(
-    app: &TestApp,
-    client_id: &str,
-    code: &str,
-    verifier: &str,
-) -> TestResponse {
-    post(
-        app,
-        "/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("code_verifier", verifier),
-            ("redirect_uri", CALLBACK),
-            ("client_id", client_id),
-            ("resource", &resource()),
-        ],
-        None,
-    )
-    .await
-}
-
-pub(crate) async fn refresh(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
-    post(
-        app,
-        "/token",
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", token),
-            ("client_id", client_id),
-        ],
-        None,
-    )
-    .await
 }
 
 /// A refresh with `token` is refused as `invalid_grant` (its family is dead).
@@ -137,7 +66,7 @@ async fn verified_claims(app: &TestApp, token: &str) -> (Value, josekit::jws::Jw
 
 /// What `/mcp` answers a `tools/call whoami` made with `access_token`.
 pub(crate) async fn mcp_status(app: &TestApp, access_token: &str) -> u16 {
-    use crate::mcp_server::{call, mcp, stateless};
+    use crate::support::mcp::{call, mcp, stateless};
     let body = stateless(call(1, "whoami", json!({})));
     mcp(app, Some(access_token), None, "2026-07-28", body)
         .await
@@ -193,31 +122,10 @@ async fn code_for_signed_in(agent: &mut Agent<'_>, client_id: &str) -> (String, 
     (query_of(&back)["code"].clone(), verifier.secret().clone())
 }
 
-/// Registers a confidential client; returns (id, secret).
-pub(crate) async fn confidential(
-    app: &TestApp,
-    method: &str,
-    grants: &[&str],
-    scope: &str,
-) -> (String, String) {
-    let res = app
-        .post_json(
-            "/register",
-            &json!({ "redirect_uris": ["https://service.example.com/cb"], "token_endpoint_auth_method": method, "grant_types": grants, "scope": scope }),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text());
-    let doc = res.json();
-    (
-        doc["client_id"].as_str().expect("id").to_owned(),
-        doc["client_secret"].as_str().expect("secret").to_owned(),
-    )
-}
-
 /// A tool called with `access_token`: the text of its result (JSON for the built-in tools), or
 /// the tool error's text.
 async fn tool_text(app: &TestApp, access_token: &str, tool: &str, arguments: Value) -> String {
-    use crate::mcp_server::{call, mcp, message, stateless};
+    use crate::support::mcp::{call, mcp, message, stateless};
     let res = mcp(
         app,
         Some(access_token),

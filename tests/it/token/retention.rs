@@ -165,8 +165,8 @@ async fn a_revoked_grant_is_remembered_while_its_tokens_are_within_the_leeway() 
             .await
             .expect("an instance started now");
     assert!(later.revocations.is_revoked(&gid, &jti));
-    let call = crate::mcp_server::stateless(crate::mcp_server::call(1, "whoami", json!({})));
-    let res = crate::mcp_server::mcp(&app, Some(&at), None, "2026-07-28", call).await;
+    let call = crate::support::mcp::stateless(crate::support::mcp::call(1, "whoami", json!({})));
+    let res = crate::support::mcp::mcp(&app, Some(&at), None, "2026-07-28", call).await;
     assert_eq!(res.status, 401, "{}", res.text());
 
     // Once no token of the grant can be accepted, the entry goes.

@@ -1,6 +1,14 @@
 //! `TestApp`: a fresh database (SQLite file or PostgreSQL database), a fresh key directory, a
 //! fixed clock, and the real router driven in process.
 
+pub mod mcp;
+pub mod oauth;
+
+/// The password every test user is given.
+pub const PASSWORD: &str = "correct horse battery staple";
+/// The redirect URI Claude registers.
+pub const CALLBACK: &str = "https://claude.ai/api/mcp/auth_callback";
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

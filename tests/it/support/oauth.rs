@@ -1,0 +1,96 @@
+//! The authorization server as a client uses it: the browser leg through the independent `oauth2`
+//! crate, code exchange, refresh, and confidential registrations.
+
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use serde_json::json;
+
+use super::{Agent, CALLBACK, ISSUER, PASSWORD, TestApp, TestResponse};
+
+/// This server's MCP resource (RFC 8707).
+pub fn resource() -> String {
+    format!("{ISSUER}/mcp")
+}
+
+/// Runs the browser leg for `client_id`; returns the code and the PKCE verifier.
+pub async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut req = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", resource());
+    for s in scopes {
+        req = req.add_scope(Scope::new((*s).to_owned()));
+    }
+    let (url, _) = req.url();
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let code = Agent::new(app)
+        .authorize_and_allow(&path, "alice", PASSWORD, CALLBACK)
+        .await;
+    (code, verifier.secret().clone())
+}
+
+/// POSTs a form to `path` with optional Basic credentials.
+pub async fn post(
+    app: &TestApp,
+    path: &str,
+    fields: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> TestResponse {
+    crate::support::post_form(app, path, fields, basic, &[]).await
+}
+
+pub async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> TestResponse {
+    post(
+        app,
+        "/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", verifier),
+            ("redirect_uri", CALLBACK),
+            ("client_id", client_id),
+            ("resource", &resource()),
+        ],
+        None,
+    )
+    .await
+}
+
+pub async fn refresh(app: &TestApp, client_id: &str, token: &str) -> TestResponse {
+    post(
+        app,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await
+}
+
+/// Registers a confidential client; returns (id, secret).
+pub async fn confidential(
+    app: &TestApp,
+    method: &str,
+    grants: &[&str],
+    scope: &str,
+) -> (String, String) {
+    let res = app
+        .post_json(
+            "/register",
+            &json!({ "redirect_uris": ["https://service.example.com/cb"], "token_endpoint_auth_method": method, "grant_types": grants, "scope": scope }),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let doc = res.json();
+    (
+        doc["client_id"].as_str().expect("id").to_owned(),
+        doc["client_secret"].as_str().expect("secret").to_owned(),
+    )
+}
