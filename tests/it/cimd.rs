@@ -429,8 +429,11 @@ async fn the_sign_in_page_leads_with_the_verified_host() {
         .host_str()
         .expect("host")
         .to_owned();
-    let (path, _) =
-        crate::signin::authorize_request(&id, "https://claude.ai/api/mcp/auth_callback", &["mcp"]);
+    let (path, _) = crate::support::oauth::authorize_request(
+        &id,
+        "https://claude.ai/api/mcp/auth_callback",
+        &["mcp"],
+    );
     let mut agent = crate::support::Agent::new(&app);
     let login = agent.get(&path).await.location();
     let page = agent.get(&login).await.text();

@@ -94,3 +94,22 @@ pub async fn confidential(
         doc["client_secret"].as_str().expect("secret").to_owned(),
     )
 }
+
+/// An authorization request as a real client builds it: PKCE S256, random state, scopes and the
+/// RFC 8707 resource. Returns the path+query to visit and the state.
+pub fn authorize_request(client_id: &str, redirect_uri: &str, scopes: &[&str]) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("auth url"))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).expect("redirect url"));
+    let (challenge, _verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", format!("{ISSUER}/mcp"));
+    for scope in scopes {
+        request = request.add_scope(Scope::new((*scope).to_owned()));
+    }
+    let (url, state) = request.url();
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    (path, state.secret().clone())
+}

@@ -258,7 +258,7 @@ async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
 
     // Signed in again (new password), connected: then the operator signs alice out everywhere.
     let mut agent = Agent::new(&app);
-    let (path, _) = crate::signin::authorize_request(&client_id, CALLBACK, &["mcp"]);
+    let (path, _) = crate::support::oauth::authorize_request(&client_id, CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
     let res = agent.sign_in(&login, "alice", "a brand new password").await;
     let back = res.location();
