@@ -1,7 +1,8 @@
 //! The integration suite: one binary that drives the real router in process (and, in `process`,
+//! the real `gatehouse` binary on a loopback socket). One module per RFC or feature; what they
+//! share is in `support`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! the real `gatehouse` binary on a loopback socket). One module per RFC or feature.
 
 mod support;
 
@@ -16,12 +17,12 @@ mod instances;
 mod key_rotation;
 mod keys;
 mod mcp;
-pub(crate) mod mcp_server;
+mod mcp_server;
 mod mcp_sessions;
 pub mod process;
 mod readme;
 mod register;
 mod shared_egress;
-pub(crate) mod signin;
+mod signin;
 mod storage;
-pub(crate) mod token;
+mod token;
