@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use crate::account::password::PasswordPool;
+use crate::clients::ClientCache;
+use crate::clients::metadata::ClientMetadataFetcher;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{self, KeyError, KeyStore};
 use crate::limits::Limits;
-use crate::oauth::client_metadata::ClientMetadataFetcher;
-use crate::oauth::clients::ClientCache;
+use crate::password::PasswordPool;
 use crate::store::{Store, StoreError};
 use crate::tokens::RevocationView;
 
@@ -99,7 +99,7 @@ impl AppState {
             access_token_ttl: self.config.access_token_ttl,
             leeway: self.config.leeway(),
             audit_events: self.config.audit_retention,
-            sign_in_failures: crate::account::throttle::WINDOW,
+            sign_in_failures: crate::store::SIGN_IN_FAILURE_WINDOW,
         };
         self.store.prune(self.clock.now(), keep).await
     }

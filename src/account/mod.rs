@@ -2,7 +2,6 @@
 //! data with CSRF tokens.
 
 pub mod login;
-pub mod password;
 pub mod session;
 pub mod throttle;
 

@@ -33,7 +33,7 @@ pub const IP: Policy = Policy {
     lock_after: 30,
 };
 /// How long a lockout lasts, and how long failures are remembered.
-pub const WINDOW: Duration = Duration::minutes(15);
+pub use crate::store::SIGN_IN_FAILURE_WINDOW as WINDOW;
 /// The longest delay between tries.
 const MAX_DELAY: Duration = Duration::seconds(60);
 

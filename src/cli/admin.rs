@@ -5,11 +5,12 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::{ClientsCommand, TokensCommand, UsersCommand};
-use crate::account::{User, Username, password};
+use crate::account::{User, Username};
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
 use crate::domain::{ClientKind, RedirectPolicy, random_token};
 use crate::oauth::register::{self, RegistrationRequest};
+use crate::password;
 use crate::store::Store;
 
 async fn open(config: &Config) -> anyhow::Result<Store> {

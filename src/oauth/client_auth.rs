@@ -140,7 +140,7 @@ pub fn counted(state: &AppState, ip: Option<IpAddr>, client_id: Option<&str>, er
 }
 
 /// Authenticates the client that presented `credentials`; `lookup` says whether a recently read
-/// copy of the client will do (see [`crate::oauth::clients::ClientCache`]).
+/// copy of the client will do (see [`crate::clients::ClientCache`]).
 async fn authenticate(
     state: &AppState,
     credentials: PresentedClient,

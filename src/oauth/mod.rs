@@ -2,7 +2,6 @@
 
 pub mod authorize;
 pub mod client_auth;
-pub mod client_metadata;
 pub mod clients;
 pub mod consent;
 pub mod error;

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use super::error::RegistrationError;
 use crate::audit::{self, AuditEvent};
+use crate::clients::metadata::optional_https_url;
 use crate::config::Config;
 use crate::domain::{
     Client, ClientKind, MAX_CLIENT_NAME, RedirectPolicy, RedirectUri, ScopeSet, ScopeToken, Secret,
@@ -118,17 +119,6 @@ impl RegistrationRequest {
             scope: field(&mut object, "scope")?,
             application_type: field(&mut object, "application_type")?,
         })
-    }
-}
-
-/// An optional informational URL (`client_uri`, `logo_uri`): kept when it is an https URL,
-/// otherwise dropped (RFC 7591 §2 lets the server ignore a value; refusing a whole registration
-/// over a homepage link helps nobody).
-pub fn optional_https_url(value: Option<String>) -> Option<String> {
-    let value = value?;
-    match url::Url::parse(&value) {
-        Ok(u) if u.scheme() == "https" && value.len() <= 2000 => Some(value),
-        _ => None,
     }
 }
 

@@ -36,7 +36,7 @@ pub use keys::KeyRecord;
 pub use limits::RateTake;
 pub use prune::{Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
-pub use users::{Consent, ThrottleState};
+pub use users::{Consent, SIGN_IN_FAILURE_WINDOW, ThrottleState};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

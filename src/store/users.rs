@@ -47,6 +47,10 @@ pub struct Consent {
     pub redirect_uri: Option<String>,
 }
 
+/// How long a sign-in lockout lasts, and how long failed sign-ins are remembered (and kept
+/// before pruning).
+pub const SIGN_IN_FAILURE_WINDOW: time::Duration = time::Duration::minutes(15);
+
 /// Failed sign-ins recorded for one key (an account name or an IP address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleState {

@@ -278,7 +278,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
         .insert_user(&gatehouse::account::User {
             id: "u_alice".into(),
             username: gatehouse::account::Username::parse("alice").expect("name"),
-            password_hash: gatehouse::account::password::hash("correct horse battery".into())
+            password_hash: gatehouse::password::hash("correct horse battery".into())
                 .await
                 .expect("hash"),
             roles: vec!["user".into()],

@@ -875,7 +875,7 @@ async fn password_change_and_removal_end_what_the_user_had() {
     );
 
     app.clock.advance(time::Duration::seconds(5));
-    let hash = gatehouse::account::password::hash("a brand new password".into())
+    let hash = gatehouse::password::hash("a brand new password".into())
         .await
         .expect("hash");
     app.state

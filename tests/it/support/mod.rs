@@ -495,7 +495,7 @@ impl TestApp {
         let user = gatehouse::account::User {
             id: format!("u_{name}"),
             username: gatehouse::account::Username::parse(name).expect("name"),
-            password_hash: gatehouse::account::password::hash(password.to_owned())
+            password_hash: gatehouse::password::hash(password.to_owned())
                 .await
                 .expect("hash"),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),

@@ -238,7 +238,7 @@ async fn a_password_change_and_an_operator_revocation_end_what_the_user_had() {
     let pending = code_for(&app, &client_id, &["mcp"]).await;
 
     app.clock.advance(time::Duration::seconds(5));
-    let hash = gatehouse::account::password::hash("a brand new password".into())
+    let hash = gatehouse::password::hash("a brand new password".into())
         .await
         .expect("hash");
     let revoked = app

@@ -386,8 +386,8 @@ impl ClientMetadataFetcher {
                 .collect(),
             response_types: vec!["code".to_owned()],
             scope: None,
-            client_uri: crate::oauth::register::optional_https_url(doc.client_uri),
-            logo_uri: crate::oauth::register::optional_https_url(doc.logo_uri),
+            client_uri: optional_https_url(doc.client_uri),
+            logo_uri: optional_https_url(doc.logo_uri),
             application_type: doc.application_type.filter(|t| t == "web" || t == "native"),
             secret_hash: None,
             created_at: now,
@@ -445,6 +445,17 @@ fn cache_lifetime(header: Option<&reqwest::header::HeaderValue>) -> Duration {
         }
     }
     lifetime.clamp(MIN_CACHE, MAX_CACHE)
+}
+
+/// An optional informational URL (`client_uri`, `logo_uri`): kept when it is an https URL,
+/// otherwise dropped (RFC 7591 §2 lets the server ignore a value; refusing a whole registration
+/// over a homepage link helps nobody).
+pub fn optional_https_url(value: Option<String>) -> Option<String> {
+    let value = value?;
+    match url::Url::parse(&value) {
+        Ok(u) if u.scheme() == "https" && value.len() <= 2000 => Some(value),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
