@@ -7,15 +7,14 @@
 mod audit;
 mod clients;
 mod codes;
-mod engine;
 mod fresh;
 mod grants;
 mod keys;
-mod lent;
 mod limits;
 mod prune;
 mod read;
 mod sessions;
+mod sqlite;
 mod url;
 mod users;
 mod write;
@@ -191,13 +190,18 @@ impl Store {
                 private_sqlite_file(&path)?;
                 // The writer first: it switches the file to WAL and migrates it.
                 let mut writer = open_sqlite_connection(&options).await?;
-                writer.execute(write::WRITER_PRAGMAS).await?;
+                writer.execute(sqlite::committer::WRITER_PRAGMAS).await?;
                 SQLITE_MIGRATIONS.run(&mut writer).await?;
-                let readers = Arc::new(read::SqliteReaders::open(&options).await?);
-                let engine =
-                    engine::Engine::open(&path).map_err(|e| StoreError::Engine(e.to_string()))?;
-                let committer =
-                    write::start_committer(engine, path, writer, options, readers.clone());
+                let readers = Arc::new(sqlite::readers::SqliteReaders::open(&options).await?);
+                let engine = sqlite::engine::Engine::open(&path)
+                    .map_err(|e| StoreError::Engine(e.to_string()))?;
+                let committer = sqlite::committer::start_committer(
+                    engine,
+                    path,
+                    writer,
+                    options,
+                    readers.clone(),
+                );
                 Self {
                     readers: read::Readers::Sqlite(readers),
                     writer: write::Writer::Committer(committer),

@@ -18,18 +18,18 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::write::{Insert, Param, Write};
+use crate::store::write::{Insert, Param, Write};
 
 /// How long a batch waits for another process's write lock: the busy timeout of every other
 /// connection (`SQLITE_PRAGMAS`).
-pub(super) const BUSY_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// Prepared statements kept: every kind of guarded write and append, with room to spare.
 const STATEMENTS: usize = 32;
 
 /// Why a batch failed. The transaction was rolled back: nothing of the batch was written.
 #[derive(Debug)]
-pub(super) struct Failure {
+pub(crate) struct Failure {
     /// The database's error.
     pub error: rusqlite::Error,
     /// The write whose statement refused its data (a constraint), if that was the failure: the
@@ -41,7 +41,7 @@ pub(super) struct Failure {
 
 impl Failure {
     /// A failure of the batch as a whole (the connection, `BEGIN`, `COMMIT`), no write's data.
-    pub(super) fn whole(error: rusqlite::Error) -> Self {
+    pub(crate) fn whole(error: rusqlite::Error) -> Self {
         Self {
             error,
             at_fault: None,
@@ -53,12 +53,12 @@ impl Failure {
     /// it can also be this process's lent connection, whose thread may still be ending what its
     /// borrower left (a transaction dropped without commit is rolled back there, after the lease
     /// is back). Either way the batch was rolled back and may run again.
-    pub(super) fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
     }
 
     /// Whether a uniqueness rule refused the data.
-    pub(super) fn unique_violation(&self) -> bool {
+    pub(crate) fn unique_violation(&self) -> bool {
         matches!(
             &self.error,
             rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
@@ -69,19 +69,19 @@ impl Failure {
 
 /// The committer's connection.
 #[derive(Debug)]
-pub(super) struct Engine {
+pub(crate) struct Engine {
     conn: Connection,
 }
 
 impl Engine {
     /// Opens the SQLite file at `path`, which the store has created and migrated.
-    pub(super) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    pub(crate) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.execute_batch(super::SQLITE_PRAGMAS)?;
-        conn.execute_batch(super::write::WRITER_PRAGMAS)?;
+        conn.execute_batch(crate::store::SQLITE_PRAGMAS)?;
+        conn.execute_batch(super::committer::WRITER_PRAGMAS)?;
         // No automatic checkpoint here: it would run inside a commit, on the runtime's thread.
         // The checkpointer does them beside the writer; the lent connection keeps the backstop.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
@@ -97,7 +97,7 @@ impl Engine {
     /// Returns the connection with the outcome, or `None` in its place when it is in doubt and
     /// dropped (a rollback, or setting the busy timeout back, failed); the committer opens
     /// another. After an `Err` the batch was rolled back: nothing of it was written.
-    pub(super) fn run(
+    pub(crate) fn run(
         self,
         writes: &[&Write],
         wait: bool,

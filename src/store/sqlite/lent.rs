@@ -22,7 +22,7 @@ pub(crate) struct Lent<H: Home> {
 }
 
 impl<H: Home> Lent<H> {
-    pub(super) fn new(conn: AnyConnection, home: H) -> Self {
+    pub(crate) fn new(conn: AnyConnection, home: H) -> Self {
         Self {
             conn: Some(conn),
             home,
