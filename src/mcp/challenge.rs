@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::domain::ScopeSet;
 use crate::routes;
 
 /// A Bearer challenge and the matching JSON body.
@@ -39,9 +40,8 @@ impl BearerChallenge {
             scope: config
                 .default_scopes
                 .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
+                .collect::<ScopeSet>()
+                .to_string(),
             error: None,
         }
     }
@@ -55,12 +55,12 @@ impl BearerChallenge {
     /// The 403 challenge for a token that lacks scopes: `scope` lists every scope the request
     /// needs (not only the missing ones), so a client can step up in one round trip (RFC 6750
     /// §3.1; MCP authorization spec).
-    pub fn insufficient_scope(mut self, needed: &[String]) -> Self {
+    pub fn insufficient_scope(mut self, needed: &ScopeSet) -> Self {
         self.error = Some((
             "insufficient_scope",
-            format!("This request needs the scopes: {}", needed.join(" ")),
+            format!("This request needs the scopes: {needed}"),
         ));
-        self.scope = needed.join(" ");
+        self.scope = needed.to_string();
         self
     }
 

@@ -317,7 +317,7 @@ impl Guard {
 
         // 4. Scopes: the base scope for everything; each called tool's for tools/call.
         let (parts, body) = request.into_parts();
-        let mut needed = vec![self.scopes.base().to_owned()];
+        let mut needed = self.scopes.base().clone();
         let mut opens_session = false;
         let body = if parts.method == Method::POST {
             match axum::body::to_bytes(body, config.mcp.max_body_bytes).await {
@@ -325,10 +325,8 @@ impl Guard {
                     let messages = messages(&bytes);
                     opens_session = self.stateful && is_initialize(&messages);
                     for tool in called_tools(&messages) {
-                        for scope in self.scopes.for_tool(&tool) {
-                            if !needed.contains(&scope) {
-                                needed.push(scope);
-                            }
+                        for scope in self.scopes.for_tool(&tool).iter() {
+                            needed.insert(scope.clone());
                         }
                     }
                     Body::from(bytes)
@@ -349,14 +347,14 @@ impl Guard {
         } else {
             body
         };
-        if !needed.iter().all(|s| principal.has_scope(s)) {
+        if !needed.names().all(|s| principal.has_scope(s)) {
             let mut response = challenge.insufficient_scope(&needed).into_response();
             rate_headers(&mut response, budget);
             self.audit_refusal(
                 ip,
                 Some(&principal),
                 "insufficient scope",
-                json!({ "status": 403, "needed": needed }),
+                json!({ "status": 403, "needed": needed.names().collect::<Vec<_>>() }),
             )
             .await;
             return response;

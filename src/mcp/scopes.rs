@@ -6,37 +6,42 @@
 use std::collections::BTreeMap;
 
 use crate::config::McpConfig;
+use crate::domain::ScopeSet;
 
-/// `mcp.base_scope` and `mcp.tool_scopes`, read once.
+/// `mcp.base_scope` and `mcp.tool_scopes`, read once (the configuration checked that each is
+/// in the scope catalog).
 #[derive(Debug, Clone)]
 pub struct ToolScopes {
-    base: String,
-    per_tool: BTreeMap<String, String>,
+    base: ScopeSet,
+    per_tool: BTreeMap<String, ScopeSet>,
 }
 
 impl ToolScopes {
     /// The scopes `config` asks for.
     pub fn new(config: &McpConfig) -> Self {
-        Self {
-            base: config.base_scope.clone(),
-            per_tool: config.tool_scopes.clone(),
-        }
+        let base = ScopeSet::parse_lenient(&config.base_scope);
+        let per_tool = config
+            .tool_scopes
+            .iter()
+            .map(|(tool, scope)| {
+                let mut needed = base.clone();
+                for s in ScopeSet::parse_lenient(scope).iter() {
+                    needed.insert(s.clone());
+                }
+                (tool.clone(), needed)
+            })
+            .collect();
+        Self { base, per_tool }
     }
 
     /// The scope every MCP request needs.
-    pub fn base(&self) -> &str {
+    pub fn base(&self) -> &ScopeSet {
         &self.base
     }
 
     /// The scopes a call of `tool` needs: the base scope and the tool's own.
-    pub fn for_tool(&self, tool: &str) -> Vec<String> {
-        let mut scopes = vec![self.base.clone()];
-        if let Some(s) = self.per_tool.get(tool) {
-            if !scopes.contains(s) {
-                scopes.push(s.clone());
-            }
-        }
-        scopes
+    pub fn for_tool(&self, tool: &str) -> &ScopeSet {
+        self.per_tool.get(tool).unwrap_or(&self.base)
     }
 }
 
@@ -51,12 +56,12 @@ mod tests {
             .tool_scopes
             .insert("whoami".to_owned(), "mcp".to_owned());
         let scopes = ToolScopes::new(&config);
-        assert_eq!(scopes.base(), "mcp");
-        assert_eq!(scopes.for_tool("whoami"), ["mcp"]);
+        assert_eq!(scopes.base().to_string(), "mcp");
+        assert_eq!(scopes.for_tool("whoami").to_string(), "mcp");
         assert_eq!(
-            scopes.for_tool("get_activity_log"),
-            ["mcp", "activity:read"]
+            scopes.for_tool("get_activity_log").to_string(),
+            "mcp activity:read"
         );
-        assert_eq!(scopes.for_tool("unknown"), ["mcp"]);
+        assert_eq!(scopes.for_tool("unknown").to_string(), "mcp");
     }
 }

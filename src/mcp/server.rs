@@ -45,7 +45,7 @@ impl GatehouseMcp {
     fn may_call(&self, principal: &Principal, tool: &str) -> bool {
         self.scopes
             .for_tool(tool)
-            .iter()
+            .names()
             .all(|s| principal.has_scope(s))
     }
 }
@@ -75,7 +75,7 @@ impl ServerHandler for GatehouseMcp {
             if allowed {
                 tools.push(tool);
             } else if mode == UnauthorizedTools::Annotate {
-                let needed = self.scopes.for_tool(&tool.name).join(" ");
+                let needed = self.scopes.for_tool(&tool.name).to_string();
                 let description = tool.description.clone().unwrap_or_default();
                 tool.description = Some(format!("{description} (Needs the scope {needed:?}, which this connection was not granted.)").into());
                 tools.push(tool);
@@ -101,7 +101,7 @@ impl ServerHandler for GatehouseMcp {
         } else {
             Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                 "This connection was not granted the scopes {} needs.",
-                self.scopes.for_tool(&tool).join(" ")
+                self.scopes.for_tool(&tool)
             ))])
             .into())
         };

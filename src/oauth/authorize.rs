@@ -22,7 +22,7 @@ use crate::account::User;
 use crate::account::session::{PendingAuthorization, SessionData, new_token};
 use crate::audit::{self, AuditEvent};
 use crate::domain::{
-    Client, ClientKind, RedirectKind, ScopeSet, Secret, new_grant_id, same_resource,
+    Client, ClientKind, RedirectKind, ScopeSet, ScopeToken, Secret, new_grant_id, same_resource,
 };
 use crate::routes;
 use crate::state::AppState;
@@ -373,9 +373,9 @@ pub async fn current_user(
 #[derive(Debug, Clone)]
 pub struct ConsentState {
     /// requested ∩ what the user's roles allow, in request order.
-    pub granted: Vec<String>,
+    pub granted: ScopeSet,
     /// Scopes remembered from earlier consent.
-    pub remembered: Vec<String>,
+    pub remembered: ScopeSet,
     /// The remembered consent was given for this request's very redirect URI.
     pub same_redirect: bool,
 }
@@ -388,7 +388,7 @@ impl ConsentState {
     /// one with a loopback redirect of their own).
     pub fn stands_for(&self, pending: &PendingAuthorization) -> bool {
         !self.granted.is_empty()
-            && self.granted.iter().all(|s| self.remembered.contains(s))
+            && self.granted.first_missing_from(&self.remembered).is_none()
             && self.applies_to(pending)
     }
 
@@ -406,11 +406,11 @@ pub async fn consent_state(
     user: &User,
 ) -> Result<ConsentState, AuthorizeError> {
     let allowed = state.config.grantable(user);
-    let granted: Vec<String> = pending
+    let granted: ScopeSet = pending
         .scopes
         .iter()
         .filter(|s| allowed.contains(s))
-        .cloned()
+        .filter_map(|s| ScopeToken::parse(s).ok())
         .collect();
     let consent = state
         .store
@@ -420,12 +420,7 @@ pub async fn consent_state(
         .as_ref()
         .is_some_and(|c| c.redirect_uri.as_deref() == Some(pending.redirect_uri.as_str()));
     let remembered = consent
-        .map(|c| {
-            ScopeSet::parse_lenient(&c.scopes)
-                .names()
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|c| ScopeSet::parse_lenient(&c.scopes))
         .unwrap_or_default();
     Ok(ConsentState {
         granted,
@@ -599,7 +594,7 @@ pub async fn issue_code(
     state: &AppState,
     pending: &PendingAuthorization,
     user: &User,
-    scopes: &[String],
+    scopes: &ScopeSet,
     now: OffsetDateTime,
 ) -> Result<Response, AuthorizeError> {
     let rng = |_| AuthorizeError::Internal("random number generator failed".to_owned());
@@ -613,7 +608,7 @@ pub async fn issue_code(
         redirect_uri: pending.redirect_uri.clone(),
         code_challenge: pending.code_challenge.clone(),
         resource: pending.resource.clone(),
-        scopes: scopes.join(" "),
+        scopes: scopes.to_string(),
         created_at: now,
         expires_at: now + state.config.authorization_code_ttl,
     };

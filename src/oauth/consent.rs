@@ -86,7 +86,7 @@ async fn consent_page(
     let applies = consent.applies_to(&pending);
     let (kept, new): (Vec<_>, Vec<_>) = consent
         .granted
-        .iter()
+        .names()
         .partition(|s| applies && consent.remembered.contains(s));
     let redirect_host = client
         .redirect_uri(&pending.redirect_uri)
@@ -177,7 +177,7 @@ async fn decide(
         let mut event = AuditEvent::new(
             kind,
             now,
-            json!({ "scopes": consent.granted.join(" "), "resource": pending.resource }),
+            json!({ "scopes": consent.granted.to_string(), "resource": pending.resource }),
         );
         event.subject = Some(user.id.clone());
         event.client_id = Some(pending.client_id.clone());
@@ -186,10 +186,8 @@ async fn decide(
     match form.decision.as_str() {
         "allow" => {
             let mut remembered = consent.remembered.clone();
-            for scope in &consent.granted {
-                if !remembered.contains(scope) {
-                    remembered.push(scope.clone());
-                }
+            for scope in consent.granted.iter() {
+                remembered.insert(scope.clone());
             }
             state
                 .store
@@ -197,7 +195,7 @@ async fn decide(
                     &user.id,
                     &pending.client_id,
                     &pending.resource,
-                    &remembered.join(" "),
+                    &remembered.to_string(),
                     &pending.redirect_uri,
                     now,
                 )
