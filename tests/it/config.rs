@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use crate::process::gatehouse;
+use crate::support::process::gatehouse;
 use tempfile::TempDir;
 
 fn serve_with(env: &[(&str, &str)], file: Option<&str>) -> Output {

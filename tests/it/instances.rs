@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::key_rotation::kid_of;
-use crate::process::{Running, free_port, gatehouse, wait_healthy};
 use crate::support::mcp::{call, stateless};
+use crate::support::process::{Running, free_port, gatehouse, wait_healthy};
 use crate::support::{hidden_input, register_over_http};
 
 use crate::support::{CALLBACK, PASSWORD};

@@ -19,7 +19,7 @@ mod keys;
 mod mcp;
 mod mcp_server;
 mod mcp_sessions;
-pub mod process;
+mod process;
 mod readme;
 mod register;
 mod shared_egress;

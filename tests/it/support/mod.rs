@@ -3,6 +3,7 @@
 
 pub mod mcp;
 pub mod oauth;
+pub mod process;
 
 /// The password every test user is given.
 pub const PASSWORD: &str = "correct horse battery staple";
