@@ -1,5 +1,6 @@
-//! People and their browser sessions: users and passwords, sign-in throttling, typed session
-//! data with CSRF tokens.
+//! People and their browser sessions: the sign-in and sign-out pages, sign-in throttling, typed
+//! session data with CSRF tokens. (A user is a domain value, [`crate::domain::User`]; passwords
+//! are hashed by [`crate::password`].)
 
 pub mod login;
 pub mod session;
