@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::key_rotation::kid_of;
+use crate::support::kid_of;
 use crate::support::mcp::{call, stateless};
 use crate::support::process::{Running, free_port, gatehouse, wait_healthy};
 use crate::support::{hidden_input, register_over_http};

@@ -16,7 +16,7 @@ use time::Duration;
 use crate::support::mcp::{call, mcp, message, stateless};
 use crate::support::oauth::{code_for, exchange, refresh};
 use crate::support::{CALLBACK, PASSWORD};
-use crate::support::{TestApp, jwt_part, sqlite_url};
+use crate::support::{TestApp, jwt_part, kid_of, sqlite_url};
 
 const LEAD: Duration = Duration::hours(1);
 const INTERVAL: Duration = Duration::hours(3);
@@ -68,10 +68,6 @@ async fn refreshed(app: &TestApp, client_id: &str, token: &str) -> (String, Stri
 
 fn header_of(jwt: &str) -> Value {
     jwt_part(jwt, 0)
-}
-
-pub(crate) fn kid_of(jwt: &str) -> String {
-    header_of(jwt)["kid"].as_str().expect("kid").to_owned()
 }
 
 fn exp_of(jwt: &str) -> i64 {

@@ -609,3 +609,8 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// The `kid` in a JWT's header (not verified: for telling which key signed a token).
+pub fn kid_of(jwt: &str) -> String {
+    jwt_part(jwt, 0)["kid"].as_str().expect("kid").to_owned()
+}
