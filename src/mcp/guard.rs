@@ -38,7 +38,7 @@ use tower::{Layer, Service};
 
 use super::challenge::BearerChallenge;
 use super::scopes::ToolScopes;
-use super::sessions::SessionOwners;
+use super::sessions::{NotOpened, SessionOwners};
 use super::verify::{Principal, TokenRejection, TokenVerifier};
 use crate::audit::{self, AuditEvent};
 use crate::limits::{Budget, Exhausted};
@@ -391,25 +391,11 @@ impl Guard {
             }
         }
 
-        // 6. Stateful mode: room for a new session, or a clear refusal; live ones keep working.
-        if opens_session && session.is_none() && !self.sessions.has_room() {
-            let mut response = web::with_retry_after(
-                web::json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too_many_sessions",
-                    "This server holds as many MCP sessions as it may; try again shortly",
-                ),
-                SESSIONS_FULL_RETRY_AFTER,
-            );
-            rate_headers(&mut response, budget);
-            self.audit_refusal(
-                ip,
-                Some(&principal),
-                "sessions full",
-                json!({ "status": 503 }),
-            )
-            .await;
-            return response;
+        // 6. Stateful mode: room for a new session, or a clear refusal before serving; live ones
+        // keep working.
+        let opens_session = opens_session && session.is_none();
+        if opens_session && !self.sessions.has_room() {
+            return self.sessions_full(ip, &principal, budget).await;
         }
 
         // The client ends its session (the transport's `DELETE`); the service has nothing of it.
@@ -428,20 +414,49 @@ impl Guard {
             Err(never) => match never {},
         };
         let mut response = response.map(Body::new);
-        if opens_session && session.is_none() && response.status() == StatusCode::OK {
+        if opens_session && response.status() == StatusCode::OK {
             match self.sessions.open(&principal.subject) {
-                Some(opened) => {
+                Ok(opened) => {
                     if let Ok(value) = HeaderValue::from_str(&opened.id) {
                         response.headers_mut().insert(SESSION_HEADER, value);
                     }
                     self.audit_evictions(opened.evicted, &principal, ip).await;
                 }
-                None => tracing::warn!(
+                // Others opened the last room while this was served: the answer held nothing, so
+                // the refusal replaces it.
+                Err(NotOpened::Full) => return self.sessions_full(ip, &principal, budget).await,
+                Err(NotOpened::NoRandomness) => tracing::warn!(
                     "no random bytes for an MCP session id; the client continues without a session"
                 ),
             }
         }
         rate_headers(&mut response, budget);
+        response
+    }
+
+    /// 503 with `Retry-After` for a new session past `mcp.max_sessions`, audited.
+    async fn sessions_full(
+        &self,
+        ip: Option<IpAddr>,
+        principal: &Principal,
+        budget: Budget,
+    ) -> axum::response::Response {
+        let mut response = web::with_retry_after(
+            web::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                "This server holds as many MCP sessions as it may; try again shortly",
+            ),
+            SESSIONS_FULL_RETRY_AFTER,
+        );
+        rate_headers(&mut response, budget);
+        self.audit_refusal(
+            ip,
+            Some(principal),
+            "sessions full",
+            json!({ "status": 503 }),
+        )
+        .await;
         response
     }
 

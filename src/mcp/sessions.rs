@@ -83,6 +83,15 @@ pub struct Opened {
     pub evicted: usize,
 }
 
+/// Why no session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotOpened {
+    /// `mcp.max_sessions` live sessions already.
+    Full,
+    /// The system's random source failed.
+    NoRandomness,
+}
+
 /// The live sessions of this instance and their owners.
 #[derive(Debug)]
 pub struct SessionOwners {
@@ -149,30 +158,39 @@ impl SessionOwners {
         Some(entry.owner.clone())
     }
 
-    /// Whether a new session may open now.
+    /// Whether a new session may open now (a cheap refusal before a request is served; [`open`]
+    /// decides).
+    ///
+    /// [`open`]: Self::open
     pub fn has_room(&self) -> bool {
-        let mut inner = self.lock();
+        self.room(&mut self.lock())
+    }
+
+    /// Room under the total bound, once ended sessions are forgotten.
+    fn room(&self, inner: &mut Inner) -> bool {
         if inner.sessions.len() >= self.total {
             inner.expire(self.idle, Instant::now());
         }
         inner.sessions.len() < self.total
     }
 
-    /// Opens a session for `subject`, ending the subject's oldest beyond the per-subject bound.
-    /// `None` only when the system's random source fails.
-    pub fn open(&self, subject: &str) -> Option<Opened> {
-        let id = random_token(SESSION_ID_BYTES).ok()?;
-        let evicted = self.bind(&id, subject);
-        Some(Opened { id, evicted })
+    /// Opens a session for `subject`, ending the subject's oldest beyond the per-subject bound;
+    /// the total bound is checked under the same lock, so concurrent openings cannot pass it.
+    pub fn open(&self, subject: &str) -> Result<Opened, NotOpened> {
+        let id = random_token(SESSION_ID_BYTES).map_err(|_| NotOpened::NoRandomness)?;
+        let mut inner = self.lock();
+        if !self.room(&mut inner) {
+            return Err(NotOpened::Full);
+        }
+        let evicted = self.bind(&mut inner, &id, subject);
+        Ok(Opened { id, evicted })
     }
 
     /// Records that `subject` holds `session`; returns how many of the subject's sessions beyond
     /// the per-subject bound were ended to make room. Amortised constant time below the bound.
-    fn bind(&self, session: &str, subject: &str) -> usize {
+    fn bind(&self, inner: &mut Inner, session: &str, subject: &str) -> usize {
         let now = Instant::now();
         let idle = self.idle;
-        let mut inner = self.lock();
-        let inner = &mut *inner;
         let owner: Arc<str> = match inner.by_owner.get_key_value(subject) {
             Some((owner, _)) => owner.clone(),
             None => subject.into(),
@@ -247,6 +265,8 @@ mod tests {
         let b1 = owners.open("bob").expect("open");
         assert_eq!(owners.len(), 3);
         assert!(!owners.has_room());
+        assert_eq!(owners.open("carol").err(), Some(NotOpened::Full));
+        assert_eq!(owners.len(), 3, "a refused opening holds nothing");
         assert!(owners.end(&b1.id));
         assert!(!owners.end(&b1.id), "ended once");
         assert!(owners.has_room());

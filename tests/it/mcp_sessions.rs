@@ -3,7 +3,7 @@
 //! per user (a new one ends the oldest, which then answers 404 as any unknown session) and in
 //! all (past it, a new session is refused with 503 and `Retry-After`; live ones keep working).
 
-use crate::support::mcp::{app_with, authorize, call, initialize, mcp, message};
+use crate::support::mcp::{app_with, authorize, bodiless, call, initialize, mcp, message};
 use crate::support::{ISSUER, TestApp};
 use gatehouse::config::SessionMode;
 use oauth2::TokenResponse as _;
@@ -88,17 +88,7 @@ async fn stateless_by_default_keeps_no_session() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert!(message(&res)["result"]["content"][0]["text"].is_string());
     assert_eq!(call_in(&app, &token, "made-up-session").await, 404);
-    let res = app
-        .send(
-            crate::support::request("GET", "/mcp")
-                .header("host", "mcp.example.com")
-                .header("authorization", format!("Bearer {token}"))
-                .header("accept", "text/event-stream")
-                .header("mcp-protocol-version", "2025-06-18")
-                .body(axum::body::Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let res = bodiless(&app, "GET", &token, None).await;
     assert_eq!(res.status, 405, "{}", res.text());
 }
 
@@ -155,17 +145,7 @@ async fn past_the_total_bound_a_new_session_is_refused_and_the_live_ones_work() 
     );
     assert_eq!(call_in(&app, &alice, &a).await, 200);
     assert_eq!(call_in(&app, &bob, &b).await, 200);
-    let res = app
-        .send(
-            crate::support::request("DELETE", "/mcp")
-                .header("host", "mcp.example.com")
-                .header("authorization", format!("Bearer {bob}"))
-                .header("mcp-session-id", &b)
-                .header("mcp-protocol-version", "2025-06-18")
-                .body(axum::body::Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let res = bodiless(&app, "DELETE", &bob, Some(&b)).await;
     assert!(res.status.is_success(), "{} {}", res.status, res.text());
     open(&app, &alice).await;
 }
@@ -182,17 +162,10 @@ async fn a_stateful_session_is_recognised_and_ends_on_delete() {
     assert!(session.len() >= 22, "{session}");
     assert_ne!(session, open(&app, &alice).await);
     assert_eq!(call_in(&app, &alice, &session).await, 200);
-    let get = |session: String| {
-        crate::support::request("GET", "/mcp")
-            .header("host", "mcp.example.com")
-            .header("authorization", format!("Bearer {alice}"))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", session)
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(axum::body::Body::empty())
-            .expect("request")
-    };
-    assert_eq!(app.send(get(session.clone())).await.status, 405);
+    assert_eq!(
+        bodiless(&app, "GET", &alice, Some(&session)).await.status,
+        405
+    );
     let res = mcp(
         &app,
         Some(&alice),
@@ -207,18 +180,19 @@ async fn a_stateful_session_is_recognised_and_ends_on_delete() {
         None,
         "only initialize opens one"
     );
-    let delete = |session: String| {
-        crate::support::request("DELETE", "/mcp")
-            .header("host", "mcp.example.com")
-            .header("authorization", format!("Bearer {alice}"))
-            .header("mcp-session-id", session)
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(axum::body::Body::empty())
-            .expect("request")
-    };
-    assert_eq!(app.send(delete(session.clone())).await.status, 204);
+    assert_eq!(
+        bodiless(&app, "DELETE", &alice, Some(&session))
+            .await
+            .status,
+        204
+    );
     assert_eq!(call_in(&app, &alice, &session).await, 404);
-    assert_eq!(app.send(delete(session.clone())).await.status, 404);
+    assert_eq!(
+        bodiless(&app, "DELETE", &alice, Some(&session))
+            .await
+            .status,
+        404
+    );
 }
 
 /// An `initialize` the service refuses (here a protocol header that contradicts its body) opens
@@ -238,4 +212,43 @@ async fn a_refused_initialize_opens_no_session() {
     assert_ne!(res.status, 200, "{}", res.text());
     assert_eq!(res.header("mcp-session-id"), None);
     open(&app, &alice).await;
+}
+
+/// Concurrent `initialize` requests at the total bound: no more sessions than `mcp.max_sessions`
+/// are opened, however many were checked for room before any of them was served; the others are
+/// refused with 503 and open nothing.
+#[tokio::test]
+async fn concurrent_openings_never_pass_the_total_bound() {
+    let app = app_with(stateful(100, 2)).await;
+    let alice = token_of(&app, "alice").await;
+    let mut openings = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (router, token) = (app.router.clone(), alice.clone());
+        openings.spawn(async move {
+            use tower::ServiceExt;
+            let body = initialize("2025-06-18").to_string();
+            let req = crate::support::request("POST", "/mcp")
+                .header("host", "mcp.example.com")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::from(body))
+                .expect("request");
+            let res = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+            (
+                res.status().as_u16(),
+                res.headers().contains_key("mcp-session-id"),
+            )
+        });
+    }
+    let answers = openings.join_all().await;
+    let opened = answers.iter().filter(|(_, id)| *id).count();
+    assert_eq!(opened, 2, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, id)| (*status == 200 && *id) || (*status == 503 && !*id)),
+        "{answers:?}"
+    );
 }

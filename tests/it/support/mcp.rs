@@ -48,6 +48,25 @@ pub async fn mcp(
         .await
 }
 
+/// A `GET` (the server-to-client stream) or `DELETE` (end the session) of /mcp, as a 2025-06-18
+/// client sends it with `token`, in `session` when given.
+pub async fn bodiless(
+    app: &TestApp,
+    method: &str,
+    token: &str,
+    session: Option<&str>,
+) -> TestResponse {
+    let mut req = request(method, "/mcp")
+        .header("host", HOST)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    app.send(req.body(Body::empty()).expect("request")).await
+}
+
 /// The JSON-RPC message of a response, JSON or SSE.
 pub fn message(res: &TestResponse) -> Value {
     let text = res.text();
