@@ -6,6 +6,7 @@ standard library."""
 import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -85,21 +86,19 @@ def proc_kb(pid, field):
 
 
 async def read_response(reader):
-    """One HTTP/1.1 answer (Content-Length or chunked): its status and lower-cased headers."""
+    """One HTTP/1.1 answer (Content-Length or chunked): its status, its headers (an
+    `http.client.HTTPMessage`: names case-insensitive, `get_all` for repeated ones) and its body."""
     head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
+    status_line, _, fields = head.partition(b"\r\n")
+    status = int(status_line.split(b" ")[1])
+    headers = http.client.parse_headers(io.BytesIO(fields))
+    body = b""
     if "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
+        body = await reader.readexactly(int(headers["content-length"]))
     elif "chunked" in headers.get("transfer-encoding", ""):
         while True:
             size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:size]
             if size == 0:
                 break
-    return status, headers
+    return status, headers, body

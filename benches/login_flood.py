@@ -20,21 +20,9 @@ import time
 import urllib.parse
 from collections import Counter
 
+from load_client import read_response
+
 CSRF = re.compile(rb'name="csrf" value="([^"]+)"')
-
-
-async def read_response(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers.setdefault(k.strip().lower(), []).append(v.strip())
-    length = int(headers.get("content-length", ["0"])[0])
-    body = await reader.readexactly(length) if length else b""
-    return status, headers, body
 
 
 async def request(reader, writer, host, method, path, cookie=None, body=b""):
@@ -58,7 +46,7 @@ async def signer(n, host, port, deadline, answers, latencies):
         return
     try:
         status, headers, body = await request(reader, writer, f"{host}:{port}", "GET", "/login")
-        cookie = "; ".join(c.split(";")[0] for c in headers.get("set-cookie", []))
+        cookie = "; ".join(c.split(";")[0] for c in headers.get_all("set-cookie") or [])
         csrf = CSRF.search(body)
         i = 0
         while time.monotonic() < deadline and csrf:
@@ -74,7 +62,7 @@ async def signer(n, host, port, deadline, answers, latencies):
             csrf = CSRF.search(body) or csrf
             i += 1
             if status == 429:
-                wait = int(headers.get("retry-after", ["1"])[0])
+                wait = int(headers.get("retry-after", "1"))
                 await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
     except (OSError, asyncio.IncompleteReadError) as e:
         answers[f"connection lost ({type(e).__name__})"] += 1

@@ -59,7 +59,7 @@ async def caller(host, port, head, body, deadline, latencies, statuses, session)
     session_id = None
     if session:
         writer.write(with_body(head, INITIALIZE) + INITIALIZE)
-        _, headers = await read_response(reader)
+        _, headers, _ = await read_response(reader)
         session_id = headers["mcp-session-id"]
         writer.write(with_body(head, INITIALIZED, session_id) + INITIALIZED)
         await read_response(reader)
@@ -70,7 +70,7 @@ async def caller(host, port, head, body, deadline, latencies, statuses, session)
             writer.write(head)
             writer.write(body)
             await writer.drain()
-            status, _ = await read_response(reader)
+            status, _, _ = await read_response(reader)
             latencies.append(time.perf_counter() - started)
             statuses[status] = statuses.get(status, 0) + 1
     finally:

@@ -49,7 +49,7 @@ async def opener(host, port, token, counter, quota, statuses, lock, ids):
                 counter[0] += 1
             writer.write(head)
             await writer.drain()
-            status, headers = await read_response(reader)
+            status, headers, _ = await read_response(reader)
             statuses[status] += 1
             if "mcp-session-id" in headers:
                 ids.append(headers["mcp-session-id"])
@@ -80,7 +80,7 @@ async def probe(base, token, session):
                   f"MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}\r\n"
                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
     await writer.drain()
-    status, _ = await read_response(reader)
+    status, _, _ = await read_response(reader)
     writer.close()
     return status
 

@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.parse
 
-from load_client import Browser, b64, csrf_of, proc_kb
+from load_client import Browser, b64, csrf_of, proc_kb, read_response
 
 REDIRECT = "http://127.0.0.1:9/cb"
 
@@ -39,16 +39,7 @@ async def exchange(reader, writer, host, method, path, body=b"", headers=""):
         head += f"Content-Length: {len(body)}\r\n"
     writer.write(head.encode() + b"\r\n" + body)
     await writer.drain()
-    raw = await reader.readuntil(b"\r\n\r\n")
-    lines = raw.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    found = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            found[k.strip().lower()] = v.strip()
-    data = await reader.readexactly(int(found.get("content-length", "0")))
-    return status, found, data
+    return await read_response(reader)
 
 
 class Worker:

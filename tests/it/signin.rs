@@ -2,7 +2,7 @@
 //! consent and the redirect back, driven with a cookie jar against the real router, with the
 //! authorization request built by the independent `oauth2` crate.
 
-use crate::support::{Agent, ISSUER, TestApp, TestResponse, query_of, sqlite_url};
+use crate::support::{Agent, ISSUER, TestApp, query_of, sqlite_url};
 use gatehouse::clock::Clock;
 use gatehouse::domain::Secret;
 use sqlx::Connection;
@@ -599,28 +599,6 @@ async fn csrf_missing_or_foreign_is_refused() {
     assert!(res.text().contains("This sign-in has expired"));
 }
 
-/// One sign-in attempt from the login page at `login`.
-async fn try_password(
-    agent: &mut Agent<'_>,
-    login: &str,
-    username: &str,
-    password: &str,
-) -> TestResponse {
-    let page = agent.get(login).await;
-    let (csrf, request) = (page.hidden("csrf"), page.hidden("request"));
-    agent
-        .post_form(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("request", &request),
-                ("username", username),
-                ("password", password),
-            ],
-        )
-        .await
-}
-
 /// Failed sign-ins: a growing delay, then a lockout; the message never tells whether the
 /// account exists.
 #[tokio::test]
@@ -629,8 +607,8 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let wrong = try_password(&mut agent, &login, "alice", "wrong password").await;
-    let unknown = try_password(&mut agent, &login, "nobody", "wrong password").await;
+    let wrong = agent.sign_in(&login, "alice", "wrong password").await;
+    let unknown = agent.sign_in(&login, "nobody", "wrong password").await;
     assert_eq!(wrong.status, 401);
     assert_eq!(unknown.status, 401);
     assert!(
@@ -639,9 +617,9 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     );
 
     // Second and third failures of alice, then an immediate retry must wait.
-    try_password(&mut agent, &login, "alice", "wrong password").await;
-    try_password(&mut agent, &login, "alice", "wrong password").await;
-    let res = try_password(&mut agent, &login, "alice", "wrong password").await;
+    agent.sign_in(&login, "alice", "wrong password").await;
+    agent.sign_in(&login, "alice", "wrong password").await;
+    let res = agent.sign_in(&login, "alice", "wrong password").await;
     assert_eq!(res.status, 429, "{}", res.text());
     assert!(res.text().contains("Wait 2 seconds"), "{}", res.text());
     assert_eq!(res.header("retry-after"), Some("2"), "every 429 says when");
@@ -649,11 +627,11 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     // Waiting out each delay, the 10th failure locks the account for 15 minutes.
     for _ in 0..7 {
         app.clock.advance(time::Duration::seconds(61));
-        let res = try_password(&mut agent, &login, "alice", "wrong password").await;
+        let res = agent.sign_in(&login, "alice", "wrong password").await;
         assert_eq!(res.status, 401, "{}", res.text());
     }
     app.clock.advance(time::Duration::seconds(61));
-    let res = try_password(&mut agent, &login, "alice", PASSWORD).await;
+    let res = agent.sign_in(&login, "alice", PASSWORD).await;
     assert_eq!(
         res.status, 429,
         "even the right password is refused while locked"
@@ -666,7 +644,7 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     app.clock.advance(time::Duration::minutes(15));
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let res = try_password(&mut agent, &login, "alice", PASSWORD).await;
+    let res = agent.sign_in(&login, "alice", PASSWORD).await;
     assert_eq!(res.status, 303, "{}", res.text());
     assert!(res.location().starts_with("/consent?"));
 
@@ -701,7 +679,7 @@ async fn forgotten_sign_in_failures_are_deleted() {
     let mut agent = Agent::new(&app);
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let login = agent.get(&path).await.location();
-    let res = try_password(&mut agent, &login, "nobody", "wrong password").await;
+    let res = agent.sign_in(&login, "nobody", "wrong password").await;
     assert_eq!(res.status, 401);
     let rows = "SELECT count(*) FROM login_throttle";
     assert_eq!(
