@@ -196,10 +196,11 @@ async fn a_stateful_session_is_recognised_and_ends_on_delete() {
 }
 
 /// An `initialize` the service refuses (here a protocol header that contradicts its body) opens
-/// no session and spends none of the bounds.
+/// no session and spends none of the bounds. (The per-user bound is above the total so that a
+/// session the refusal had opened would fill the instance, not be evicted by the next one.)
 #[tokio::test]
 async fn a_refused_initialize_opens_no_session() {
-    let app = app_with(stateful(1, 1)).await;
+    let app = app_with(stateful(10, 1)).await;
     let alice = token_of(&app, "alice").await;
     let res = mcp(
         &app,
