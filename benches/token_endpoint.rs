@@ -104,7 +104,8 @@ async fn codes(bench: &Bench, n: usize) -> Vec<String> {
             created_at: now,
             expires_at: now + time::Duration::minutes(30),
         };
-        bench.state.store.insert_code(&record).await.unwrap();
+        let event = gatehouse::audit::AuditEvent::new("code.issued", now, serde_json::json!({}));
+        bench.state.store.issue_code(&record, &event).await.unwrap();
         out.push(code.expose().to_owned());
     }
     out

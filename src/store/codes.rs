@@ -89,15 +89,6 @@ fn code_insert(code: &CodeRecord) -> Insert {
 }
 
 impl Store {
-    /// Stores an issued authorization code (by hash), on its own.
-    pub async fn insert_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
-        self.append(code_insert(code)).await?;
-        self.fresh
-            .codes
-            .keep(code.code_hash.clone(), code.clone(), code.created_at);
-        Ok(())
-    }
-
     /// Issues a code: stores it (by hash) with `event`, all or nothing, and marks its client
     /// used (a client that completed a sign-in no longer expires as unused; a client known by
     /// its metadata document has no row to mark). On SQLite both go into the committer's next

@@ -247,10 +247,14 @@ async fn redemption_suite(store: &Store) {
         expires_at: now + time::Duration::minutes(1),
     };
     // Code 0 would create the grant that already exists; codes 1..8 are fine.
-    store.insert_code(&code(0, "g_taken")).await.expect("code");
+    let issued = |n: usize| AuditEvent::new("code.issued", now, json!({ "n": n }));
+    store
+        .issue_code(&code(0, "g_taken"), &issued(0))
+        .await
+        .expect("code");
     for n in 1..8 {
         store
-            .insert_code(&code(n, &format!("g_new_{n}")))
+            .issue_code(&code(n, &format!("g_new_{n}")), &issued(n))
             .await
             .expect("code");
     }
