@@ -43,7 +43,13 @@ struct Inner {
     sessions: HashMap<Arc<str>, Entry>,
     /// Owner -> their sessions, oldest first.
     by_owner: HashMap<Arc<str>, VecDeque<Arc<str>>>,
+    /// When ended sessions were last forgotten.
+    swept: Option<Instant>,
 }
+
+/// How often a full instance looks for ended sessions to make room: a walk over every session,
+/// which a flood of openings at the bound must not repeat on each request.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Inner {
     fn remove(&mut self, session: &str) -> Option<Entry> {
@@ -60,6 +66,7 @@ impl Inner {
     /// Forgets every session idle longer than `idle` at `now`, and hands back the memory the
     /// maps no longer need.
     fn expire(&mut self, idle: Duration, now: Instant) {
+        self.swept = Some(now);
         self.sessions
             .retain(|_, e| now.duration_since(e.seen) < idle);
         let sessions = &self.sessions;
@@ -166,10 +173,16 @@ impl SessionOwners {
         self.room(&mut self.lock())
     }
 
-    /// Room under the total bound, once ended sessions are forgotten.
+    /// Room under the total bound, once ended sessions are forgotten (looked for at most once
+    /// every [`FULL_SWEEP_EVERY`] while full, besides the periodic sweep).
     fn room(&self, inner: &mut Inner) -> bool {
-        if inner.sessions.len() >= self.total {
-            inner.expire(self.idle, Instant::now());
+        let now = Instant::now();
+        if inner.sessions.len() >= self.total
+            && inner
+                .swept
+                .is_none_or(|at| now.duration_since(at) >= FULL_SWEEP_EVERY)
+        {
+            inner.expire(self.idle, now);
         }
         inner.sessions.len() < self.total
     }
@@ -323,6 +336,29 @@ mod tests {
         assert_eq!(owners.open("alice").expect("open").evicted, 1);
         assert_eq!(owners.owner(&ids[0]), None, "now the oldest live one ends");
         assert_eq!(owners.len(), 3);
+    }
+
+    #[test]
+    fn a_full_instance_looks_for_ended_sessions_at_most_once_a_second() {
+        let owners = SessionOwners::new(Duration::from_secs(300), 10, 2);
+        let first = owners.open("alice").expect("open");
+        owners.open("bob").expect("open");
+        assert!(!owners.has_room(), "full, and nothing has ended");
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(301))
+            .expect("uptime past five minutes");
+        owners
+            .lock()
+            .sessions
+            .get_mut(first.id.as_str())
+            .expect("held")
+            .seen = long_ago;
+        assert!(
+            !owners.has_room(),
+            "looked a moment ago: not again within the second"
+        );
+        owners.lock().swept = Instant::now().checked_sub(FULL_SWEEP_EVERY);
+        assert!(owners.has_room(), "a second later the ended one makes room");
     }
 
     #[test]
