@@ -17,6 +17,7 @@ pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod gateway;
 pub mod health;
 pub mod keep_alive;
 pub mod keys;

@@ -56,6 +56,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         move || maintain_keys(s3.clone()),
     ));
     let reload_on_hangup = tokio::spawn(reload_on_hangup(state.clone()));
+    let gateway = state.gateway.clone();
+    let upstream_sweep = tokio::spawn(every(
+        "upstream sessions",
+        time::Duration::seconds(10),
+        move || {
+            let gateway = gateway.clone();
+            async move { gateway.end_idle() }
+        },
+    ));
+    if !state.gateway.is_empty() {
+        tokio::spawn(check_upstreams(state.gateway.clone()));
+    }
     axum::serve(
         listener,
         crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -67,6 +79,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     revocation_sync.abort();
     key_maintenance.abort();
     reload_on_hangup.abort();
+    upstream_sweep.abort();
+    state.gateway.end_all();
     state.store.close().await;
     tracing::info!("Gatehouse stopped");
     Ok(())
@@ -89,6 +103,21 @@ pub async fn listen(
 fn no_delay(stream: &mut tokio::net::TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
+    }
+}
+
+/// Contacts every upstream once at start, so that an unreachable one, and tool names two tools
+/// would share, show in the log at once rather than at a user's first call.
+async fn check_upstreams(gateway: Arc<crate::gateway::Gateway>) {
+    for (name, result) in gateway.probe(&crate::gateway::Caller::operator()).await {
+        match result {
+            Ok(tools) => {
+                tracing::info!(upstream = %name, tools = tools.len(), "upstream reachable")
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "upstream not reachable at start; it is tried again at each use")
+            }
+        }
     }
 }
 

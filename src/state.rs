@@ -6,6 +6,7 @@ use crate::clients::ClientCache;
 use crate::clients::metadata::ClientMetadataFetcher;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::keys::{self, KeyError, KeyStore};
 use crate::limits::Limits;
 use crate::password::PasswordPool;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub clients: Arc<ClientCache>,
     /// The threads that check passwords, behind a bounded queue.
     pub passwords: PasswordPool,
+    /// The upstream MCP servers of gateway mode.
+    pub gateway: Arc<Gateway>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -61,8 +64,8 @@ pub enum StartError {
     /// The signing keys could not be loaded or created.
     #[error(transparent)]
     Keys(#[from] KeyError),
-    /// The HTTP client for metadata documents could not be built.
-    #[error("cannot set up the HTTP client for client metadata documents: {0}")]
+    /// The HTTP client for metadata documents or upstreams could not be built.
+    #[error("cannot set up an HTTP client: {0}")]
     HttpClient(String),
     /// The password-checking threads could not be started.
     #[error("cannot start the password-checking threads: {0}")]
@@ -157,8 +160,12 @@ impl AppState {
             config.password_hashing.queue,
         )
         .map_err(StartError::Threads)?;
+        let keys = Arc::new(KeyStore::new(keyset, vault));
+        let gateway = Gateway::new(&config, keys.clone(), clock.clone())
+            .map_err(|e| StartError::HttpClient(e.to_string()))?;
         Ok(Self {
             passwords,
+            gateway: Arc::new(gateway),
             clients: Arc::new(ClientCache::new(
                 config.revocation_sync_interval.unsigned_abs(),
             )),
@@ -168,7 +175,7 @@ impl AppState {
             limits: Arc::new(Limits::new(&config, &store)),
             config: Arc::new(config),
             store,
-            keys: Arc::new(KeyStore::new(keyset, vault)),
+            keys,
             clock,
         })
     }

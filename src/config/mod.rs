@@ -4,7 +4,13 @@
 //! configuration reference is checked against this struct by a test. [`Config`] is the validated
 //! form the rest of the program uses; building it reports every problem, one line each.
 
+mod upstreams;
 mod validate;
+
+pub use upstreams::{
+    HttpIdentity, IdentityMode, Isolation, NAME_SEPARATOR, ToolAccessConfig, ToolGlob, Upstream,
+    UpstreamConfig, UpstreamKind, UpstreamTransport,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,6 +109,9 @@ pub struct RawConfig {
     pub key_rotation: KeyRotationConfig,
     /// The threads that check passwords at sign-in, and how many checks may wait for them.
     pub password_hashing: PasswordHashingConfig,
+    /// Gateway mode: the operator's own MCP servers, served through `/mcp` under prefixed tool
+    /// names (`[[upstreams]]` tables). Default none.
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 /// `[password_hashing]`: each check costs ~18 ms of a core and 19 MiB while it runs, so checks run
@@ -251,6 +260,13 @@ pub struct McpConfig {
     /// Stateful mode: most live sessions in this instance; past it a new session is refused
     /// with 503 and `Retry-After`, and the live ones keep working. Default 10000.
     pub max_sessions: usize,
+    /// Role -> tool globs it may and may not use (`[mcp.tool_access.<role>]`). Empty (default):
+    /// roles do not restrict tools. Otherwise a tool is usable only when one of the caller's
+    /// roles allows it and none denies it.
+    pub tool_access: BTreeMap<String, ToolAccessConfig>,
+    /// Longest advertised name of an upstream's tool, so that a client's own prefix (Claude
+    /// Code's `mcp__<server>__`) still fits the usual 64. Default 48.
+    pub max_tool_name_len: usize,
 }
 
 impl Default for McpConfig {
@@ -271,6 +287,8 @@ impl Default for McpConfig {
             session_idle_timeout: 300,
             max_sessions_per_user: 16,
             max_sessions: 10_000,
+            tool_access: BTreeMap::new(),
+            max_tool_name_len: 48,
         }
     }
 }
@@ -439,6 +457,7 @@ impl Default for RawConfig {
             keys_passphrase: None,
             key_rotation: KeyRotationConfig::default(),
             password_hashing: PasswordHashingConfig::default(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -531,6 +550,8 @@ pub struct Config {
     pub key_rotation: KeyRotation,
     /// The password-checking threads and their queue.
     pub password_hashing: PasswordHashingConfig,
+    /// The upstream MCP servers of gateway mode, checked.
+    pub upstreams: Vec<Upstream>,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }

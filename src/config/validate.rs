@@ -7,8 +7,8 @@ use std::num::NonZeroU32;
 use time::Duration;
 
 use super::{
-    Config, ConfigErrors, KeyRotation, RawConfig, RegistrationPolicy, ScopeConfig, ScopeEntry,
-    TOOL_NAMES, parse_origin,
+    Config, ConfigErrors, KeyRotation, NAME_SEPARATOR, RawConfig, RegistrationPolicy, ScopeConfig,
+    ScopeEntry, TOOL_NAMES, ToolGlob, Upstream, parse_origin,
 };
 use crate::domain::{Issuer, RedirectPolicy, ScopeToken};
 use crate::store::DatabaseUrl;
@@ -55,6 +55,7 @@ impl Config {
         limits(&raw, &mut found);
         let registration = registration(&raw, &mut found);
         let key_rotation = keys(&raw, &mut found);
+        let upstreams = upstreams(&raw, issuer.as_ref(), &mut found);
 
         let Findings {
             problems,
@@ -90,6 +91,7 @@ impl Config {
                 keys_passphrase: raw.keys_passphrase,
                 key_rotation,
                 password_hashing: raw.password_hashing,
+                upstreams,
                 development_defaults,
             }),
             _ => Err(ConfigErrors(problems)),
@@ -364,6 +366,40 @@ fn network(raw: &RawConfig, found: &mut Findings) -> Network {
     }
 }
 
+/// Whether a `mcp.tool_scopes` key can name a tool: a built-in one, a glob, or a tool of a
+/// configured upstream (whose tools are known only once it answers).
+fn names_a_tool(raw: &RawConfig, key: &str) -> bool {
+    TOOL_NAMES.contains(&key)
+        || key.contains('*')
+        || raw.upstreams.iter().any(|u| {
+            key.strip_prefix(u.name.as_str())
+                .is_some_and(|rest| rest.starts_with(NAME_SEPARATOR))
+        })
+}
+
+/// `[[upstreams]]`: each checked alone, then their names, which must differ.
+fn upstreams(raw: &RawConfig, issuer: Option<&Issuer>, found: &mut Findings) -> Vec<Upstream> {
+    let own_resource = issuer
+        .map(|i| format!("{}/mcp", i.as_str()))
+        .unwrap_or_default();
+    let env = |k: &str| std::env::var(k).ok();
+    let mut checked: Vec<Upstream> = Vec::new();
+    for entry in &raw.upstreams {
+        if checked.iter().any(|u| u.name == entry.name) {
+            found.problem(format!(
+                "upstream names must differ: {:?} is used twice",
+                entry.name
+            ));
+            continue;
+        }
+        match Upstream::check(entry, &own_resource, &env) {
+            Ok(u) => checked.push(u),
+            Err(problems) => problems.into_iter().for_each(|p| found.problem(p)),
+        }
+    }
+    checked
+}
+
 /// `[mcp]`.
 fn mcp(raw: &RawConfig, found: &mut Findings) {
     let mcp = &raw.mcp;
@@ -374,17 +410,38 @@ fn mcp(raw: &RawConfig, found: &mut Findings) {
         ));
     }
     for (tool, scope) in &mcp.tool_scopes {
-        if !TOOL_NAMES.contains(&tool.as_str()) {
+        if !names_a_tool(raw, tool) {
             found.problem(format!(
-                "mcp.tool_scopes names the tool {tool:?}, which does not exist (tools: {})",
+                "mcp.tool_scopes names {tool:?}, which is neither a tool ({}), a glob (`*`) nor a tool of a configured upstream (`<upstream>__<tool>`)",
                 TOOL_NAMES.join(", ")
             ));
+        }
+        if let Err(e) = ToolGlob::parse(tool) {
+            found.problem(format!("mcp.tool_scopes: {e}"));
         }
         if !raw.scopes.contains_key(scope) {
             found.problem(format!(
                 "mcp.tool_scopes.{tool} names {scope:?}, which is not in `scopes`"
             ));
         }
+    }
+    for (role, access) in &mcp.tool_access {
+        if !raw.roles.contains_key(role) {
+            found.problem(format!(
+                "mcp.tool_access names the role {role:?}, which is not in `roles`"
+            ));
+        }
+        for glob in access.allow.iter().chain(&access.deny) {
+            if let Err(e) = ToolGlob::parse(glob) {
+                found.problem(format!("mcp.tool_access.{role}: {e}"));
+            }
+        }
+    }
+    if !(16..=128).contains(&mcp.max_tool_name_len) {
+        found.problem(format!(
+            "mcp.max_tool_name_len must be 16 to 128, not {}",
+            mcp.max_tool_name_len
+        ));
     }
     if mcp.rate_limit_per_token == 0 || mcp.rate_limit_unauthenticated == 0 {
         found.problem("mcp rate limits must be at least 1 request per minute");

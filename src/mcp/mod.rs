@@ -2,6 +2,7 @@
 //! Streamable HTTP service behind our bearer layer ([`guard`]), behind CORS (preflights are
 //! answered before authentication).
 
+pub mod access;
 pub mod challenge;
 pub mod guard;
 pub mod prm;
@@ -100,7 +101,7 @@ fn mcp_service(
 ) -> StreamableHttpService<server::GatehouseMcp, NeverSessionManager> {
     let mcp_state = state.clone();
     let tools = server::GatehouseMcp::tool_router();
-    let scopes = Arc::new(scopes::ToolScopes::new(&state.config.mcp));
+    let access = Arc::new(access::ToolAccess::new(&state.config.mcp));
     let mut config =
         StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts(&state.config));
     config.legacy_session_mode = false;
@@ -110,7 +111,7 @@ fn mcp_service(
             Ok(server::GatehouseMcp::new(
                 mcp_state.clone(),
                 tools.clone(),
-                scopes.clone(),
+                access.clone(),
             ))
         },
         Arc::new(NeverSessionManager::default()),

@@ -1,0 +1,566 @@
+//! Gateway mode: the operator's own MCP servers (`[[upstreams]]`) behind `/mcp`, each tool under
+//! `<upstream>__<tool>`. Gatehouse is the only authorization the client deals with; to the
+//! upstream it is a client of its own, with a session per caller (never shared between people)
+//! and the caller's identity presented as the upstream is configured to receive it
+//! ([`identity`]). Which tools a caller may see and call is decided in [`crate::mcp::access`],
+//! the same way for both.
+//!
+//! A stdio upstream is a local program started on first use, one per person by default, with a
+//! cleared environment, in a process group of its own; it ends when idle, when the cap on
+//! processes needs its place, or when Gatehouse stops. Every start and exit is logged with the
+//! person it belongs to.
+
+pub mod http;
+pub mod identity;
+pub mod names;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, CallToolResponse, ErrorCode, Tool};
+use rmcp::service::{RunningService, ServiceError};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ErrorData, RoleClient, ServiceExt};
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt;
+
+use crate::clock::Clock;
+use crate::config::{Config, Isolation, Upstream, UpstreamKind};
+use crate::keys::KeyStore;
+
+pub use identity::Caller;
+use identity::{Identity, Minter};
+use names::Catalog;
+
+/// JSON-RPC error code of a failure to reach an upstream (the implementation-defined server
+/// error range of JSON-RPC 2.0, §5.1).
+pub const UPSTREAM_UNAVAILABLE: i32 = -32001;
+
+/// The gateway: every configured upstream.
+pub struct Gateway {
+    links: Vec<Arc<Link>>,
+    max_name_len: usize,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("upstreams", &self.links.len())
+            .finish()
+    }
+}
+
+/// An upstream tool call's outcome besides the answer, for the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routed {
+    /// The upstream.
+    pub upstream: String,
+    /// The tool's name at the upstream.
+    pub tool: String,
+}
+
+/// What the operator sees of one upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamStatus {
+    /// Its name.
+    pub name: String,
+    /// `streamable_http` or `stdio`.
+    pub transport: &'static str,
+    /// Live sessions (for stdio: processes).
+    pub sessions: Vec<SessionStatus>,
+    /// Tools known, under their advertised names.
+    pub tools: usize,
+    /// Tool names two tools would share (not served).
+    pub collisions: Vec<String>,
+}
+
+/// One live upstream session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionStatus {
+    /// Whose it is.
+    pub subject: String,
+    /// The process, for stdio.
+    pub pid: Option<u32>,
+    /// Seconds since it started.
+    pub age_seconds: u64,
+    /// Seconds since its last use.
+    pub idle_seconds: u64,
+}
+
+impl Gateway {
+    /// The upstreams of `config`. Nothing is contacted until a caller needs it; [`Self::probe`]
+    /// checks them all.
+    pub fn new(
+        config: &Config,
+        keys: Arc<KeyStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, reqwest::Error> {
+        // An upstream's redirect is not followed: the identity it carries is for that URL.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .build()?;
+        let minter = Minter {
+            issuer: config.issuer.as_str().to_owned(),
+            keys,
+            clock,
+        };
+        let started = Instant::now();
+        let links = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Arc::new(Link {
+                    upstream: u.clone(),
+                    minter: minter.clone(),
+                    http: http.clone(),
+                    catalog: RwLock::new(Catalog::default()),
+                    sessions: Mutex::new(HashMap::new()),
+                    epoch: started,
+                    max_name_len: config.mcp.max_tool_name_len,
+                })
+            })
+            .collect();
+        Ok(Self {
+            links,
+            max_name_len: config.mcp.max_tool_name_len,
+        })
+    }
+
+    /// Whether any upstream is configured.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Every upstream's tools that `caller` gets to see from it, under advertised names. An
+    /// upstream that cannot be reached is left out of the list (and logged); the others are
+    /// listed.
+    pub async fn list_tools(&self, caller: &Caller) -> Vec<Tool> {
+        let lists = futures::future::join_all(self.links.iter().map(|l| l.list_tools(caller)));
+        let mut all = Vec::new();
+        for (link, list) in self.links.iter().zip(lists.await) {
+            match list {
+                Ok(tools) => all.extend(tools),
+                Err(e) => {
+                    tracing::warn!(upstream = %link.upstream.name, error = %e.message, "upstream tools not listed")
+                }
+            }
+        }
+        all
+    }
+
+    /// The upstream whose prefix `advertised` carries, if any.
+    pub fn owns(&self, advertised: &str) -> bool {
+        self.link_of(advertised).is_some()
+    }
+
+    fn link_of(&self, advertised: &str) -> Option<&Arc<Link>> {
+        let (prefix, _) = advertised.split_once(crate::config::NAME_SEPARATOR)?;
+        self.links.iter().find(|l| l.upstream.name == prefix)
+    }
+
+    /// Calls `advertised` at its upstream for `caller`. `Ok(None)`: no such tool (the caller
+    /// is told what it is told of any unknown tool). The upstream's own errors pass through
+    /// unchanged; failing to reach it is an error naming it.
+    pub async fn call_tool(
+        &self,
+        caller: &Caller,
+        mut request: CallToolRequestParams,
+    ) -> Result<Option<(CallToolResponse, Routed)>, ErrorData> {
+        let Some(link) = self.link_of(&request.name) else {
+            return Ok(None);
+        };
+        let Some(tool) = link.resolve(caller, &request.name).await? else {
+            return Ok(None);
+        };
+        let routed = Routed {
+            upstream: link.upstream.name.clone(),
+            tool: tool.clone(),
+        };
+        request.name = tool.into();
+        link.call(caller, request).await.map(|r| Some((r, routed)))
+    }
+
+    /// Each upstream, its sessions and its tools.
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        self.links.iter().map(|l| l.status()).collect()
+    }
+
+    /// Contacts every upstream as `caller` (the operator's check): its tools, under their
+    /// advertised names, and the names two tools would share.
+    pub async fn probe(&self, caller: &Caller) -> Vec<(String, Result<Vec<String>, String>)> {
+        let mut out = Vec::new();
+        for link in &self.links {
+            let result = match link.list_tools(caller).await {
+                Ok(tools) => {
+                    let mut names: Vec<String> =
+                        tools.into_iter().map(|t| t.name.into_owned()).collect();
+                    names.sort();
+                    Ok(names)
+                }
+                Err(e) => Err(e.message.into_owned()),
+            };
+            for (name, tools) in &link.catalog().collisions {
+                tracing::error!(upstream = %link.upstream.name, advertised = %name, tools = ?tools, "upstream tools would share one name; none of them is served");
+            }
+            out.push((link.upstream.name.clone(), result));
+        }
+        out
+    }
+
+    /// Ends sessions idle past their upstream's timeout (a stdio process with it).
+    pub fn end_idle(&self) {
+        for link in &self.links {
+            link.end_idle();
+        }
+    }
+
+    /// Ends every session (and stops every process), as the server stops.
+    pub fn end_all(&self) {
+        for link in &self.links {
+            let all: Vec<_> = link.sessions().drain().collect();
+            for (_, slot) in all {
+                slot.end("gatehouse stopping");
+            }
+        }
+    }
+
+    /// The longest advertised name.
+    pub fn max_name_len(&self) -> usize {
+        self.max_name_len
+    }
+}
+
+/// A session's key: who it is for. Never shared between people (nor, for HTTP upstreams,
+/// between applications or scopes, since the upstream sees those in each token).
+type SessionKey = Caller;
+
+/// One upstream at run time.
+struct Link {
+    upstream: Upstream,
+    minter: Minter,
+    http: reqwest::Client,
+    catalog: RwLock<Catalog>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Slot>>>,
+    epoch: Instant,
+    max_name_len: usize,
+}
+
+/// A session's place: made at once, connected by its first user (others wait for it).
+struct Slot {
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Milliseconds since the gateway started, at the last use.
+    last_used: AtomicU64,
+    subject: String,
+    started: Instant,
+    pid: Mutex<Option<u32>>,
+}
+
+struct Session {
+    service: RunningService<RoleClient, ()>,
+}
+
+impl Slot {
+    /// Ends the session: cancels the service, which stops a process (its group with it).
+    fn end(&self, why: &str) {
+        let pid = *self.pid.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(mut session) = self.session.try_lock() {
+            if let Some(s) = session.take() {
+                if pid.is_some() {
+                    tracing::info!(subject = %self.subject, pid = ?pid, reason = why, "upstream process stopping");
+                }
+                s.service.cancellation_token().cancel();
+            }
+        }
+    }
+}
+
+impl Link {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Arc<Slot>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn catalog(&self) -> Catalog {
+        self.catalog
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn unavailable(&self, what: impl std::fmt::Display) -> ErrorData {
+        ErrorData::new(
+            ErrorCode(UPSTREAM_UNAVAILABLE),
+            format!("upstream {:?} is unavailable: {what}", self.upstream.name),
+            Some(serde_json::json!({ "upstream": self.upstream.name })),
+        )
+    }
+
+    /// The session key of `caller`: a shared process has one for everyone, a per-user process
+    /// one per person; an HTTP session is per person, application and scopes.
+    fn key(&self, caller: &Caller) -> SessionKey {
+        match &self.upstream.kind {
+            UpstreamKind::Stdio {
+                isolation: Isolation::Shared,
+                ..
+            } => Caller {
+                subject: String::new(),
+                username: None,
+                roles: Vec::new(),
+                client_id: String::new(),
+                scope: String::new(),
+            },
+            UpstreamKind::Stdio { .. } => Caller {
+                client_id: String::new(),
+                scope: String::new(),
+                ..caller.clone()
+            },
+            UpstreamKind::Http { .. } => caller.clone(),
+        }
+    }
+
+    fn cap(&self) -> usize {
+        match &self.upstream.kind {
+            UpstreamKind::Stdio { max_processes, .. } => *max_processes,
+            UpstreamKind::Http { .. } => self.upstream.max_sessions,
+        }
+    }
+
+    /// The live session of `caller`, connecting one if needed.
+    async fn session(&self, caller: &Caller) -> Result<Arc<Session>, ErrorData> {
+        let key = self.key(caller);
+        let slot = {
+            let mut sessions = self.sessions();
+            if let Some(slot) = sessions.get(&key) {
+                slot.clone()
+            } else {
+                if sessions.len() >= self.cap() {
+                    // The least recently used gives its place.
+                    let oldest = sessions
+                        .iter()
+                        .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
+                        .map(|(k, _)| k.clone());
+                    if let Some(slot) = oldest.and_then(|k| sessions.remove(&k)) {
+                        slot.end("the upstream's session cap needed its place");
+                    }
+                }
+                let slot = Arc::new(Slot {
+                    session: tokio::sync::Mutex::new(None),
+                    last_used: AtomicU64::new(self.now_ms()),
+                    subject: key.subject.clone(),
+                    started: Instant::now(),
+                    pid: Mutex::new(None),
+                });
+                sessions.insert(key.clone(), slot.clone());
+                slot
+            }
+        };
+        slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        let mut current = slot.session.lock().await;
+        if let Some(s) = current.as_ref() {
+            if !s.service.is_closed() {
+                return Ok(s.clone());
+            }
+            tracing::warn!(upstream = %self.upstream.name, subject = %slot.subject, "upstream session ended; starting a new one");
+        }
+        let connecting = self.connect(caller, &slot);
+        let service = match tokio::time::timeout(self.upstream.connect_timeout, connecting).await {
+            Ok(Ok(service)) => service,
+            Ok(Err(e)) => {
+                *current = None;
+                return Err(e);
+            }
+            Err(_) => {
+                *current = None;
+                return Err(self.unavailable(format!(
+                    "no answer to initialize within {} s",
+                    self.upstream.connect_timeout.as_secs()
+                )));
+            }
+        };
+        let session = Arc::new(Session { service });
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn connect(
+        &self,
+        caller: &Caller,
+        slot: &Slot,
+    ) -> Result<RunningService<RoleClient, ()>, ErrorData> {
+        match &self.upstream.kind {
+            UpstreamKind::Http { url, identity } => {
+                let identity = Identity::new(identity.clone(), caller.clone(), self.minter.clone());
+                let client = http::UpstreamHttp::new(self.http.clone(), Arc::new(identity));
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                config.reinit_on_expired_session = true;
+                config.allow_stateless = true;
+                let transport = StreamableHttpClientTransport::with_client(client, config);
+                ().serve(transport).await.map_err(|e| self.unavailable(e))
+            }
+            UpstreamKind::Stdio {
+                command,
+                args,
+                env,
+                identity_env,
+                ..
+            } => {
+                let mut cmd = tokio::process::Command::new(command);
+                cmd.args(args).env_clear();
+                // A program finds its interpreter and its caches with these two; nothing else
+                // of Gatehouse's environment (its secrets among it) is passed on.
+                for keep in ["PATH", "HOME"] {
+                    if let Ok(v) = std::env::var(keep) {
+                        cmd.env(keep, v);
+                    }
+                }
+                cmd.envs(env);
+                if *identity_env {
+                    cmd.envs(identity::process_env(caller));
+                }
+                let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+                wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
+                let (process, stderr) = TokioChildProcess::builder(wrapped)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| self.unavailable(format!("cannot start {command:?}: {e}")))?;
+                let pid = process.id();
+                *slot.pid.lock().unwrap_or_else(PoisonError::into_inner) = pid;
+                tracing::info!(upstream = %self.upstream.name, subject = %slot.subject, pid = ?pid, "upstream process started");
+                if let Some(stderr) = stderr {
+                    let name = self.upstream.name.clone();
+                    let subject = slot.subject.clone();
+                    tokio::spawn(async move {
+                        let mut lines = tokio::io::BufReader::new(stderr).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            tracing::debug!(upstream = %name, subject = %subject, pid = ?pid, "{line}");
+                        }
+                        tracing::info!(upstream = %name, subject = %subject, pid = ?pid, "upstream process exited");
+                    });
+                }
+                ().serve(process).await.map_err(|e| self.unavailable(e))
+            }
+        }
+    }
+
+    /// The upstream's tools `caller` gets from it, named as advertised; the catalog is
+    /// renewed from the answer.
+    async fn list_tools(&self, caller: &Caller) -> Result<Vec<Tool>, ErrorData> {
+        let session = self.session(caller).await?;
+        let listing = session.service.peer().list_all_tools();
+        let tools = match tokio::time::timeout(self.upstream.call_timeout, listing).await {
+            Ok(Ok(tools)) => tools,
+            Ok(Err(e)) => return Err(self.failed(e)),
+            Err(_) => return Err(self.unavailable("no list of tools in time")),
+        };
+        let catalog = Catalog::new(
+            &self.upstream.name,
+            tools.iter().map(|t| t.name.as_ref()),
+            self.max_name_len,
+        );
+        let by_original: HashMap<&str, &str> = catalog
+            .tools
+            .iter()
+            .map(|(adv, orig)| (orig.as_str(), adv.as_str()))
+            .collect();
+        let advertised = tools
+            .iter()
+            .filter_map(|t| {
+                let name = by_original.get(t.name.as_ref())?;
+                let mut tool = t.clone();
+                tool.name = (*name).to_owned().into();
+                Some(tool)
+            })
+            .collect();
+        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+        Ok(advertised)
+    }
+
+    /// The upstream's name of `advertised`, listing the tools first if it is not known yet.
+    async fn resolve(
+        &self,
+        caller: &Caller,
+        advertised: &str,
+    ) -> Result<Option<String>, ErrorData> {
+        if let Some(tool) = self.catalog().tools.get(advertised) {
+            return Ok(Some(tool.clone()));
+        }
+        self.list_tools(caller).await?;
+        Ok(self.catalog().tools.get(advertised).cloned())
+    }
+
+    async fn call(
+        &self,
+        caller: &Caller,
+        request: CallToolRequestParams,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let session = self.session(caller).await?;
+        let call = session.service.peer().call_tool_once(request);
+        match tokio::time::timeout(self.upstream.call_timeout, call).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(self.failed(e)),
+            Err(_) => Err(self.unavailable(format!(
+                "no answer within {} s",
+                self.upstream.call_timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// An upstream's JSON-RPC error passes through unchanged; anything else names the upstream.
+    fn failed(&self, e: ServiceError) -> ErrorData {
+        match e {
+            ServiceError::McpError(error) => error,
+            other => self.unavailable(other),
+        }
+    }
+
+    fn end_idle(&self) {
+        let idle_ms = u64::try_from(self.upstream.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
+        let idle: Vec<Arc<Slot>> = {
+            let mut sessions = self.sessions();
+            let keys: Vec<SessionKey> = sessions
+                .iter()
+                .filter(|(_, s)| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) > idle_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| sessions.remove(k)).collect()
+        };
+        for slot in idle {
+            slot.end("idle");
+        }
+    }
+
+    fn status(&self) -> UpstreamStatus {
+        let now = self.now_ms();
+        let mut sessions: Vec<SessionStatus> = self
+            .sessions()
+            .values()
+            .map(|s| SessionStatus {
+                subject: s.subject.clone(),
+                pid: *s.pid.lock().unwrap_or_else(PoisonError::into_inner),
+                age_seconds: s.started.elapsed().as_secs(),
+                idle_seconds: now.saturating_sub(s.last_used.load(Ordering::Relaxed)) / 1000,
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.subject.cmp(&b.subject));
+        let catalog = self.catalog();
+        UpstreamStatus {
+            name: self.upstream.name.clone(),
+            transport: self.upstream.transport(),
+            sessions,
+            tools: catalog.tools.len(),
+            collisions: catalog.collisions.into_iter().map(|(n, _)| n).collect(),
+        }
+    }
+}
+
+/// How often idle sessions are looked for.
+pub const IDLE_SWEEP: Duration = Duration::from_secs(10);
