@@ -334,7 +334,7 @@ impl Link {
     }
 
     /// The live session of `caller`, connecting one if needed.
-    async fn session(&self, caller: &Caller) -> Result<Arc<Session>, ErrorData> {
+    async fn session(&self, caller: &Caller) -> Result<(Arc<Slot>, Arc<Session>), ErrorData> {
         let key = self.key(caller);
         let slot = {
             let mut sessions = self.sessions();
@@ -366,7 +366,7 @@ impl Link {
         let mut current = slot.session.lock().await;
         if let Some(s) = current.as_ref() {
             if !s.service.is_closed() {
-                return Ok(s.clone());
+                return Ok((slot.clone(), s.clone()));
             }
             tracing::warn!(upstream = %self.upstream.name, subject = %slot.subject, "upstream session ended; starting a new one");
         }
@@ -387,7 +387,25 @@ impl Link {
         };
         let session = Arc::new(Session { service });
         *current = Some(session.clone());
-        Ok(session)
+        drop(current);
+        Ok((slot, session))
+    }
+
+    /// After a failure of the transport (a process that died, a connection gone), the session
+    /// is not used again: the next call starts a new one. A JSON-RPC error of the upstream's
+    /// own leaves it as it is.
+    async fn failed_in(&self, slot: &Slot, session: &Arc<Session>, e: ServiceError) -> ErrorData {
+        if matches!(e, ServiceError::McpError(_)) {
+            return self.failed(e);
+        }
+        let mut current = slot.session.lock().await;
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, session)) {
+            tracing::warn!(upstream = %self.upstream.name, subject = %slot.subject, error = %e, "upstream session failed; the next call starts a new one");
+            if let Some(s) = current.take() {
+                s.service.cancellation_token().cancel();
+            }
+        }
+        self.failed(e)
     }
 
     async fn connect(
@@ -453,11 +471,11 @@ impl Link {
     /// The upstream's tools `caller` gets from it, named as advertised; the catalog is
     /// renewed from the answer.
     async fn list_tools(&self, caller: &Caller) -> Result<Vec<Tool>, ErrorData> {
-        let session = self.session(caller).await?;
+        let (slot, session) = self.session(caller).await?;
         let listing = session.service.peer().list_all_tools();
         let tools = match tokio::time::timeout(self.upstream.call_timeout, listing).await {
             Ok(Ok(tools)) => tools,
-            Ok(Err(e)) => return Err(self.failed(e)),
+            Ok(Err(e)) => return Err(self.failed_in(&slot, &session, e).await),
             Err(_) => return Err(self.unavailable("no list of tools in time")),
         };
         let catalog = Catalog::new(
@@ -501,11 +519,11 @@ impl Link {
         caller: &Caller,
         request: CallToolRequestParams,
     ) -> Result<CallToolResponse, ErrorData> {
-        let session = self.session(caller).await?;
+        let (slot, session) = self.session(caller).await?;
         let call = session.service.peer().call_tool_once(request);
         match tokio::time::timeout(self.upstream.call_timeout, call).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.failed(e)),
+            Ok(Err(e)) => Err(self.failed_in(&slot, &session, e).await),
             Err(_) => Err(self.unavailable(format!(
                 "no answer within {} s",
                 self.upstream.call_timeout.as_secs()

@@ -12,6 +12,7 @@ mod config;
 mod discovery;
 mod errors;
 mod floods;
+mod gateway;
 mod health;
 mod instances;
 mod key_rotation;

@@ -4,6 +4,7 @@
 pub mod mcp;
 pub mod oauth;
 pub mod process;
+pub mod upstream;
 
 /// The password every test user is given.
 pub const PASSWORD: &str = "correct horse battery staple";

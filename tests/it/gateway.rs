@@ -1,0 +1,397 @@
+//! Gateway mode: the operator's MCP servers behind `/mcp`. Against the reference server nobody
+//! here wrote (`@modelcontextprotocol/server-everything`, over Streamable HTTP and over stdio)
+//! and a recorder that keeps what an upstream receives. Tokens come from the whole OAuth flow
+//! through the `oauth2` crate.
+
+use std::collections::BTreeSet;
+
+use gatehouse::clock::Clock;
+use gatehouse::config::{Config, ToolAccessConfig, Upstream, UpstreamConfig};
+use gatehouse::domain::ScopeToken;
+use oauth2::TokenResponse as _;
+use serde_json::{Value, json};
+
+use crate::support::mcp::{app_with, authorize, call, mcp, message};
+use crate::support::upstream::{Everything, RECORDER_SESSION, Recorder, everything_js};
+use crate::support::{CALLBACK, ISSUER, PASSWORD, TestApp, eventually, jwt_part};
+
+const PROTOCOL: &str = "2025-06-18";
+
+fn upstream(entry: Value) -> Upstream {
+    let raw: UpstreamConfig = serde_json::from_value(entry).expect("upstream entry");
+    Upstream::check(&raw, &format!("{ISSUER}/mcp"), &|_| None).expect("valid upstream")
+}
+
+fn stdio_everything(name: &str) -> Upstream {
+    upstream(json!({
+        "name": name, "transport": "stdio", "command": "node",
+        "args": [everything_js(), "stdio"], "env": { "FIXTURE_SETTING": "on" }
+    }))
+}
+
+fn role(config: &mut Config, name: &str, allow: &[&str], deny: &[&str]) {
+    config
+        .roles
+        .insert(name.into(), vec![ScopeToken::parse("mcp").expect("scope")]);
+    let strings = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+    config.mcp.tool_access.insert(
+        name.into(),
+        ToolAccessConfig {
+            allow: strings(allow),
+            deny: strings(deny),
+        },
+    );
+}
+
+/// An access token of `user` for a client of its own, from the whole flow.
+async fn token_of(app: &TestApp, user: &str) -> String {
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    authorize(app, &client_id, user, "mcp", &format!("{ISSUER}/mcp"))
+        .await
+        .access_token()
+        .secret()
+        .clone()
+}
+
+async fn rpc(app: &TestApp, token: &str, body: Value) -> Value {
+    let res = mcp(app, Some(token), None, PROTOCOL, body).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    message(&res)
+}
+
+async fn tool_names(app: &TestApp, token: &str) -> BTreeSet<String> {
+    let list = rpc(
+        app,
+        token,
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }),
+    )
+    .await;
+    list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {answer}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn roles_decide_what_each_user_sees_and_calls_and_refusals_look_alike() {
+    let everything = Everything::start().await;
+    let url = everything.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "everything", "transport": "streamable_http", "url": url
+        }))];
+        role(
+            c,
+            "user",
+            &["whoami", "everything__echo", "everything__get-sum"],
+            &[],
+        );
+        role(c, "analyst", &["everything__*"], &["everything__get-env"]);
+        role(c, "contractor", &[], &["*__get-sum"]);
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    app.add_user("bob", PASSWORD, &["analyst"]).await;
+    app.add_user("dave", PASSWORD, &["analyst", "contractor"])
+        .await;
+    let alice = token_of(&app, "alice").await;
+    let bob = token_of(&app, "bob").await;
+    let dave = token_of(&app, "dave").await;
+
+    let seen_by_alice = tool_names(&app, &alice).await;
+    assert_eq!(
+        seen_by_alice,
+        ["everything__echo", "everything__get-sum", "whoami"]
+            .map(str::to_owned)
+            .into()
+    );
+    let seen_by_bob = tool_names(&app, &bob).await;
+    assert!(seen_by_bob.contains("everything__trigger-long-running-operation"));
+    assert!(seen_by_bob.contains("everything__get-sum"));
+    assert!(!seen_by_bob.contains("everything__get-env"), "denied");
+    assert!(
+        !seen_by_bob.contains("whoami"),
+        "no role of bob's allows it"
+    );
+    // Deny wins over any allow: dave's analyst role allows get-sum, his contractor role denies it.
+    let seen_by_dave = tool_names(&app, &dave).await;
+    assert!(!seen_by_dave.contains("everything__get-sum"));
+    assert!(seen_by_dave.contains("everything__echo"));
+
+    // What each may call, runs at the upstream.
+    let echo = rpc(
+        &app,
+        &alice,
+        call(2, "everything__echo", json!({ "message": "hello" })),
+    )
+    .await;
+    assert_eq!(text_of(&echo), "Echo: hello");
+    let sum = rpc(
+        &app,
+        &bob,
+        call(3, "everything__get-sum", json!({ "a": 2, "b": 3 })),
+    )
+    .await;
+    assert!(text_of(&sum).contains('5'), "{sum}");
+
+    // Hidden, denied and nonexistent tools get one and the same answer.
+    let hidden = rpc(
+        &app,
+        &alice,
+        call(4, "everything__get-tiny-image", json!({})),
+    )
+    .await;
+    let denied = rpc(
+        &app,
+        &dave,
+        call(4, "everything__get-sum", json!({ "a": 1, "b": 1 })),
+    )
+    .await;
+    let missing = rpc(&app, &bob, call(4, "everything__no-such-tool", json!({}))).await;
+    let unknown_prefix = rpc(&app, &bob, call(4, "nowhere__echo", json!({}))).await;
+    assert!(hidden.get("error").is_some(), "{hidden}");
+    assert_eq!(hidden, denied);
+    assert_eq!(hidden, missing);
+    assert_eq!(hidden, unknown_prefix);
+
+    // Every call is audited, refusals too, with the upstream and the rule.
+    let audited = |detail: &Value, tool: &str, outcome: &str| {
+        detail["tool"] == tool && detail["outcome"] == outcome
+    };
+    let store = app.state.store.clone();
+    eventually("the calls' audit events", || {
+        let store = store.clone();
+        async move {
+            let events = store.audit_events(None, None, 100).await.expect("audit");
+            let calls: Vec<Value> = events
+                .into_iter()
+                .filter(|r| r.event.kind == "mcp.tool_call")
+                .map(|r| r.event.detail)
+                .collect();
+            let echo = calls.iter().any(|d| {
+                audited(d, "everything__echo", "success")
+                    && d["upstream"] == "everything"
+                    && d["upstream_tool"] == "echo"
+            });
+            let refused = calls.iter().any(|d| {
+                audited(d, "everything__get-sum", "refused")
+                    && d["rule"] == "role contractor denies *__get-sum"
+            });
+            (echo && refused).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_upstream_gets_a_token_minted_for_it_and_nothing_of_the_client() {
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "crm", "transport": "streamable_http", "url": url,
+            "audience": "https://crm.internal/mcp"
+        }))];
+    })
+    .await;
+    let alice = app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    let token = authorize(&app, &client_id, "alice", "mcp", &format!("{ISSUER}/mcp"))
+        .await
+        .access_token()
+        .secret()
+        .clone();
+
+    // The client sends a cookie and a session id of its own; neither may travel on.
+    let res = app
+        .send(
+            crate::support::request("POST", "/mcp")
+                .header("host", "mcp.example.com")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", PROTOCOL)
+                .header("authorization", format!("Bearer {token}"))
+                .header("cookie", "secret-cookie=1")
+                .body(axum::body::Body::from(
+                    call(1, "crm__record", json!({})).to_string(),
+                ))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(text_of(&message(&res)), "recorded");
+
+    let seen = recorder.headers();
+    assert!(
+        seen.len() >= 3,
+        "initialize, initialized, the calls: {seen:?}"
+    );
+    let jwks = app.get("/jwks.json").await.json();
+    for headers in &seen {
+        let all = format!("{headers:?}");
+        assert!(
+            !all.contains(&token),
+            "the client's token reached the upstream"
+        );
+        assert!(headers.get("cookie").is_none());
+        if let Some(session) = headers.get("mcp-session-id") {
+            assert_eq!(session, RECORDER_SESSION, "only the upstream's own session");
+        }
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .expect("a token on every request");
+        let header = jwt_part(bearer, 0);
+        assert_eq!(header["typ"], "at+jwt");
+        let key = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["kid"] == header["kid"])
+            .expect("signed with a published key");
+        let jwk = josekit::jwk::Jwk::from_bytes(key.to_string().as_bytes()).expect("jwk");
+        let verifier = josekit::jws::ES256
+            .verifier_from_jwk(&jwk)
+            .expect("verifier");
+        let (claims, _) =
+            josekit::jwt::decode_with_verifier(bearer, &verifier).expect("signature verifies");
+        assert_eq!(claims.issuer(), Some(ISSUER));
+        assert_eq!(claims.audience(), Some(vec!["https://crm.internal/mcp"]));
+        assert_eq!(claims.subject(), Some(alice.id.as_str()));
+        assert_eq!(claims.claim("client_id"), Some(&json!(client_id)));
+        assert_eq!(claims.claim("roles"), Some(&json!(["user"])));
+        let now = app.clock.now().unix_timestamp();
+        let exp = claims.claim("exp").and_then(Value::as_i64).expect("exp");
+        assert!(exp > now && exp <= now + 300, "short-lived: {exp} vs {now}");
+    }
+}
+
+#[tokio::test]
+async fn each_person_gets_their_own_stdio_process_with_their_identity_only() {
+    let app = app_with(|c| c.upstreams = vec![stdio_everything("local")]).await;
+    let alice = app.add_user("alice", PASSWORD, &["user"]).await;
+    let bob = app.add_user("bob", PASSWORD, &["user"]).await;
+    let alice_token = token_of(&app, "alice").await;
+    let bob_token = token_of(&app, "bob").await;
+
+    let env_of = |answer: &Value| -> serde_json::Map<String, Value> {
+        serde_json::from_str(&text_of(answer)).expect("get-env answers JSON")
+    };
+    let for_alice = env_of(&rpc(&app, &alice_token, call(1, "local__get-env", json!({}))).await);
+    let for_bob = env_of(&rpc(&app, &bob_token, call(1, "local__get-env", json!({}))).await);
+    assert_eq!(for_alice["GATEHOUSE_USER_ID"], alice.id.as_str());
+    assert_eq!(for_alice["GATEHOUSE_USERNAME"], "alice");
+    assert_eq!(for_bob["GATEHOUSE_USER_ID"], bob.id.as_str());
+    assert_eq!(for_bob["GATEHOUSE_ROLES"], "user");
+    // A cleared environment: what the configuration gives, PATH and HOME, the identity.
+    let keys: BTreeSet<&str> = for_alice.keys().map(String::as_str).collect();
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "FIXTURE_SETTING",
+        "GATEHOUSE_USER_ID",
+        "GATEHOUSE_USERNAME",
+        "GATEHOUSE_ROLES",
+    ]
+    .into();
+    assert!(keys.is_subset(&allowed), "{keys:?}");
+
+    let status = app.state.gateway.status();
+    let pids: BTreeSet<u32> = status[0].sessions.iter().filter_map(|s| s.pid).collect();
+    assert_eq!(pids.len(), 2, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_killed_upstream_is_an_error_naming_it_and_the_next_call_starts_it_again() {
+    let app = app_with(|c| c.upstreams = vec![stdio_everything("local")]).await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    rpc(
+        &app,
+        &token,
+        call(1, "local__echo", json!({ "message": "up" })),
+    )
+    .await;
+    let pid = app.state.gateway.status()[0].sessions[0]
+        .pid
+        .expect("a process");
+
+    // A long call, and the process killed under it.
+    let long = {
+        let body = call(
+            2,
+            "local__trigger-long-running-operation",
+            json!({ "duration": 10, "steps": 10 }),
+        );
+        let app = &app;
+        let token = token.clone();
+        async move { mcp(app, Some(&token), None, PROTOCOL, body).await }
+    };
+    let kill = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    let (res, ()) = tokio::join!(long, kill);
+    assert_eq!(res.status, 200);
+    let answer = message(&res);
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"local\""),
+        "{answer}"
+    );
+
+    // The next call starts a new process.
+    let again = rpc(
+        &app,
+        &token,
+        call(3, "local__echo", json!({ "message": "back" })),
+    )
+    .await;
+    assert_eq!(text_of(&again), "Echo: back");
+    let new_pid = app.state.gateway.status()[0].sessions[0].pid;
+    assert_ne!(new_pid, Some(pid));
+}
+
+#[tokio::test]
+async fn revocation_reaches_upstream_tools_as_it_reaches_built_in_ones() {
+    let everything = Everything::start().await;
+    let url = everything.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "everything", "transport": "streamable_http", "url": url
+        }))];
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    let echo = call(1, "everything__echo", json!({ "message": "x" }));
+    assert_eq!(text_of(&rpc(&app, &token, echo.clone()).await), "Echo: x");
+
+    let claims = jwt_part(&token, 1);
+    let gid = claims["grant_id"].as_str().expect("gid");
+    app.state
+        .store
+        .revoke_grant(gid, "test", app.clock.now())
+        .await
+        .expect("revoke");
+    app.state.revocations.revoke_grant(gid, app.clock.now());
+    let res = mcp(&app, Some(&token), None, PROTOCOL, echo).await;
+    assert_eq!(res.status, 401);
+}

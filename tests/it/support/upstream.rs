@@ -1,0 +1,137 @@
+//! Upstream MCP servers for the gateway tests, on loopback: the reference server
+//! `@modelcontextprotocol/server-everything` from npm (pinned in `tests/fixtures/upstream`,
+//! installed by `tests/run`), and a recorder that keeps every request's headers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The reference server's entry point; the suite stops here, loudly, when it is not installed.
+pub fn everything_js() -> String {
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests/fixtures/upstream/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+    ]
+    .iter()
+    .collect();
+    assert!(
+        path.exists(),
+        "{} is missing: run tests/run (it installs the pinned npm fixtures), or `npm ci` in tests/fixtures/upstream",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// `server-everything` over Streamable HTTP on a free loopback port; stopped when dropped.
+pub struct Everything {
+    child: Child,
+    /// Its MCP endpoint.
+    pub url: String,
+}
+
+impl Everything {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("node")
+            .arg(everything_js())
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node (installed by tests/run)");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self {
+                    child,
+                    url: format!("http://127.0.0.1:{port}/mcp"),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server-everything did not listen on {port}");
+    }
+}
+
+impl Drop for Everything {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An upstream that answers as a minimal MCP server (one tool) and keeps the headers of every
+/// request it receives.
+pub struct Recorder {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+/// The session id the recorder gives.
+pub const RECORDER_SESSION: &str = "recorder-session-1";
+
+impl Recorder {
+    pub async fn start() -> Self {
+        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let app = axum::Router::new()
+            .route("/mcp", axum::routing::post(record))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{addr}/mcp"),
+            seen,
+        }
+    }
+
+    pub fn headers(&self) -> Vec<HeaderMap> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn record(
+    State(seen): State<Arc<Mutex<Vec<HeaderMap>>>>,
+    headers: HeaderMap,
+    Json(message): Json<Value>,
+) -> Response {
+    seen.lock().expect("lock").push(headers);
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let result = match message["method"].as_str().unwrap_or_default() {
+        "initialize" => json!({
+            "protocolVersion": message["params"]["protocolVersion"],
+            "capabilities": { "tools": {} },
+            "serverInfo": { "name": "recorder", "version": "1" }
+        }),
+        "tools/list" => json!({ "tools": [
+            { "name": "record", "description": "Records the call", "inputSchema": { "type": "object" } }
+        ] }),
+        "tools/call" => json!({ "content": [{ "type": "text", "text": "recorded" }] }),
+        m if m.starts_with("notifications/") => return StatusCode::ACCEPTED.into_response(),
+        _ => {
+            return Json(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": "no such method" } }))
+                .into_response();
+        }
+    };
+    (
+        [("mcp-session-id", RECORDER_SESSION)],
+        Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })),
+    )
+        .into_response()
+}
