@@ -1,5 +1,6 @@
 //! `GET /health`: 200 when the database answers and a signing key is loaded, else 503 with the
-//! reason. Unauthenticated; never cached.
+//! reason; with gateway mode, each upstream's live sessions and processes, as counts (whose
+//! they are is for the audit log, not for an unauthenticated page). Never cached.
 
 use std::time::Duration;
 
@@ -34,6 +35,13 @@ pub async fn health_get(State(state): State<AppState>) -> Response {
         "status": if healthy { "ok" } else { "unavailable" },
         "database": match &database { Ok(()) => "ok".to_owned(), Err(reason) => reason.clone() },
         "signing_key": { "kid": key.kid(), "alg": key.record.alg.as_str() },
+        "upstreams": state.gateway.status().iter().map(|u| json!({
+            "name": u.name,
+            "transport": u.transport,
+            "sessions": u.sessions.len(),
+            "processes": u.sessions.iter().filter(|s| s.pid.is_some()).count(),
+            "tools": u.tools,
+        })).collect::<Vec<_>>(),
     });
     let status = if healthy {
         StatusCode::OK

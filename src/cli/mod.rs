@@ -3,6 +3,7 @@
 //! non-zero exit status.
 
 pub mod admin;
+pub mod upstreams;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,19 @@ pub enum Command {
     /// Revoke tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The MCP servers `/mcp` fronts (gateway mode).
+    #[command(subcommand)]
+    Upstreams(UpstreamsCommand),
+}
+
+/// `gatehouse upstreams ...`
+#[derive(Debug, Subcommand)]
+pub enum UpstreamsCommand {
+    /// Show the configured upstreams (contacts none of them).
+    List,
+    /// Contact each upstream: reachable or not, its tools under their advertised names, and
+    /// which roles may call each. Exits non-zero if one is unreachable or has colliding names.
+    Check,
 }
 
 /// `gatehouse users ...`
@@ -232,6 +246,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Rotate { now, alg }) => keys_rotate(&config, now, alg).await,
         Command::Keys(KeysCommand::Retire { kid, yes }) => keys_retire(&config, &kid, yes).await,
         Command::Tokens(cmd) => admin::tokens(&config, cmd).await,
+        Command::Upstreams(UpstreamsCommand::List) => {
+            print!("{}", upstreams::list(&config));
+            Ok(())
+        }
+        Command::Upstreams(UpstreamsCommand::Check) => {
+            print!("{}", upstreams::check(config).await?);
+            Ok(())
+        }
     }
 }
 
