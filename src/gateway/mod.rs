@@ -13,6 +13,7 @@
 pub mod http;
 pub mod identity;
 pub mod names;
+pub mod relay;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -20,8 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, CallToolResponse, ErrorCode, Tool};
-use rmcp::service::{RunningService, ServiceError};
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
+    ClientRequest, ErrorCode, ServerResult, Tool,
+};
+use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ErrorData, RoleClient, ServiceExt};
@@ -35,6 +39,8 @@ use crate::keys::KeyStore;
 pub use identity::Caller;
 use identity::{Identity, Minter};
 use names::Catalog;
+pub use relay::Downstream;
+use relay::{Relay, Tap};
 
 /// JSON-RPC error code of a failure to reach an upstream (the implementation-defined server
 /// error range of JSON-RPC 2.0, §5.1).
@@ -166,10 +172,14 @@ impl Gateway {
     /// Calls `advertised` at its upstream for `caller`. `Ok(None)`: no such tool (the caller
     /// is told what it is told of any unknown tool). The upstream's own errors pass through
     /// unchanged; failing to reach it is an error naming it.
+    /// What the upstream sends meanwhile (progress, log messages) goes to `downstream` as it
+    /// arrives; when `cancelled` completes (the client went away), the upstream is told to stop.
     pub async fn call_tool(
         &self,
         caller: &Caller,
         mut request: CallToolRequestParams,
+        downstream: Downstream,
+        cancelled: impl std::future::Future<Output = ()>,
     ) -> Result<Option<(CallToolResponse, Routed)>, ErrorData> {
         let Some(link) = self.link_of(&request.name) else {
             return Ok(None);
@@ -182,7 +192,18 @@ impl Gateway {
             tool: tool.clone(),
         };
         request.name = tool.into();
-        link.call(caller, request).await.map(|r| Some((r, routed)))
+        request.meta = request.meta.map(|meta| {
+            // The protocol's own keys (the client's version, identity, capabilities, progress
+            // token) belong to the client's hop; the upstream hop has its own.
+            let mut meta = meta;
+            meta.0
+                .0
+                .retain(|k, _| !k.starts_with("io.modelcontextprotocol/") && k != "progressToken");
+            meta
+        });
+        link.call(caller, request, downstream, cancelled)
+            .await
+            .map(|r| Some((r, routed)))
     }
 
     /// Each upstream, its sessions and its tools.
@@ -262,6 +283,7 @@ struct Slot {
 
 struct Session {
     service: RunningService<RoleClient, ()>,
+    relay: Relay,
 }
 
 impl Slot {
@@ -370,7 +392,8 @@ impl Link {
             }
             tracing::warn!(upstream = %self.upstream.name, subject = %slot.subject, "upstream session ended; starting a new one");
         }
-        let connecting = self.connect(caller, &slot);
+        let relay = Relay::default();
+        let connecting = self.connect(caller, &slot, relay.clone());
         let service = match tokio::time::timeout(self.upstream.connect_timeout, connecting).await {
             Ok(Ok(service)) => service,
             Ok(Err(e)) => {
@@ -385,7 +408,7 @@ impl Link {
                 )));
             }
         };
-        let session = Arc::new(Session { service });
+        let session = Arc::new(Session { service, relay });
         *current = Some(session.clone());
         drop(current);
         Ok((slot, session))
@@ -412,6 +435,7 @@ impl Link {
         &self,
         caller: &Caller,
         slot: &Slot,
+        relay: Relay,
     ) -> Result<RunningService<RoleClient, ()>, ErrorData> {
         match &self.upstream.kind {
             UpstreamKind::Http { url, identity } => {
@@ -421,7 +445,9 @@ impl Link {
                 config.reinit_on_expired_session = true;
                 config.allow_stateless = true;
                 let transport = StreamableHttpClientTransport::with_client(client, config);
-                ().serve(transport).await.map_err(|e| self.unavailable(e))
+                ().serve(Tap::new(transport, relay))
+                    .await
+                    .map_err(|e| self.unavailable(e))
             }
             UpstreamKind::Stdio {
                 command,
@@ -463,7 +489,9 @@ impl Link {
                         tracing::info!(upstream = %name, subject = %subject, pid = ?pid, "upstream process exited");
                     });
                 }
-                ().serve(process).await.map_err(|e| self.unavailable(e))
+                ().serve(Tap::new(process, relay))
+                    .await
+                    .map_err(|e| self.unavailable(e))
             }
         }
     }
@@ -518,10 +546,59 @@ impl Link {
         &self,
         caller: &Caller,
         request: CallToolRequestParams,
+        downstream: Downstream,
+        cancelled: impl std::future::Future<Output = ()>,
     ) -> Result<CallToolResponse, ErrorData> {
         let (slot, session) = self.session(caller).await?;
-        let call = session.service.peer().call_tool_once(request);
-        match tokio::time::timeout(self.upstream.call_timeout, call).await {
+        let peer = session.service.peer().clone();
+        let sent = peer
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(CallToolRequest::new(request)),
+                PeerRequestOptions::no_options(),
+            )
+            .await;
+        let handle = match sent {
+            Ok(handle) => handle,
+            Err(e) => return Err(self.failed_in(&slot, &session, e).await),
+        };
+        let id = handle.id.clone();
+        let (_registered, mut notifications) =
+            session.relay.register(handle.progress_token.clone());
+        let answer = async {
+            match handle.await_response().await? {
+                ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
+                ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                _ => Err(ServiceError::UnexpectedResponse),
+            }
+        };
+        let answer = tokio::time::timeout(self.upstream.call_timeout, answer);
+        tokio::pin!(answer, cancelled);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                Some(notification) = notifications.recv() => downstream.forward(notification).await,
+                outcome = &mut answer => {
+                    // What the upstream sent before its answer goes out before it.
+                    while let Ok(notification) = notifications.try_recv() {
+                        downstream.forward(notification).await;
+                    }
+                    break outcome;
+                }
+                () = &mut cancelled => {
+                    // MCP cancellation: the upstream may stop working on it (an answer that
+                    // still comes is dropped).
+                    let _ = peer
+                        .notify_cancelled(CancelledNotificationParam::new(
+                            Some(id),
+                            Some("the client cancelled the request".to_owned()),
+                        ))
+                        .await;
+                    return Err(self.unavailable("the call was cancelled"));
+                }
+            }
+        };
+        match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(self.failed_in(&slot, &session, e).await),
             Err(_) => Err(self.unavailable(format!(

@@ -166,7 +166,17 @@ impl ServerHandler for GatehouseMcp {
                     .await
             }
             (Decision::Allow(_), Some(c)) => {
-                match self.state.gateway.call_tool(&c.upstream(), request).await {
+                let downstream = gateway::Downstream {
+                    peer: context.peer.clone(),
+                    progress_token: context.meta.get_progress_token(),
+                };
+                let cancelled = context.ct.cancelled();
+                match self
+                    .state
+                    .gateway
+                    .call_tool(&c.upstream(), request, downstream, cancelled)
+                    .await
+                {
                     Ok(Some((response, to))) => {
                         routed = Some(to);
                         Ok(response)

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::support::mcp::{app_with, authorize, call, mcp, message};
 use crate::support::upstream::{Everything, RECORDER_SESSION, Recorder, everything_js};
-use crate::support::{CALLBACK, ISSUER, PASSWORD, TestApp, eventually, jwt_part};
+use crate::support::{
+    CALLBACK, ISSUER, PASSWORD, TestApp, eventually, jwt_part, serve_on_loopback,
+};
 
 const PROTOCOL: &str = "2025-06-18";
 
@@ -394,4 +396,74 @@ async fn revocation_reaches_upstream_tools_as_it_reaches_built_in_ones() {
     app.state.revocations.revoke_grant(gid, app.clock.now());
     let res = mcp(&app, Some(&token), None, PROTOCOL, echo).await;
     assert_eq!(res.status, 401);
+}
+
+#[tokio::test]
+async fn progress_from_a_long_running_upstream_tool_arrives_before_its_result() {
+    let app = app_with(|c| c.upstreams = vec![stdio_everything("local")]).await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    let addr = serve_on_loopback(gatehouse::app(app.state.clone())).await;
+
+    // Four steps over two seconds, with a progress token of the client's choosing.
+    let mut body = call(
+        7,
+        "local__trigger-long-running-operation",
+        json!({ "duration": 2, "steps": 4 }),
+    );
+    body["params"]["_meta"] = json!({ "progressToken": "client-token-1" });
+    let mut response = reqwest::Client::new()
+        .post(format!("http://{addr}/mcp"))
+        .header("host", "mcp.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", PROTOCOL)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "an event stream, so that progress can go out before the result"
+    );
+
+    // Each message with the time it arrived.
+    let started = std::time::Instant::now();
+    let mut pending = String::new();
+    let mut arrived: Vec<(std::time::Duration, Value)> = Vec::new();
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if let Ok(message) = serde_json::from_str::<Value>(data) {
+                    arrived.push((started.elapsed(), message));
+                }
+            }
+        }
+    }
+    let progress: Vec<&(std::time::Duration, Value)> = arrived
+        .iter()
+        .filter(|(_, m)| m["method"] == "notifications/progress")
+        .collect();
+    let (result_at, result) = arrived.last().expect("messages");
+    assert_eq!(result["id"], 7, "the result comes last: {arrived:?}");
+    assert!(result["result"]["content"].is_array(), "{result}");
+    assert!(progress.len() >= 3, "{arrived:?}");
+    for (_, p) in &progress {
+        assert_eq!(p["params"]["progressToken"], "client-token-1", "{p}");
+    }
+    // Streamed, not buffered: the first step was out long before the last (steps are 500 ms
+    // apart at the upstream).
+    let (first_at, _) = progress[0];
+    assert!(
+        *result_at >= *first_at + std::time::Duration::from_millis(1000),
+        "first progress at {first_at:?}, result at {result_at:?}"
+    );
 }
