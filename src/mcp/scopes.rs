@@ -108,11 +108,11 @@ mod tests {
         let scopes = ToolScopes::new(&config);
         assert_eq!(
             scopes.for_tool("crm__update_deal").to_string(),
-            "crm:write mcp"
+            "mcp crm:write"
         );
         assert_eq!(
             scopes.for_tool("crm__update_notes").to_string(),
-            "crm:write mcp notes"
+            "mcp crm:write notes"
         );
         assert_eq!(scopes.for_tool("crm__find").to_string(), "mcp");
     }

@@ -209,7 +209,7 @@ impl ServerHandler for GatehouseMcp {
                 "tool": tool,
                 "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
                 "upstream_tool": routed.as_ref().map(|r| r.tool.as_str()),
-                "decision": decision.allowed().then_some("allow").unwrap_or("deny"),
+                "decision": if decision.allowed() { "allow" } else { "deny" },
                 "rule": decision.rule(),
                 "outcome": outcome,
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0,

@@ -467,3 +467,61 @@ async fn progress_from_a_long_running_upstream_tool_arrives_before_its_result() 
         "first progress at {first_at:?}, result at {result_at:?}"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_forgot_its_session_is_initialized_again_without_the_client_noticing() {
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "crm", "transport": "streamable_http", "url": url
+        }))];
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    let first = rpc(&app, &token, call(1, "crm__record", json!({}))).await;
+    assert_eq!(text_of(&first), "recorded");
+
+    recorder.forget_sessions();
+    let again = rpc(&app, &token, call(2, "crm__record", json!({}))).await;
+    assert_eq!(text_of(&again), "recorded", "{again}");
+    let sessions: BTreeSet<String> = recorder
+        .headers()
+        .iter()
+        .filter_map(|h| h.get("mcp-session-id")?.to_str().ok().map(str::to_owned))
+        .collect();
+    assert!(
+        sessions.contains("recorder-session-2"),
+        "a second session was opened: {sessions:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_an_error_naming_it_and_the_others_keep_working() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let dead_url = format!("http://{}/mcp", dead.local_addr().expect("addr"));
+    drop(dead);
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![
+            upstream(json!({ "name": "crm", "transport": "streamable_http", "url": url })),
+            upstream(json!({ "name": "gone", "transport": "streamable_http", "url": dead_url })),
+        ];
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+
+    // The list is what can be reached.
+    let names = tool_names(&app, &token).await;
+    assert!(names.contains("crm__record"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("gone__")));
+    // A call to the unreachable one is a JSON-RPC error naming it, not a 500.
+    let answer = rpc(&app, &token, call(1, "gone__anything", json!({}))).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    assert_eq!(answer["error"]["data"]["upstream"], "gone");
+    let ok = rpc(&app, &token, call(2, "crm__record", json!({}))).await;
+    assert_eq!(text_of(&ok), "recorded");
+}

@@ -43,23 +43,23 @@ impl Everything {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let child = Command::new("node")
-            .arg(everything_js())
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node (installed by tests/run)");
+        let server = Self {
+            child: Command::new("node")
+                .arg(everything_js())
+                .arg("streamableHttp")
+                .env("PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("node (installed by tests/run)"),
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return Self {
-                    child,
-                    url: format!("http://127.0.0.1:{port}/mcp"),
-                };
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -75,21 +75,38 @@ impl Drop for Everything {
 }
 
 /// An upstream that answers as a minimal MCP server (one tool) and keeps the headers of every
-/// request it receives.
+/// request it receives. It can be told to forget its sessions, as a restarted server does.
 pub struct Recorder {
     pub url: String,
     pub seen: Arc<Mutex<Vec<HeaderMap>>>,
+    state: Arc<RecorderState>,
 }
 
-/// The session id the recorder gives.
+#[derive(Default)]
+struct RecorderState {
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    /// Sessions given so far; only the newest is known, unless forgotten.
+    sessions: std::sync::atomic::AtomicUsize,
+    forgotten: std::sync::atomic::AtomicBool,
+}
+
+/// The session id the recorder gives first (`recorder-session-N` after that).
 pub const RECORDER_SESSION: &str = "recorder-session-1";
 
 impl Recorder {
+    /// Forgets every session: the next request in one gets 404, as from a restarted server.
+    pub fn forget_sessions(&self) {
+        self.state
+            .forgotten
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn start() -> Self {
-        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let state = Arc::new(RecorderState::default());
+        let seen = state.seen.clone();
         let app = axum::Router::new()
             .route("/mcp", axum::routing::post(record))
-            .with_state(seen.clone());
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -98,6 +115,7 @@ impl Recorder {
         Self {
             url: format!("http://{addr}/mcp"),
             seen,
+            state,
         }
     }
 
@@ -107,13 +125,29 @@ impl Recorder {
 }
 
 async fn record(
-    State(seen): State<Arc<Mutex<Vec<HeaderMap>>>>,
+    State(state): State<Arc<RecorderState>>,
     headers: HeaderMap,
     Json(message): Json<Value>,
 ) -> Response {
-    seen.lock().expect("lock").push(headers);
+    use std::sync::atomic::Ordering;
+    let session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.seen.lock().expect("lock").push(headers);
     let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let result = match message["method"].as_str().unwrap_or_default() {
+    let method = message["method"].as_str().unwrap_or_default();
+    if method == "initialize" {
+        state.sessions.fetch_add(1, Ordering::SeqCst);
+        state.forgotten.store(false, Ordering::SeqCst);
+    } else if let Some(session) = session {
+        let known = format!("recorder-session-{}", state.sessions.load(Ordering::SeqCst));
+        if state.forgotten.load(Ordering::SeqCst) || session != known {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    }
+    let current = format!("recorder-session-{}", state.sessions.load(Ordering::SeqCst));
+    let result = match method {
         "initialize" => json!({
             "protocolVersion": message["params"]["protocolVersion"],
             "capabilities": { "tools": {} },
@@ -130,7 +164,7 @@ async fn record(
         }
     };
     (
-        [("mcp-session-id", RECORDER_SESSION)],
+        [("mcp-session-id", current)],
         Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })),
     )
         .into_response()
