@@ -10,6 +10,7 @@
 //! processes needs its place, or when Gatehouse stops. Every start and exit is logged with the
 //! person it belongs to.
 
+mod content;
 pub mod http;
 pub mod identity;
 pub mod names;
@@ -36,6 +37,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Isolation, Upstream, UpstreamKind};
 use crate::keys::KeyStore;
 
+pub use content::ResourceRef;
 pub use identity::Caller;
 use identity::{Identity, Minter};
 use names::Catalog;
@@ -50,6 +52,8 @@ pub const UPSTREAM_UNAVAILABLE: i32 = -32001;
 pub struct Gateway {
     links: Vec<Arc<Link>>,
     max_name_len: usize,
+    /// Which upstream serves each resource URI, as last listed.
+    resources: RwLock<content::Owners>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -125,6 +129,7 @@ impl Gateway {
                     minter: minter.clone(),
                     http: http.clone(),
                     catalog: RwLock::new(Catalog::default()),
+                    prompts: RwLock::new(Catalog::default()),
                     sessions: Mutex::new(HashMap::new()),
                     epoch: started,
                     max_name_len: config.mcp.max_tool_name_len,
@@ -134,6 +139,7 @@ impl Gateway {
         Ok(Self {
             links,
             max_name_len: config.mcp.max_tool_name_len,
+            resources: RwLock::default(),
         })
     }
 
@@ -266,6 +272,7 @@ struct Link {
     minter: Minter,
     http: reqwest::Client,
     catalog: RwLock<Catalog>,
+    prompts: RwLock<Catalog>,
     sessions: Mutex<HashMap<SessionKey, Arc<Slot>>>,
     epoch: Instant,
     max_name_len: usize,

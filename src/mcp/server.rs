@@ -1,7 +1,7 @@
-//! The MCP server (rmcp): its own tools and those of the upstreams (gateway mode) behind one
-//! decision ([`super::access`]): `tools/list` shows what the caller may call, and `tools/call`
-//! checks again, then runs the tool here or at its upstream, audited with tool, upstream,
-//! decision, outcome and duration. Missing scopes are answered before the request gets here
+//! The MCP server (rmcp): its own tools and the tools, prompts and resources of the upstreams
+//! (gateway mode) behind one decision ([`super::access`]): each list shows what the caller may
+//! use, and `tools/call`, `prompts/get` and `resources/read` check again, then run here or at
+//! the upstream, audited with the name, upstream, decision and its rule, outcome and duration. Missing scopes are answered before the request gets here
 //! (the bearer layer answers 403 with a step-up challenge); the check here is a second line.
 
 use std::sync::Arc;
@@ -10,8 +10,10 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
-    PaginatedRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
@@ -99,6 +101,35 @@ impl GatehouseMcp {
     fn decide(&self, caller: &Caller, tool: &str) -> Decision {
         self.access.decide(&caller.principal, caller.roles(), tool)
     }
+
+    /// Records one use (or refused use) of a tool, prompt or resource; `detail["outcome"]`
+    /// other than `success` marks it failed. The answer does not wait for the write.
+    fn audit(&self, kind: &str, caller: Option<&Caller>, mut detail: serde_json::Value) {
+        let principal = caller.map(|c| &c.principal);
+        detail["jti"] = json!(principal.map(|p| p.jti.clone()));
+        let failed = detail["outcome"] != "success";
+        let mut event = AuditEvent::new(kind, self.state.clock.now(), detail);
+        if failed {
+            event = event.failed();
+        }
+        if let Some(p) = principal {
+            event.subject = Some(p.subject.clone());
+            event.client_id = Some(p.client_id.clone());
+            event.grant_id = Some(p.grant_id.clone());
+        }
+        let store = self.state.store.clone();
+        tokio::spawn(async move { audit::record_after_commit(&store, event).await });
+    }
+}
+
+/// The outcome of a prompt or resource request, for the audit log.
+fn outcome_of<T>(result: &Result<T, ErrorData>, decision: &Decision) -> &'static str {
+    match (result, decision) {
+        (_, Decision::Deny(_) | Decision::MissingScope(_)) => "refused",
+        (Ok(_), _) => "success",
+        (Err(e), _) if e.code.0 == gateway::UPSTREAM_UNAVAILABLE => "upstream_unavailable",
+        (Err(_), _) => "protocol_error",
+    }
 }
 
 fn principal_of(context: &RequestContext<RoleServer>) -> Option<Principal> {
@@ -109,8 +140,158 @@ fn principal_of(context: &RequestContext<RoleServer>) -> Option<Principal> {
         .cloned()
 }
 
-#[tool_handler(router = self.tool_router, name = "gatehouse", instructions = "Gatehouse: tools about your own account (whoami, get_activity_log), and the tools of the servers it fronts, named <server>__<tool>.")]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for GatehouseMcp {
+    fn get_info(&self) -> ServerConfig {
+        let gateway = !self.state.gateway.is_empty();
+        let capabilities = ServerCapabilities::builder().enable_tools();
+        let capabilities = if gateway {
+            capabilities.enable_prompts().enable_resources().build()
+        } else {
+            capabilities.build()
+        };
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("gatehouse", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Gatehouse: tools about your own account (whoami, get_activity_log), and the tools, prompts and resources of the servers it fronts, named <server>__<name>."
+                    .to_owned(),
+            )
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let Some(caller) = self.caller(&context).await? else {
+            return Ok(ListPromptsResult::with_all_items(Vec::new()));
+        };
+        let prompts = self
+            .state
+            .gateway
+            .list_prompts(&caller.upstream())
+            .await
+            .into_iter()
+            .filter(|p| self.decide(&caller, &p.name).allowed())
+            .collect();
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let started = Instant::now();
+        let caller = self.caller(&context).await?;
+        let name = request.name.clone();
+        let decision = match &caller {
+            Some(c) if self.state.gateway.owns(&name) => self.decide(c, &name),
+            _ => Decision::Deny("no such prompt".to_owned()),
+        };
+        let mut routed = None;
+        let result = match (&decision, &caller) {
+            (Decision::Allow(_), Some(c)) => {
+                match self.state.gateway.get_prompt(&c.upstream(), request).await {
+                    Ok(Some((response, to))) => {
+                        routed = Some(to);
+                        Ok(response)
+                    }
+                    Ok(None) => Err(ErrorData::invalid_params("prompt not found", None)),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err(ErrorData::invalid_params("prompt not found", None)),
+        };
+        self.audit(
+            "mcp.prompt_get",
+            caller.as_ref(),
+            json!({
+                "prompt": name,
+                "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
+                "upstream_prompt": routed.as_ref().map(|r| r.tool.as_str()),
+                "decision": if decision.allowed() { "allow" } else { "deny" },
+                "rule": decision.rule(),
+                "outcome": outcome_of(&result, &decision),
+                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+            }),
+        );
+        result
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let Some(caller) = self.caller(&context).await? else {
+            return Ok(ListResourcesResult::with_all_items(Vec::new()));
+        };
+        let resources = self
+            .state
+            .gateway
+            .list_resources(&caller.upstream())
+            .await
+            .into_iter()
+            .filter(|(_, name)| self.decide(&caller, name).allowed())
+            .map(|(r, _)| r)
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let started = Instant::now();
+        let caller = self.caller(&context).await?;
+        let uri = request.uri.clone();
+        let found = match &caller {
+            Some(c) if !self.state.gateway.is_empty() => {
+                self.state.gateway.find_resource(&c.upstream(), &uri).await
+            }
+            _ => None,
+        };
+        let decision = match (&caller, &found) {
+            (Some(c), Some(at)) => self.decide(c, &at.name),
+            _ => Decision::Deny("no such resource".to_owned()),
+        };
+        let mut routed = None;
+        let result = match (&decision, &caller, &found) {
+            (Decision::Allow(_), Some(c), Some(at)) => {
+                match self
+                    .state
+                    .gateway
+                    .read_resource(&c.upstream(), at, request)
+                    .await
+                {
+                    Ok((response, to)) => {
+                        routed = Some(to);
+                        Ok(response)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            // The same answer whether it is refused or does not exist.
+            _ => Err(ErrorData::resource_not_found("resource not found", None)),
+        };
+        self.audit(
+            "mcp.resource_read",
+            caller.as_ref(),
+            json!({
+                "uri": uri,
+                "resource": found.as_ref().map(|f| f.name.as_str()),
+                "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
+                "decision": if decision.allowed() { "allow" } else { "deny" },
+                "rule": decision.rule(),
+                "outcome": outcome_of(&result, &decision),
+                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+            }),
+        );
+        result
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -201,10 +382,9 @@ impl ServerHandler for GatehouseMcp {
             (Err(e), _) if e.code.0 == gateway::UPSTREAM_UNAVAILABLE => "upstream_unavailable",
             (Err(_), _) => "protocol_error",
         };
-        let principal = caller.as_ref().map(|c| &c.principal);
-        let mut event = AuditEvent::new(
+        self.audit(
             "mcp.tool_call",
-            self.state.clock.now(),
+            caller.as_ref(),
             json!({
                 "tool": tool,
                 "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
@@ -213,20 +393,8 @@ impl ServerHandler for GatehouseMcp {
                 "rule": decision.rule(),
                 "outcome": outcome,
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
-                "jti": principal.map(|p| p.jti.clone()),
             }),
         );
-        if outcome != "success" {
-            event = event.failed();
-        }
-        if let Some(p) = principal {
-            event.subject = Some(p.subject.clone());
-            event.client_id = Some(p.client_id.clone());
-            event.grant_id = Some(p.grant_id.clone());
-        }
-        // The answer does not wait for the audit write.
-        let store = self.state.store.clone();
-        tokio::spawn(async move { audit::record_after_commit(&store, event).await });
         result
     }
 }

@@ -525,3 +525,89 @@ async fn an_unreachable_upstream_is_an_error_naming_it_and_the_others_keep_worki
     let ok = rpc(&app, &token, call(2, "crm__record", json!({}))).await;
     assert_eq!(text_of(&ok), "recorded");
 }
+
+#[tokio::test]
+async fn prompts_and_resources_are_served_and_decided_on_like_tools() {
+    let everything = Everything::start().await;
+    let url = everything.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "everything", "transport": "streamable_http", "url": url
+        }))];
+        role(
+            c,
+            "user",
+            &["everything__simple-prompt", "everything__features_md"],
+            &[],
+        );
+        role(c, "analyst", &["everything__*"], &[]);
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    app.add_user("bob", PASSWORD, &["analyst"]).await;
+    let alice = token_of(&app, "alice").await;
+    let bob = token_of(&app, "bob").await;
+
+    // Prompts: listed under advertised names, only those the role allows.
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            rpc(
+                app,
+                &token,
+                json!({ "jsonrpc": "2.0", "id": 1, "method": "prompts/list" }),
+            )
+            .await
+        }
+    };
+    let names = |answer: &Value, key: &str, field: &str| -> BTreeSet<String> {
+        answer["result"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|p| p[field].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let for_alice = names(&list(alice.clone()).await, "prompts", "name");
+    assert_eq!(for_alice, ["everything__simple-prompt".to_owned()].into());
+    let for_bob = names(&list(bob.clone()).await, "prompts", "name");
+    assert!(for_bob.contains("everything__args-prompt"), "{for_bob:?}");
+
+    let get = |id: i64, name: &str| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "prompts/get",
+                "params": { "name": name, "arguments": { "city": "Paris" } } })
+    };
+    let prompt = rpc(&app, &alice, get(2, "everything__simple-prompt")).await;
+    assert!(prompt["result"]["messages"].is_array(), "{prompt}");
+    let hidden = rpc(&app, &alice, get(3, "everything__args-prompt")).await;
+    let missing = rpc(&app, &alice, get(3, "everything__no-such-prompt")).await;
+    assert!(hidden.get("error").is_some(), "{hidden}");
+    assert_eq!(hidden, missing);
+
+    // Resources: their own URIs; decided on as `<upstream>__<name>`.
+    let resources = rpc(
+        &app,
+        &bob,
+        json!({ "jsonrpc": "2.0", "id": 4, "method": "resources/list" }),
+    )
+    .await;
+    let uris = names(&resources, "resources", "uri");
+    assert!(!uris.is_empty(), "{resources}");
+    let listed = resources["result"]["resources"].as_array().expect("list");
+    // The decision's name is cleaned like a tool's: `features.md` is `everything__features_md`.
+    let text_doc = listed
+        .iter()
+        .find(|r| r["name"] == "features.md")
+        .expect("features.md");
+    let other = listed
+        .iter()
+        .find(|r| r["name"] == "startup.md")
+        .expect("startup.md");
+    let read = |id: i64, uri: &Value| json!({ "jsonrpc": "2.0", "id": id, "method": "resources/read", "params": { "uri": uri } });
+    let content = rpc(&app, &alice, read(5, &text_doc["uri"])).await;
+    assert!(content["result"]["contents"].is_array(), "{content}");
+    let refused = rpc(&app, &alice, read(6, &other["uri"])).await;
+    let unknown = rpc(&app, &alice, read(6, &json!("demo://no/such/thing"))).await;
+    assert!(refused.get("error").is_some(), "{refused}");
+    assert_eq!(refused, unknown);
+}
