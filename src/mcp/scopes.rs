@@ -112,7 +112,7 @@ mod tests {
         );
         assert_eq!(
             scopes.for_tool("crm__update_notes").to_string(),
-            "mcp crm:write notes"
+            "mcp notes crm:write"
         );
         assert_eq!(scopes.for_tool("crm__find").to_string(), "mcp");
     }
