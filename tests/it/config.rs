@@ -318,3 +318,41 @@ fn operator_manages_clients_from_the_command_line() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("no client with id"));
 }
+
+#[test]
+fn each_invalid_upstream_stops_start_with_its_own_message() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[upstreams]]\nname = \"crm__x\"\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:9/mcp\"\n",
+            "the name must be 1 to 24 letters, digits or '-'",
+        ),
+        (
+            "[[upstreams]]\nname = \"fs\"\ntransport = \"stdio\"\n",
+            "a stdio upstream needs a command",
+        ),
+        (
+            "[[upstreams]]\nname = \"crm\"\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:9/mcp\"\naudience = \"http://127.0.0.1:8080/mcp\"\n",
+            "may not be this server's own resource",
+        ),
+        (
+            "[[upstreams]]\nname = \"crm\"\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:9/mcp\"\nidentity = \"static\"\nstatic_header = \"X-Api-Key\"\nstatic_secret_env = \"NOT_SET_ANYWHERE\"\n",
+            "needs static_header (a header name) and static_secret_env",
+        ),
+        (
+            "[[upstreams]]\nname = \"crm\"\ntransport = \"smtp\"\n",
+            "`upstreams.0.transport`: unknown variant: found `smtp`",
+        ),
+        (
+            "[mcp.tool_access.nobody]\nallow = [\"*\"]\n",
+            "mcp.tool_access names the role \"nobody\", which is not in `roles`",
+        ),
+        (
+            "[mcp.tool_scopes]\n\"crm__find\" = \"mcp\"\n",
+            "mcp.tool_scopes names \"crm__find\"",
+        ),
+    ];
+    for (toml, needle) in cases {
+        let output = serve_with(&[], Some(toml));
+        assert_refused(&output, needle);
+    }
+}

@@ -611,3 +611,121 @@ async fn prompts_and_resources_are_served_and_decided_on_like_tools() {
     assert!(refused.get("error").is_some(), "{refused}");
     assert_eq!(refused, unknown);
 }
+
+#[tokio::test]
+async fn key_rotation_and_the_per_token_limit_apply_to_upstream_tools_as_to_built_in_ones() {
+    use gatehouse::keys::{RotationPolicy, lifecycle};
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "crm", "transport": "streamable_http", "url": url
+        }))];
+        c.mcp.rate_limit_per_token = 3;
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    let first = rpc(&app, &token, call(1, "crm__record", json!({}))).await;
+    assert_eq!(text_of(&first), "recorded");
+    let old_kid = crate::support::kid_of(&token);
+
+    // An emergency rotation: a new key signs at once; the client's token, signed by the old
+    // one, keeps working, and what the upstream receives is signed by the new one.
+    let policy = RotationPolicy::from_config(&app.state.config);
+    let new_kid = lifecycle::rotate_now(
+        &app.state.store,
+        app.state.keys.vault(),
+        gatehouse::domain::SigningAlgorithm::ES256,
+        &policy,
+        app.clock.now(),
+    )
+    .await
+    .expect("rotate --now");
+    app.state.maintain_keys().await.expect("maintain");
+    let second = rpc(&app, &token, call(2, "crm__record", json!({}))).await;
+    assert_eq!(text_of(&second), "recorded");
+    let minted = recorder
+        .headers()
+        .last()
+        .and_then(|h| h.get("authorization")?.to_str().ok().map(str::to_owned))
+        .expect("a token");
+    let minted = minted.strip_prefix("Bearer ").expect("bearer");
+    assert_eq!(crate::support::kid_of(minted), new_kid);
+    assert_ne!(new_kid, old_kid);
+
+    // The per-token budget counts upstream calls like any other request: 429, not a token error.
+    let third = rpc(&app, &token, call(3, "crm__record", json!({}))).await;
+    assert_eq!(text_of(&third), "recorded");
+    let res = mcp(
+        &app,
+        Some(&token),
+        None,
+        PROTOCOL,
+        call(4, "crm__record", json!({})),
+    )
+    .await;
+    assert_eq!(res.status, 429, "{}", res.text());
+    assert!(res.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn the_operator_checks_the_upstreams_from_the_command_line() {
+    let recorder = Recorder::start().await;
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let config = format!(
+        r#"
+[mcp.tool_access.user]
+allow = ["crm__*"]
+
+[[upstreams]]
+name = "crm"
+transport = "streamable_http"
+url = "{}"
+"#,
+        recorder.url
+    );
+    std::fs::write(dir.path().join("gatehouse.toml"), &config).expect("config");
+    let run = |args: &[&str]| {
+        let mut cmd = crate::support::process::gatehouse(dir.path());
+        cmd.args(args);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+                .await
+                .expect("join")
+        }
+    };
+
+    let list = run(&["upstreams", "list"]).await;
+    let out = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{out}");
+    assert!(out.contains("crm  streamable_http"), "{out}");
+    assert!(out.contains("signed_jwt"), "{out}");
+
+    let check = run(&["upstreams", "check"]).await;
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains("crm: reachable, 1 tools"), "{out}");
+    assert!(out.contains("crm__record  (callable by: user)"), "{out}");
+
+    // An upstream that cannot be reached fails the check, naming it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let dead_url = format!("http://{}/mcp", dead.local_addr().expect("addr"));
+    drop(dead);
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        format!(
+            "{config}\n[[upstreams]]\nname = \"gone\"\ntransport = \"streamable_http\"\nurl = \"{dead_url}\"\nconnect_timeout = 2\n"
+        ),
+    )
+    .expect("config");
+    let check = run(&["upstreams", "check"]).await;
+    assert_eq!(check.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(err.contains("gone"), "{err}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("gone: NOT REACHABLE"));
+}
