@@ -80,7 +80,12 @@ pub async fn check(config: Config) -> anyhow::Result<String> {
     for ((name, result), status) in results.iter().zip(&status) {
         match result {
             Ok(tools) => {
-                let _ = writeln!(out, "{name}: reachable, {} tools", tools.len());
+                let _ = writeln!(
+                    out,
+                    "{name}: reachable, {} tools, protocol {}",
+                    tools.len(),
+                    status.protocol.unwrap_or("unknown")
+                );
                 for tool in tools {
                     let roles: Vec<&str> = state
                         .config

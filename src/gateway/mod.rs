@@ -24,12 +24,15 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
-    ClientRequest, ErrorCode, ServerResult, Tool,
+    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, ProtocolVersion,
+    ServerResult, Tool,
 };
-use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, PeerRequestOptions, RunningService, ServiceError,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{ErrorData, RoleClient, ServiceExt};
+use rmcp::{ErrorData, RoleClient};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
@@ -86,6 +89,8 @@ pub struct UpstreamStatus {
     pub tools: usize,
     /// Tool names two tools would share (not served).
     pub collisions: Vec<String>,
+    /// The protocol era it speaks, once known.
+    pub protocol: Option<&'static str>,
 }
 
 /// One live upstream session.
@@ -130,6 +135,7 @@ impl Gateway {
                     http: http.clone(),
                     catalog: RwLock::new(Catalog::default()),
                     prompts: RwLock::new(Catalog::default()),
+                    era: Mutex::new(None),
                     sessions: Mutex::new(HashMap::new()),
                     epoch: started,
                     max_name_len: config.mcp.max_tool_name_len,
@@ -262,6 +268,24 @@ impl Gateway {
     }
 }
 
+/// The MCP protocol era of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Era {
+    /// 2026-07-28: `server/discover`, no session.
+    Modern,
+    /// 2025 revisions: `initialize`, a session.
+    Legacy,
+}
+
+impl Era {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Modern => "2026-07-28 (stateless)",
+            Self::Legacy => "2025 (initialize, session)",
+        }
+    }
+}
+
 /// A session's key: who it is for. Never shared between people (nor, for HTTP upstreams,
 /// between applications or scopes, since the upstream sees those in each token).
 type SessionKey = Caller;
@@ -273,6 +297,8 @@ struct Link {
     http: reqwest::Client,
     catalog: RwLock<Catalog>,
     prompts: RwLock<Catalog>,
+    /// The protocol era the upstream speaks, once a session found out.
+    era: Mutex<Option<Era>>,
     sessions: Mutex<HashMap<SessionKey, Arc<Slot>>>,
     epoch: Instant,
     max_name_len: usize,
@@ -289,7 +315,7 @@ struct Slot {
 }
 
 struct Session {
-    service: RunningService<RoleClient, ()>,
+    service: RunningService<RoleClient, ClientConfig>,
     relay: Relay,
 }
 
@@ -443,7 +469,7 @@ impl Link {
         caller: &Caller,
         slot: &Slot,
         relay: Relay,
-    ) -> Result<RunningService<RoleClient, ()>, ErrorData> {
+    ) -> Result<RunningService<RoleClient, ClientConfig>, ErrorData> {
         match &self.upstream.kind {
             UpstreamKind::Http { url, identity } => {
                 let identity = Identity::new(identity.clone(), caller.clone(), self.minter.clone());
@@ -452,9 +478,7 @@ impl Link {
                 config.reinit_on_expired_session = true;
                 config.allow_stateless = true;
                 let transport = StreamableHttpClientTransport::with_client(client, config);
-                ().serve(Tap::new(transport, relay))
-                    .await
-                    .map_err(|e| self.unavailable(e))
+                self.start(Tap::new(transport, relay)).await
             }
             UpstreamKind::Stdio {
                 command,
@@ -496,9 +520,55 @@ impl Link {
                         tracing::info!(upstream = %name, subject = %subject, pid = ?pid, "upstream process exited");
                     });
                 }
-                ().serve(Tap::new(process, relay))
-                    .await
-                    .map_err(|e| self.unavailable(e))
+                self.start(Tap::new(process, relay)).await
+            }
+        }
+    }
+
+    /// Starts the MCP lifecycle on `transport`: the first session finds out which protocol era
+    /// the upstream speaks (`server/discover` for 2026-07-28, else `initialize`), and later
+    /// ones use that at once. A session that fails to start forgets it, so an upstream
+    /// replaced by one of the other era is probed again.
+    async fn start<T>(
+        &self,
+        transport: T,
+    ) -> Result<RunningService<RoleClient, ClientConfig>, ErrorData>
+    where
+        T: rmcp::transport::Transport<RoleClient> + 'static,
+    {
+        let known = *self.era.lock().unwrap_or_else(PoisonError::into_inner);
+        let modern = || vec![ProtocolVersion::V_2026_07_28];
+        let lifecycle = match known {
+            None => ClientLifecycleMode::Auto {
+                preferred_versions: modern(),
+                legacy_version: None,
+            },
+            Some(Era::Modern) => ClientLifecycleMode::Discover {
+                preferred_versions: modern(),
+            },
+            Some(Era::Legacy) => ClientLifecycleMode::Initialize,
+        };
+        // Who Gatehouse is to the upstream; `initialize` asks for the newest 2025 revision.
+        let us = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("gatehouse", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
+        match us.serve_with_lifecycle(transport, lifecycle).await {
+            Ok(service) => {
+                let era = match service.peer().peer_info() {
+                    Some(info) if !info.protocol_version.has_initialize() => Era::Modern,
+                    _ => Era::Legacy,
+                };
+                if known != Some(era) {
+                    tracing::info!(upstream = %self.upstream.name, protocol = era.as_str(), "upstream protocol detected");
+                }
+                *self.era.lock().unwrap_or_else(PoisonError::into_inner) = Some(era);
+                Ok(service)
+            }
+            Err(e) => {
+                *self.era.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                Err(self.unavailable(e))
             }
         }
     }
@@ -660,6 +730,11 @@ impl Link {
             sessions,
             tools: catalog.tools.len(),
             collisions: catalog.collisions.into_iter().map(|(n, _)| n).collect(),
+            protocol: self
+                .era
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map(Era::as_str),
         }
     }
 }

@@ -709,7 +709,10 @@ url = "{}"
         "{out} {}",
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(out.contains("crm: reachable, 1 tools"), "{out}");
+    assert!(
+        out.contains("crm: reachable, 1 tools, protocol 2025 (initialize, session)"),
+        "{out}"
+    );
     assert!(out.contains("crm__record  (callable by: user)"), "{out}");
 
     // An upstream that cannot be reached fails the check, naming it.
@@ -728,4 +731,49 @@ url = "{}"
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(err.contains("gone"), "{err}");
     assert!(String::from_utf8_lossy(&check.stdout).contains("gone: NOT REACHABLE"));
+}
+
+#[tokio::test]
+async fn an_upstream_on_the_2026_protocol_is_detected_once_and_served_without_initialize() {
+    let modern = crate::support::upstream::ModernEcho::start().await;
+    let url = modern.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "modern", "transport": "streamable_http", "url": url
+        }))];
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    app.add_user("bob", PASSWORD, &["user"]).await;
+    let alice = token_of(&app, "alice").await;
+    let bob = token_of(&app, "bob").await;
+    for (i, token) in [&alice, &bob, &alice].into_iter().enumerate() {
+        let id = i64::try_from(i).expect("small");
+        let answer = rpc(
+            &app,
+            token,
+            call(id, "modern__echo", json!({ "message": "now" })),
+        )
+        .await;
+        assert_eq!(text_of(&answer), "Echo: now", "{answer}");
+    }
+    assert_eq!(
+        app.state.gateway.status()[0].protocol,
+        Some("2026-07-28 (stateless)")
+    );
+    let methods = modern.methods.lock().expect("lock").clone();
+    assert!(!methods.iter().any(|m| m == "initialize"), "{methods:?}");
+    // One `server/discover` per caller's session (the 2026 protocol's own start), nothing else
+    // before the calls.
+    assert_eq!(
+        methods,
+        [
+            "server/discover",
+            "tools/list",
+            "tools/call",
+            "server/discover",
+            "tools/call",
+            "tools/call"
+        ]
+    );
 }

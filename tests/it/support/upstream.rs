@@ -169,3 +169,95 @@ async fn record(
     )
         .into_response()
 }
+
+/// An upstream on the 2026-07-28 protocol as well as the 2025 ones: an rmcp server (stateless,
+/// `server/discover`), with one tool, `echo`. It keeps the JSON-RPC method of every request.
+pub struct ModernEcho {
+    pub url: String,
+    pub methods: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Debug, Clone)]
+struct EchoServer {
+    tool_router: rmcp::handler::server::router::tool::ToolRouter<EchoServer>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    message: String,
+}
+
+#[rmcp::tool_router]
+impl EchoServer {
+    #[rmcp::tool(description = "Echoes the message")]
+    async fn echo(
+        &self,
+        rmcp::handler::server::wrapper::Parameters(args): rmcp::handler::server::wrapper::Parameters<EchoArgs>,
+    ) -> rmcp::model::CallToolResult {
+        rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(format!(
+            "Echo: {}",
+            args.message
+        ))])
+    }
+}
+
+#[rmcp::tool_handler(router = self.tool_router, name = "modern-echo")]
+impl rmcp::ServerHandler for EchoServer {}
+
+impl ModernEcho {
+    pub async fn start() -> Self {
+        use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+        use rmcp::transport::streamable_http_server::{
+            StreamableHttpServerConfig, StreamableHttpService,
+        };
+        let mut config =
+            StreamableHttpServerConfig::default().with_allowed_hosts(["127.0.0.1".to_owned()]);
+        config.legacy_session_mode = false;
+        config.json_response = true;
+        let router = EchoServer::tool_router();
+        let service = StreamableHttpService::new(
+            move || {
+                Ok(EchoServer {
+                    tool_router: router.clone(),
+                })
+            },
+            Arc::new(NeverSessionManager::default()),
+            config,
+        );
+        let methods: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = methods.clone();
+        let app =
+            axum::Router::new()
+                .route_service("/mcp", service)
+                .layer(axum::middleware::from_fn(
+                    move |request: axum::extract::Request, next: axum::middleware::Next| {
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let bytes = axum::body::to_bytes(body, 1 << 20)
+                                .await
+                                .unwrap_or_default();
+                            if let Ok(message) = serde_json::from_slice::<Value>(&bytes) {
+                                if let Some(method) = message["method"].as_str() {
+                                    seen.lock().expect("lock").push(method.to_owned());
+                                }
+                            }
+                            next.run(axum::extract::Request::from_parts(
+                                parts,
+                                axum::body::Body::from(bytes),
+                            ))
+                            .await
+                        }
+                    },
+                ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{addr}/mcp"),
+            methods,
+        }
+    }
+}
