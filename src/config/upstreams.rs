@@ -58,7 +58,8 @@ pub struct UpstreamConfig {
     /// `stdio`: most processes at once; the least recently used is stopped for a new one.
     #[serde(default = "default_max_processes")]
     pub max_processes: usize,
-    /// Most upstream sessions kept (per caller); the least recently used is ended for a new one.
+    /// Most sessions kept with this upstream (HTTP; for stdio, `max_processes`); the least
+    /// recently used idle one is ended for a new one.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
     /// Seconds without a call after which a session (and a stdio process) ends. Default 600.
@@ -378,6 +379,12 @@ fn stdio_kind(raw: &UpstreamConfig, at: &str, problems: &mut Vec<String>) -> Opt
         ));
     }
     let identity_env = match raw.identity.unwrap_or(IdentityMode::Env) {
+        IdentityMode::Env if raw.identity.is_some() && raw.isolation == Isolation::Shared => {
+            problems.push(format!(
+                "{at}: identity = \"env\" needs isolation = \"per_user\": a shared process serves everyone"
+            ));
+            false
+        }
         IdentityMode::Env => raw.isolation == Isolation::PerUser,
         IdentityMode::None => false,
         other => {

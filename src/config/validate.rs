@@ -10,6 +10,7 @@ use super::{
     Config, ConfigErrors, KeyRotation, NAME_SEPARATOR, RawConfig, RegistrationPolicy, ScopeConfig,
     ScopeEntry, TOOL_NAMES, ToolGlob, Upstream, parse_origin,
 };
+use crate::config::{HttpIdentity, UpstreamKind};
 use crate::domain::{Issuer, RedirectPolicy, ScopeToken};
 use crate::store::DatabaseUrl;
 
@@ -392,9 +393,32 @@ fn upstreams(raw: &RawConfig, issuer: Option<&Issuer>, found: &mut Findings) -> 
             ));
             continue;
         }
+        // Room for the name, the separator and a tool name cut short with its hash.
+        if entry.name.len() + NAME_SEPARATOR.len() + 12 > raw.mcp.max_tool_name_len {
+            found.problem(format!(
+                "upstream {:?}: mcp.max_tool_name_len ({}) leaves no room for its tools' names after the prefix",
+                entry.name, raw.mcp.max_tool_name_len
+            ));
+        }
         match Upstream::check(entry, &own_resource, &env) {
             Ok(u) => checked.push(u),
             Err(problems) => problems.into_iter().for_each(|p| found.problem(p)),
+        }
+    }
+    // A token minted for one upstream must not be good at another (RFC 8707 audience).
+    let mut audiences: BTreeMap<&str, &str> = BTreeMap::new();
+    for u in &checked {
+        if let UpstreamKind::Http {
+            identity: HttpIdentity::SignedJwt { audience, .. },
+            ..
+        } = &u.kind
+        {
+            if let Some(other) = audiences.insert(audience.as_str(), u.name.as_str()) {
+                found.problem(format!(
+                    "upstreams {other:?} and {:?} have the same audience {audience}: each needs its own, or a token minted for one would be accepted by the other",
+                    u.name
+                ));
+            }
         }
     }
     checked

@@ -13,7 +13,7 @@ use rmcp::model::{
 };
 
 use super::names::{Catalog, advertised};
-use super::{Caller, Gateway, Link, Routed};
+use super::{Caller, Gateway, Link, Routed, Session};
 
 /// An upstream's resource as the gateway serves it: where it lives, and the name the access
 /// rules see.
@@ -47,19 +47,12 @@ impl Gateway {
         caller: &Caller,
         mut request: GetPromptRequestParams,
     ) -> Result<Option<(GetPromptResponse, Routed)>, ErrorData> {
+        request.meta = super::hop_meta(request.meta);
         let Some(link) = self.link_of(&request.name) else {
             return Ok(None);
         };
-        let known = link.prompt_catalog().tools.get(&request.name).cloned();
-        let original = match known {
-            Some(original) => original,
-            None => {
-                link.list_prompts(caller).await?;
-                match link.prompt_catalog().tools.get(&request.name).cloned() {
-                    Some(original) => original,
-                    None => return Ok(None),
-                }
-            }
+        let Some(original) = link.resolve_prompt(caller, &request.name).await? else {
+            return Ok(None);
         };
         let routed = Routed {
             upstream: link.upstream.name.clone(),
@@ -70,42 +63,55 @@ impl Gateway {
         let get = session.service.peer().get_prompt_once(request);
         match tokio::time::timeout(link.upstream.call_timeout, get).await {
             Ok(Ok(response)) => Ok(Some((response, routed))),
-            Ok(Err(e)) => Err(link.failed_in(&slot, &session, e).await),
-            Err(_) => Err(link.unavailable("no prompt in time")),
+            Ok(Err(e)) => Err(link.failed_in(&slot.slot, &session, e).await),
+            Err(_) => Err(link.unavailable("no prompt in time", "timeout")),
         }
     }
 
     /// Every upstream's resources with the name each is decided on; URIs two upstreams share
-    /// are left out.
+    /// are left out. The owners of URIs are kept for reading: an upstream's entries are
+    /// replaced by its new listing, and kept while it cannot be reached.
     pub async fn list_resources(&self, caller: &Caller) -> Vec<(Resource, String)> {
-        let lists = futures::future::join_all(self.links.iter().map(|l| l.list_resources(caller)));
-        let mut by_uri: HashMap<String, Vec<(usize, Resource)>> = HashMap::new();
+        self.relist_resources(caller, true).await
+    }
+
+    async fn relist_resources(&self, caller: &Caller, force: bool) -> Vec<(Resource, String)> {
+        let lists =
+            futures::future::join_all(self.links.iter().map(|l| l.list_resources(caller, force)));
+        let mut fresh: Vec<(usize, Vec<Resource>)> = Vec::new();
         for (i, (link, list)) in self.links.iter().zip(lists.await).enumerate() {
             match list {
-                Ok(resources) => {
-                    for r in resources {
-                        by_uri.entry(r.uri.clone()).or_default().push((i, r));
-                    }
-                }
+                Ok(Some(resources)) => fresh.push((i, resources)),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(upstream = %link.upstream.name, error = %e.message, "upstream resources not listed");
                 }
             }
         }
-        let mut owners = HashMap::new();
-        let mut all = Vec::new();
-        for (uri, mut holders) in by_uri {
-            if holders.len() > 1 {
-                let names: Vec<&str> = holders
-                    .iter()
-                    .filter_map(|(i, _)| self.links.get(*i).map(|l| l.upstream.name.as_str()))
-                    .collect();
-                tracing::error!(uri = %uri, upstreams = ?names, "a resource URI several upstreams list is served by none");
-                continue;
+        let mut owners = self
+            .resources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        owners.retain(|_, at| !fresh.iter().any(|(i, _)| *i == at.link));
+        let mut listed: HashMap<String, (usize, Resource)> = HashMap::new();
+        let mut shared: Vec<String> = Vec::new();
+        for (i, resources) in fresh {
+            for r in resources {
+                let elsewhere = owners.get(&r.uri).is_some_and(|at| at.link != i)
+                    || listed.get(&r.uri).is_some_and(|(j, _)| *j != i);
+                if elsewhere {
+                    shared.push(r.uri.clone());
+                }
+                listed.insert(r.uri.clone(), (i, r));
             }
-            let Some((i, resource)) = holders.pop() else {
-                continue;
-            };
+        }
+        for uri in &shared {
+            tracing::error!(uri = %uri, "a resource URI several upstreams list is served by none");
+            listed.remove(uri);
+            owners.remove(uri);
+        }
+        let mut all = Vec::new();
+        for (uri, (i, resource)) in listed {
             let Some(link) = self.links.get(i) else {
                 continue;
             };
@@ -119,15 +125,12 @@ impl Gateway {
             );
             all.push((resource, name));
         }
-        *self
-            .resources
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = owners;
         all.sort_by(|a, b| a.0.uri.cmp(&b.0.uri));
         all
     }
 
-    /// Which upstream serves `uri`, listing the resources first if it is not known yet.
+    /// Which upstream serves `uri`, listing the resources again first if it is not known
+    /// (each caller's session at most every [`super::RELIST_AFTER`]).
     pub async fn find_resource(&self, caller: &Caller, uri: &str) -> Option<ResourceRef> {
         let known = |g: &Self| {
             g.resources
@@ -139,7 +142,7 @@ impl Gateway {
         if let Some(found) = known(self) {
             return Some(found);
         }
-        self.list_resources(caller).await;
+        self.relist_resources(caller, false).await;
         known(self)
     }
 
@@ -157,22 +160,35 @@ impl Gateway {
             upstream: link.upstream.name.clone(),
             tool: request.uri.clone(),
         };
+        let mut request = request;
+        request.meta = super::hop_meta(request.meta);
         let (slot, session) = link.session(caller).await?;
         let read = session.service.peer().read_resource_once(request);
         match tokio::time::timeout(link.upstream.call_timeout, read).await {
             Ok(Ok(response)) => Ok((response, routed)),
-            Ok(Err(e)) => Err(link.failed_in(&slot, &session, e).await),
-            Err(_) => Err(link.unavailable("no resource in time")),
+            Ok(Err(e)) => Err(link.failed_in(&slot.slot, &session, e).await),
+            Err(_) => Err(link.unavailable("no resource in time", "timeout")),
         }
     }
 }
 
 impl Link {
-    fn prompt_catalog(&self) -> Catalog {
-        self.prompts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The upstream's name of the prompt `advertised`, among those this caller's session was
+    /// shown (listed again first, at most every [`super::RELIST_AFTER`], if it is not there).
+    async fn resolve_prompt(
+        &self,
+        caller: &Caller,
+        advertised: &str,
+    ) -> Result<Option<String>, ErrorData> {
+        let (in_use, session) = self.session(caller).await?;
+        let (found, may_relist) = Session::lookup(&session.prompts, advertised);
+        drop(in_use);
+        if found.is_some() || !may_relist {
+            return Ok(found);
+        }
+        self.list_prompts(caller).await?;
+        let (_in_use, session) = self.session(caller).await?;
+        Ok(Session::lookup(&session.prompts, advertised).0)
     }
 
     /// Whether the upstream said, when initialized, that it has `what`.
@@ -195,8 +211,8 @@ impl Link {
         let listing = session.service.peer().list_all_prompts();
         let prompts = match tokio::time::timeout(self.upstream.call_timeout, listing).await {
             Ok(Ok(prompts)) => prompts,
-            Ok(Err(e)) => return Err(self.failed_in(&slot, &session, e).await),
-            Err(_) => return Err(self.unavailable("no list of prompts in time")),
+            Ok(Err(e)) => return Err(self.failed_in(&slot.slot, &session, e).await),
+            Err(_) => return Err(self.unavailable("no list of prompts in time", "timeout")),
         };
         let catalog = Catalog::new(
             &self.upstream.name,
@@ -217,20 +233,36 @@ impl Link {
                 Some(prompt)
             })
             .collect();
-        *self.prompts.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+        Session::remember(&session.prompts, catalog);
         Ok(advertised)
     }
 
-    async fn list_resources(&self, caller: &Caller) -> Result<Vec<Resource>, ErrorData> {
+    /// The upstream's resources; `None` when not forced and this caller's session listed them
+    /// less than [`super::RELIST_AFTER`] ago.
+    async fn list_resources(
+        &self,
+        caller: &Caller,
+        force: bool,
+    ) -> Result<Option<Vec<Resource>>, ErrorData> {
         let (slot, session) = self.session(caller).await?;
+        {
+            let mut last = session
+                .resources_listed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !force && last.is_some_and(|at| at.elapsed() < super::RELIST_AFTER) {
+                return Ok(None);
+            }
+            *last = Some(std::time::Instant::now());
+        }
         if !Self::offers(&session, |c| c.resources.is_some()) {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let listing = session.service.peer().list_all_resources();
         match tokio::time::timeout(self.upstream.call_timeout, listing).await {
-            Ok(Ok(resources)) => Ok(resources),
-            Ok(Err(e)) => Err(self.failed_in(&slot, &session, e).await),
-            Err(_) => Err(self.unavailable("no list of resources in time")),
+            Ok(Ok(resources)) => Ok(Some(resources)),
+            Ok(Err(e)) => Err(self.failed_in(&slot.slot, &session, e).await),
+            Err(_) => Err(self.unavailable("no list of resources in time", "timeout")),
         }
     }
 }

@@ -18,14 +18,14 @@ pub mod relay;
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
     ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, ProtocolVersion,
-    ServerResult, Tool,
+    RequestMetaObject, ServerResult, Tool,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, PeerRequestOptions, RunningService, ServiceError,
@@ -134,7 +134,6 @@ impl Gateway {
                     minter: minter.clone(),
                     http: http.clone(),
                     catalog: RwLock::new(Catalog::default()),
-                    prompts: RwLock::new(Catalog::default()),
                     era: Mutex::new(None),
                     sessions: Mutex::new(HashMap::new()),
                     epoch: started,
@@ -204,15 +203,7 @@ impl Gateway {
             tool: tool.clone(),
         };
         request.name = tool.into();
-        request.meta = request.meta.map(|meta| {
-            // The protocol's own keys (the client's version, identity, capabilities, progress
-            // token) belong to the client's hop; the upstream hop has its own.
-            let mut meta = meta;
-            meta.0
-                .0
-                .retain(|k, _| !k.starts_with("io.modelcontextprotocol/") && k != "progressToken");
-            meta
-        });
+        request.meta = hop_meta(request.meta);
         link.call(caller, request, downstream, cancelled)
             .await
             .map(|r| Some((r, routed)))
@@ -252,12 +243,21 @@ impl Gateway {
         }
     }
 
-    /// Ends every session (and stops every process), as the server stops.
+    /// Ends every session, as the server stops. Each process group gets SIGTERM at once (the
+    /// sessions' own shutdown may not get to run while the runtime stops), so no process
+    /// outlives Gatehouse.
     pub fn end_all(&self) {
         for link in &self.links {
             let all: Vec<_> = link.sessions().drain().collect();
             for (_, slot) in all {
+                let pid = *slot.pid.lock().unwrap_or_else(PoisonError::into_inner);
                 slot.end("gatehouse stopping");
+                if let Some(group) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(group),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
             }
         }
     }
@@ -266,6 +266,22 @@ impl Gateway {
     pub fn max_name_len(&self) -> usize {
         self.max_name_len
     }
+}
+
+/// A request's `_meta` for the upstream hop: the protocol's reserved keys (a prefix with a
+/// `modelcontextprotocol` or `mcp` label: the client's version, identity, capabilities, log
+/// level) and the progress token belong to the client's hop; the upstream hop has its own.
+pub(crate) fn hop_meta(meta: Option<RequestMetaObject>) -> Option<RequestMetaObject> {
+    let mut meta = meta?;
+    meta.0.0.retain(|key, _| {
+        let reserved = key.split_once('/').is_some_and(|(prefix, _)| {
+            prefix
+                .split('.')
+                .any(|label| label == "modelcontextprotocol" || label == "mcp")
+        });
+        !reserved && key != "progressToken"
+    });
+    (!meta.0.0.is_empty()).then_some(meta)
 }
 
 /// The MCP protocol era of an upstream.
@@ -296,7 +312,6 @@ struct Link {
     minter: Minter,
     http: reqwest::Client,
     catalog: RwLock<Catalog>,
-    prompts: RwLock<Catalog>,
     /// The protocol era the upstream speaks, once a session found out.
     era: Mutex<Option<Era>>,
     sessions: Mutex<HashMap<SessionKey, Arc<Slot>>>,
@@ -309,15 +324,77 @@ struct Slot {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     /// Milliseconds since the gateway started, at the last use.
     last_used: AtomicU64,
+    /// Requests using the session now: a busy session is neither evicted nor ended as idle.
+    in_flight: AtomicUsize,
     subject: String,
     started: Instant,
     pid: Mutex<Option<u32>>,
 }
 
+/// A session in use; when dropped, the session counts as used now and is no longer busy.
+struct InUse {
+    slot: Arc<Slot>,
+    epoch: Instant,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.slot.last_used.store(now, Ordering::Relaxed);
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one session was told by its upstream's last listing, and when.
+type Listed = Mutex<Option<(Catalog, Instant)>>;
+
 struct Session {
     service: RunningService<RoleClient, ClientConfig>,
     relay: Relay,
+    /// The tools and prompts this caller's session listed: a name is resolved against what
+    /// this caller was shown, never against another caller's listing.
+    tools: Listed,
+    prompts: Listed,
+    /// When this session last listed the upstream's resources.
+    resources_listed: Mutex<Option<Instant>>,
 }
+
+impl Session {
+    fn new(service: RunningService<RoleClient, ClientConfig>, relay: Relay) -> Self {
+        Self {
+            service,
+            relay,
+            tools: Mutex::new(None),
+            prompts: Mutex::new(None),
+            resources_listed: Mutex::new(None),
+        }
+    }
+
+    /// The upstream's name of `advertised` in `listed`, and whether a new listing may be asked
+    /// for (none yet, or the last is older than [`RELIST_AFTER`]).
+    fn lookup(listed: &Listed, advertised: &str) -> (Option<String>, bool) {
+        let guard = listed.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some((catalog, at)) => (
+                catalog.tools.get(advertised).cloned(),
+                at.elapsed() >= RELIST_AFTER,
+            ),
+            None => (None, true),
+        }
+    }
+
+    fn remember(listed: &Listed, catalog: Catalog) {
+        *listed.lock().unwrap_or_else(PoisonError::into_inner) = Some((catalog, Instant::now()));
+    }
+}
+
+/// An unknown name makes a session list its upstream again at most this often, so a flood of
+/// made-up names costs no flood of listings.
+const RELIST_AFTER: Duration = Duration::from_secs(5);
+
+/// Most sessions one person (subject) holds with one upstream; their least recently used idle
+/// one gives its place to a new one.
+const SESSIONS_PER_SUBJECT: usize = 16;
 
 impl Slot {
     /// Ends the session: cancels the service, which stops a process (its group with it).
@@ -350,10 +427,14 @@ impl Link {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn unavailable(&self, what: impl std::fmt::Display) -> ErrorData {
+    /// The answer for a call the upstream could not serve: the upstream's name and `why` (a
+    /// fixed phrase), never the underlying error, which can name internal hosts, paths or
+    /// commands; that goes to the log.
+    fn unavailable(&self, why: &str, detail: impl std::fmt::Display) -> ErrorData {
+        tracing::warn!(upstream = %self.upstream.name, error = %detail, "{why}");
         ErrorData::new(
             ErrorCode(UPSTREAM_UNAVAILABLE),
-            format!("upstream {:?} is unavailable: {what}", self.upstream.name),
+            format!("upstream {:?} is unavailable: {why}", self.upstream.name),
             Some(serde_json::json!({ "upstream": self.upstream.name })),
         )
     }
@@ -389,43 +470,52 @@ impl Link {
     }
 
     /// The live session of `caller`, connecting one if needed.
-    async fn session(&self, caller: &Caller) -> Result<(Arc<Slot>, Arc<Session>), ErrorData> {
+    async fn session(&self, caller: &Caller) -> Result<(InUse, Arc<Session>), ErrorData> {
         let key = self.key(caller);
         let slot = {
             let mut sessions = self.sessions();
-            if let Some(slot) = sessions.get(&key) {
-                slot.clone()
-            } else {
-                if sessions.len() >= self.cap() {
-                    // The least recently used gives its place.
-                    let oldest = sessions
-                        .iter()
-                        .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
-                        .map(|(k, _)| k.clone());
-                    if let Some(slot) = oldest.and_then(|k| sessions.remove(&k)) {
-                        slot.end("the upstream's session cap needed its place");
-                    }
+            let slot = match sessions.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    self.make_room(&mut sessions, &key.subject)?;
+                    let slot = Arc::new(Slot {
+                        session: tokio::sync::Mutex::new(None),
+                        last_used: AtomicU64::new(self.now_ms()),
+                        in_flight: AtomicUsize::new(0),
+                        subject: key.subject.clone(),
+                        started: Instant::now(),
+                        pid: Mutex::new(None),
+                    });
+                    sessions.insert(key.clone(), slot.clone());
+                    slot
                 }
-                let slot = Arc::new(Slot {
-                    session: tokio::sync::Mutex::new(None),
-                    last_used: AtomicU64::new(self.now_ms()),
-                    subject: key.subject.clone(),
-                    started: Instant::now(),
-                    pid: Mutex::new(None),
-                });
-                sessions.insert(key.clone(), slot.clone());
-                slot
-            }
+            };
+            // Busy from here (under the map's lock, so no eviction can take it meanwhile).
+            slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            slot
+        };
+        let in_use = InUse {
+            slot: slot.clone(),
+            epoch: self.epoch,
         };
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         let mut current = slot.session.lock().await;
         if let Some(s) = current.as_ref() {
             if !s.service.is_closed() {
-                return Ok((slot.clone(), s.clone()));
+                let s = s.clone();
+                drop(current);
+                return Ok((in_use, s));
             }
             tracing::warn!(upstream = %self.upstream.name, subject = %slot.subject, "upstream session ended; starting a new one");
         }
-        let relay = Relay::default();
+        // A shared process's log messages name no caller: they go to nobody.
+        let relay = Relay::new(!matches!(
+            self.upstream.kind,
+            UpstreamKind::Stdio {
+                isolation: Isolation::Shared,
+                ..
+            }
+        ));
         let connecting = self.connect(caller, &slot, relay.clone());
         let service = match tokio::time::timeout(self.upstream.connect_timeout, connecting).await {
             Ok(Ok(service)) => service,
@@ -435,16 +525,53 @@ impl Link {
             }
             Err(_) => {
                 *current = None;
-                return Err(self.unavailable(format!(
-                    "no answer to initialize within {} s",
-                    self.upstream.connect_timeout.as_secs()
-                )));
+                return Err(self.unavailable(
+                    "no answer to initialize in time",
+                    format_args!("{} s", self.upstream.connect_timeout.as_secs()),
+                ));
             }
         };
-        let session = Arc::new(Session { service, relay });
+        let session = Arc::new(Session::new(service, relay));
         *current = Some(session.clone());
         drop(current);
-        Ok((slot, session))
+        Ok((in_use, session))
+    }
+
+    /// Makes room for a new session of `subject`: past the caller's own quota, their least
+    /// recently used idle session ends; past the upstream's cap, anyone's. A busy session is
+    /// never ended for room; when every candidate is busy, the new one is refused.
+    fn make_room(
+        &self,
+        sessions: &mut HashMap<SessionKey, Arc<Slot>>,
+        subject: &str,
+    ) -> Result<(), ErrorData> {
+        let lru_idle = |sessions: &HashMap<SessionKey, Arc<Slot>>, mine: bool| {
+            sessions
+                .iter()
+                .filter(|(k, s)| {
+                    (!mine || k.subject == subject) && s.in_flight.load(Ordering::Relaxed) == 0
+                })
+                .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone())
+        };
+        let held = sessions.keys().filter(|k| k.subject == subject).count();
+        if held >= SESSIONS_PER_SUBJECT {
+            let Some(key) = lru_idle(sessions, true) else {
+                return Err(self.unavailable("too many sessions of this caller are busy", subject));
+            };
+            if let Some(slot) = sessions.remove(&key) {
+                slot.end("the caller's session quota needed its place");
+            }
+        }
+        if sessions.len() >= self.cap() {
+            let Some(key) = lru_idle(sessions, false) else {
+                return Err(self.unavailable("every session is busy", self.cap()));
+            };
+            if let Some(slot) = sessions.remove(&key) {
+                slot.end("the upstream's session cap needed its place");
+            }
+        }
+        Ok(())
     }
 
     /// After a failure of the transport (a process that died, a connection gone), the session
@@ -505,7 +632,12 @@ impl Link {
                 let (process, stderr) = TokioChildProcess::builder(wrapped)
                     .stderr(Stdio::piped())
                     .spawn()
-                    .map_err(|e| self.unavailable(format!("cannot start {command:?}: {e}")))?;
+                    .map_err(|e| {
+                        self.unavailable(
+                            "its process did not start",
+                            format_args!("{command:?}: {e}"),
+                        )
+                    })?;
                 let pid = process.id();
                 *slot.pid.lock().unwrap_or_else(PoisonError::into_inner) = pid;
                 tracing::info!(upstream = %self.upstream.name, subject = %slot.subject, pid = ?pid, "upstream process started");
@@ -568,7 +700,7 @@ impl Link {
             }
             Err(e) => {
                 *self.era.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                Err(self.unavailable(e))
+                Err(self.unavailable("it did not start a session", e))
             }
         }
     }
@@ -580,8 +712,8 @@ impl Link {
         let listing = session.service.peer().list_all_tools();
         let tools = match tokio::time::timeout(self.upstream.call_timeout, listing).await {
             Ok(Ok(tools)) => tools,
-            Ok(Err(e)) => return Err(self.failed_in(&slot, &session, e).await),
-            Err(_) => return Err(self.unavailable("no list of tools in time")),
+            Ok(Err(e)) => return Err(self.failed_in(&slot.slot, &session, e).await),
+            Err(_) => return Err(self.unavailable("no list of tools in time", "timeout")),
         };
         let catalog = Catalog::new(
             &self.upstream.name,
@@ -602,21 +734,28 @@ impl Link {
                 Some(tool)
             })
             .collect();
+        Session::remember(&session.tools, catalog.clone());
+        // The last listing, for the operator's view (`status`).
         *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = catalog;
         Ok(advertised)
     }
 
-    /// The upstream's name of `advertised`, listing the tools first if it is not known yet.
+    /// The upstream's name of `advertised` among the tools this caller's session was shown,
+    /// listing them again first if it is not among them (at most every [`RELIST_AFTER`]).
     async fn resolve(
         &self,
         caller: &Caller,
         advertised: &str,
     ) -> Result<Option<String>, ErrorData> {
-        if let Some(tool) = self.catalog().tools.get(advertised) {
-            return Ok(Some(tool.clone()));
+        let (in_use, session) = self.session(caller).await?;
+        let (found, may_relist) = Session::lookup(&session.tools, advertised);
+        drop(in_use);
+        if found.is_some() || !may_relist {
+            return Ok(found);
         }
         self.list_tools(caller).await?;
-        Ok(self.catalog().tools.get(advertised).cloned())
+        let (_in_use, session) = self.session(caller).await?;
+        Ok(Session::lookup(&session.tools, advertised).0)
     }
 
     async fn call(
@@ -636,7 +775,7 @@ impl Link {
             .await;
         let handle = match sent {
             Ok(handle) => handle,
-            Err(e) => return Err(self.failed_in(&slot, &session, e).await),
+            Err(e) => return Err(self.failed_in(&slot.slot, &session, e).await),
         };
         let id = handle.id.clone();
         let (_registered, mut notifications) =
@@ -671,17 +810,26 @@ impl Link {
                             Some("the client cancelled the request".to_owned()),
                         ))
                         .await;
-                    return Err(self.unavailable("the call was cancelled"));
+                    return Err(self.unavailable("the call was cancelled", "the client went away"));
                 }
             }
         };
         match outcome {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.failed_in(&slot, &session, e).await),
-            Err(_) => Err(self.unavailable(format!(
-                "no answer within {} s",
-                self.upstream.call_timeout.as_secs()
-            ))),
+            Ok(Err(e)) => Err(self.failed_in(&slot.slot, &session, e).await),
+            Err(_) => {
+                // Told to stop, as a client would be (MCP cancellation).
+                let _ = peer
+                    .notify_cancelled(CancelledNotificationParam::new(
+                        Some(id),
+                        Some("no answer in time".to_owned()),
+                    ))
+                    .await;
+                Err(self.unavailable(
+                    "no answer in time",
+                    format_args!("{} s", self.upstream.call_timeout.as_secs()),
+                ))
+            }
         }
     }
 
@@ -689,7 +837,7 @@ impl Link {
     fn failed(&self, e: ServiceError) -> ErrorData {
         match e {
             ServiceError::McpError(error) => error,
-            other => self.unavailable(other),
+            other => self.unavailable("the connection to it failed", other),
         }
     }
 
@@ -700,7 +848,10 @@ impl Link {
             let mut sessions = self.sessions();
             let keys: Vec<SessionKey> = sessions
                 .iter()
-                .filter(|(_, s)| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) > idle_ms)
+                .filter(|(_, s)| {
+                    s.in_flight.load(Ordering::Relaxed) == 0
+                        && now.saturating_sub(s.last_used.load(Ordering::Relaxed)) > idle_ms
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.iter().filter_map(|k| sessions.remove(k)).collect()
@@ -741,3 +892,26 @@ impl Link {
 
 /// How often idle sessions are looked for.
 pub const IDLE_SWEEP: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocols_reserved_meta_keys_stay_on_the_clients_hop() {
+        let mut meta = RequestMetaObject::new();
+        for key in [
+            "io.modelcontextprotocol/clientInfo",
+            "io.modelcontextprotocol/logLevel",
+            "mcp.dev/anything",
+            "progressToken",
+            "com.example/trace",
+        ] {
+            meta.0.0.insert(key.to_owned(), serde_json::json!(1));
+        }
+        let kept = hop_meta(Some(meta)).expect("one key left");
+        let keys: Vec<&String> = kept.0.0.keys().collect();
+        assert_eq!(keys, ["com.example/trace"]);
+        assert!(hop_meta(Some(RequestMetaObject::new())).is_none());
+    }
+}

@@ -63,9 +63,12 @@ struct Calls {
 }
 
 /// The calls in flight on one upstream session, by the upstream progress token.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Relay {
     calls: Arc<Mutex<Calls>>,
+    /// Whether log messages (which name no call) go to the calls in flight: only when the
+    /// session is one person's.
+    logs: bool,
 }
 
 /// A call's place in the relay; removed when dropped, however the call ends.
@@ -82,6 +85,15 @@ impl Drop for Registered {
 }
 
 impl Relay {
+    /// A relay for one session; `logs`: whether it is one person's, so that its log messages
+    /// may go to whichever of their calls is in flight.
+    pub fn new(logs: bool) -> Self {
+        Self {
+            calls: Arc::default(),
+            logs,
+        }
+    }
+
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -143,9 +155,9 @@ impl Relay {
                     }
                 }
             }
-            // A log message names no request: every call in flight on the session gets it
-            // (one person's calls: sessions are never shared between people).
-            ServerNotification::LoggingMessageNotification(_) => {
+            // A log message names no request: every call in flight on the session gets it,
+            // when the session is one person's.
+            ServerNotification::LoggingMessageNotification(_) if self.logs => {
                 for tx in calls.by_token.values() {
                     let _ = tx.try_send(notification.clone());
                 }

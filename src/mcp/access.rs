@@ -80,27 +80,46 @@ impl ToolAccess {
         !self.roles.is_empty()
     }
 
-    /// May `principal`, holding `roles` (none for a service client), use `tool`?
+    /// May `principal`, holding `roles` (none for a service client), use `tool`? Roles first:
+    /// a tool a role refuses is refused whatever the scopes, so it is never shown, not even as
+    /// one that needs a scope (`mcp.unauthorized_tools = "annotate"`).
     pub fn decide(&self, principal: &Principal, roles: &[String], tool: &str) -> Decision {
+        let by_role = self.by_role(roles, tool);
+        if let Some(Decision::Deny(rule)) = by_role {
+            return Decision::Deny(rule);
+        }
         let needed = self.scopes.for_tool(tool);
         if let Some(missing) = needed.names().find(|s| !principal.has_scope(s)) {
             return Decision::MissingScope(format!("scope {missing}"));
         }
+        by_role.unwrap_or_else(|| Decision::Allow(format!("scopes {needed}")))
+    }
+
+    /// What the role rules say, if there are any.
+    fn by_role(&self, roles: &[String], tool: &str) -> Option<Decision> {
         if self.roles.is_empty() {
-            return Decision::Allow(format!("scopes {needed}"));
+            return None;
         }
         let held = || self.roles.iter().filter(|r| roles.contains(&r.role));
         for rules in held() {
             if let Some(glob) = rules.deny.iter().find(|g| g.matches(tool)) {
-                return Decision::Deny(format!("role {} denies {}", rules.role, glob.as_str()));
+                return Some(Decision::Deny(format!(
+                    "role {} denies {}",
+                    rules.role,
+                    glob.as_str()
+                )));
             }
         }
         for rules in held() {
             if let Some(glob) = rules.allow.iter().find(|g| g.matches(tool)) {
-                return Decision::Allow(format!("role {} allows {}", rules.role, glob.as_str()));
+                return Some(Decision::Allow(format!(
+                    "role {} allows {}",
+                    rules.role,
+                    glob.as_str()
+                )));
             }
         }
-        Decision::Deny("no role allows it".to_owned())
+        Some(Decision::Deny("no role allows it".to_owned()))
     }
 }
 
@@ -166,7 +185,32 @@ mod tests {
     }
 
     #[test]
-    fn scopes_come_first_and_without_role_rules_they_decide_alone() {
+    fn a_role_refusal_is_never_a_missing_scope() {
+        let mut config = McpConfig::default();
+        config
+            .tool_scopes
+            .insert("crm__delete_*".to_owned(), "activity:read".to_owned());
+        config.tool_access.insert(
+            "contractor".into(),
+            ToolAccessConfig {
+                allow: vec!["crm__*".into()],
+                deny: vec!["crm__delete_*".into()],
+            },
+        );
+        let a = ToolAccess::new(&config);
+        let d = a.decide(
+            &principal(&["mcp"]),
+            &["contractor".to_owned()],
+            "crm__delete_deal",
+        );
+        assert_eq!(
+            d,
+            Decision::Deny("role contractor denies crm__delete_*".into())
+        );
+    }
+
+    #[test]
+    fn without_role_rules_scopes_decide_alone() {
         let a = ToolAccess::new(&McpConfig::default());
         assert!(!a.uses_roles());
         let d = a.decide(&principal(&["mcp"]), &[], "get_activity_log");

@@ -35,6 +35,12 @@ pub struct GatehouseMcp {
     access: Arc<ToolAccess>,
 }
 
+/// A database failure, as the client sees it: no detail (it is logged).
+pub(crate) fn store_failure(e: crate::store::StoreError) -> ErrorData {
+    tracing::error!(error = %e, "database failure while serving an MCP request");
+    ErrorData::internal_error("internal error", None)
+}
+
 /// What a tool call was refused or answered with, as one answer for every tool the caller may
 /// not know about: a denied tool, a hidden one and one that does not exist look the same.
 fn unknown_tool() -> ErrorData {
@@ -91,7 +97,7 @@ impl GatehouseMcp {
                 .store
                 .user(&principal.subject)
                 .await
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+                .map_err(store_failure)?
                 .map(|u| (u.username.as_str().to_owned(), u.roles)),
             _ => None,
         };

@@ -5,6 +5,7 @@
 //! attribute, add its name to [`TOOL_NAMES`](crate::config::TOOL_NAMES), and give it a scope in the configuration's
 //! `mcp.tool_scopes` if it needs more than the base scope.
 
+use super::server::store_failure;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock};
@@ -54,7 +55,7 @@ impl GatehouseMcp {
                 .store
                 .user(&p.subject)
                 .await
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None)),
+                .map_err(store_failure),
             CallerKind::Service => Ok(None),
         }
     }
@@ -112,7 +113,7 @@ impl GatehouseMcp {
         let subject = (!everyone).then_some(p.subject.as_str());
         let records = crate::audit::read(&self.state.store, subject, args.before, i64::from(limit))
             .await
-            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            .map_err(store_failure)?;
         let next_cursor = (records.len() == limit as usize)
             .then(|| records.last().map(|r| r.id))
             .flatten();

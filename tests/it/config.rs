@@ -343,6 +343,14 @@ fn each_invalid_upstream_stops_start_with_its_own_message() {
             "`upstreams.0.transport`: unknown variant: found `smtp`",
         ),
         (
+            "[[upstreams]]\nname = \"a\"\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:9/mcp\"\n[[upstreams]]\nname = \"b\"\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:10/mcp\"\naudience = \"http://127.0.0.1:9/mcp\"\n",
+            "have the same audience",
+        ),
+        (
+            "[[upstreams]]\nname = \"fs\"\ntransport = \"stdio\"\ncommand = \"node\"\nisolation = \"shared\"\nidentity = \"env\"\n",
+            "identity = \"env\" needs isolation = \"per_user\"",
+        ),
+        (
             "[mcp.tool_access.nobody]\nallow = [\"*\"]\n",
             "mcp.tool_access names the role \"nobody\", which is not in `roles`",
         ),

@@ -522,6 +522,8 @@ async fn an_unreachable_upstream_is_an_error_naming_it_and_the_others_keep_worki
     let answer = rpc(&app, &token, call(1, "gone__anything", json!({}))).await;
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
     assert_eq!(answer["error"]["data"]["upstream"], "gone");
+    // Where it lives stays in the log: the client learns only which upstream failed.
+    assert!(!answer.to_string().contains("127.0.0.1"), "{answer}");
     let ok = rpc(&app, &token, call(2, "crm__record", json!({}))).await;
     assert_eq!(text_of(&ok), "recorded");
 }
@@ -763,8 +765,8 @@ async fn an_upstream_on_the_2026_protocol_is_detected_once_and_served_without_in
     );
     let methods = modern.methods.lock().expect("lock").clone();
     assert!(!methods.iter().any(|m| m == "initialize"), "{methods:?}");
-    // One `server/discover` per caller's session (the 2026 protocol's own start), nothing else
-    // before the calls.
+    // Per caller's session: one `server/discover` (the 2026 protocol's own start) and one
+    // listing (a name is resolved against what that caller was shown), then the calls.
     assert_eq!(
         methods,
         [
@@ -772,6 +774,7 @@ async fn an_upstream_on_the_2026_protocol_is_detected_once_and_served_without_in
             "tools/list",
             "tools/call",
             "server/discover",
+            "tools/list",
             "tools/call",
             "tools/call"
         ]
