@@ -13,7 +13,7 @@ use rmcp::model::{
 };
 
 use super::names::{Catalog, advertised};
-use super::{Caller, Gateway, Link, Routed, Session};
+use super::{Caller, Gateway, Link, Named, Routed, Session};
 
 /// An upstream's resource as the gateway serves it: where it lives, and the name the access
 /// rules see.
@@ -51,7 +51,7 @@ impl Gateway {
         let Some(link) = self.link_of(&request.name) else {
             return Ok(None);
         };
-        let Some(original) = link.resolve_prompt(caller, &request.name).await? else {
+        let Some(original) = link.resolve(caller, Named::Prompts, &request.name).await? else {
             return Ok(None);
         };
         let routed = Routed {
@@ -59,13 +59,12 @@ impl Gateway {
             tool: original.clone(),
         };
         request.name = original;
-        let (slot, session) = link.session(caller).await?;
+        let (in_use, session) = link.session(caller).await?;
         let get = session.service.peer().get_prompt_once(request);
-        match tokio::time::timeout(link.upstream.call_timeout, get).await {
-            Ok(Ok(response)) => Ok(Some((response, routed))),
-            Ok(Err(e)) => Err(link.failed_in(&slot.slot, &session, e).await),
-            Err(_) => Err(link.unavailable("no prompt in time", "timeout")),
-        }
+        let response = link
+            .ask(&in_use, &session, "no prompt in time", get)
+            .await?;
+        Ok(Some((response, routed)))
     }
 
     /// Every upstream's resources with the name each is decided on; URIs two upstreams share
@@ -162,35 +161,16 @@ impl Gateway {
         };
         let mut request = request;
         request.meta = super::hop_meta(request.meta);
-        let (slot, session) = link.session(caller).await?;
+        let (in_use, session) = link.session(caller).await?;
         let read = session.service.peer().read_resource_once(request);
-        match tokio::time::timeout(link.upstream.call_timeout, read).await {
-            Ok(Ok(response)) => Ok((response, routed)),
-            Ok(Err(e)) => Err(link.failed_in(&slot.slot, &session, e).await),
-            Err(_) => Err(link.unavailable("no resource in time", "timeout")),
-        }
+        let response = link
+            .ask(&in_use, &session, "no resource in time", read)
+            .await?;
+        Ok((response, routed))
     }
 }
 
 impl Link {
-    /// The upstream's name of the prompt `advertised`, among those this caller's session was
-    /// shown (listed again first, at most every [`super::RELIST_AFTER`], if it is not there).
-    async fn resolve_prompt(
-        &self,
-        caller: &Caller,
-        advertised: &str,
-    ) -> Result<Option<String>, ErrorData> {
-        let (in_use, session) = self.session(caller).await?;
-        let (found, may_relist) = Session::lookup(&session.prompts, advertised);
-        drop(in_use);
-        if found.is_some() || !may_relist {
-            return Ok(found);
-        }
-        self.list_prompts(caller).await?;
-        let (_in_use, session) = self.session(caller).await?;
-        Ok(Session::lookup(&session.prompts, advertised).0)
-    }
-
     /// Whether the upstream said, when initialized, that it has `what`.
     fn offers(
         session: &super::Session,
@@ -203,38 +183,24 @@ impl Link {
             .is_some_and(|info| what(&info.capabilities))
     }
 
-    async fn list_prompts(&self, caller: &Caller) -> Result<Vec<Prompt>, ErrorData> {
-        let (slot, session) = self.session(caller).await?;
+    pub(super) async fn list_prompts(&self, caller: &Caller) -> Result<Vec<Prompt>, ErrorData> {
+        let (in_use, session) = self.session(caller).await?;
         if !Self::offers(&session, |c| c.prompts.is_some()) {
             return Ok(Vec::new());
         }
         let listing = session.service.peer().list_all_prompts();
-        let prompts = match tokio::time::timeout(self.upstream.call_timeout, listing).await {
-            Ok(Ok(prompts)) => prompts,
-            Ok(Err(e)) => return Err(self.failed_in(&slot.slot, &session, e).await),
-            Err(_) => return Err(self.unavailable("no list of prompts in time", "timeout")),
-        };
-        let catalog = Catalog::new(
+        let prompts = self
+            .ask(&in_use, &session, "no list of prompts in time", listing)
+            .await?;
+        let (catalog, shown) = Catalog::advertise(
             &self.upstream.name,
-            prompts.iter().map(|p| p.name.as_str()),
+            &prompts,
+            |p| p.name.as_str(),
+            |p, name| p.name = name,
             self.max_name_len,
         );
-        let by_original: HashMap<&str, &str> = catalog
-            .tools
-            .iter()
-            .map(|(adv, orig)| (orig.as_str(), adv.as_str()))
-            .collect();
-        let advertised = prompts
-            .iter()
-            .filter_map(|p| {
-                let name = by_original.get(p.name.as_str())?;
-                let mut prompt = p.clone();
-                prompt.name = (*name).to_owned();
-                Some(prompt)
-            })
-            .collect();
         Session::remember(&session.prompts, catalog);
-        Ok(advertised)
+        Ok(shown)
     }
 
     /// The upstream's resources; `None` when not forced and this caller's session listed them
@@ -244,7 +210,7 @@ impl Link {
         caller: &Caller,
         force: bool,
     ) -> Result<Option<Vec<Resource>>, ErrorData> {
-        let (slot, session) = self.session(caller).await?;
+        let (in_use, session) = self.session(caller).await?;
         {
             let mut last = session
                 .resources_listed
@@ -259,11 +225,9 @@ impl Link {
             return Ok(Some(Vec::new()));
         }
         let listing = session.service.peer().list_all_resources();
-        match tokio::time::timeout(self.upstream.call_timeout, listing).await {
-            Ok(Ok(resources)) => Ok(Some(resources)),
-            Ok(Err(e)) => Err(self.failed_in(&slot.slot, &session, e).await),
-            Err(_) => Err(self.unavailable("no list of resources in time", "timeout")),
-        }
+        self.ask(&in_use, &session, "no list of resources in time", listing)
+            .await
+            .map(Some)
     }
 }
 

@@ -195,7 +195,7 @@ impl Gateway {
         let Some(link) = self.link_of(&request.name) else {
             return Ok(None);
         };
-        let Some(tool) = link.resolve(caller, &request.name).await? else {
+        let Some(tool) = link.resolve(caller, Named::Tools, &request.name).await? else {
             return Ok(None);
         };
         let routed = Routed {
@@ -215,7 +215,7 @@ impl Gateway {
     }
 
     /// Contacts every upstream as `caller` (the operator's check): its tools, under their
-    /// advertised names, and the names two tools would share.
+    /// advertised names, and the names two tools would share. The session it opens is ended.
     pub async fn probe(&self, caller: &Caller) -> Vec<(String, Result<Vec<String>, String>)> {
         let mut out = Vec::new();
         for link in &self.links {
@@ -230,6 +230,10 @@ impl Gateway {
             };
             for (name, tools) in &link.catalog().collisions {
                 tracing::error!(upstream = %link.upstream.name, advertised = %name, tools = ?tools, "upstream tools would share one name; none of them is served");
+            }
+            // The check's own session (a process, for stdio) is not kept for anyone.
+            if let Some(slot) = link.sessions().remove(&link.key(caller)) {
+                slot.end("the check is done");
             }
             out.push((link.upstream.name.clone(), result));
         }
@@ -260,11 +264,6 @@ impl Gateway {
                 }
             }
         }
-    }
-
-    /// The longest advertised name.
-    pub fn max_name_len(&self) -> usize {
-        self.max_name_len
     }
 }
 
@@ -348,6 +347,13 @@ impl Drop for InUse {
 /// What one session was told by its upstream's last listing, and when.
 type Listed = Mutex<Option<(Catalog, Instant)>>;
 
+/// Which of a session's listings a name is looked up in.
+#[derive(Debug, Clone, Copy)]
+enum Named {
+    Tools,
+    Prompts,
+}
+
 struct Session {
     service: RunningService<RoleClient, ClientConfig>,
     relay: Relay,
@@ -370,13 +376,20 @@ impl Session {
         }
     }
 
+    fn listed(&self, kind: Named) -> &Listed {
+        match kind {
+            Named::Tools => &self.tools,
+            Named::Prompts => &self.prompts,
+        }
+    }
+
     /// The upstream's name of `advertised` in `listed`, and whether a new listing may be asked
     /// for (none yet, or the last is older than [`RELIST_AFTER`]).
     fn lookup(listed: &Listed, advertised: &str) -> (Option<String>, bool) {
         let guard = listed.lock().unwrap_or_else(PoisonError::into_inner);
         match guard.as_ref() {
             Some((catalog, at)) => (
-                catalog.tools.get(advertised).cloned(),
+                catalog.names.get(advertised).cloned(),
                 at.elapsed() >= RELIST_AFTER,
             ),
             None => (None, true),
@@ -708,54 +721,62 @@ impl Link {
     /// The upstream's tools `caller` gets from it, named as advertised; the catalog is
     /// renewed from the answer.
     async fn list_tools(&self, caller: &Caller) -> Result<Vec<Tool>, ErrorData> {
-        let (slot, session) = self.session(caller).await?;
+        let (in_use, session) = self.session(caller).await?;
         let listing = session.service.peer().list_all_tools();
-        let tools = match tokio::time::timeout(self.upstream.call_timeout, listing).await {
-            Ok(Ok(tools)) => tools,
-            Ok(Err(e)) => return Err(self.failed_in(&slot.slot, &session, e).await),
-            Err(_) => return Err(self.unavailable("no list of tools in time", "timeout")),
-        };
-        let catalog = Catalog::new(
+        let tools = self
+            .ask(&in_use, &session, "no list of tools in time", listing)
+            .await?;
+        let (catalog, shown) = Catalog::advertise(
             &self.upstream.name,
-            tools.iter().map(|t| t.name.as_ref()),
+            &tools,
+            |t| t.name.as_ref(),
+            |t, name| t.name = name.into(),
             self.max_name_len,
         );
-        let by_original: HashMap<&str, &str> = catalog
-            .tools
-            .iter()
-            .map(|(adv, orig)| (orig.as_str(), adv.as_str()))
-            .collect();
-        let advertised = tools
-            .iter()
-            .filter_map(|t| {
-                let name = by_original.get(t.name.as_ref())?;
-                let mut tool = t.clone();
-                tool.name = (*name).to_owned().into();
-                Some(tool)
-            })
-            .collect();
         Session::remember(&session.tools, catalog.clone());
         // The last listing, for the operator's view (`status`).
         *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = catalog;
-        Ok(advertised)
+        Ok(shown)
     }
 
-    /// The upstream's name of `advertised` among the tools this caller's session was shown,
-    /// listing them again first if it is not among them (at most every [`RELIST_AFTER`]).
+    /// The upstream's name of the tool or prompt `advertised` among those this caller's
+    /// session was shown, listing them again first if it is not among them (at most every
+    /// [`RELIST_AFTER`]).
     async fn resolve(
         &self,
         caller: &Caller,
+        kind: Named,
         advertised: &str,
     ) -> Result<Option<String>, ErrorData> {
         let (in_use, session) = self.session(caller).await?;
-        let (found, may_relist) = Session::lookup(&session.tools, advertised);
+        let (found, may_relist) = Session::lookup(session.listed(kind), advertised);
         drop(in_use);
         if found.is_some() || !may_relist {
             return Ok(found);
         }
-        self.list_tools(caller).await?;
+        match kind {
+            Named::Tools => self.list_tools(caller).await.map(drop)?,
+            Named::Prompts => self.list_prompts(caller).await.map(drop)?,
+        }
         let (_in_use, session) = self.session(caller).await?;
-        Ok(Session::lookup(&session.tools, advertised).0)
+        Ok(Session::lookup(session.listed(kind), advertised).0)
+    }
+
+    /// Waits at most `call_timeout` for `request` on `session`: the upstream's own JSON-RPC
+    /// error passes through, a failed transport retires the session, and no answer in time is
+    /// `what`.
+    async fn ask<T>(
+        &self,
+        in_use: &InUse,
+        session: &Arc<Session>,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ErrorData> {
+        match tokio::time::timeout(self.upstream.call_timeout, request).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(self.failed_in(&in_use.slot, session, e).await),
+            Err(_) => Err(self.unavailable(what, "timeout")),
+        }
     }
 
     async fn call(
@@ -879,7 +900,7 @@ impl Link {
             name: self.upstream.name.clone(),
             transport: self.upstream.transport(),
             sessions,
-            tools: catalog.tools.len(),
+            tools: catalog.names.len(),
             collisions: catalog.collisions.into_iter().map(|(n, _)| n).collect(),
             protocol: self
                 .era

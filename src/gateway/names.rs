@@ -35,29 +35,29 @@ pub fn advertised(upstream: &str, tool: &str, max_len: usize) -> String {
     format!("{}_{tag}", &full[..keep.min(full.len())])
 }
 
-/// One upstream's tools under their advertised names.
+/// One upstream's tools (or prompts) under their advertised names.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     /// Advertised name -> the upstream's own name.
-    pub tools: HashMap<String, String>,
+    pub names: HashMap<String, String>,
     /// Advertised names two or more tools would share; none of them is served.
     pub collisions: Vec<(String, Vec<String>)>,
 }
 
 impl Catalog {
-    /// The catalog of `upstream`'s `tools`.
-    pub fn new<'a>(upstream: &str, tools: impl Iterator<Item = &'a str>, max_len: usize) -> Self {
+    /// The catalog of `upstream`'s items named `names`.
+    pub fn new<'a>(upstream: &str, names: impl Iterator<Item = &'a str>, max_len: usize) -> Self {
         let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
-        for tool in tools {
+        for name in names {
             by_name
-                .entry(advertised(upstream, tool, max_len))
+                .entry(advertised(upstream, name, max_len))
                 .or_default()
-                .push(tool.to_owned());
+                .push(name.to_owned());
         }
         let mut catalog = Self::default();
         for (name, mut originals) in by_name {
             if originals.len() == 1 {
-                catalog.tools.insert(name, originals.remove(0));
+                catalog.names.insert(name, originals.remove(0));
             } else {
                 originals.sort();
                 catalog.collisions.push((name, originals));
@@ -65,6 +65,33 @@ impl Catalog {
         }
         catalog.collisions.sort();
         catalog
+    }
+
+    /// `items` as the client sees them: renamed as advertised, those that collide left out;
+    /// and their catalog.
+    pub fn advertise<T: Clone>(
+        upstream: &str,
+        items: &[T],
+        name_of: impl Fn(&T) -> &str,
+        rename: impl Fn(&mut T, String),
+        max_len: usize,
+    ) -> (Self, Vec<T>) {
+        let catalog = Self::new(upstream, items.iter().map(&name_of), max_len);
+        let by_original: HashMap<&str, &str> = catalog
+            .names
+            .iter()
+            .map(|(adv, orig)| (orig.as_str(), adv.as_str()))
+            .collect();
+        let shown = items
+            .iter()
+            .filter_map(|item| {
+                let name = by_original.get(name_of(item))?;
+                let mut item = item.clone();
+                rename(&mut item, (*name).to_owned());
+                Some(item)
+            })
+            .collect();
+        (catalog, shown)
     }
 }
 
@@ -93,7 +120,7 @@ mod tests {
     #[test]
     fn tools_that_would_share_a_name_are_reported_and_not_served() {
         let c = Catalog::new("fs", ["read.file", "read_file", "write"].into_iter(), 48);
-        assert_eq!(c.tools.len(), 1);
+        assert_eq!(c.names.len(), 1);
         assert_eq!(
             c.collisions,
             vec![(

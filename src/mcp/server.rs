@@ -82,15 +82,18 @@ impl GatehouseMcp {
         }
     }
 
-    /// The caller, with their name and roles when role rules or upstreams need them.
+    /// The caller, with their name and roles when role rules need them or the request goes
+    /// to an upstream (`upstream`), which learns them; a built-in tool call without role rules
+    /// reads nothing.
     async fn caller(
         &self,
         context: &RequestContext<RoleServer>,
+        upstream: bool,
     ) -> Result<Option<Caller>, ErrorData> {
         let Some(principal) = principal_of(context) else {
             return Ok(None);
         };
-        let needs_user = self.access.uses_roles() || !self.state.gateway.is_empty();
+        let needs_user = self.access.uses_roles() || upstream;
         let user = match (needs_user, principal.kind) {
             (true, CallerKind::User) => self
                 .state
@@ -108,14 +111,30 @@ impl GatehouseMcp {
         self.access.decide(&caller.principal, caller.roles(), tool)
     }
 
-    /// Records one use (or refused use) of a tool, prompt or resource; `detail["outcome"]`
-    /// other than `success` marks it failed. The answer does not wait for the write.
-    fn audit(&self, kind: &str, caller: Option<&Caller>, mut detail: serde_json::Value) {
+    /// Records one use (or refused use) of a tool, prompt or resource: `detail` (what was
+    /// asked for) with the upstream that served it, the decision and its rule, the outcome
+    /// (other than `success` marks the event failed) and the duration. The answer does not wait
+    /// for the write.
+    fn audit(
+        &self,
+        kind: &str,
+        caller: Option<&Caller>,
+        used: Used<'_>,
+        mut detail: serde_json::Value,
+    ) {
         let principal = caller.map(|c| &c.principal);
+        detail["upstream"] = json!(used.routed.map(|r| r.upstream.as_str()));
+        detail["decision"] = json!(if used.decision.allowed() {
+            "allow"
+        } else {
+            "deny"
+        });
+        detail["rule"] = json!(used.decision.rule());
+        detail["outcome"] = json!(used.outcome);
+        detail["duration_ms"] = json!(used.started.elapsed().as_secs_f64() * 1000.0);
         detail["jti"] = json!(principal.map(|p| p.jti.clone()));
-        let failed = detail["outcome"] != "success";
         let mut event = AuditEvent::new(kind, self.state.clock.now(), detail);
-        if failed {
+        if used.outcome != "success" {
             event = event.failed();
         }
         if let Some(p) = principal {
@@ -128,7 +147,15 @@ impl GatehouseMcp {
     }
 }
 
-/// The outcome of a prompt or resource request, for the audit log.
+/// What the audit log records of every use, whatever was used.
+struct Used<'a> {
+    decision: &'a Decision,
+    routed: Option<&'a gateway::Routed>,
+    outcome: &'static str,
+    started: Instant,
+}
+
+/// The outcome of a request, for the audit log.
 fn outcome_of<T>(result: &Result<T, ErrorData>, decision: &Decision) -> &'static str {
     match (result, decision) {
         (_, Decision::Deny(_) | Decision::MissingScope(_)) => "refused",
@@ -169,7 +196,7 @@ impl ServerHandler for GatehouseMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let Some(caller) = self.caller(&context).await? else {
+        let Some(caller) = self.caller(&context, true).await? else {
             return Ok(ListPromptsResult::with_all_items(Vec::new()));
         };
         let prompts = self
@@ -189,7 +216,7 @@ impl ServerHandler for GatehouseMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let started = Instant::now();
-        let caller = self.caller(&context).await?;
+        let caller = self.caller(&context, true).await?;
         let name = request.name.clone();
         let decision = match &caller {
             Some(c) if self.state.gateway.owns(&name) => self.decide(c, &name),
@@ -209,19 +236,15 @@ impl ServerHandler for GatehouseMcp {
             }
             _ => Err(ErrorData::invalid_params("prompt not found", None)),
         };
-        self.audit(
-            "mcp.prompt_get",
-            caller.as_ref(),
-            json!({
-                "prompt": name,
-                "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
-                "upstream_prompt": routed.as_ref().map(|r| r.tool.as_str()),
-                "decision": if decision.allowed() { "allow" } else { "deny" },
-                "rule": decision.rule(),
-                "outcome": outcome_of(&result, &decision),
-                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
-            }),
-        );
+        let used = Used {
+            decision: &decision,
+            routed: routed.as_ref(),
+            outcome: outcome_of(&result, &decision),
+            started,
+        };
+        let upstream_prompt = routed.as_ref().map(|r| r.tool.as_str());
+        let detail = json!({ "prompt": name, "upstream_prompt": upstream_prompt });
+        self.audit("mcp.prompt_get", caller.as_ref(), used, detail);
         result
     }
 
@@ -230,7 +253,7 @@ impl ServerHandler for GatehouseMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let Some(caller) = self.caller(&context).await? else {
+        let Some(caller) = self.caller(&context, true).await? else {
             return Ok(ListResourcesResult::with_all_items(Vec::new()));
         };
         let resources = self
@@ -251,7 +274,7 @@ impl ServerHandler for GatehouseMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let started = Instant::now();
-        let caller = self.caller(&context).await?;
+        let caller = self.caller(&context, true).await?;
         let uri = request.uri.clone();
         let found = match &caller {
             Some(c) if !self.state.gateway.is_empty() => {
@@ -282,19 +305,15 @@ impl ServerHandler for GatehouseMcp {
             // The same answer whether it is refused or does not exist.
             _ => Err(ErrorData::resource_not_found("resource not found", None)),
         };
-        self.audit(
-            "mcp.resource_read",
-            caller.as_ref(),
-            json!({
-                "uri": uri,
-                "resource": found.as_ref().map(|f| f.name.as_str()),
-                "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
-                "decision": if decision.allowed() { "allow" } else { "deny" },
-                "rule": decision.rule(),
-                "outcome": outcome_of(&result, &decision),
-                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
-            }),
-        );
+        let used = Used {
+            decision: &decision,
+            routed: routed.as_ref(),
+            outcome: outcome_of(&result, &decision),
+            started,
+        };
+        let resource = found.as_ref().map(|f| f.name.as_str());
+        let detail = json!({ "uri": uri, "resource": resource });
+        self.audit("mcp.resource_read", caller.as_ref(), used, detail);
         result
     }
 
@@ -303,7 +322,8 @@ impl ServerHandler for GatehouseMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let Some(caller) = self.caller(&context).await? else {
+        let upstreams = !self.state.gateway.is_empty();
+        let Some(caller) = self.caller(&context, upstreams).await? else {
             return Ok(ListToolsResult::with_all_items(Vec::new()));
         };
         let mode = self.state.config.mcp.unauthorized_tools;
@@ -336,10 +356,10 @@ impl ServerHandler for GatehouseMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
-        let caller = self.caller(&context).await?;
         let tool = request.name.to_string();
         let builtin = self.tool_router.has_route(&tool);
         let upstream = !builtin && self.state.gateway.owns(&tool);
+        let caller = self.caller(&context, upstream).await?;
         let decision = match &caller {
             Some(c) if builtin || upstream => self.decide(c, &tool),
             Some(_) => Decision::Deny("no such tool".to_owned()),
@@ -381,26 +401,21 @@ impl ServerHandler for GatehouseMcp {
             }
             _ => Err(unknown_tool()),
         };
-        let outcome = match (&result, &decision) {
-            (_, Decision::Deny(_) | Decision::MissingScope(_)) => "refused",
-            (Ok(CallToolResponse::Complete(r)), _) if r.is_error == Some(true) => "tool_error",
-            (Ok(_), _) => "success",
-            (Err(e), _) if e.code.0 == gateway::UPSTREAM_UNAVAILABLE => "upstream_unavailable",
-            (Err(_), _) => "protocol_error",
+        let outcome = match (&result, outcome_of(&result, &decision)) {
+            (Ok(CallToolResponse::Complete(r)), "success") if r.is_error == Some(true) => {
+                "tool_error"
+            }
+            (_, outcome) => outcome,
         };
-        self.audit(
-            "mcp.tool_call",
-            caller.as_ref(),
-            json!({
-                "tool": tool,
-                "upstream": routed.as_ref().map(|r| r.upstream.as_str()),
-                "upstream_tool": routed.as_ref().map(|r| r.tool.as_str()),
-                "decision": if decision.allowed() { "allow" } else { "deny" },
-                "rule": decision.rule(),
-                "outcome": outcome,
-                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
-            }),
-        );
+        let used = Used {
+            decision: &decision,
+            routed: routed.as_ref(),
+            outcome,
+            started,
+        };
+        let upstream_tool = routed.as_ref().map(|r| r.tool.as_str());
+        let detail = json!({ "tool": tool, "upstream_tool": upstream_tool });
+        self.audit("mcp.tool_call", caller.as_ref(), used, detail);
         result
     }
 }

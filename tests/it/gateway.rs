@@ -11,7 +11,7 @@ use gatehouse::domain::ScopeToken;
 use oauth2::TokenResponse as _;
 use serde_json::{Value, json};
 
-use crate::support::mcp::{app_with, authorize, call, mcp, message};
+use crate::support::mcp::{access_token, app_with, authorize, call, mcp, message};
 use crate::support::upstream::{Everything, RECORDER_SESSION, Recorder, everything_js};
 use crate::support::{
     CALLBACK, ISSUER, PASSWORD, TestApp, eventually, jwt_part, serve_on_loopback,
@@ -47,12 +47,18 @@ fn role(config: &mut Config, name: &str, allow: &[&str], deny: &[&str]) {
 
 /// An access token of `user` for a client of its own, from the whole flow.
 async fn token_of(app: &TestApp, user: &str) -> String {
-    let client_id = app.register_client("Claude", &[CALLBACK]).await;
-    authorize(app, &client_id, user, "mcp", &format!("{ISSUER}/mcp"))
-        .await
-        .access_token()
-        .secret()
-        .clone()
+    access_token(app, user).await
+}
+
+/// An upstream on Streamable HTTP at `url`, with the default identity (a minted token).
+fn http_upstream(name: &str, url: &str) -> Upstream {
+    upstream(json!({ "name": name, "transport": "streamable_http", "url": url }))
+}
+
+/// A loopback URL nothing listens on.
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    format!("http://{}/mcp", port.local_addr().expect("addr"))
 }
 
 async fn rpc(app: &TestApp, token: &str, body: Value) -> Value {
@@ -88,9 +94,7 @@ async fn roles_decide_what_each_user_sees_and_calls_and_refusals_look_alike() {
     let everything = Everything::start().await;
     let url = everything.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![upstream(json!({
-            "name": "everything", "transport": "streamable_http", "url": url
-        }))];
+        c.upstreams = vec![http_upstream("everything", &url)];
         role(
             c,
             "user",
@@ -376,9 +380,7 @@ async fn revocation_reaches_upstream_tools_as_it_reaches_built_in_ones() {
     let everything = Everything::start().await;
     let url = everything.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![upstream(json!({
-            "name": "everything", "transport": "streamable_http", "url": url
-        }))];
+        c.upstreams = vec![http_upstream("everything", &url)];
     })
     .await;
     app.add_user("alice", PASSWORD, &["user"]).await;
@@ -388,12 +390,7 @@ async fn revocation_reaches_upstream_tools_as_it_reaches_built_in_ones() {
 
     let claims = jwt_part(&token, 1);
     let gid = claims["grant_id"].as_str().expect("gid");
-    app.state
-        .store
-        .revoke_grant(gid, "test", app.clock.now())
-        .await
-        .expect("revoke");
-    app.state.revocations.revoke_grant(gid, app.clock.now());
+    app.revoke_grant(gid).await;
     let res = mcp(&app, Some(&token), None, PROTOCOL, echo).await;
     assert_eq!(res.status, 401);
 }
@@ -473,9 +470,7 @@ async fn an_upstream_that_forgot_its_session_is_initialized_again_without_the_cl
     let recorder = Recorder::start().await;
     let url = recorder.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![upstream(json!({
-            "name": "crm", "transport": "streamable_http", "url": url
-        }))];
+        c.upstreams = vec![http_upstream("crm", &url)];
     })
     .await;
     app.add_user("alice", PASSWORD, &["user"]).await;
@@ -499,16 +494,11 @@ async fn an_upstream_that_forgot_its_session_is_initialized_again_without_the_cl
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_an_error_naming_it_and_the_others_keep_working() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    let dead_url = format!("http://{}/mcp", dead.local_addr().expect("addr"));
-    drop(dead);
+    let dead_url = dead_url();
     let recorder = Recorder::start().await;
     let url = recorder.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![
-            upstream(json!({ "name": "crm", "transport": "streamable_http", "url": url })),
-            upstream(json!({ "name": "gone", "transport": "streamable_http", "url": dead_url })),
-        ];
+        c.upstreams = vec![http_upstream("crm", &url), http_upstream("gone", &dead_url)];
     })
     .await;
     app.add_user("alice", PASSWORD, &["user"]).await;
@@ -533,9 +523,7 @@ async fn prompts_and_resources_are_served_and_decided_on_like_tools() {
     let everything = Everything::start().await;
     let url = everything.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![upstream(json!({
-            "name": "everything", "transport": "streamable_http", "url": url
-        }))];
+        c.upstreams = vec![http_upstream("everything", &url)];
         role(
             c,
             "user",
@@ -620,9 +608,7 @@ async fn key_rotation_and_the_per_token_limit_apply_to_upstream_tools_as_to_buil
     let recorder = Recorder::start().await;
     let url = recorder.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![upstream(json!({
-            "name": "crm", "transport": "streamable_http", "url": url
-        }))];
+        c.upstreams = vec![http_upstream("crm", &url)];
         c.mcp.rate_limit_per_token = 3;
     })
     .await;
@@ -718,9 +704,7 @@ url = "{}"
     assert!(out.contains("crm__record  (callable by: user)"), "{out}");
 
     // An upstream that cannot be reached fails the check, naming it.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    let dead_url = format!("http://{}/mcp", dead.local_addr().expect("addr"));
-    drop(dead);
+    let dead_url = dead_url();
     std::fs::write(
         dir.path().join("gatehouse.toml"),
         format!(
@@ -740,9 +724,7 @@ async fn an_upstream_on_the_2026_protocol_is_detected_once_and_served_without_in
     let modern = crate::support::upstream::ModernEcho::start().await;
     let url = modern.url.clone();
     let app = app_with(move |c| {
-        c.upstreams = vec![upstream(json!({
-            "name": "modern", "transport": "streamable_http", "url": url
-        }))];
+        c.upstreams = vec![http_upstream("modern", &url)];
     })
     .await;
     app.add_user("alice", PASSWORD, &["user"]).await;

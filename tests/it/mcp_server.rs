@@ -348,12 +348,7 @@ async fn every_bad_token_is_a_401_invalid_token() {
         200
     );
     let gid = claims["grant_id"].as_str().expect("gid");
-    app.state
-        .store
-        .revoke_grant(gid, "test", app.clock.now())
-        .await
-        .expect("revoke");
-    app.state.revocations.revoke_grant(gid, app.clock.now());
+    app.revoke_grant(gid).await;
     let res = mcp(
         &app,
         Some(&good),

@@ -3,23 +3,17 @@
 //! per user (a new one ends the oldest, which then answers 404 as any unknown session) and in
 //! all (past it, a new session is refused with 503 and `Retry-After`; live ones keep working).
 
-use crate::support::mcp::{app_with, authorize, bodiless, call, initialize, mcp, message};
-use crate::support::{ISSUER, TestApp};
+use crate::support::TestApp;
+use crate::support::mcp::{access_token, app_with, bodiless, call, initialize, mcp, message};
 use gatehouse::config::SessionMode;
-use oauth2::TokenResponse as _;
 use serde_json::json;
 
-use crate::support::{CALLBACK, PASSWORD};
+use crate::support::PASSWORD;
 
 /// A signed-in user's access token.
 async fn token_of(app: &TestApp, user: &str) -> String {
     app.add_user(user, PASSWORD, &["user"]).await;
-    let client_id = app.register_client("Claude", &[CALLBACK]).await;
-    authorize(app, &client_id, user, "mcp", &format!("{ISSUER}/mcp"))
-        .await
-        .access_token()
-        .secret()
-        .clone()
+    access_token(app, user).await
 }
 
 /// Opens a session with `token`; its id.

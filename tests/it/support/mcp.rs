@@ -143,6 +143,18 @@ pub async fn authorize(
         .expect("token")
 }
 
+/// An access token of `user` (already added) for a client of its own, from the whole flow
+/// through the `oauth2` crate, with the base scope for this server's `/mcp`.
+pub async fn access_token(app: &TestApp, user: &str) -> String {
+    use oauth2::TokenResponse as _;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    authorize(app, &client_id, user, "mcp", &format!("{ISSUER}/mcp"))
+        .await
+        .access_token()
+        .secret()
+        .clone()
+}
+
 pub async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestApp {
     let dir = TempDir::new().expect("tempdir");
     let url = sqlite_url(&dir);

@@ -519,6 +519,18 @@ impl TestApp {
     }
 
     /// Registers a public client with these redirect URIs; returns its id.
+    /// Revokes a grant as `/revoke` or the CLI does: in the database and in this instance's
+    /// revocation view at once.
+    pub async fn revoke_grant(&self, grant_id: &str) {
+        let now = gatehouse::clock::Clock::now(self.clock.as_ref());
+        self.state
+            .store
+            .revoke_grant(grant_id, "test", now)
+            .await
+            .expect("revoke");
+        self.state.revocations.revoke_grant(grant_id, now);
+    }
+
     pub async fn register_client(&self, name: &str, redirect_uris: &[&str]) -> String {
         let res = self
             .post_json(

@@ -107,11 +107,7 @@ impl Recorder {
         let app = axum::Router::new()
             .route("/mcp", axum::routing::post(record))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr: SocketAddr = super::serve_on_loopback(app).await;
         Self {
             url: format!("http://{addr}/mcp"),
             seen,
@@ -250,11 +246,7 @@ impl ModernEcho {
                         }
                     },
                 ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr: SocketAddr = super::serve_on_loopback(app).await;
         Self {
             url: format!("http://{addr}/mcp"),
             methods,
