@@ -39,6 +39,9 @@ pub enum HttpFailure {
     /// The upstream answered with a status that carries no JSON-RPC answer.
     #[error("the upstream answered HTTP {0}")]
     Status(u16),
+    /// An event of its stream grew past the largest message read from an upstream.
+    #[error("an event of the upstream's stream is larger than {0} bytes")]
+    EventTooLarge(usize),
 }
 
 /// A client for one upstream session: one caller's identity on every request.
@@ -87,16 +90,60 @@ fn failure(e: reqwest::Error) -> StreamableHttpError<HttpFailure> {
     StreamableHttpError::Client(HttpFailure::Request(e))
 }
 
-/// The body as events, as it arrives.
+/// The body as events, as it arrives. An event is held until its blank line, so one that grows
+/// past [`MAX_JSON_BODY`] ends the stream with an error rather than the gateway's memory.
 fn sse(response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
-    let chunks = futures::stream::unfold(response, |mut response| async move {
-        match response.chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), response)),
-            Ok(None) => None,
-            Err(e) => Some((Err(e), response)),
-        }
-    });
+    let chunks = futures::stream::unfold(
+        Some((response, EventBound::default())),
+        |state| async move {
+            let (mut response, mut bound) = state?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => match bound.feed(&chunk, MAX_JSON_BODY) {
+                    Ok(()) => Some((Ok(chunk), Some((response, bound)))),
+                    Err(e) => Some((Err(e), None)),
+                },
+                Ok(None) => None,
+                Err(e) => Some((Err(HttpFailure::Request(e)), None)),
+            }
+        },
+    );
     SseStream::from_bytes_stream(chunks).boxed()
+}
+
+/// The size of the event being received: bytes since the last blank line (an event's end in
+/// `text/event-stream`; lines end in CR LF, LF or CR).
+#[derive(Debug, Default)]
+struct EventBound {
+    event: usize,
+    line: usize,
+    after_cr: bool,
+}
+
+impl EventBound {
+    fn feed(&mut self, chunk: &[u8], max: usize) -> Result<(), HttpFailure> {
+        for &byte in chunk {
+            let after_cr = std::mem::take(&mut self.after_cr);
+            match byte {
+                // The LF of a CR LF: that line has ended already.
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => {
+                    self.after_cr = byte == b'\r';
+                    if self.line == 0 {
+                        self.event = 0;
+                    }
+                    self.line = 0;
+                }
+                _ => {
+                    self.line += 1;
+                    self.event += 1;
+                    if self.event > max {
+                        return Err(HttpFailure::EventTooLarge(max));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads at most `max` bytes of the body; `None` past it.
@@ -260,5 +307,36 @@ impl StreamableHttpClient for UpstreamHttp {
             ));
         }
         Ok(sse(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_measured_from_its_blank_line_whatever_the_line_endings() {
+        for end in ["\n", "\r\n", "\r"] {
+            let mut bound = EventBound::default();
+            let event = format!("data: 12345{end}{end}");
+            for _ in 0..10 {
+                assert!(bound.feed(event.as_bytes(), 16).is_ok(), "{end:?}");
+            }
+            let mut bound = EventBound::default();
+            let long = format!("data: 1234{end}data: 5678{end}");
+            assert!(bound.feed(long.as_bytes(), 32).is_ok());
+            assert!(
+                matches!(
+                    bound.feed(long.as_bytes(), 32),
+                    Err(HttpFailure::EventTooLarge(32))
+                ),
+                "{end:?}"
+            );
+        }
+        // Split anywhere, even between the CR and the LF.
+        let mut bound = EventBound::default();
+        for piece in ["data: 1234567\r", "\n\r", "\ndata: 1234567\r\n", "\r\n"] {
+            assert!(bound.feed(piece.as_bytes(), 16).is_ok());
+        }
     }
 }

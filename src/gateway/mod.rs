@@ -10,6 +10,7 @@
 //! processes needs its place, or when Gatehouse stops. Every start and exit is logged with the
 //! person it belongs to.
 
+pub mod cancel;
 mod content;
 pub mod http;
 pub mod identity;
@@ -57,6 +58,8 @@ pub struct Gateway {
     max_name_len: usize,
     /// Which upstream serves each resource URI, as last listed.
     resources: RwLock<content::Owners>,
+    /// Upstream calls in flight, for the client's `notifications/cancelled`.
+    pub in_flight: cancel::InFlight,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -145,6 +148,7 @@ impl Gateway {
             links,
             max_name_len: config.mcp.max_tool_name_len,
             resources: RwLock::default(),
+            in_flight: cancel::InFlight::default(),
         })
     }
 
@@ -184,7 +188,8 @@ impl Gateway {
     /// is told what it is told of any unknown tool). The upstream's own errors pass through
     /// unchanged; failing to reach it is an error naming it.
     /// What the upstream sends meanwhile (progress, log messages) goes to `downstream` as it
-    /// arrives; when `cancelled` completes (the client went away), the upstream is told to stop.
+    /// arrives; when `cancelled` completes (the client went away or cancelled the call), the
+    /// upstream is told to stop.
     pub async fn call_tool(
         &self,
         caller: &Caller,

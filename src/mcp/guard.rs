@@ -16,7 +16,9 @@
 //! 5. an `Mcp-Session-Id` this instance did not issue to this subject (or that has ended) is
 //!    answered as unknown (404); `DELETE` of a live one ends it; in stateful mode an
 //!    `initialize` past `mcp.max_sessions` is refused (503) ([`super::sessions`]);
-//! 6. the caller's [`Principal`] goes into the request's extensions for the service; a
+//! 6. a `notifications/cancelled` stops the call it names, if that is one of the grant's own
+//!    calls in flight at an upstream (in the same session, if any) ([`crate::gateway::cancel`]);
+//! 7. the caller's [`Principal`] goes into the request's extensions for the service; a
 //!    successful `initialize` in stateful mode opens a session (its id on the response), which
 //!    past `mcp.max_sessions_per_user` ends that subject's oldest.
 //!
@@ -36,16 +38,16 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use tower::{Layer, Service};
 
+use super::SESSION_HEADER;
 use super::challenge::BearerChallenge;
 use super::scopes::ToolScopes;
 use super::sessions::{NotOpened, SessionOwners};
 use super::verify::{Principal, TokenRejection, TokenVerifier};
 use crate::audit::{self, AuditEvent};
+use crate::gateway::cancel::CallKey;
 use crate::limits::{Budget, Exhausted};
 use crate::state::AppState;
 use crate::web;
-
-const SESSION_HEADER: &str = "mcp-session-id";
 
 /// What the guard shares between requests.
 #[derive(Debug)]
@@ -170,6 +172,15 @@ fn is_initialize(messages: &[Value]) -> bool {
 /// How long a refused new session is told to wait: sessions end after their idle timeout, so
 /// room comes back within it; a client that retries sooner is refused again at no cost.
 const SESSIONS_FULL_RETRY_AFTER: u64 = 30;
+
+/// The request ids the messages cancel (`notifications/cancelled`).
+fn cancelled_requests(messages: &[Value]) -> Vec<Value> {
+    messages
+        .iter()
+        .filter(|m| method(m) == Some("notifications/cancelled"))
+        .filter_map(|m| m.pointer("/params/requestId").cloned())
+        .collect()
+}
 
 /// The tools the messages call (`tools/call`).
 fn called_tools(messages: &[Value]) -> Vec<String> {
@@ -319,11 +330,13 @@ impl Guard {
         let (parts, body) = request.into_parts();
         let mut needed = self.scopes.base().clone();
         let mut opens_session = false;
+        let mut cancels = Vec::new();
         let body = if parts.method == Method::POST {
             match axum::body::to_bytes(body, config.mcp.max_body_bytes).await {
                 Ok(bytes) => {
                     let messages = messages(&bytes);
                     opens_session = self.stateful && is_initialize(&messages);
+                    cancels = cancelled_requests(&messages);
                     for tool in called_tools(&messages) {
                         for scope in self.scopes.for_tool(&tool).iter() {
                             needed.insert(scope.clone());
@@ -406,7 +419,15 @@ impl Guard {
             return response;
         }
 
-        // 7. Serve, with the caller in the extensions.
+        // 7. A cancellation reaches the caller's own call in flight at an upstream: each POST
+        // is served on its own, so the service that runs the call never sees it.
+        for id in &cancels {
+            if let Some(key) = CallKey::new(&principal.grant_id, session.as_deref(), id) {
+                self.state.gateway.in_flight.cancel(&key);
+            }
+        }
+
+        // 8. Serve, with the caller in the extensions.
         let mut request = Request::from_parts(parts, body);
         request.extensions_mut().insert(principal.clone());
         let response = match inner.call(request).await {

@@ -32,6 +32,9 @@ use crate::routes;
 use crate::state::AppState;
 use crate::web;
 
+/// The MCP session header (Streamable HTTP transport, "Session Management").
+pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
+
 /// Request headers browser MCP clients send (MCP Streamable HTTP transport).
 const MCP_ALLOW_HEADERS: [&str; 8] = [
     "authorization",

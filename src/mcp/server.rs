@@ -24,6 +24,7 @@ use super::verify::{CallerKind, Principal};
 use crate::audit::{self, AuditEvent};
 use crate::config::UnauthorizedTools;
 use crate::gateway;
+use crate::gateway::cancel::CallKey;
 use crate::state::AppState;
 
 /// The MCP service of one request (rmcp makes one per request from a factory).
@@ -163,6 +164,18 @@ fn outcome_of<T>(result: &Result<T, ErrorData>, decision: &Decision) -> &'static
         (Err(e), _) if e.code.0 == gateway::UPSTREAM_UNAVAILABLE => "upstream_unavailable",
         (Err(_), _) => "protocol_error",
     }
+}
+
+/// How a client names this call when it cancels it: its grant, its MCP session and the
+/// request's id.
+fn call_key(caller: &Caller, context: &RequestContext<RoleServer>) -> Option<CallKey> {
+    let session = context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.headers.get(super::SESSION_HEADER))
+        .and_then(|v| v.to_str().ok());
+    let id = serde_json::to_value(&context.id).ok()?;
+    CallKey::new(&caller.principal.grant_id, session, &id)
 }
 
 fn principal_of(context: &RequestContext<RoleServer>) -> Option<Principal> {
@@ -377,7 +390,23 @@ impl ServerHandler for GatehouseMcp {
                     peer: context.peer.clone(),
                     progress_token: context.meta.get_progress_token(),
                 };
-                let cancelled = context.ct.cancelled();
+                // Cancelled when the client goes away, or names this call in a
+                // `notifications/cancelled` of its own (MCP "Cancellation").
+                let key = call_key(c, &context);
+                let (_in_flight, by_client) = match key {
+                    Some(key) => {
+                        let (registered, token) = self.state.gateway.in_flight.register(key);
+                        (Some(registered), token)
+                    }
+                    None => (None, tokio_util::sync::CancellationToken::new()),
+                };
+                let gone = context.ct.clone();
+                let cancelled = async move {
+                    tokio::select! {
+                        () = gone.cancelled() => {}
+                        () = by_client.cancelled() => {}
+                    }
+                };
                 match self
                     .state
                     .gateway

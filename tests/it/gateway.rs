@@ -762,3 +762,115 @@ async fn an_upstream_on_the_2026_protocol_is_detected_once_and_served_without_in
         ]
     );
 }
+
+#[tokio::test]
+async fn a_client_cancellation_reaches_the_upstream_and_only_the_callers_own_call() {
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| c.upstreams = vec![http_upstream("rec", &url)]).await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    app.add_user("bob", PASSWORD, &["user"]).await;
+    let alice = token_of(&app, "alice").await;
+    let bob = token_of(&app, "bob").await;
+    let addr = serve_on_loopback(gatehouse::app(app.state.clone())).await;
+    let post = |token: &str, body: Value| {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/mcp"))
+            .header("host", "mcp.example.com")
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", PROTOCOL)
+            .body(body.to_string())
+            .send()
+    };
+    let cancel = |id: u64| {
+        json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": { "requestId": id, "reason": "the person pressed stop" } })
+    };
+    let upstream_waits = || {
+        recorder
+            .messages()
+            .into_iter()
+            .filter(|m| m["method"] == "tools/call" && m["params"]["name"] == "wait")
+            .collect::<Vec<_>>()
+    };
+
+    // Alice's call runs at the upstream (which answers after 30 s).
+    let call = tokio::spawn(post(&alice, call(41, "rec__wait", json!({}))));
+    eventually("the call reaches the upstream", || {
+        let waits = upstream_waits();
+        async move { waits.into_iter().next() }
+    })
+    .await;
+
+    // Bob names the same request id: his own calls only, so nothing stops.
+    let res = post(&bob, cancel(41)).await.expect("bob's cancel");
+    assert_eq!(res.status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !call.is_finished(),
+        "another person's cancellation stopped alice's call"
+    );
+
+    // Alice cancels it: her call ends now, and the upstream is told which of its requests.
+    let started = std::time::Instant::now();
+    let res = post(&alice, cancel(41)).await.expect("alice's cancel");
+    assert_eq!(res.status(), 202);
+    let answer = call.await.expect("task").expect("answer");
+    assert_eq!(answer.status(), 200);
+    let answer = answer.text().await.expect("body");
+    // One JSON body, or an event stream whose last message is the answer.
+    let answer: Value = serde_json::from_str(&answer)
+        .ok()
+        .or_else(|| {
+            answer
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str(d).ok())
+                .last()
+        })
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {answer:?}"));
+    assert_eq!(answer["id"], 41, "{answer}");
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the call went on to the upstream's answer"
+    );
+    let upstream_id = upstream_waits()[0]["id"].clone();
+    eventually("the upstream hears of the cancellation", || {
+        let told = recorder.messages().into_iter().find(|m| {
+            m["method"] == "notifications/cancelled" && m["params"]["requestId"] == upstream_id
+        });
+        async move { told }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upstream_event_that_never_ends_is_an_error_not_a_memory_sink() {
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| c.upstreams = vec![http_upstream("rec", &url)]).await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+
+    let started = std::time::Instant::now();
+    let answer = rpc(&app, &token, call(5, "rec__flood", json!({}))).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rec"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the stream was read to its end or the call's timeout: {:?}",
+        started.elapsed()
+    );
+    // The upstream still answers the next call.
+    let next = rpc(&app, &token, call(6, "rec__record", json!({}))).await;
+    assert_eq!(text_of(&next), "recorded", "{next}");
+}

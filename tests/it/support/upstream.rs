@@ -85,6 +85,8 @@ pub struct Recorder {
 #[derive(Default)]
 struct RecorderState {
     seen: Arc<Mutex<Vec<HeaderMap>>>,
+    /// Every JSON-RPC message received, in order.
+    messages: Mutex<Vec<Value>>,
     /// Sessions given so far; only the newest is known, unless forgotten.
     sessions: std::sync::atomic::AtomicUsize,
     forgotten: std::sync::atomic::AtomicBool,
@@ -118,6 +120,11 @@ impl Recorder {
     pub fn headers(&self) -> Vec<HeaderMap> {
         self.seen.lock().expect("lock").clone()
     }
+
+    /// The JSON-RPC messages received so far.
+    pub fn messages(&self) -> Vec<Value> {
+        self.state.messages.lock().expect("lock").clone()
+    }
 }
 
 async fn record(
@@ -131,6 +138,7 @@ async fn record(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     state.seen.lock().expect("lock").push(headers);
+    state.messages.lock().expect("lock").push(message.clone());
     let id = message.get("id").cloned().unwrap_or(Value::Null);
     let method = message["method"].as_str().unwrap_or_default();
     if method == "initialize" {
@@ -150,8 +158,36 @@ async fn record(
             "serverInfo": { "name": "recorder", "version": "1" }
         }),
         "tools/list" => json!({ "tools": [
-            { "name": "record", "description": "Records the call", "inputSchema": { "type": "object" } }
+            { "name": "record", "description": "Records the call", "inputSchema": { "type": "object" } },
+            { "name": "wait", "description": "Answers after 30 s", "inputSchema": { "type": "object" } },
+            { "name": "flood", "description": "Streams an endless event", "inputSchema": { "type": "object" } }
         ] }),
+        "tools/call" if message["params"]["name"] == "flood" => {
+            // One event that never ends: 64 pieces of 1 MiB with no blank line, then the
+            // stream stays open.
+            let pieces = futures::StreamExt::map(futures::stream::iter(0..64), |i| {
+                let mut piece = if i == 0 {
+                    b"data: ".to_vec()
+                } else {
+                    Vec::new()
+                };
+                piece.resize(piece.len() + (1 << 20), b'x');
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(piece))
+            });
+            let pieces = futures::StreamExt::chain(pieces, futures::stream::pending());
+            return (
+                [
+                    ("content-type", "text/event-stream"),
+                    ("mcp-session-id", current.as_str()),
+                ],
+                axum::body::Body::from_stream(pieces),
+            )
+                .into_response();
+        }
+        "tools/call" if message["params"]["name"] == "wait" => {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            json!({ "content": [{ "type": "text", "text": "waited" }] })
+        }
         "tools/call" => json!({ "content": [{ "type": "text", "text": "recorded" }] }),
         m if m.starts_with("notifications/") => return StatusCode::ACCEPTED.into_response(),
         _ => {
