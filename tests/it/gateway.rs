@@ -826,9 +826,9 @@ async fn a_client_cancellation_reaches_the_upstream_and_only_the_callers_own_cal
         .or_else(|| {
             answer
                 .lines()
+                .rev()
                 .filter_map(|l| l.strip_prefix("data: "))
-                .filter_map(|d| serde_json::from_str(d).ok())
-                .last()
+                .find_map(|d| serde_json::from_str(d).ok())
         })
         .unwrap_or_else(|| panic!("no JSON-RPC message in {answer:?}"));
     assert_eq!(answer["id"], 41, "{answer}");
