@@ -59,7 +59,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = state.gateway.clone();
     let upstream_sweep = tokio::spawn(every(
         "upstream sessions",
-        time::Duration::try_from(crate::gateway::IDLE_SWEEP).unwrap_or(time::Duration::SECOND),
+        time::Duration::try_from(state.gateway.sweep_every()).unwrap_or(time::Duration::SECOND),
         move || {
             let gateway = gateway.clone();
             async move { gateway.end_idle() }

@@ -71,6 +71,10 @@ pub struct UpstreamConfig {
     /// Seconds a call may take. Default 60.
     #[serde(default = "default_call_timeout")]
     pub call_timeout: u64,
+    /// Whether the audit log keeps the arguments of calls to this upstream's tools and prompts
+    /// (at most 4 KiB of JSON each). Default `false`: arguments may hold personal data.
+    #[serde(default)]
+    pub audit_arguments: bool,
 }
 
 fn default_token_ttl() -> u64 {
@@ -155,6 +159,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time a call may take.
     pub call_timeout: Duration,
+    /// Whether calls' arguments are audited.
+    pub audit_arguments: bool,
 }
 
 /// A checked upstream's transport and identity.
@@ -279,6 +285,7 @@ impl Upstream {
                 idle_timeout: Duration::from_secs(raw.idle_timeout),
                 connect_timeout: Duration::from_secs(raw.connect_timeout),
                 call_timeout: Duration::from_secs(raw.call_timeout),
+                audit_arguments: raw.audit_arguments,
             }),
             _ => Err(problems),
         }
@@ -456,6 +463,7 @@ mod tests {
             idle_timeout: 600,
             connect_timeout: 10,
             call_timeout: 60,
+            audit_arguments: false,
         }
     }
 

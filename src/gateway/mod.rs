@@ -179,6 +179,13 @@ impl Gateway {
         self.link_of(advertised).is_some()
     }
 
+    /// Whether the operator asked for the arguments of calls to `advertised` to be audited
+    /// (`audit_arguments` of its upstream).
+    pub fn audits_arguments(&self, advertised: &str) -> bool {
+        self.link_of(advertised)
+            .is_some_and(|l| l.upstream.audit_arguments)
+    }
+
     fn link_of(&self, advertised: &str) -> Option<&Arc<Link>> {
         let (prefix, _) = advertised.split_once(crate::config::NAME_SEPARATOR)?;
         self.links.iter().find(|l| l.upstream.name == prefix)
@@ -243,6 +250,15 @@ impl Gateway {
             out.push((link.upstream.name.clone(), result));
         }
         out
+    }
+
+    /// How often [`Self::end_idle`] runs: every 10 s, or a quarter of the shortest idle
+    /// timeout, so that a session ends within a quarter of its timeout after it is due.
+    pub fn sweep_every(&self) -> Duration {
+        self.links
+            .iter()
+            .map(|l| l.upstream.idle_timeout / 4)
+            .fold(IDLE_SWEEP, Duration::min)
     }
 
     /// Ends sessions idle past their upstream's timeout (a stdio process with it).
@@ -916,8 +932,8 @@ impl Link {
     }
 }
 
-/// How often idle sessions are looked for.
-pub const IDLE_SWEEP: Duration = Duration::from_secs(10);
+/// How often idle sessions are looked for, at most.
+const IDLE_SWEEP: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -148,6 +148,27 @@ impl GatehouseMcp {
     }
 }
 
+/// Largest arguments the audit log keeps, as JSON; larger ones are recorded by size only.
+const MAX_AUDITED_ARGUMENTS: usize = 4096;
+
+/// The arguments of a call to `name`, as the audit log keeps them: only where the operator
+/// asked for them (an upstream's `audit_arguments`), and bounded.
+fn audited_arguments<T: serde::Serialize>(
+    gateway: &gateway::Gateway,
+    name: &str,
+    arguments: &Option<T>,
+) -> Option<serde_json::Value> {
+    if !gateway.audits_arguments(name) {
+        return None;
+    }
+    let json = serde_json::to_string(arguments.as_ref()?).ok()?;
+    Some(if json.len() <= MAX_AUDITED_ARGUMENTS {
+        serde_json::from_str(&json).ok()?
+    } else {
+        json!({ "truncated": true, "bytes": json.len() })
+    })
+}
+
 /// What the audit log records of every use, whatever was used.
 struct Used<'a> {
     decision: &'a Decision,
@@ -231,6 +252,7 @@ impl ServerHandler for GatehouseMcp {
         let started = Instant::now();
         let caller = self.caller(&context, true).await?;
         let name = request.name.clone();
+        let arguments = audited_arguments(&self.state.gateway, &name, &request.arguments);
         let decision = match &caller {
             Some(c) if self.state.gateway.owns(&name) => self.decide(c, &name),
             _ => Decision::Deny("no such prompt".to_owned()),
@@ -256,7 +278,10 @@ impl ServerHandler for GatehouseMcp {
             started,
         };
         let upstream_prompt = routed.as_ref().map(|r| r.tool.as_str());
-        let detail = json!({ "prompt": name, "upstream_prompt": upstream_prompt });
+        let mut detail = json!({ "prompt": name, "upstream_prompt": upstream_prompt });
+        if let Some(arguments) = arguments {
+            detail["arguments"] = arguments;
+        }
         self.audit("mcp.prompt_get", caller.as_ref(), used, detail);
         result
     }
@@ -370,6 +395,7 @@ impl ServerHandler for GatehouseMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
         let tool = request.name.to_string();
+        let arguments = audited_arguments(&self.state.gateway, &tool, &request.arguments);
         let builtin = self.tool_router.has_route(&tool);
         let upstream = !builtin && self.state.gateway.owns(&tool);
         let caller = self.caller(&context, upstream).await?;
@@ -443,7 +469,10 @@ impl ServerHandler for GatehouseMcp {
             started,
         };
         let upstream_tool = routed.as_ref().map(|r| r.tool.as_str());
-        let detail = json!({ "tool": tool, "upstream_tool": upstream_tool });
+        let mut detail = json!({ "tool": tool, "upstream_tool": upstream_tool });
+        if let Some(arguments) = arguments {
+            detail["arguments"] = arguments;
+        }
         self.audit("mcp.tool_call", caller.as_ref(), used, detail);
         result
     }

@@ -183,10 +183,12 @@ async fn roles_decide_what_each_user_sees_and_calls_and_refusals_look_alike() {
                 .filter(|r| r.event.kind == "mcp.tool_call")
                 .map(|r| r.event.detail)
                 .collect();
+            // Arguments are not kept unless the operator asks for them.
             let echo = calls.iter().any(|d| {
                 audited(d, "everything__echo", "success")
                     && d["upstream"] == "everything"
                     && d["upstream_tool"] == "echo"
+                    && d.get("arguments").is_none()
             });
             let refused = calls.iter().any(|d| {
                 audited(d, "everything__get-sum", "refused")
@@ -873,4 +875,108 @@ async fn an_upstream_event_that_never_ends_is_an_error_not_a_memory_sink() {
     // The upstream still answers the next call.
     let next = rpc(&app, &token, call(6, "rec__record", json!({}))).await;
     assert_eq!(text_of(&next), "recorded", "{next}");
+}
+
+#[tokio::test]
+async fn arguments_are_audited_only_for_an_upstream_configured_so_and_bounded() {
+    let recorder = Recorder::start().await;
+    let url = recorder.url.clone();
+    let app = app_with(move |c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "rec", "transport": "streamable_http", "url": url, "audit_arguments": true
+        }))];
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    let small = rpc(
+        &app,
+        &token,
+        call(1, "rec__record", json!({ "customer": 42 })),
+    )
+    .await;
+    assert_eq!(text_of(&small), "recorded");
+    let large = rpc(
+        &app,
+        &token,
+        call(2, "rec__record", json!({ "note": "x".repeat(10_000) })),
+    )
+    .await;
+    assert_eq!(text_of(&large), "recorded");
+
+    let store = app.state.store.clone();
+    let details: Vec<Value> = eventually("both calls' audit events", || {
+        let store = store.clone();
+        async move {
+            let events = store.audit_events(None, None, 100).await.expect("audit");
+            let calls: Vec<Value> = events
+                .into_iter()
+                .filter(|r| r.event.kind == "mcp.tool_call")
+                .map(|r| r.event.detail)
+                .collect();
+            (calls.len() == 2).then_some(calls)
+        }
+    })
+    .await;
+    assert!(
+        details
+            .iter()
+            .any(|d| d["arguments"] == json!({ "customer": 42 })),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d["arguments"]["truncated"] == true
+            && d["arguments"]["bytes"].as_u64() > Some(10_000)),
+        "{details:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_stdio_process_is_ended_and_one_in_use_is_kept() {
+    let app = app_with(|c| {
+        c.upstreams = vec![upstream(json!({
+            "name": "local", "transport": "stdio", "command": "node",
+            "args": [everything_js(), "stdio"], "idle_timeout": 10
+        }))];
+    })
+    .await;
+    let alice_id = app.add_user("alice", PASSWORD, &["user"]).await.id;
+    app.add_user("bob", PASSWORD, &["user"]).await;
+    let alice = token_of(&app, "alice").await;
+    let bob = token_of(&app, "bob").await;
+    let echo = |n: i64| call(n, "local__echo", json!({ "message": "hi" }));
+    assert_eq!(text_of(&rpc(&app, &alice, echo(1)).await), "Echo: hi");
+    assert_eq!(text_of(&rpc(&app, &bob, echo(1)).await), "Echo: hi");
+    let pid_of = |who: &str| {
+        let status = app.state.gateway.status();
+        status[0]
+            .sessions
+            .iter()
+            .find(|s| s.subject == who)
+            .and_then(|s| s.pid)
+    };
+    let alice_pid = pid_of(alice_id.as_str()).expect("alice's process");
+    assert_eq!(
+        app.state.gateway.sweep_every(),
+        std::time::Duration::from_millis(2500)
+    );
+
+    // Bob keeps using his; alice leaves hers idle past the timeout.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(text_of(&rpc(&app, &bob, echo(2)).await), "Echo: hi");
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    app.state.gateway.end_idle();
+
+    let status = app.state.gateway.status();
+    assert_eq!(status[0].sessions.len(), 1, "{status:?}");
+    assert!(pid_of(alice_id.as_str()).is_none(), "{status:?}");
+    eventually("alice's idle process to exit", || {
+        let stat = std::fs::read_to_string(format!("/proc/{alice_pid}/stat")).unwrap_or_default();
+        let gone = stat.is_empty() || stat.contains(") Z ");
+        async move { gone.then_some(()) }
+    })
+    .await;
+    // Her next call starts a process again.
+    assert_eq!(text_of(&rpc(&app, &alice, echo(3)).await), "Echo: hi");
+    assert!(pid_of(alice_id.as_str()).is_some_and(|p| p != alice_pid));
 }
