@@ -58,6 +58,8 @@ pub struct Gateway {
     max_name_len: usize,
     /// Which upstream serves each resource URI, as last listed.
     resources: RwLock<content::Owners>,
+    /// The upstreams' resource templates, as last listed.
+    templates: RwLock<Vec<content::TemplateRef>>,
     /// Upstream calls in flight, for the client's `notifications/cancelled`.
     pub in_flight: cancel::InFlight,
 }
@@ -148,6 +150,7 @@ impl Gateway {
             links,
             max_name_len: config.mcp.max_tool_name_len,
             resources: RwLock::default(),
+            templates: RwLock::default(),
             in_flight: cancel::InFlight::default(),
         })
     }

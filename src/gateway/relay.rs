@@ -1,7 +1,10 @@
 //! What an upstream sends while a call runs, passed on to the client that made the call as it
-//! arrives: progress (MCP `notifications/progress`, under the client's own progress token) and
-//! log messages. The client's answer then becomes an event stream (the Streamable HTTP
-//! transport's SSE response) instead of one JSON body.
+//! arrives: progress (MCP `notifications/progress`, under the client's own progress token), log
+//! messages, and word that its tools, prompts or resources changed (`list_changed`; one that
+//! arrives between calls goes out with the person's next call). The client's answer then
+//! becomes an event stream (the Streamable HTTP transport's SSE response) instead of one JSON
+//! body. Log messages and list changes name no call, so they are passed on only from a session
+//! that is one person's.
 //!
 //! The upstream's messages are read in order at the transport ([`Tap`]), before the rmcp client
 //! sees them, and each call's go into a queue of its own: the call passes on everything queued
@@ -51,6 +54,15 @@ impl Downstream {
             ServerNotification::LoggingMessageNotification(n) => {
                 let _ = self.peer.notify_logging_message(n.params).await;
             }
+            ServerNotification::ToolListChangedNotification(_) => {
+                let _ = self.peer.notify_tool_list_changed().await;
+            }
+            ServerNotification::PromptListChangedNotification(_) => {
+                let _ = self.peer.notify_prompt_list_changed().await;
+            }
+            ServerNotification::ResourceListChangedNotification(_) => {
+                let _ = self.peer.notify_resource_list_changed().await;
+            }
             _ => {}
         }
     }
@@ -60,6 +72,18 @@ impl Downstream {
 struct Calls {
     by_token: HashMap<ProgressToken, mpsc::Sender<ServerNotification>>,
     unclaimed: VecDeque<(ProgressToken, ServerNotification)>,
+    /// List changes that arrived with no call in flight (at most one of each kind).
+    changes: Vec<ServerNotification>,
+}
+
+/// Whether `n` says a list changed, and which (one pending change of a kind is enough).
+fn list_change(n: &ServerNotification) -> Option<u8> {
+    match n {
+        ServerNotification::ToolListChangedNotification(_) => Some(0),
+        ServerNotification::PromptListChangedNotification(_) => Some(1),
+        ServerNotification::ResourceListChangedNotification(_) => Some(2),
+        _ => None,
+    }
 }
 
 /// The calls in flight on one upstream session, by the upstream progress token.
@@ -118,7 +142,7 @@ impl Relay {
             calls.unclaimed = kept;
             early
         };
-        for n in early {
+        for n in early.into_iter().chain(calls.changes.drain(..)) {
             let _ = tx.try_send(n);
         }
         calls.by_token.insert(token.clone(), tx);
@@ -160,6 +184,22 @@ impl Relay {
             ServerNotification::LoggingMessageNotification(_) if self.logs => {
                 for tx in calls.by_token.values() {
                     let _ = tx.try_send(notification.clone());
+                }
+            }
+            // A list change: to the calls in flight, or else the next one.
+            n if self.logs && list_change(n).is_some() => {
+                if calls.by_token.is_empty() {
+                    if !calls
+                        .changes
+                        .iter()
+                        .any(|c| list_change(c) == list_change(n))
+                    {
+                        calls.changes.push(n.clone());
+                    }
+                } else {
+                    for tx in calls.by_token.values() {
+                        let _ = tx.try_send(n.clone());
+                    }
                 }
             }
             _ => {}

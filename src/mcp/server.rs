@@ -11,9 +11,9 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
@@ -211,11 +211,19 @@ fn principal_of(context: &RequestContext<RoleServer>) -> Option<Principal> {
 impl ServerHandler for GatehouseMcp {
     fn get_info(&self) -> ServerConfig {
         let gateway = !self.state.gateway.is_empty();
-        let capabilities = ServerCapabilities::builder().enable_tools();
+        // In gateway mode an upstream's list changes reach the client in the stream of its
+        // next call (there is no stream of the server's own).
         let capabilities = if gateway {
-            capabilities.enable_prompts().enable_resources().build()
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .build()
         } else {
-            capabilities.build()
+            ServerCapabilities::builder().enable_tools().build()
         };
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("gatehouse", env!("CARGO_PKG_VERSION")))
@@ -304,6 +312,26 @@ impl ServerHandler for GatehouseMcp {
             .map(|(r, _)| r)
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let Some(caller) = self.caller(&context, true).await? else {
+            return Ok(ListResourceTemplatesResult::with_all_items(Vec::new()));
+        };
+        let templates = self
+            .state
+            .gateway
+            .list_resource_templates(&caller.upstream())
+            .await
+            .into_iter()
+            .filter(|(_, name)| self.decide(&caller, name).allowed())
+            .map(|(t, _)| t)
+            .collect();
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
     async fn read_resource(

@@ -602,6 +602,45 @@ async fn prompts_and_resources_are_served_and_decided_on_like_tools() {
     let unknown = rpc(&app, &alice, read(6, &json!("demo://no/such/thing"))).await;
     assert!(refused.get("error").is_some(), "{refused}");
     assert_eq!(refused, unknown);
+
+    // Resource templates: passed on to whom the rules allow; a URI that only a template names
+    // is read at the upstream that has the template, under the same decision.
+    let templates = |token: String| {
+        let app = &app;
+        async move {
+            rpc(
+                app,
+                &token,
+                json!({ "jsonrpc": "2.0", "id": 7, "method": "resources/templates/list" }),
+            )
+            .await
+        }
+    };
+    let for_bob = names(
+        &templates(bob.clone()).await,
+        "resourceTemplates",
+        "uriTemplate",
+    );
+    assert!(
+        for_bob.contains("demo://resource/dynamic/text/{resourceId}"),
+        "{for_bob:?}"
+    );
+    let for_alice = names(
+        &templates(alice.clone()).await,
+        "resourceTemplates",
+        "uriTemplate",
+    );
+    assert!(for_alice.is_empty(), "{for_alice:?}");
+    let dynamic = json!("demo://resource/dynamic/text/3");
+    let content = rpc(&app, &bob, read(8, &dynamic)).await;
+    assert!(
+        content["result"]["contents"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains('3')),
+        "{content}"
+    );
+    let refused = rpc(&app, &alice, read(6, &dynamic)).await;
+    assert_eq!(refused, unknown);
 }
 
 #[tokio::test]
@@ -700,7 +739,7 @@ url = "{}"
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        out.contains("crm: reachable, 1 tools, protocol 2025 (initialize, session)"),
+        out.contains("crm: reachable, 3 tools, protocol 2025 (initialize, session)"),
         "{out}"
     );
     assert!(out.contains("crm__record  (callable by: user)"), "{out}");
@@ -821,18 +860,7 @@ async fn a_client_cancellation_reaches_the_upstream_and_only_the_callers_own_cal
     assert_eq!(res.status(), 202);
     let answer = call.await.expect("task").expect("answer");
     assert_eq!(answer.status(), 200);
-    let answer = answer.text().await.expect("body");
-    // One JSON body, or an event stream whose last message is the answer.
-    let answer: Value = serde_json::from_str(&answer)
-        .ok()
-        .or_else(|| {
-            answer
-                .lines()
-                .rev()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .find_map(|d| serde_json::from_str(d).ok())
-        })
-        .unwrap_or_else(|| panic!("no JSON-RPC message in {answer:?}"));
+    let answer = messages_of(answer).await.pop().expect("a JSON-RPC message");
     assert_eq!(answer["id"], 41, "{answer}");
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
     assert!(
@@ -979,4 +1007,81 @@ async fn an_idle_stdio_process_is_ended_and_one_in_use_is_kept() {
     // Her next call starts a process again.
     assert_eq!(text_of(&rpc(&app, &alice, echo(3)).await), "Echo: hi");
     assert!(pid_of(alice_id.as_str()).is_some_and(|p| p != alice_pid));
+}
+
+/// Every JSON-RPC message of a `/mcp` answer, whether one JSON body or an event stream.
+async fn messages_of(response: reqwest::Response) -> Vec<Value> {
+    let text = response.text().await.expect("body");
+    if let Ok(one) = serde_json::from_str::<Value>(&text) {
+        return vec![one];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_upstream_list_change_reaches_the_person_in_their_call() {
+    let app = app_with(|c| c.upstreams = vec![stdio_everything("local")]).await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = token_of(&app, "alice").await;
+    let addr = serve_on_loopback(gatehouse::app(app.state.clone())).await;
+    let post = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/mcp"))
+            .header("host", "mcp.example.com")
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", PROTOCOL)
+            .body(body.to_string())
+            .send()
+    };
+    let initialized = rpc(
+        &app,
+        &token,
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {},
+            "clientInfo": { "name": "test", "version": "1" } } }),
+    )
+    .await;
+    assert_eq!(
+        initialized["result"]["capabilities"]["resources"]["listChanged"], true,
+        "{initialized}"
+    );
+
+    // The tool adds a resource to the upstream session: the upstream says its resources
+    // changed, and the person hears of it before the result.
+    let response = post(call(
+        2,
+        "local__gzip-file-as-resource",
+        json!({ "name": "hello.gz", "data": "data:text/plain;base64,aGVsbG8=" }),
+    ))
+    .await
+    .expect("call");
+    let messages = messages_of(response).await;
+    let changed = messages
+        .iter()
+        .position(|m| m["method"] == "notifications/resources/list_changed");
+    let result = messages.iter().position(|m| m["id"] == 2);
+    assert!(changed.is_some() && changed < result, "{messages:?}");
+    assert!(
+        messages[result.unwrap_or_default()]["result"].is_object(),
+        "{messages:?}"
+    );
+
+    // And the new resource is listed for this person.
+    let listed = rpc(
+        &app,
+        &token,
+        json!({ "jsonrpc": "2.0", "id": 3, "method": "resources/list" }),
+    )
+    .await;
+    assert!(
+        listed["result"]["resources"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|r| r["name"] == "hello.gz")),
+        "{listed}"
+    );
 }
