@@ -26,6 +26,7 @@ pub mod mcp;
 pub mod oauth;
 pub mod pages;
 pub mod password;
+pub mod recent;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::keys::{self, KeyError, KeyStore};
 use crate::limits::Limits;
+use crate::mcp::users::Users;
 use crate::password::PasswordPool;
 use crate::store::{Store, StoreError};
 use crate::tokens::RevocationView;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub passwords: PasswordPool,
     /// The upstream MCP servers of gateway mode.
     pub gateway: Arc<Gateway>,
+    /// Users recently read for MCP requests.
+    pub users: Arc<Users>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -169,6 +172,7 @@ impl AppState {
             clients: Arc::new(ClientCache::new(
                 config.revocation_sync_interval.unsigned_abs(),
             )),
+            users: Arc::new(Users::new(config.revocation_sync_interval.unsigned_abs())),
             revocations: Arc::new(revocations),
             session_key,
             client_metadata: Arc::new(client_metadata),

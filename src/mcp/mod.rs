@@ -10,6 +10,7 @@ pub mod scopes;
 pub mod server;
 pub mod sessions;
 pub mod tools;
+pub mod users;
 pub mod verify;
 
 use std::sync::Arc;

@@ -98,11 +98,11 @@ impl GatehouseMcp {
         let user = match (needs_user, principal.kind) {
             (true, CallerKind::User) => self
                 .state
-                .store
-                .user(&principal.subject)
+                .users
+                .get(&self.state.store, &principal.subject)
                 .await
                 .map_err(store_failure)?
-                .map(|u| (u.username.as_str().to_owned(), u.roles)),
+                .map(|u| (u.username, u.roles)),
             _ => None,
         };
         Ok(Some(Caller { principal, user }))

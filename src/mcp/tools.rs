@@ -16,6 +16,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 use super::server::GatehouseMcp;
+use super::users::Known;
 use super::verify::{CallerKind, Principal};
 
 /// Most audit entries one `get_activity_log` call returns.
@@ -48,12 +49,12 @@ fn text_json(value: &serde_json::Value) -> CallToolResult {
 impl GatehouseMcp {
     /// The user behind the caller; `None` for a service client (client credentials), which has
     /// no user and so no roles.
-    async fn user_of(&self, p: &Principal) -> Result<Option<crate::account::User>, ErrorData> {
+    async fn user_of(&self, p: &Principal) -> Result<Option<Known>, ErrorData> {
         match p.kind {
             CallerKind::User => self
                 .state
-                .store
-                .user(&p.subject)
+                .users
+                .get(&self.state.store, &p.subject)
                 .await
                 .map_err(store_failure),
             CallerKind::Service => Ok(None),

@@ -85,6 +85,6 @@ pub async fn lookup_client(
         .client(client_id)
         .await?
         .ok_or_else(|| ClientLookupError::Unknown(client_id.to_owned()))?;
-    state.clients.put(&client);
+    state.clients.put(&client.id, &client);
     Ok(client)
 }
