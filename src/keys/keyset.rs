@@ -85,7 +85,7 @@ pub(super) fn invalid(kid: &str, err: impl std::fmt::Display) -> KeyError {
 
 fn signer_for(alg: SigningAlgorithm, jwk: &Jwk) -> Result<Box<dyn JwsSigner>, josekit::JoseError> {
     Ok(match alg {
-        SigningAlgorithm::ES256 => Box::new(josekit::jws::ES256.signer_from_jwk(jwk)?),
+        SigningAlgorithm::ES256 => Box::new(super::es256::Es256Signer::from_jwk(jwk)?),
         SigningAlgorithm::EdDSA => Box::new(josekit::jws::EdDSA.signer_from_jwk(jwk)?),
         SigningAlgorithm::RS256 => Box::new(josekit::jws::RS256.signer_from_jwk(jwk)?),
     })

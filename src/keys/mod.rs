@@ -6,6 +6,7 @@
 //! the schedule and the operator's emergency steps.
 
 mod cookie;
+mod es256;
 mod files;
 mod keyset;
 pub mod lifecycle;
