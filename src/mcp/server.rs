@@ -112,6 +112,15 @@ impl GatehouseMcp {
         self.access.decide(&caller.principal, caller.roles(), tool)
     }
 
+    /// What of `listed` (each with the name it is decided on) the caller may use.
+    fn allowed<T>(&self, caller: &Caller, listed: Vec<(T, String)>) -> Vec<T> {
+        listed
+            .into_iter()
+            .filter(|(_, name)| self.decide(caller, name).allowed())
+            .map(|(item, _)| item)
+            .collect()
+    }
+
     /// Records one use (or refused use) of a tool, prompt or resource: `detail` (what was
     /// asked for) with the upstream that served it, the decision and its rule, the outcome
     /// (other than `success` marks the event failed) and the duration. The answer does not wait
@@ -302,16 +311,10 @@ impl ServerHandler for GatehouseMcp {
         let Some(caller) = self.caller(&context, true).await? else {
             return Ok(ListResourcesResult::with_all_items(Vec::new()));
         };
-        let resources = self
-            .state
-            .gateway
-            .list_resources(&caller.upstream())
-            .await
-            .into_iter()
-            .filter(|(_, name)| self.decide(&caller, name).allowed())
-            .map(|(r, _)| r)
-            .collect();
-        Ok(ListResourcesResult::with_all_items(resources))
+        let resources = self.state.gateway.list_resources(&caller.upstream()).await;
+        Ok(ListResourcesResult::with_all_items(
+            self.allowed(&caller, resources),
+        ))
     }
 
     async fn list_resource_templates(
@@ -326,12 +329,10 @@ impl ServerHandler for GatehouseMcp {
             .state
             .gateway
             .list_resource_templates(&caller.upstream())
-            .await
-            .into_iter()
-            .filter(|(_, name)| self.decide(&caller, name).allowed())
-            .map(|(t, _)| t)
-            .collect();
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+            .await;
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.allowed(&caller, templates),
+        ))
     }
 
     async fn read_resource(

@@ -173,16 +173,10 @@ async fn roles_decide_what_each_user_sees_and_calls_and_refusals_look_alike() {
     let audited = |detail: &Value, tool: &str, outcome: &str| {
         detail["tool"] == tool && detail["outcome"] == outcome
     };
-    let store = app.state.store.clone();
     eventually("the calls' audit events", || {
-        let store = store.clone();
+        let app = &app;
         async move {
-            let events = store.audit_events(None, None, 100).await.expect("audit");
-            let calls: Vec<Value> = events
-                .into_iter()
-                .filter(|r| r.event.kind == "mcp.tool_call")
-                .map(|r| r.event.detail)
-                .collect();
+            let calls = tool_calls_audited(app).await;
             // Arguments are not kept unless the operator asks for them.
             let echo = calls.iter().any(|d| {
                 audited(d, "everything__echo", "success")
@@ -411,17 +405,7 @@ async fn progress_from_a_long_running_upstream_tool_arrives_before_its_result() 
         json!({ "duration": 2, "steps": 4 }),
     );
     body["params"]["_meta"] = json!({ "progressToken": "client-token-1" });
-    let mut response = reqwest::Client::new()
-        .post(format!("http://{addr}/mcp"))
-        .header("host", "mcp.example.com")
-        .header("authorization", format!("Bearer {token}"))
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", PROTOCOL)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("send");
+    let mut response = post_over_socket(addr, &token, body).await.expect("send");
     assert_eq!(response.status(), 200);
     assert!(
         response
@@ -541,17 +525,18 @@ async fn prompts_and_resources_are_served_and_decided_on_like_tools() {
     let bob = token_of(&app, "bob").await;
 
     // Prompts: listed under advertised names, only those the role allows.
-    let list = |token: String| {
+    let listing = |method: &'static str, token: String| {
         let app = &app;
         async move {
             rpc(
                 app,
                 &token,
-                json!({ "jsonrpc": "2.0", "id": 1, "method": "prompts/list" }),
+                json!({ "jsonrpc": "2.0", "id": 1, "method": method }),
             )
             .await
         }
     };
+    let list = |token: String| listing("prompts/list", token);
     let names = |answer: &Value, key: &str, field: &str| -> BTreeSet<String> {
         answer["result"][key]
             .as_array()
@@ -605,17 +590,7 @@ async fn prompts_and_resources_are_served_and_decided_on_like_tools() {
 
     // Resource templates: passed on to whom the rules allow; a URI that only a template names
     // is read at the upstream that has the template, under the same decision.
-    let templates = |token: String| {
-        let app = &app;
-        async move {
-            rpc(
-                app,
-                &token,
-                json!({ "jsonrpc": "2.0", "id": 7, "method": "resources/templates/list" }),
-            )
-            .await
-        }
-    };
+    let templates = |token: String| listing("resources/templates/list", token);
     let for_bob = names(
         &templates(bob.clone()).await,
         "resourceTemplates",
@@ -814,17 +789,7 @@ async fn a_client_cancellation_reaches_the_upstream_and_only_the_callers_own_cal
     let alice = token_of(&app, "alice").await;
     let bob = token_of(&app, "bob").await;
     let addr = serve_on_loopback(gatehouse::app(app.state.clone())).await;
-    let post = |token: &str, body: Value| {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/mcp"))
-            .header("host", "mcp.example.com")
-            .header("authorization", format!("Bearer {token}"))
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", PROTOCOL)
-            .body(body.to_string())
-            .send()
-    };
+    let post = |token: &str, body: Value| post_over_socket(addr, token, body);
     let cancel = |id: u64| {
         json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": { "requestId": id, "reason": "the person pressed stop" } })
@@ -932,16 +897,10 @@ async fn arguments_are_audited_only_for_an_upstream_configured_so_and_bounded() 
     .await;
     assert_eq!(text_of(&large), "recorded");
 
-    let store = app.state.store.clone();
     let details: Vec<Value> = eventually("both calls' audit events", || {
-        let store = store.clone();
+        let app = &app;
         async move {
-            let events = store.audit_events(None, None, 100).await.expect("audit");
-            let calls: Vec<Value> = events
-                .into_iter()
-                .filter(|r| r.event.kind == "mcp.tool_call")
-                .map(|r| r.event.detail)
-                .collect();
+            let calls = tool_calls_audited(app).await;
             (calls.len() == 2).then_some(calls)
         }
     })
@@ -1009,6 +968,39 @@ async fn an_idle_stdio_process_is_ended_and_one_in_use_is_kept() {
     assert!(pid_of(alice_id.as_str()).is_some_and(|p| p != alice_pid));
 }
 
+/// The details of the `mcp.tool_call` events audited so far, newest first.
+async fn tool_calls_audited(app: &TestApp) -> Vec<Value> {
+    let events = app
+        .state
+        .store
+        .audit_events(None, None, 100)
+        .await
+        .expect("audit");
+    events
+        .into_iter()
+        .filter(|r| r.event.kind == "mcp.tool_call")
+        .map(|r| r.event.detail)
+        .collect()
+}
+
+/// A `/mcp` POST through a real socket to the server at `addr` (its answer can be read as it
+/// streams).
+fn post_over_socket(
+    addr: std::net::SocketAddr,
+    token: &str,
+    body: Value,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/mcp"))
+        .header("host", "mcp.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", PROTOCOL)
+        .body(body.to_string())
+        .send()
+}
+
 /// Every JSON-RPC message of a `/mcp` answer, whether one JSON body or an event stream.
 async fn messages_of(response: reqwest::Response) -> Vec<Value> {
     let text = response.text().await.expect("body");
@@ -1027,17 +1019,7 @@ async fn an_upstream_list_change_reaches_the_person_in_their_call() {
     app.add_user("alice", PASSWORD, &["user"]).await;
     let token = token_of(&app, "alice").await;
     let addr = serve_on_loopback(gatehouse::app(app.state.clone())).await;
-    let post = |body: Value| {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/mcp"))
-            .header("host", "mcp.example.com")
-            .header("authorization", format!("Bearer {token}"))
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", PROTOCOL)
-            .body(body.to_string())
-            .send()
-    };
+    let post = |body: Value| post_over_socket(addr, &token, body);
     let initialized = rpc(
         &app,
         &token,
