@@ -90,9 +90,9 @@ fn list_change(n: &ServerNotification) -> Option<u8> {
 #[derive(Debug, Clone)]
 pub struct Relay {
     calls: Arc<Mutex<Calls>>,
-    /// Whether log messages (which name no call) go to the calls in flight: only when the
-    /// session is one person's.
-    logs: bool,
+    /// Whether the session is one person's: only then do log messages and list changes (which
+    /// name no call) go to the calls in flight.
+    personal: bool,
 }
 
 /// A call's place in the relay; removed when dropped, however the call ends.
@@ -109,12 +109,12 @@ impl Drop for Registered {
 }
 
 impl Relay {
-    /// A relay for one session; `logs`: whether it is one person's, so that its log messages
-    /// may go to whichever of their calls is in flight.
-    pub fn new(logs: bool) -> Self {
+    /// A relay for one session; `personal`: whether it is one person's, so that its log
+    /// messages and list changes may go to whichever of their calls is in flight.
+    pub fn new(personal: bool) -> Self {
         Self {
             calls: Arc::default(),
-            logs,
+            personal,
         }
     }
 
@@ -181,13 +181,13 @@ impl Relay {
             }
             // A log message names no request: every call in flight on the session gets it,
             // when the session is one person's.
-            ServerNotification::LoggingMessageNotification(_) if self.logs => {
+            ServerNotification::LoggingMessageNotification(_) if self.personal => {
                 for tx in calls.by_token.values() {
                     let _ = tx.try_send(notification.clone());
                 }
             }
             // A list change: to the calls in flight, or else the next one.
-            n if self.logs && list_change(n).is_some() => {
+            n if self.personal && list_change(n).is_some() => {
                 if calls.by_token.is_empty() {
                     if !calls
                         .changes
