@@ -23,13 +23,12 @@ impl CallKey {
     /// The call `request` (a JSON-RPC id) of `grant` in `session`; `None` for what cannot be an
     /// id (JSON-RPC 2.0 §4: a string or a number).
     pub fn new(grant: &str, session: Option<&str>, request: &serde_json::Value) -> Option<Self> {
-        if !(request.is_string() || request.is_number()) {
-            return None;
-        }
+        // Read as the MCP service reads a request's id (`41.0` is `41`), then written back.
+        let id: rmcp::model::RequestId = serde_json::from_value(request.clone()).ok()?;
         Some(Self {
             grant: grant.to_owned(),
             session: session.map(str::to_owned),
-            request: request.to_string(),
+            request: serde_json::to_string(&id).ok()?,
         })
     }
 }
@@ -145,5 +144,11 @@ mod tests {
         assert_eq!(calls.running(), 0);
         assert!(!calls.cancel(&key("g", None, json!(1))));
         assert!(CallKey::new("g", None, &json!(null)).is_none());
+        assert!(CallKey::new("g", None, &json!({ "id": 1 })).is_none());
+        // The id as the service reads it: 41.0 is the request 41.
+        assert_eq!(
+            CallKey::new("g", None, &json!(41.0)),
+            CallKey::new("g", None, &json!(41))
+        );
     }
 }

@@ -3,10 +3,11 @@
 //! by neither, and logged), and are decided on under the name `<upstream>__<resource name>`, so
 //! that one rule (`crm__*`) covers an upstream's tools, prompts and resources alike.
 //!
-//! Resource templates (RFC 6570 URI templates) are passed on unchanged. A URI no upstream lists
-//! is read at the upstream whose template's literal beginning (up to its first expression) is
-//! the longest one the URI starts with, and decided on under `<upstream>__<template name>`; a
-//! URI two upstreams' templates claim equally is served by neither.
+//! Resource templates (RFC 6570 URI templates) are passed on unchanged. A read is decided on
+//! under every name that could produce its URI: the listed resource's and each template's that
+//! can expand to it ([`uri_template`](super::uri_template)); all must be one upstream's, and
+//! each must be allowed, so that no spelling of a URI chooses a more lenient rule or another
+//! upstream.
 
 use std::collections::HashMap;
 use std::sync::PoisonError;
@@ -18,15 +19,17 @@ use rmcp::model::{
 };
 
 use super::names::{Catalog, advertised};
+use super::uri_template::{UriTemplate, normalize};
 use super::{Caller, Gateway, Link, Named, Routed, Session};
 
-/// An upstream's resource as the gateway serves it: where it lives, and the name the access
-/// rules see.
+/// An upstream's resource as the gateway serves it: where it lives, and the names the access
+/// rules decide it on.
 #[derive(Debug, Clone)]
 pub struct ResourceRef {
     link: usize,
-    /// `<upstream>__<resource name>`.
-    pub name: String,
+    /// `<upstream>__<name>` of the listed resource and of every template that can produce its
+    /// URI: each must be allowed (never empty).
+    pub names: Vec<String>,
 }
 
 impl Gateway {
@@ -117,13 +120,21 @@ impl Gateway {
                 };
                 for template in &listing.templates {
                     let name = advertised(&link.upstream.name, &template.name, self.max_name_len);
-                    match TemplateRef::new(&template.uri_template, *i, name.clone()) {
-                        Some(t) => known.push(t),
+                    match UriTemplate::parse(&template.uri_template) {
+                        Some(matcher) => {
+                            known.push(TemplateRef {
+                                matcher,
+                                at: ResourceRef {
+                                    link: *i,
+                                    names: vec![name.clone()],
+                                },
+                            });
+                            templates.push((template.clone(), name));
+                        }
                         None => {
-                            tracing::warn!(upstream = %link.upstream.name, template = %template.uri_template, "a resource template that would claim every URI is not served")
+                            tracing::warn!(upstream = %link.upstream.name, template = %template.uri_template, "a resource template that is malformed, or would claim URIs of every scheme, is not served")
                         }
                     }
-                    templates.push((template.clone(), name));
                 }
             }
         }
@@ -159,7 +170,7 @@ impl Gateway {
                 uri,
                 ResourceRef {
                     link: i,
-                    name: name.clone(),
+                    names: vec![name.clone()],
                 },
             );
             all.push((resource, name));
@@ -169,23 +180,16 @@ impl Gateway {
         (all, templates)
     }
 
-    /// Which upstream serves `uri`: the one that lists it, else the one whose template claims
-    /// it; listing again first if neither is known (each caller's session at most every
-    /// [`super::RELIST_AFTER`]).
+    /// Which upstream serves `uri`, and the names it is decided on: the listed resource's and
+    /// every matching template's. Listing again first if none is known (each caller's session
+    /// at most every [`super::RELIST_AFTER`]).
     pub async fn find_resource(&self, caller: &Caller, uri: &str) -> Option<ResourceRef> {
         let known = |g: &Self| {
-            let listed = g
-                .resources
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(uri)
-                .cloned();
-            listed.or_else(|| {
-                TemplateRef::claim(
-                    &g.templates.read().unwrap_or_else(PoisonError::into_inner),
-                    uri,
-                )
-            })
+            route(
+                &g.resources.read().unwrap_or_else(PoisonError::into_inner),
+                &g.templates.read().unwrap_or_else(PoisonError::into_inner),
+                uri,
+            )
         };
         if let Some(found) = known(self) {
             return Some(found);
@@ -289,12 +293,14 @@ impl Link {
             ),
         )
         .await;
-        let templates = match templates {
-            Ok(t) => t,
-            // An upstream that has resources but no templates may not know the method.
-            Err(e) if e.code == rmcp::model::ErrorCode::METHOD_NOT_FOUND => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        // Templates that cannot be listed (an upstream that does not know the method, or fails
+        // at it) leave the resources listed.
+        let templates = templates.unwrap_or_else(|e| {
+            if e.code != rmcp::model::ErrorCode::METHOD_NOT_FOUND {
+                tracing::warn!(upstream = %self.upstream.name, error = %e.message, "upstream resource templates not listed");
+            }
+            Vec::new()
+        });
         Ok(Some(Listing {
             resources: resources?,
             templates,
@@ -309,59 +315,42 @@ struct Listing {
     templates: Vec<ResourceTemplate>,
 }
 
-/// A resource template as the gateway routes by it: the literal beginning of its URI template.
+/// A resource template as the gateway routes by it.
 #[derive(Debug, Clone)]
 pub(super) struct TemplateRef {
-    /// Up to the template's first expression (the whole template if it has none).
-    literal: String,
-    /// Whether the template has an expression (else it names one URI).
-    open: bool,
+    matcher: UriTemplate,
     at: ResourceRef,
 }
 
-impl TemplateRef {
-    /// `None` for a template whose literal beginning has no scheme (`{+uri}` and the like),
-    /// which would claim every URI.
-    fn new(template: &str, link: usize, name: String) -> Option<Self> {
-        let (literal, open) = match template.find('{') {
-            Some(at) => (&template[..at], true),
-            None => (template, false),
-        };
-        literal.contains(':').then(|| Self {
-            literal: literal.to_owned(),
-            open,
-            at: ResourceRef { link, name },
-        })
-    }
-
-    fn matches(&self, uri: &str) -> bool {
-        if self.open {
-            uri.len() > self.literal.len() && uri.starts_with(&self.literal)
-        } else {
-            uri == self.literal
-        }
-    }
-
-    /// The template that claims `uri`: the longest literal beginning that matches, if only
-    /// one upstream has it.
-    fn claim(templates: &[Self], uri: &str) -> Option<ResourceRef> {
-        let matching: Vec<&Self> = templates.iter().filter(|t| t.matches(uri)).collect();
-        let longest = matching.iter().map(|t| t.literal.len()).max()?;
-        let best: Vec<&&Self> = matching
-            .iter()
-            .filter(|t| t.literal.len() == longest)
-            .collect();
-        match best.as_slice() {
-            [one] => Some(one.at.clone()),
-            [first, rest @ ..] if rest.iter().all(|t| t.at.link == first.at.link) => {
-                Some(first.at.clone())
+/// Where `uri` is read and under which names it is decided on: the listed resource of that URI
+/// (compared as given and with percent-encoded unreserved characters decoded) and every
+/// template that can produce it. All of them must be one upstream's, else none serves it (and
+/// it is logged): otherwise the spelling of a URI would choose the rule or the upstream.
+fn route(owners: &Owners, templates: &[TemplateRef], uri: &str) -> Option<ResourceRef> {
+    let normal = normalize(uri);
+    let listed = owners.get(uri).or_else(|| owners.get(normal.as_ref()));
+    let claims = templates
+        .iter()
+        .filter(|t| t.matcher.matches(uri) || t.matcher.matches(&normal))
+        .map(|t| &t.at);
+    let mut found: Option<ResourceRef> = None;
+    for at in listed.into_iter().chain(claims) {
+        match &mut found {
+            None => found = Some(at.clone()),
+            Some(f) if f.link == at.link => {
+                for name in &at.names {
+                    if !f.names.contains(name) {
+                        f.names.push(name.clone());
+                    }
+                }
             }
-            _ => {
-                tracing::error!(uri = %uri, "a resource URI several upstreams' templates claim is served by none");
-                None
+            Some(_) => {
+                tracing::error!(uri = %uri, "a resource URI several upstreams list or claim with templates is served by none");
+                return None;
             }
         }
     }
+    found
 }
 
 /// Keeps the type named where the gateway is built.
@@ -371,33 +360,56 @@ pub(super) type Owners = HashMap<String, ResourceRef>;
 mod tests {
     use super::*;
 
-    fn template(t: &str, link: usize) -> TemplateRef {
-        TemplateRef::new(t, link, format!("u{link}__t")).expect("template")
+    fn template(t: &str, link: usize, name: &str) -> TemplateRef {
+        TemplateRef {
+            matcher: UriTemplate::parse(t).expect("template"),
+            at: ResourceRef {
+                link,
+                names: vec![name.to_owned()],
+            },
+        }
     }
 
     #[test]
-    fn a_uri_goes_to_the_upstream_whose_template_claims_most_of_it() {
+    fn a_uri_is_decided_on_under_every_name_that_can_produce_it_and_served_by_one_upstream() {
         let templates = [
-            template("demo://resource/dynamic/text/{id}", 0),
-            template("demo://resource/{path}", 1),
-            template("crm://customers/{id}{?fields}", 2),
-            template("crm://customers/{id}/notes", 3),
-            template("fixed://one", 4),
+            template("crm://customers/{id}", 0, "crm__customer"),
+            template("crm://customers/{id}/notes", 0, "crm__notes"),
+            template("crm://customers/{id}{?fields}", 0, "crm__customer_fields"),
+            template("demo://resource/dynamic/text/{id}", 1, "demo__text"),
+            template("demo://resource/{+path}", 2, "other__any"),
         ];
-        let at = |uri| TemplateRef::claim(&templates, uri).map(|r| r.link);
-        assert_eq!(at("demo://resource/dynamic/text/7"), Some(0));
-        assert_eq!(at("demo://resource/other"), Some(1));
-        assert_eq!(
-            at("demo://resource/"),
-            None,
-            "an expression matches something"
+        let mut owners = Owners::new();
+        owners.insert(
+            "crm://customers/vip".to_owned(),
+            ResourceRef {
+                link: 0,
+                names: vec!["crm__vip".to_owned()],
+            },
         );
-        // Two upstreams' templates claim it equally: neither serves it.
-        assert_eq!(at("crm://customers/9"), None);
-        assert_eq!(at("fixed://one"), Some(4));
-        assert_eq!(at("fixed://one/more"), None);
+        let at = |uri| route(&owners, &templates, uri).map(|r| (r.link, r.names));
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            at("crm://customers/9/notes"),
+            Some((0, names(&["crm__notes"])))
+        );
+        assert_eq!(
+            at("crm://customers/9"),
+            Some((0, names(&["crm__customer", "crm__customer_fields"])))
+        );
+        // The listed resource's own rule applies whatever the spelling, with the templates'.
+        let vip = Some((
+            0,
+            names(&["crm__vip", "crm__customer", "crm__customer_fields"]),
+        ));
+        assert_eq!(at("crm://customers/vip"), vip);
+        assert_eq!(at("crm://customers/%76ip"), vip);
+        // Two upstreams could produce it: neither serves it.
+        assert_eq!(at("demo://resource/dynamic/text/3"), None);
+        assert_eq!(
+            at("demo://resource/elsewhere"),
+            Some((2, names(&["other__any"])))
+        );
         assert_eq!(at("elsewhere://x"), None);
-        assert!(TemplateRef::new("{+anything}", 0, "x".into()).is_none());
-        assert!(TemplateRef::new("/{path}", 0, "x".into()).is_none());
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod names;
 pub mod relay;
+mod uri_template;
 
 use std::collections::HashMap;
 use std::process::Stdio;

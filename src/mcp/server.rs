@@ -112,6 +112,16 @@ impl GatehouseMcp {
         self.access.decide(&caller.principal, caller.roles(), tool)
     }
 
+    /// The decision on something known under several names: the first refusal, if any.
+    fn decide_all(&self, caller: &Caller, names: &[String]) -> Decision {
+        let mut decisions: Vec<Decision> = names.iter().map(|n| self.decide(caller, n)).collect();
+        match decisions.iter().position(|d| !d.allowed()) {
+            Some(refused) => decisions.swap_remove(refused),
+            None if !decisions.is_empty() => decisions.swap_remove(0),
+            None => Decision::Deny("no such resource".to_owned()),
+        }
+    }
+
     /// What of `listed` (each with the name it is decided on) the caller may use.
     fn allowed<T>(&self, caller: &Caller, listed: Vec<(T, String)>) -> Vec<T> {
         listed
@@ -350,7 +360,7 @@ impl ServerHandler for GatehouseMcp {
             _ => None,
         };
         let decision = match (&caller, &found) {
-            (Some(c), Some(at)) => self.decide(c, &at.name),
+            (Some(c), Some(at)) => self.decide_all(c, &at.names),
             _ => Decision::Deny("no such resource".to_owned()),
         };
         let mut routed = None;
@@ -378,7 +388,7 @@ impl ServerHandler for GatehouseMcp {
             outcome: outcome_of(&result, &decision),
             started,
         };
-        let resource = found.as_ref().map(|f| f.name.as_str());
+        let resource = found.as_ref().map(|f| f.names.clone());
         let detail = json!({ "uri": uri, "resource": resource });
         self.audit("mcp.resource_read", caller.as_ref(), used, detail);
         result
