@@ -85,6 +85,17 @@ def proc_kb(pid, field):
     return -1
 
 
+def reset_peak(pid):
+    """Resets the peak RSS (`VmHWM`) of process `pid` to its current RSS (Linux `clear_refs`,
+    value 5), so that a later `VmHWM` is the peak of what ran since. False when not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 async def read_response(reader):
     """One HTTP/1.1 answer (Content-Length or chunked): its status, its headers (an
     `http.client.HTTPMessage`: names case-insensitive, `get_all` for repeated ones) and its body."""

@@ -8,7 +8,8 @@ and consents once (its own browser session), then repeats: `GET /authorize` (ans
 with a code, consent being remembered), then `POST /token` for it. For refreshes, each worker
 keeps its own rotation chain. For registrations, each worker posts a new public client. It prints
 operations/s, p50 and p99 per level (for the code flow, of the whole flow and of each step), and
-the server's peak RSS (VmHWM) at the end.
+the server's peak RSS (VmHWM) during each level's run, reset after the sign-ins that prepare it
+(they hash passwords on the password pool's threads), when /proc/PID/clear_refs may be written.
 
 Usage: benches/oauth_load.py BASE PID USER PASSWORD [SCENARIOS=register,code,refresh]
        [LEVELS=1,16,64] [SECONDS=5]
@@ -26,7 +27,7 @@ import sys
 import time
 import urllib.parse
 
-from load_client import Browser, b64, csrf_of, proc_kb, read_response
+from load_client import Browser, b64, csrf_of, proc_kb, read_response, reset_peak
 
 REDIRECT = "http://127.0.0.1:9/cb"
 
@@ -167,20 +168,28 @@ def main():
     levels = [int(c) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,16,64").split(",")]
     seconds = float(sys.argv[7] if len(sys.argv) > 7 else 5)
     pool = []
+    peaks = []
     for scenario in scenarios:
         for connections in levels:
             while len(pool) < connections:
                 w = Worker(base, user, password)
                 w.sign_in_and_consent()
                 pool.append(w)
+            # The peak of the run itself: the sign-ins before it hash passwords, whose memory is
+            # the password pool's, not the load's.
+            reset = reset_peak(pid)
             rate, whole, authorize, token = asyncio.run(run(scenario, pool[:connections], seconds))
             line = (f"{scenario}, {connections} connections: {rate:,.0f}/s, "
                     f"p50 {pct(whole, 0.5):.2f} ms, p99 {pct(whole, 0.99):.2f} ms")
             if scenario == "code":
                 line += (f" (authorize p50 {pct(authorize, 0.5):.2f} ms, p99 {pct(authorize, 0.99):.2f}"
                          f" ms; token p50 {pct(token, 0.5):.2f} ms, p99 {pct(token, 0.99):.2f} ms)")
+            if reset:
+                peaks.append(proc_kb(pid, 'VmHWM'))
+                line += f"; server peak RSS during the run {peaks[-1]} KB"
             print(line, flush=True)
-    print(f"server peak RSS (VmHWM): {proc_kb(pid, 'VmHWM')} KB")
+    print(f"server peak RSS (VmHWM): {proc_kb(pid, 'VmHWM')} KB"
+          + (f" since the last reset; highest during a run {max(peaks)} KB" if peaks else ""))
 
 
 if __name__ == "__main__":
