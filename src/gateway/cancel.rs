@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use rmcp::model::RequestId;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// Which call a cancellation is about.
@@ -15,21 +17,26 @@ use tokio_util::sync::CancellationToken;
 pub struct CallKey {
     grant: String,
     session: Option<String>,
-    /// The request id as JSON (`1` and `"1"` are different ids).
-    request: String,
+    /// The request id (`1` and `"1"` are different ids).
+    request: RequestId,
 }
 
 impl CallKey {
-    /// The call `request` (a JSON-RPC id) of `grant` in `session`; `None` for what cannot be an
-    /// id (JSON-RPC 2.0 §4: a string or a number).
-    pub fn new(grant: &str, session: Option<&str>, request: &serde_json::Value) -> Option<Self> {
-        // Read as the MCP service reads a request's id (`41.0` is `41`), then written back.
-        let id: rmcp::model::RequestId = serde_json::from_value(request.clone()).ok()?;
-        Some(Self {
+    /// The call `request` of `grant` in `session`, as the service that runs it knows it.
+    pub fn new(grant: &str, session: Option<&str>, request: RequestId) -> Self {
+        Self {
             grant: grant.to_owned(),
             session: session.map(str::to_owned),
-            request: serde_json::to_string(&id).ok()?,
-        })
+            request,
+        }
+    }
+
+    /// The call a `notifications/cancelled` names by `requestId`, read as the MCP service reads
+    /// a request's id (`41.0` is `41`); `None` for what cannot be an id (JSON-RPC 2.0 §4: a
+    /// string or a number).
+    pub fn named(grant: &str, session: Option<&str>, request: &serde_json::Value) -> Option<Self> {
+        let id = RequestId::deserialize(request).ok()?;
+        Some(Self::new(grant, session, id))
     }
 }
 
@@ -111,7 +118,7 @@ mod tests {
     use serde_json::json;
 
     fn key(grant: &str, session: Option<&str>, id: serde_json::Value) -> CallKey {
-        CallKey::new(grant, session, &id).unwrap()
+        CallKey::named(grant, session, &id).unwrap()
     }
 
     #[test]
@@ -143,12 +150,21 @@ mod tests {
         drop(second);
         assert_eq!(calls.running(), 0);
         assert!(!calls.cancel(&key("g", None, json!(1))));
-        assert!(CallKey::new("g", None, &json!(null)).is_none());
-        assert!(CallKey::new("g", None, &json!({ "id": 1 })).is_none());
+        assert!(CallKey::named("g", None, &json!(null)).is_none());
+        assert!(CallKey::named("g", None, &json!({ "id": 1 })).is_none());
         // The id as the service reads it: 41.0 is the request 41.
         assert_eq!(
-            CallKey::new("g", None, &json!(41.0)),
-            CallKey::new("g", None, &json!(41))
+            CallKey::named("g", None, &json!(41.0)),
+            CallKey::named("g", None, &json!(41))
+        );
+        // The key the service registers under is the key a cancellation names.
+        assert_eq!(
+            CallKey::named("g", Some("s"), &json!("abc")),
+            Some(CallKey::new(
+                "g",
+                Some("s"),
+                RequestId::String("abc".into())
+            ))
         );
     }
 }

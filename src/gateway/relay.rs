@@ -76,14 +76,14 @@ struct Calls {
     changes: Vec<ServerNotification>,
 }
 
-/// Whether `n` says a list changed, and which (one pending change of a kind is enough).
-fn list_change(n: &ServerNotification) -> Option<u8> {
-    match n {
-        ServerNotification::ToolListChangedNotification(_) => Some(0),
-        ServerNotification::PromptListChangedNotification(_) => Some(1),
-        ServerNotification::ResourceListChangedNotification(_) => Some(2),
-        _ => None,
-    }
+/// Whether `n` says a list changed.
+fn is_list_change(n: &ServerNotification) -> bool {
+    matches!(
+        n,
+        ServerNotification::ToolListChangedNotification(_)
+            | ServerNotification::PromptListChangedNotification(_)
+            | ServerNotification::ResourceListChangedNotification(_)
+    )
 }
 
 /// The calls in flight on one upstream session, by the upstream progress token.
@@ -187,12 +187,14 @@ impl Relay {
                 }
             }
             // A list change: to the calls in flight, or else the next one.
-            n if self.personal && list_change(n).is_some() => {
+            n if self.personal && is_list_change(n) => {
                 if calls.by_token.is_empty() {
+                    // One pending change of a kind says all there is to say.
+                    let kind = std::mem::discriminant(n);
                     if !calls
                         .changes
                         .iter()
-                        .any(|c| list_change(c) == list_change(n))
+                        .any(|c| std::mem::discriminant(c) == kind)
                     {
                         calls.changes.push(n.clone());
                     }

@@ -422,7 +422,7 @@ impl Guard {
         // 7. A cancellation reaches the caller's own call in flight at an upstream: each POST
         // is served on its own, so the service that runs the call never sees it.
         for id in &cancels {
-            if let Some(key) = CallKey::new(&principal.grant_id, session.as_deref(), id) {
+            if let Some(key) = CallKey::named(&principal.grant_id, session.as_deref(), id) {
                 self.state.gateway.in_flight.cancel(&key);
             }
         }

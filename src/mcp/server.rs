@@ -208,14 +208,13 @@ fn outcome_of<T>(result: &Result<T, ErrorData>, decision: &Decision) -> &'static
 
 /// How a client names this call when it cancels it: its grant, its MCP session and the
 /// request's id.
-fn call_key(caller: &Caller, context: &RequestContext<RoleServer>) -> Option<CallKey> {
+fn call_key(caller: &Caller, context: &RequestContext<RoleServer>) -> CallKey {
     let session = context
         .extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.headers.get(super::SESSION_HEADER))
         .and_then(|v| v.to_str().ok());
-    let id = serde_json::to_value(&context.id).ok()?;
-    CallKey::new(&caller.principal.grant_id, session, &id)
+    CallKey::new(&caller.principal.grant_id, session, context.id.clone())
 }
 
 fn principal_of(context: &RequestContext<RoleServer>) -> Option<Principal> {
@@ -457,14 +456,8 @@ impl ServerHandler for GatehouseMcp {
                 };
                 // Cancelled when the client goes away, or names this call in a
                 // `notifications/cancelled` of its own (MCP "Cancellation").
-                let key = call_key(c, &context);
-                let (_in_flight, by_client) = match key {
-                    Some(key) => {
-                        let (registered, token) = self.state.gateway.in_flight.register(key);
-                        (Some(registered), token)
-                    }
-                    None => (None, tokio_util::sync::CancellationToken::new()),
-                };
+                let (_in_flight, by_client) =
+                    self.state.gateway.in_flight.register(call_key(c, &context));
                 let gone = context.ct.clone();
                 let cancelled = async move {
                     tokio::select! {

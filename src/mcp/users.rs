@@ -45,9 +45,4 @@ impl Users {
         self.0.put(id, &known);
         Ok(Some(known))
     }
-
-    /// Drops what is kept of `id` (a change made by this instance).
-    pub fn forget(&self, id: &str) {
-        self.0.forget(id);
-    }
 }
