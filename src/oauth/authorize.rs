@@ -15,7 +15,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tower_sessions::Session;
 
-use super::clients::{ClientLookupError, resolve_client};
+use super::clients::{ClientLookupError, Lookup, is_metadata_document, lookup_client};
 use super::error::{AuthorizeError, ErrorTarget, redirect_with};
 use super::params::Params;
 use crate::account::User;
@@ -26,7 +26,7 @@ use crate::domain::{
 };
 use crate::routes;
 use crate::state::AppState;
-use crate::store::CodeRecord;
+use crate::store::{CodeRecord, Consent};
 use crate::web::ClientIp;
 
 fn page(
@@ -69,7 +69,9 @@ async fn check_client(
                 ASK_THE_APP,
             )
         })?;
-    match resolve_client(state, client_id, ip).await {
+    // The cache may answer: a client removed meanwhile gets no code, since issuing one is
+    // guarded by the client's row (`Store::issue_code`).
+    match lookup_client(state, client_id, ip, Lookup::Cached).await {
         Ok(client) => Ok(client),
         Err(ClientLookupError::Unknown(_)) => Err(page(
             StatusCode::BAD_REQUEST,
@@ -369,6 +371,23 @@ pub async fn current_user(
     Ok(user.filter(|u| u.session_valid(at)))
 }
 
+/// [`current_user`] with what they allowed `client_id` for `resource` before, in one read.
+pub async fn signed_in_with_consent(
+    state: &AppState,
+    data: &SessionData,
+    client_id: &str,
+    resource: &str,
+) -> Result<Option<(User, Option<Consent>)>, AuthorizeError> {
+    let (Some(id), Some(at)) = (&data.user_id, data.authenticated_at) else {
+        return Ok(None);
+    };
+    let found = state
+        .store
+        .user_and_consent(id, client_id, resource)
+        .await?;
+    Ok(found.filter(|(user, _)| user.session_valid(at)))
+}
+
 /// Where a pending request stands for this user: scopes to grant, and those already allowed.
 #[derive(Debug, Clone)]
 pub struct ConsentState {
@@ -399,12 +418,13 @@ impl ConsentState {
     }
 }
 
-/// Works out the consent state of `pending` for `user`.
-pub async fn consent_state(
+/// Works out the consent state of `pending` for `user`, who allowed its client `consent` before.
+pub fn consent_state(
     state: &AppState,
     pending: &PendingAuthorization,
     user: &User,
-) -> Result<ConsentState, AuthorizeError> {
+    consent: Option<Consent>,
+) -> ConsentState {
     let allowed = state.config.grantable(user);
     let granted: ScopeSet = pending
         .scopes
@@ -412,21 +432,17 @@ pub async fn consent_state(
         .filter(|s| allowed.contains(s))
         .filter_map(|s| ScopeToken::parse(s).ok())
         .collect();
-    let consent = state
-        .store
-        .consent(&user.id, &pending.client_id, &pending.resource)
-        .await?;
     let same_redirect = consent
         .as_ref()
         .is_some_and(|c| c.redirect_uri.as_deref() == Some(pending.redirect_uri.as_str()));
     let remembered = consent
         .map(|c| ScopeSet::parse_lenient(&c.scopes))
         .unwrap_or_default();
-    Ok(ConsentState {
+    ConsentState {
         granted,
         remembered,
         same_redirect,
-    })
+    }
 }
 
 /// A request being authorized: one kept in the browser session (it comes back from the sign-in
@@ -484,7 +500,9 @@ pub async fn continue_authorization(
         }
     };
     let target = ErrorTarget::for_pending(state, &pending);
-    let Some(user) = current_user(state, &data).await? else {
+    let signed_in =
+        signed_in_with_consent(state, &data, &pending.client_id, &pending.resource).await?;
+    let Some((user, consent)) = signed_in else {
         if !interactive {
             finish(data).await?;
             let err =
@@ -493,7 +511,7 @@ pub async fn continue_authorization(
         }
         return show(data, routes::LOGIN).await;
     };
-    let consent = consent_state(state, &pending, &user).await?;
+    let consent = consent_state(state, &pending, &user, consent);
     // RFC 9700 §4.11.2: an error goes back to an operator's client, or to one this person has
     // connected (its consent is remembered); to any other, it is shown as a page.
     let trusted = pending.operator_client || !consent.remembered.is_empty();
@@ -536,12 +554,8 @@ async fn to_trusted_redirect(
         return err;
     }
     let resource = state.config.resource();
-    let consented = match current_user(state, data).await {
-        Ok(Some(user)) => matches!(
-            state.store.consent(&user.id, client_id, &resource).await,
-            Ok(Some(_))
-        ),
-        Ok(None) => false,
+    let consented = match signed_in_with_consent(state, data, client_id, &resource).await {
+        Ok(found) => found.is_some_and(|(_, consent)| consent.is_some()),
         Err(read) => return read,
     };
     trusted_or_page(err, consented)
@@ -621,7 +635,16 @@ pub async fn issue_code(
     event.client_id = Some(pending.client_id.clone());
     event.grant_id = Some(grant_id);
     // The code with its audit event, and its client's last use: one wait for one commit.
-    state.store.issue_code(&record, &event).await?;
+    let registered = !is_metadata_document(state, &pending.client_id);
+    if !state.store.issue_code(&record, &event, registered).await? {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "Unknown application",
+            "This server no longer knows the application that sent you here: it was removed."
+                .into(),
+            "Go back to the application and connect again; it may need to register anew.",
+        ));
+    }
     audit::log(&event);
     let mut params = vec![("code", code.expose())];
     if let Some(s) = &pending.state {

@@ -29,9 +29,11 @@ pub enum ClientLookupError {
 /// Whether a lookup may use the [`ClientCache`](crate::clients::ClientCache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
-    /// Read the database (anything that may start something new for the client).
+    /// Read the database (client authentication of anything that may start something new for
+    /// the client).
     Database,
-    /// The cache may answer (code exchange and refresh, see [`ClientCache`](crate::clients::ClientCache)).
+    /// The cache may answer (authorize, code exchange and refresh, see
+    /// [`ClientCache`](crate::clients::ClientCache)).
     Cached,
 }
 
@@ -45,6 +47,11 @@ pub async fn resolve_client(
     lookup_client(state, client_id, ip, Lookup::Database).await
 }
 
+/// Whether `client_id` is read from a Client ID Metadata Document (else from the clients table).
+pub fn is_metadata_document(state: &AppState, client_id: &str) -> bool {
+    state.config.client_metadata.enabled && state.client_metadata.is_metadata_url(client_id)
+}
+
 /// The client `client_id` names, from the cache when `lookup` allows.
 pub async fn lookup_client(
     state: &AppState,
@@ -53,7 +60,7 @@ pub async fn lookup_client(
     lookup: Lookup,
 ) -> Result<Client, ClientLookupError> {
     let fetcher = &state.client_metadata;
-    if state.config.client_metadata.enabled && fetcher.is_metadata_url(client_id) {
+    if is_metadata_document(state, client_id) {
         if let (false, Some(ip)) = (fetcher.is_cached(client_id), ip) {
             state
                 .limits

@@ -17,7 +17,7 @@ use serde_json::json;
 use tower_sessions::Session;
 
 use super::authorize::{
-    consent_state, current_user, expired_request, is_unverified, issue_code, see_other,
+    consent_state, expired_request, is_unverified, issue_code, see_other, signed_in_with_consent,
 };
 use super::clients::resolve_client;
 use super::error::{AuthorizeError, ErrorTarget};
@@ -75,13 +75,15 @@ async fn consent_page(
     let Some(pending) = data.pending(id, now).cloned() else {
         return Err(expired_request());
     };
-    let Some(user) = current_user(state, &data).await? else {
+    let signed_in =
+        signed_in_with_consent(state, &data, &pending.client_id, &pending.resource).await?;
+    let Some((user, consent)) = signed_in else {
         return Ok(see_other(&format!("{}?request={id}", routes::LOGIN)));
     };
     let client = resolve_client(state, &pending.client_id, None)
         .await
         .map_err(|_| expired_request())?;
-    let consent = consent_state(state, &pending, &user).await?;
+    let consent = consent_state(state, &pending, &user, consent);
     // A public client at another redirect URI is asked for everything again, as if new.
     let applies = consent.applies_to(&pending);
     let (kept, new): (Vec<_>, Vec<_>) = consent
@@ -161,7 +163,9 @@ async fn decide(
             hint: "Go back to the application and connect again.",
         });
     }
-    let Some(user) = current_user(state, &data).await? else {
+    let signed_in =
+        signed_in_with_consent(state, &data, &pending.client_id, &pending.resource).await?;
+    let Some((user, consent)) = signed_in else {
         return Ok(see_other(&format!(
             "{}?request={}",
             routes::LOGIN,
@@ -172,7 +176,7 @@ async fn decide(
     // Each consent form works once.
     data.take_pending(&pending.id);
     data.save(session).await?;
-    let consent = consent_state(state, &pending, &user).await?;
+    let consent = consent_state(state, &pending, &user, consent);
     let audit_event = |kind: &str| {
         let mut event = AuditEvent::new(
             kind,

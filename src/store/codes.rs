@@ -89,25 +89,40 @@ fn code_insert(code: &CodeRecord) -> Insert {
 }
 
 impl Store {
-    /// Issues a code: stores it (by hash) with `event`, all or nothing, and marks its client
-    /// used (a client that completed a sign-in no longer expires as unused; a client known by
-    /// its metadata document has no row to mark). On SQLite both go into the committer's next
-    /// batch: one wait for one commit.
+    /// Issues a code: stores it (by hash) with `event`, all or nothing, in one commit. For a
+    /// registered client (`registered`) the same write marks the client used (one that completed
+    /// a sign-in no longer expires as unused) and is guarded by its row: when the client was
+    /// removed meanwhile, nothing is written and the answer is `false`, so a client read from a
+    /// cache can never get a code after its removal. A client known by its metadata document
+    /// has no row: the code and event are appended. On SQLite either goes into the committer's
+    /// next batch.
     pub async fn issue_code(
         &self,
         code: &CodeRecord,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
-        let (issued, touched) = tokio::join!(
-            self.append_all(vec![code_insert(code), audit_insert(event)]),
-            self.touch_client(&code.client_id, code.created_at)
-        );
-        issued?;
-        touched?;
-        self.fresh
-            .codes
-            .keep(code.code_hash.clone(), code.clone(), code.created_at);
-        Ok(())
+        registered: bool,
+    ) -> Result<bool, StoreError> {
+        let rows = vec![code_insert(code), audit_insert(event)];
+        let issued = if registered {
+            self.guarded_write(GuardedWrite {
+                update: "UPDATE clients SET last_used_at = $2 WHERE client_id = $1",
+                params: vec![
+                    code.client_id.as_str().into(),
+                    code.created_at.unix_timestamp().into(),
+                ],
+                inserts: rows,
+            })
+            .await?
+        } else {
+            self.append_all(rows).await?;
+            true
+        };
+        if issued {
+            self.fresh
+                .codes
+                .keep(code.code_hash.clone(), code.clone(), code.created_at);
+        }
+        Ok(issued)
     }
 
     /// A code by hash, fresh or consumed, in one read.

@@ -38,6 +38,15 @@ impl TryFrom<UserRow> for User {
 const USER_COLUMNS: &str =
     "user_id, username, password_hash, roles, created_at, password_changed_at, signed_out_at";
 
+/// A user with what they allowed one client for one resource, read together.
+#[derive(sqlx::FromRow)]
+struct UserConsentRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    consent_scopes: Option<String>,
+    consent_redirect_uri: Option<String>,
+}
+
 /// What a person allowed a client, remembered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consent {
@@ -274,6 +283,36 @@ impl Store {
             scopes,
             redirect_uri,
         }))
+    }
+
+    /// A user and what they allowed `client_id` for `resource`, in one read: every
+    /// authorization of a signed-in person needs both. `None` when there is no such user.
+    pub async fn user_and_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        resource: &str,
+    ) -> Result<Option<(User, Option<Consent>)>, StoreError> {
+        let row: Option<UserConsentRow> = sqlx::query_as(
+            "SELECT u.user_id, u.username, u.password_hash, u.roles, u.created_at, \
+             u.password_changed_at, u.signed_out_at, \
+             c.scopes AS consent_scopes, c.redirect_uri AS consent_redirect_uri \
+             FROM users u LEFT JOIN consents c \
+             ON c.user_id = u.user_id AND c.client_id = $2 AND c.resource = $3 \
+             WHERE u.user_id = $1",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .bind(resource)
+        .fetch_optional(&mut *self.reader().await?)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        // `scopes` is never NULL in a stored consent: NULL here means there is none.
+        let consent = row.consent_scopes.map(|scopes| Consent {
+            scopes,
+            redirect_uri: row.consent_redirect_uri,
+        });
+        Ok(Some((User::try_from(row.user)?, consent)))
     }
 
     /// Remembers the scopes a user allowed (replacing what was remembered), and the redirect

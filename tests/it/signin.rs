@@ -934,6 +934,38 @@ async fn clients_not_registered_for_codes_are_unauthorized() {
     assert_eq!(q["state"], state);
 }
 
+/// A client removed by another process (the CLI) is still in this one's client cache for a
+/// while: `/authorize` may read it from there, but no code is issued for it, and the person is
+/// not sent to its redirect URI.
+#[tokio::test]
+async fn a_client_removed_elsewhere_gets_no_code_from_a_cached_copy() {
+    let (app, client_id) = claude_app().await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let login = agent.get(&path).await.location();
+    let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
+    let back = agent.decide(&consent, "allow").await.location();
+    assert!(back.starts_with(CLAUDE_CALLBACK), "{back}");
+    // Consent stands: the next authorization answers with a code at once.
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    assert!(query_of(&agent.get(&path).await.location()).contains_key("code"));
+    assert!(
+        app.state
+            .store
+            .remove_client(&client_id, "test", app.clock.now())
+            .await
+            .expect("remove")
+            .is_some()
+    );
+    let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
+    let res = agent.get(&path).await;
+    let next = res.location();
+    assert!(!next.starts_with(CLAUDE_CALLBACK), "{next}");
+    let page = agent.get(&next).await;
+    assert_eq!(page.status, axum::http::StatusCode::BAD_REQUEST);
+    assert!(page.header("location").is_none());
+}
+
 /// Removing a client takes its consents and unredeemed codes with it.
 #[tokio::test]
 async fn removing_a_client_removes_its_consents_and_codes() {

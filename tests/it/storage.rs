@@ -249,12 +249,12 @@ async fn redemption_suite(store: &Store) {
     // Code 0 would create the grant that already exists; codes 1..8 are fine.
     let issued = |n: usize| AuditEvent::new("code.issued", now, json!({ "n": n }));
     store
-        .issue_code(&code(0, "g_taken"), &issued(0))
+        .issue_code(&code(0, "g_taken"), &issued(0), false)
         .await
         .expect("code");
     for n in 1..8 {
         store
-            .issue_code(&code(n, &format!("g_new_{n}")), &issued(n))
+            .issue_code(&code(n, &format!("g_new_{n}")), &issued(n), false)
             .await
             .expect("code");
     }
@@ -345,6 +345,60 @@ async fn redemption_suite(store: &Store) {
         .expect("redeem again");
     assert!(!again);
     assert_eq!(store.grant("g_again").await.expect("read"), None);
+
+    // A registered client's code is written with its last use, only while the client exists:
+    // `/authorize` may have read a removed one from its cache.
+    store
+        .insert_client(&client("gh_coded", ClientKind::Dynamic, now))
+        .await
+        .expect("client");
+    let for_coded = |n: usize| CodeRecord {
+        client_id: "gh_coded".into(),
+        ..code(n, &format!("g_coded_{n}"))
+    };
+    let code_event = |n: usize| AuditEvent::new("code.issued", now, json!({ "n": n }));
+    let later = now + time::Duration::minutes(5);
+    let first = CodeRecord {
+        created_at: later,
+        ..for_coded(100)
+    };
+    assert!(
+        store
+            .issue_code(&first, &code_event(100), true)
+            .await
+            .expect("issue")
+    );
+    let coded = store
+        .client("gh_coded")
+        .await
+        .expect("read")
+        .expect("client");
+    assert_eq!(coded.last_used_at, Some(later));
+    assert!(
+        store
+            .code_for_exchange("code-hash-100")
+            .await
+            .expect("read")
+            .is_some()
+    );
+    store
+        .remove_client("gh_coded", "test", later)
+        .await
+        .expect("remove")
+        .expect("removed");
+    assert!(
+        !store
+            .issue_code(&for_coded(101), &code_event(101), true)
+            .await
+            .expect("issue")
+    );
+    assert_eq!(
+        store
+            .code_for_exchange("code-hash-101")
+            .await
+            .expect("read"),
+        None
+    );
 }
 
 /// Shared request budgets (issue 8: the per-token limit is global on PostgreSQL): many
