@@ -195,13 +195,7 @@ impl Store {
                 let readers = Arc::new(sqlite::readers::SqliteReaders::open(&options).await?);
                 let engine = sqlite::engine::Engine::open(&path)
                     .map_err(|e| StoreError::Engine(e.to_string()))?;
-                let committer = sqlite::committer::start_committer(
-                    engine,
-                    path,
-                    writer,
-                    options,
-                    readers.clone(),
-                );
+                let committer = sqlite::committer::start_committer(engine, path, writer, options);
                 Self {
                     readers: read::Readers::Sqlite(readers),
                     writer: write::Writer::Committer(committer),

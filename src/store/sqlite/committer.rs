@@ -18,15 +18,13 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{Engine, Failure};
+use super::engine::{Checkpointed, Checkpointer, Engine, Failure};
 use super::lent::{Home, Lent};
-use super::readers::SqliteReaders;
 use crate::store::StoreError;
 use crate::store::write::Write;
 
@@ -256,27 +254,31 @@ const CHECKPOINT_EVERY: u64 = 64;
 pub(crate) const WRITER_PRAGMAS: &str =
     "PRAGMA wal_autocheckpoint = 20000; PRAGMA journal_size_limit = 67108864;";
 
+/// Log frames (pages) past which a checkpoint has the log start over: 16 MiB of log at
+/// SQLite's default page size.
+const RESTART_AFTER_FRAMES: i64 = 4096;
+
 /// Starts the committer of the SQLite file at `path`, with `engine` to run its batches and `conn`
 /// as the connection it lends (`path` and `options` open them again after a failure); writes are
 /// sent to the returned channel.
 ///
 /// Checkpoints (copying the write-ahead log back into the database file, with an `fsync`) run
-/// on a reading connection of `readers`, beside the writer rather than inside one of its
-/// commits, where SQLite runs them by default: a passive checkpoint never blocks the writer.
-/// With them on the writer, refreshes ran at 6,900-7,100/s; with none at all, 8,200-8,500/s
-/// (`BENCHMARKS.md`).
+/// on a connection of their own on a blocking thread, beside the writer rather than inside one
+/// of its commits, where SQLite runs them by default: a passive checkpoint never blocks the
+/// writer. With them on the writer, refreshes ran at 6,900-7,100/s; with none at all,
+/// 8,200-8,500/s (`BENCHMARKS.md`). They also keep the log from growing without bound
+/// ([`Checkpointer::checkpoint`]).
 pub(crate) fn start_committer(
     engine: Engine,
     path: PathBuf,
     conn: AnyConnection,
     options: AnyConnectOptions,
-    readers: Arc<SqliteReaders>,
 ) -> mpsc::Sender<Job> {
     let (tx, jobs) = mpsc::channel::<Job>(1024);
-    let (checkpoint, mut wanted) = mpsc::channel(1);
+    let (checkpoint, wanted) = mpsc::channel(1);
     let committer = Committer {
         engine: Some(engine),
-        path,
+        path: path.clone(),
         conn: Some(conn),
         options,
         jobs,
@@ -285,22 +287,41 @@ pub(crate) fn start_committer(
         checkpoint,
     };
     tokio::spawn(committer.run());
-    tokio::spawn(async move {
-        while wanted.recv().await.is_some() {
-            let checkpoint = match readers.get().await {
-                Ok(mut conn) => sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&mut *conn)
-                    .await
-                    .map(drop)
-                    .map_err(StoreError::from),
-                Err(e) => Err(e),
+    tokio::spawn(checkpoints(path, wanted));
+    tx
+}
+
+/// Runs a checkpoint each time the committer asks, until it stops.
+async fn checkpoints(path: PathBuf, mut wanted: mpsc::Receiver<()>) {
+    // Opened when first needed, and again after a failure.
+    let mut checkpointer: Option<Checkpointer> = None;
+    while wanted.recv().await.is_some() {
+        let path = path.clone();
+        let kept = checkpointer.take();
+        let run = tokio::task::spawn_blocking(move || {
+            let opened = match kept {
+                Some(c) => c,
+                None => Checkpointer::open(&path)?,
             };
-            if let Err(error) = checkpoint {
+            let done = opened.checkpoint(RESTART_AFTER_FRAMES)?;
+            Ok::<_, rusqlite::Error>((opened, done))
+        })
+        .await;
+        match run {
+            Ok(Ok((kept, done))) => {
+                checkpointer = Some(kept);
+                if done == Checkpointed::ReadersInTheWay {
+                    tracing::debug!("readers held the write-ahead log; it starts over next time");
+                }
+            }
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "checkpoint of the SQLite write-ahead log failed");
             }
+            Err(join) => {
+                tracing::warn!(error = %join, "checkpoint of the SQLite write-ahead log failed");
+            }
         }
-    });
-    tx
+    }
 }
 
 /// Hands `write` to the committer and waits for its batch.

@@ -24,6 +24,18 @@ use crate::store::write::{Insert, Param, Write};
 /// connection (`SQLITE_PRAGMAS`).
 pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(5);
 
+/// The busy handler of a wait off the runtime's threads: retries every millisecond, up to
+/// [`BUSY_WAIT`]. SQLite's own busy timeout sleeps in growing steps (up to 100 ms), so a write
+/// that met a lock held for 3 ms could sleep 25.
+fn wait_a_millisecond(tries: i32) -> bool {
+    let waited = Duration::from_millis(u64::try_from(tries).unwrap_or(0));
+    if waited >= BUSY_WAIT {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    true
+}
+
 /// Prepared statements kept: every kind of guarded write and append, with room to spare.
 const STATEMENTS: usize = 32;
 
@@ -103,13 +115,14 @@ impl Engine {
         wait: bool,
     ) -> (Option<Self>, Result<Vec<bool>, Failure>) {
         if wait {
-            if let Err(error) = self.conn.busy_timeout(BUSY_WAIT) {
+            if let Err(error) = self.conn.busy_handler(Some(wait_a_millisecond)) {
                 return (Some(self), Err(Failure::whole(error)));
             }
         }
         let outcome = self.transaction(writes);
         if wait {
-            // A connection that cannot be set back would wait on the runtime's thread.
+            // A connection that cannot be set back would wait on the runtime's thread. (A busy
+            // timeout replaces the handler.)
             if self.conn.busy_timeout(Duration::ZERO).is_err() {
                 return (None, outcome);
             }
@@ -177,6 +190,65 @@ impl Engine {
     }
 }
 
+/// The checkpointer's connection: copies the write-ahead log back into the database file, beside
+/// the committer (on a blocking thread of its own, never the runtime's).
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    conn: Connection,
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checkpointed {
+    /// Copied what it could; the log is below the bound and goes on growing.
+    Copied,
+    /// The log had grown past the bound: it was copied whole and is reused from its start.
+    Restarted,
+    /// The log had grown past the bound, but readers kept using it: tried again next time.
+    ReadersInTheWay,
+}
+
+impl Checkpointer {
+    /// Opens the SQLite file at `path`, which the store has created and migrated. It waits for
+    /// locks in steps of a millisecond ([`wait_a_millisecond`]).
+    pub(crate) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(crate::store::SQLITE_PRAGMAS)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        conn.busy_handler(Some(wait_a_millisecond))?;
+        Ok(Self { conn })
+    }
+
+    /// Copies what it can of the log without waiting for anyone (`PASSIVE`: the committer goes
+    /// on writing, readers go on reading). SQLite reuses the log from its start only once every
+    /// frame is copied while no reader is using it, which never happens while reads and writes
+    /// keep coming: the log then grows without bound (2.5 GB after 20 s of code flows,
+    /// `BENCHMARKS.md`). So when more than `bound` frames remain in it, a second checkpoint
+    /// (`RESTART`) copies the few frames written since, waits for the readers still on the log
+    /// (each a single lookup) and has the next write start the log over. Only that second step
+    /// holds the committer back, and the committer waits for it in millisecond steps.
+    pub(crate) fn checkpoint(&self, bound: i64) -> Result<Checkpointed, rusqlite::Error> {
+        // (busy, frames in the log, frames copied)
+        let frames: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
+        if frames <= bound {
+            return Ok(Checkpointed::Copied);
+        }
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
+        Ok(if busy == 0 {
+            Checkpointed::Restarted
+        } else {
+            Checkpointed::ReadersInTheWay
+        })
+    }
+}
+
 fn value(param: &Param) -> &dyn rusqlite::ToSql {
     match param {
         Param::Text(v) => v,
@@ -214,6 +286,76 @@ mod tests {
             .conn
             .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
             .unwrap()
+    }
+
+    fn append(x: &str) -> Write {
+        Write::Append(vec![Insert {
+            table: "u",
+            columns: "x, y",
+            values: vec![x.into(), 1.into()],
+            what: format!("u {x}"),
+        }])
+    }
+
+    /// Frames in the log, from a checkpoint that copies nothing new and waits for no one.
+    fn frames_in_log(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+            .unwrap()
+    }
+
+    /// Writes, with a reader on the log in the middle of them, then a checkpoint under `bound`
+    /// while that reader finishes, then one more write: the frames in the log after it, and how
+    /// long the checkpoint took.
+    fn frames_after_a_reader(bound: i64) -> (Checkpointed, i64, Duration) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut engine = Some(engine(&dir));
+        let checkpointer = Checkpointer::open(&dir.path().join("e.db")).unwrap();
+        let mut write = |x: String| {
+            let taken = engine.take().unwrap();
+            engine = taken.run(&[&append(&x)], false).0;
+        };
+        for i in 0..50 {
+            write(format!("a{i}"));
+        }
+        let reader = Connection::open(dir.path().join("e.db")).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM u;")
+            .unwrap();
+        for i in 0..20 {
+            write(format!("b{i}"));
+        }
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            reader.execute_batch("COMMIT").unwrap();
+        });
+        let started = std::time::Instant::now();
+        let done = checkpointer.checkpoint(bound).unwrap();
+        let took = started.elapsed();
+        letting_go.join().unwrap();
+        write("c".to_owned());
+        (done, frames_in_log(&checkpointer.conn), took)
+    }
+
+    /// A reader on the log keeps a passive checkpoint from copying all of it, and SQLite then
+    /// does not start the log over: under steady reads and writes it grew to gigabytes. Past
+    /// its bound, the checkpointer waits for the readers on the log, and the next write starts
+    /// it over.
+    #[test]
+    fn past_its_bound_the_log_starts_over_once_readers_let_go() {
+        let (done, frames, _) = frames_after_a_reader(1_000);
+        assert_eq!(done, Checkpointed::Copied);
+        assert!(
+            frames > 100,
+            "below the bound the log goes on: {frames} frames"
+        );
+
+        let (done, frames, took) = frames_after_a_reader(10);
+        assert_eq!(done, Checkpointed::Restarted);
+        assert!(
+            took >= Duration::from_millis(50),
+            "waited for the reader: {took:?}"
+        );
+        assert!(frames < 10, "the log started over: {frames} frames");
     }
 
     /// The connection the runtime's thread calls never waits for a lock and never checkpoints

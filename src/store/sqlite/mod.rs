@@ -16,7 +16,8 @@
 //!   this process. Readers are lent the same way.
 //! - **readers** ([`readers`]): the few reading connections the store holds itself.
 //! - **checkpoint**: copying the write-ahead log back into the file, run beside the writer on a
-//!   reader every so many transactions.
+//!   connection of its own every so many transactions; when the log has grown past a bound,
+//!   it also has the log start over, which SQLite does not do by itself under steady load.
 //! - **hints** (`store/fresh.rs`): codes and refresh tokens this instance issued and has not seen
 //!   used, so a token request can be checked without a read; the guarded write decides.
 
