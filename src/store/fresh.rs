@@ -22,9 +22,11 @@ use time::OffsetDateTime;
 use super::codes::CodeRecord;
 use super::grants::RefreshRecord;
 
-/// Most hints of each kind kept (about 400 bytes each). Past it, expired ones go; if that is not
-/// enough, all go: a missing hint only costs a read.
-const MAX_HINTS: usize = 50_000;
+/// Most hints of each kind kept (about 600 bytes each with their key, so at most 10 MB a kind).
+/// Past it, expired ones go; if that is not enough, all go: a missing hint only costs a read.
+/// Every code flow leaves a refresh token's hint that lives until the token is used or expires;
+/// at 50,000 those alone held 30 MB of a server doing code flows (`BENCHMARKS.md`).
+const MAX_HINTS: usize = 16_384;
 
 /// Hints of one kind, by the hash of their secret.
 #[derive(Debug)]
