@@ -105,7 +105,14 @@ async fn codes(bench: &Bench, n: usize) -> Vec<String> {
             expires_at: now + time::Duration::minutes(30),
         };
         let event = gatehouse::audit::AuditEvent::new("code.issued", now, serde_json::json!({}));
-        assert!(bench.state.store.issue_code(&record, &event, true).await.unwrap());
+        assert!(
+            bench
+                .state
+                .store
+                .issue_code(&record, &event, true)
+                .await
+                .unwrap()
+        );
         out.push(code.expose().to_owned());
     }
     out
