@@ -4,9 +4,14 @@
 //! configuration reference is checked against this struct by a test. [`Config`] is the validated
 //! form the rest of the program uses; building it reports every problem, one line each.
 
+mod identity;
 mod upstreams;
 mod validate;
 
+pub use identity::{
+    AdmitConfig, ClaimRule, IdentityProvider, IdentityProviderConfig, ProviderKind, ProviderSecret,
+    RoleRuleConfig,
+};
 pub use upstreams::{
     HttpIdentity, IdentityMode, Isolation, NAME_SEPARATOR, ToolAccessConfig, ToolGlob, Upstream,
     UpstreamConfig, UpstreamKind, UpstreamTransport,
@@ -112,6 +117,12 @@ pub struct RawConfig {
     /// Gateway mode: the operator's own MCP servers, served through `/mcp` under prefixed tool
     /// names (`[[upstreams]]` tables). Default none.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Sign-in with a Gatehouse password (`gatehouse users add`). `false` leaves only the
+    /// identity providers. Default `true`.
+    pub local_login: bool,
+    /// Identity providers people may sign in with (`[[identity_providers]]` tables). Default
+    /// none.
+    pub identity_providers: Vec<IdentityProviderConfig>,
 }
 
 /// `[password_hashing]`: each check costs ~18 ms of a core and 19 MiB while it runs, so checks run
@@ -458,6 +469,8 @@ impl Default for RawConfig {
             key_rotation: KeyRotationConfig::default(),
             password_hashing: PasswordHashingConfig::default(),
             upstreams: Vec::new(),
+            local_login: true,
+            identity_providers: Vec::new(),
         }
     }
 }
@@ -552,6 +565,10 @@ pub struct Config {
     pub password_hashing: PasswordHashingConfig,
     /// The upstream MCP servers of gateway mode, checked.
     pub upstreams: Vec<Upstream>,
+    /// Sign-in with a Gatehouse password.
+    pub local_login: bool,
+    /// Identity providers, checked, in the order written.
+    pub identity_providers: Vec<IdentityProvider>,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }

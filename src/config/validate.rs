@@ -10,7 +10,7 @@ use super::{
     Config, ConfigErrors, KeyRotation, NAME_SEPARATOR, RawConfig, RegistrationPolicy, ScopeConfig,
     ScopeEntry, TOOL_NAMES, ToolGlob, Upstream, parse_origin,
 };
-use crate::config::{HttpIdentity, UpstreamKind};
+use crate::config::{HttpIdentity, IdentityProvider, UpstreamKind};
 use crate::domain::{Issuer, RedirectPolicy, ScopeToken};
 use crate::store::DatabaseUrl;
 
@@ -57,6 +57,7 @@ impl Config {
         let registration = registration(&raw, &mut found);
         let key_rotation = keys(&raw, &mut found);
         let upstreams = upstreams(&raw, issuer.as_ref(), &mut found);
+        let identity_providers = identity_providers(&raw, &mut found);
 
         let Findings {
             problems,
@@ -93,6 +94,8 @@ impl Config {
                 key_rotation,
                 password_hashing: raw.password_hashing,
                 upstreams,
+                local_login: raw.local_login,
+                identity_providers,
                 development_defaults,
             }),
             _ => Err(ConfigErrors(problems)),
@@ -420,6 +423,33 @@ fn upstreams(raw: &RawConfig, issuer: Option<&Issuer>, found: &mut Findings) -> 
                 ));
             }
         }
+    }
+    checked
+}
+
+/// `local_login` and `[[identity_providers]]`: each checked alone, then their ids, which must
+/// differ; someone must be able to sign in.
+fn identity_providers(raw: &RawConfig, found: &mut Findings) -> Vec<IdentityProvider> {
+    let env = |k: &str| std::env::var(k).ok();
+    let roles = |r: &str| raw.roles.contains_key(r);
+    let mut checked: Vec<IdentityProvider> = Vec::new();
+    for entry in &raw.identity_providers {
+        if checked.iter().any(|p| p.id == entry.id) {
+            found.problem(format!(
+                "identity provider ids must differ: {:?} is used twice",
+                entry.id
+            ));
+            continue;
+        }
+        match IdentityProvider::check(entry, &env, &roles) {
+            Ok(p) => checked.push(p),
+            Err(problems) => problems.into_iter().for_each(|p| found.problem(p)),
+        }
+    }
+    if !raw.local_login && raw.identity_providers.is_empty() {
+        found.problem(
+            "local_login = false needs at least one [[identity_providers]] entry: nobody could sign in",
+        );
     }
     checked
 }

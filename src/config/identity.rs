@@ -1,0 +1,301 @@
+//! `[[identity_providers]]` and `local_login`: signing in through an identity provider people
+//! already have (OpenID Connect), instead of or beside a Gatehouse password. What the operator
+//! writes ([`IdentityProviderConfig`]) and the checked form ([`IdentityProvider`]).
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Longest provider id: it is part of a callback path.
+const MAX_PROVIDER_ID: usize = 32;
+
+/// One `[[identity_providers]]` entry, as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderConfig {
+    /// Short name in paths and in the accounts it signs in: lowercase letters, digits and `-`,
+    /// at most 32. Its callback is `{issuer}/login/provider/{id}/callback`.
+    pub id: String,
+    /// Shown on the sign-in page: "Continue with {name}".
+    pub name: String,
+    /// `oidc`: an OpenID Connect provider, found through discovery at `issuer`.
+    pub kind: ProviderKind,
+    /// `oidc`: the provider's issuer (its discovery document is at
+    /// `{issuer}/.well-known/openid-configuration`). https, or http on loopback.
+    pub issuer: String,
+    /// The client id Gatehouse was given at the provider.
+    pub client_id: String,
+    /// The environment variable that holds the client secret (never the secret itself).
+    pub client_secret_env: String,
+    /// Scopes asked for. Default `openid email profile`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Who may sign in: anyone one rule admits.
+    #[serde(default)]
+    pub admit: AdmitConfig,
+    /// Roles every person it admits gets. Default `["user"]`.
+    #[serde(default = "default_roles")]
+    pub default_roles: Vec<String>,
+    /// More roles: every rule that matches adds its role. These and `default_roles` are
+    /// re-evaluated at every sign-in, and kept apart from the roles an admin grants by hand.
+    #[serde(default)]
+    pub roles: Vec<RoleRuleConfig>,
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["user".to_owned()]
+}
+
+/// The kinds of identity provider.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenID Connect: discovery, an ID token, userinfo.
+    Oidc,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(str::to_owned).to_vec()
+}
+
+/// `[identity_providers.admit]`: at least one rule, or `everyone = true`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdmitConfig {
+    /// Admit every person the provider signs in (a provider of your own organisation only).
+    #[serde(default)]
+    pub everyone: bool,
+    /// Admit people whose email the provider says is verified and ends in `@` one of these.
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    /// Admit people with one of these claim values (a string claim equal to it, or a list
+    /// claim holding it), e.g. `{ claim = "groups", value = "staff" }` or Google's `hd`.
+    #[serde(default)]
+    pub claims: Vec<ClaimRule>,
+}
+
+/// A claim value to look for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    /// The claim's name, in the ID token or userinfo.
+    pub claim: String,
+    /// The value it must be, or hold.
+    pub value: String,
+}
+
+/// A role granted when a claim has a value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRuleConfig {
+    /// The claim's name.
+    pub claim: String,
+    /// The value it must be, or hold.
+    pub value: String,
+    /// The Gatehouse role (a key of `[roles]`).
+    pub role: String,
+}
+
+/// A client secret from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderSecret(pub String);
+
+impl std::fmt::Debug for ProviderSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderSecret(..)")
+    }
+}
+
+/// A checked identity provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProvider {
+    /// Its id (see [`IdentityProviderConfig::id`]).
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+    /// Its issuer, exactly as written: the `iss` its discovery document and ID tokens carry,
+    /// compared as a string (OpenID Connect Discovery §4.3), so not normalised by a URL parser
+    /// (which would add a `/` to a bare origin).
+    pub issuer: String,
+    /// Gatehouse's client id there.
+    pub client_id: String,
+    /// And secret.
+    pub client_secret: ProviderSecret,
+    /// Scopes asked for (always with `openid`).
+    pub scopes: Vec<String>,
+    /// Who may sign in.
+    pub admit: AdmitConfig,
+    /// Roles every person it admits gets.
+    pub default_roles: Vec<String>,
+    /// Roles it grants by claim.
+    pub roles: Vec<RoleRuleConfig>,
+}
+
+impl IdentityProvider {
+    /// Checks one entry; `env` reads the environment, `roles` are the configured role names.
+    pub fn check(
+        raw: &IdentityProviderConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        roles: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, Vec<String>> {
+        let at = format!("identity provider {:?}", raw.id);
+        let mut problems = Vec::new();
+        let id_ok = !raw.id.is_empty()
+            && raw.id.len() <= MAX_PROVIDER_ID
+            && raw
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            problems.push(format!(
+                "{at}: id must be 1 to {MAX_PROVIDER_ID} lowercase letters, digits or '-'"
+            ));
+        }
+        if raw.name.trim().is_empty() {
+            problems.push(format!("{at}: name must not be empty"));
+        }
+        let issuer = match Url::parse(&raw.issuer) {
+            Ok(url) if url.query().is_none() && url.fragment().is_none() => {
+                let loopback = url.host().is_some_and(|h| match h {
+                    url::Host::Ipv4(ip) => ip.is_loopback(),
+                    url::Host::Ipv6(ip) => ip.is_loopback(),
+                    url::Host::Domain(d) => d == "localhost",
+                });
+                if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+                    Some(url)
+                } else {
+                    problems.push(format!(
+                        "{at}: issuer must be an https URL (http only on loopback), not {}",
+                        raw.issuer
+                    ));
+                    None
+                }
+            }
+            _ => {
+                problems.push(format!(
+                    "{at}: issuer must be a URL without query or fragment, not {:?}",
+                    raw.issuer
+                ));
+                None
+            }
+        };
+        if raw.client_id.is_empty() {
+            problems.push(format!("{at}: client_id must not be empty"));
+        }
+        let secret = env(&raw.client_secret_env).filter(|s| !s.is_empty());
+        if secret.is_none() {
+            problems.push(format!(
+                "{at}: client_secret_env names {:?}, which is not set in the environment",
+                raw.client_secret_env
+            ));
+        }
+        let admit = &raw.admit;
+        if !admit.everyone && admit.email_domains.is_empty() && admit.claims.is_empty() {
+            problems.push(format!(
+                "{at}: [admit] has no rule, so nobody could sign in with it: list email_domains or claims, or set everyone = true for a provider of your own organisation only"
+            ));
+        }
+        if admit
+            .email_domains
+            .iter()
+            .any(|d| d.is_empty() || d.contains('@'))
+        {
+            problems.push(format!(
+                "{at}: admit.email_domains are domains such as \"example.com\", without '@'"
+            ));
+        }
+        for role in raw
+            .default_roles
+            .iter()
+            .chain(raw.roles.iter().map(|r| &r.role))
+        {
+            if !roles(role) {
+                problems.push(format!(
+                    "{at}: grants the role {role:?}, which is not a role of [roles]"
+                ));
+            }
+        }
+        let mut scopes = raw.scopes.clone();
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".to_owned());
+        }
+        match (problems.is_empty(), issuer, secret) {
+            (true, Some(_), Some(secret)) => Ok(Self {
+                id: raw.id.clone(),
+                name: raw.name.trim().to_owned(),
+                issuer: raw.issuer.clone(),
+                client_id: raw.client_id.clone(),
+                client_secret: ProviderSecret(secret),
+                scopes,
+                admit: AdmitConfig {
+                    everyone: admit.everyone,
+                    email_domains: admit
+                        .email_domains
+                        .iter()
+                        .map(|d| d.to_ascii_lowercase())
+                        .collect(),
+                    claims: admit.claims.clone(),
+                },
+                default_roles: raw.default_roles.clone(),
+                roles: raw.roles.clone(),
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn raw() -> IdentityProviderConfig {
+        IdentityProviderConfig {
+            id: "corp".into(),
+            name: "Corp SSO".into(),
+            kind: ProviderKind::Oidc,
+            issuer: "https://idp.example.com".into(),
+            client_id: "gatehouse".into(),
+            client_secret_env: "CORP_SECRET".into(),
+            scopes: default_scopes(),
+            admit: AdmitConfig {
+                email_domains: vec!["Example.com".into()],
+                ..AdmitConfig::default()
+            },
+            default_roles: default_roles(),
+            roles: vec![RoleRuleConfig {
+                claim: "groups".into(),
+                value: "admins".into(),
+                role: "admin".into(),
+            }],
+        }
+    }
+
+    fn env(k: &str) -> Option<String> {
+        (k == "CORP_SECRET").then(|| "s3cret".to_owned())
+    }
+
+    #[test]
+    fn a_provider_is_checked_whole() {
+        let known = |r: &str| r == "admin" || r == "user";
+        let ok = IdentityProvider::check(&raw(), &env, &known).unwrap();
+        assert_eq!(ok.admit.email_domains, ["example.com"]);
+        assert_eq!(ok.client_secret.0, "s3cret");
+        assert!(
+            !format!("{ok:?}").contains("s3cret"),
+            "the secret is never printed"
+        );
+
+        let mut bad = raw();
+        bad.id = "Corp".into();
+        bad.issuer = "http://idp.example.com".into();
+        bad.client_secret_env = "UNSET".into();
+        bad.admit = AdmitConfig::default();
+        bad.roles[0].role = "nobody".into();
+        let problems = IdentityProvider::check(&bad, &env, &known).unwrap_err();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+
+        let mut loopback = raw();
+        loopback.issuer = "http://127.0.0.1:4000/tenant".into();
+        assert!(IdentityProvider::check(&loopback, &env, &|_| true).is_ok());
+    }
+}
