@@ -8,7 +8,7 @@ use super::{Store, StoreError, from_unix};
 use crate::domain::{User, Username};
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(super) struct UserRow {
     user_id: String,
     username: String,
     password_hash: String,
@@ -16,16 +16,28 @@ struct UserRow {
     created_at: i64,
     password_changed_at: i64,
     signed_out_at: Option<i64>,
+    provider_roles: String,
 }
 
 impl TryFrom<UserRow> for User {
     type Error = StoreError;
     fn try_from(row: UserRow) -> Result<Self, StoreError> {
+        let roles = |json: &str, what: &str| {
+            serde_json::from_str::<Vec<String>>(json)
+                .map_err(|e| StoreError::Corrupt(format!("user {}: {what}: {e}", row.user_id)))
+        };
+        // The roles an admin granted, then those an identity provider granted at the last
+        // sign-in through it (kept apart in the table: a sign-in replaces only the latter).
+        let mut all = roles(&row.roles, "roles")?;
+        for role in roles(&row.provider_roles, "provider_roles")? {
+            if !all.contains(&role) {
+                all.push(role);
+            }
+        }
         Ok(Self {
             username: Username::parse(&row.username)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            roles: serde_json::from_str(&row.roles)
-                .map_err(|e| StoreError::Corrupt(format!("user {}: roles: {e}", row.user_id)))?,
+            roles: all,
             created_at: from_unix(row.created_at)?,
             password_changed_at: from_unix(row.password_changed_at)?,
             signed_out_at: row.signed_out_at.map(from_unix).transpose()?,
@@ -35,8 +47,8 @@ impl TryFrom<UserRow> for User {
     }
 }
 
-const USER_COLUMNS: &str =
-    "user_id, username, password_hash, roles, created_at, password_changed_at, signed_out_at";
+pub(super) const USER_COLUMNS: &str = "user_id, username, password_hash, roles, created_at, \
+     password_changed_at, signed_out_at, provider_roles";
 
 /// A user with what they allowed one client for one resource, read together.
 #[derive(sqlx::FromRow)]
@@ -295,7 +307,7 @@ impl Store {
     ) -> Result<Option<(User, Option<Consent>)>, StoreError> {
         let row: Option<UserConsentRow> = sqlx::query_as(
             "SELECT u.user_id, u.username, u.password_hash, u.roles, u.created_at, \
-             u.password_changed_at, u.signed_out_at, \
+             u.password_changed_at, u.signed_out_at, u.provider_roles, \
              c.scopes AS consent_scopes, c.redirect_uri AS consent_redirect_uri \
              FROM users u LEFT JOIN consents c \
              ON c.user_id = u.user_id AND c.client_id = $2 AND c.resource = $3 \

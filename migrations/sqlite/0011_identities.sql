@@ -1,0 +1,19 @@
+-- Ways to sign in through an identity provider: one row per (provider, issuer, subject), never
+-- keyed by email. email is what the provider said at the last sign-in, and email_verified
+-- whether it said the address was verified.
+CREATE TABLE identities (
+    provider        TEXT NOT NULL,
+    issuer          TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    user_id         TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    email           TEXT,
+    email_verified  INTEGER NOT NULL DEFAULT 0,
+    linked_at       INTEGER NOT NULL,
+    last_sign_in_at INTEGER NOT NULL,
+    PRIMARY KEY (provider, issuer, subject)
+);
+CREATE INDEX identities_by_user ON identities (user_id);
+
+-- Roles granted by an identity provider at the user's last sign-in through it (JSON list),
+-- apart from the roles an admin granted (roles): a sign-in replaces these, never those.
+ALTER TABLE users ADD COLUMN provider_roles TEXT NOT NULL DEFAULT '[]';
