@@ -19,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod gateway;
 pub mod health;
+pub mod identity;
 pub mod keep_alive;
 pub mod keys;
 pub mod limits;
@@ -73,6 +74,14 @@ fn pages_router(state: &AppState) -> Router<AppState> {
         .route(
             routes::LOGIN,
             get(account::login::login_get).post(account::login::login_post),
+        )
+        .route(
+            routes::PROVIDER_LOGIN,
+            get(account::provider::provider_start),
+        )
+        .route(
+            routes::PROVIDER_CALLBACK,
+            get(account::provider::provider_callback),
         )
         .route(
             routes::CONSENT,

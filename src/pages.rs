@@ -34,6 +34,19 @@ pub struct LoginPage {
     pub username: String,
     /// What went wrong last time.
     pub error: Option<String>,
+    /// Whether the password form is shown.
+    pub local_login: bool,
+    /// "Continue with ..." for each identity provider.
+    pub providers: Vec<ProviderButton>,
+}
+
+/// A sign-in page's button for an identity provider.
+#[derive(Debug, Clone)]
+pub struct ProviderButton {
+    /// Where it starts the sign-in (with the request in progress).
+    pub href: String,
+    /// The provider's display name.
+    pub name: String,
 }
 
 /// The consent page.

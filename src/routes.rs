@@ -15,6 +15,10 @@ pub const JWKS: &str = "/jwks.json";
 pub const AUTHORIZE: &str = "/authorize";
 /// The sign-in page.
 pub const LOGIN: &str = "/login";
+/// Sign-in through identity provider `{id}`: sends the browser there.
+pub const PROVIDER_LOGIN: &str = "/login/provider/{id}";
+/// Where identity provider `{id}` sends the browser back (its registered redirect URI).
+pub const PROVIDER_CALLBACK: &str = "/login/provider/{id}/callback";
 /// The consent page.
 pub const CONSENT: &str = "/consent";
 /// Signing out.

@@ -41,6 +41,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// Users recently read for MCP requests.
     pub users: Arc<Users>,
+    /// The identity providers people may sign in with.
+    pub identity: Arc<crate::identity::IdentityProviders>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -166,8 +168,11 @@ impl AppState {
         let keys = Arc::new(KeyStore::new(keyset, vault));
         let gateway = Gateway::new(&config, keys.clone(), clock.clone())
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
+        let identity = crate::identity::IdentityProviders::new(&config.identity_providers)
+            .map_err(|e| StartError::HttpClient(e.to_string()))?;
         Ok(Self {
             passwords,
+            identity: Arc::new(identity),
             gateway: Arc::new(gateway),
             clients: Arc::new(ClientCache::new(
                 config.revocation_sync_interval.unsigned_abs(),

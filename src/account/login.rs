@@ -13,13 +13,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tower_sessions::Session;
 
+use super::provider::provider_start_href;
 use super::session::{SessionData, tokens_match};
 use super::throttle;
 use crate::audit::{self, AuditEvent};
 use crate::oauth::authorize::{Pending, continue_authorization, current_user};
 use crate::oauth::clients::resolve_client;
 use crate::oauth::error::AuthorizeError;
-use crate::pages::{self, LoginPage, MessagePage};
+use crate::pages::{self, LoginPage, MessagePage, ProviderButton};
 use crate::state::AppState;
 use crate::web::{self, ClientIp};
 
@@ -107,6 +108,15 @@ async fn login_page(
             claimed_name,
             username: username.to_owned(),
             error,
+            local_login: state.config.local_login,
+            providers: state
+                .identity
+                .all()
+                .map(|p| ProviderButton {
+                    href: provider_start_href(&p.id, request),
+                    name: p.name.clone(),
+                })
+                .collect(),
         },
     ))
 }
@@ -149,6 +159,15 @@ pub async fn login_post(
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let product = state.config.product_name.clone();
+    if !state.config.local_login {
+        return pages::error(
+            &product,
+            StatusCode::FORBIDDEN,
+            "Password sign-in is turned off",
+            "This server signs people in through their identity provider only.",
+            "Go back to the sign-in page and choose your identity provider.",
+        );
+    }
     let Ok(Form(form)) = form else {
         return pages::error(
             &product,
@@ -226,7 +245,13 @@ async fn login(
         return come_back_later(state, session, data, &form, status, seconds.unsigned_abs()).await;
     }
 
-    let user = state.store.user_by_name(&form.username).await?;
+    // An account made by an identity provider has no password: checked like an unknown name
+    // (against the dummy hash, in the same time), never accepted.
+    let user = state
+        .store
+        .user_by_name(&form.username)
+        .await?
+        .filter(|u| !u.password_hash.is_empty());
     let checked = state
         .passwords
         .verify(
@@ -328,7 +353,7 @@ async fn come_back_later(
     Ok(web::with_retry_after(page, seconds))
 }
 
-async fn signed_in_page(
+pub(super) async fn signed_in_page(
     state: &AppState,
     session: &Session,
     mut data: SessionData,

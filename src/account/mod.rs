@@ -3,6 +3,7 @@
 //! are hashed by [`crate::password`].)
 
 pub mod login;
+pub mod provider;
 pub mod session;
 pub mod throttle;
 

@@ -63,6 +63,26 @@ pub struct SessionData {
     pub form_csrf: Option<String>,
     /// Authorization requests in progress.
     pub pending: Vec<PendingAuthorization>,
+    /// A sign-in sent to an identity provider, until it comes back (one at a time).
+    #[serde(default)]
+    pub upstream: Option<UpstreamSignIn>,
+}
+
+/// A sign-in at an identity provider in progress: what its callback must match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpstreamSignIn {
+    /// The provider's id.
+    pub provider: String,
+    /// The `state` sent (OAuth 2.0 §10.12: binds the callback to this browser).
+    pub state: String,
+    /// The `nonce` sent (OpenID Connect Core §3.1.2.1: binds the ID token to this sign-in).
+    pub nonce: String,
+    /// The PKCE verifier (RFC 7636).
+    pub verifier: String,
+    /// The authorization request it signs in for (may be empty).
+    pub request: String,
+    /// Unix seconds; it expires after [`PENDING_TTL`].
+    pub created_at: i64,
 }
 
 /// A session-store failure; shown as a generic error page.

@@ -210,17 +210,28 @@ async fn run_users(
                 return Ok(());
             }
             println!(
-                "{:<32}  {:<24}  {:<20}  USER ID",
-                "NAME", "ROLES", "CREATED"
+                "{:<32}  {:<24}  {:<20}  {:<26}  SIGNS IN WITH",
+                "NAME", "ROLES", "CREATED", "USER ID"
             );
             for u in users {
                 let created = crate::clock::format_time(Some(u.created_at));
+                // How the person signs in: a password, and each identity provider account.
+                let mut ways: Vec<String> = Vec::new();
+                if !u.password_hash.is_empty() {
+                    ways.push("password".to_owned());
+                }
+                for linked in store.identities_of(&u.id).await? {
+                    let i = linked.identity;
+                    let who = i.email.filter(|_| i.email_verified).unwrap_or(i.subject);
+                    ways.push(format!("{}:{who}", i.provider));
+                }
                 println!(
-                    "{:<32}  {:<24}  {:<20}  {}",
+                    "{:<32}  {:<24}  {:<20}  {:<26}  {}",
                     u.username.as_str(),
                     u.roles.join(","),
                     created,
-                    u.id
+                    u.id,
+                    ways.join(" ")
                 );
             }
         }

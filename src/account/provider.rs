@@ -1,0 +1,434 @@
+//! Sign-in through an identity provider: `GET /login/provider/{id}` sends the browser there,
+//! `GET /login/provider/{id}/callback` takes it back. The callback must match the sign-in this
+//! browser session started (provider, `state`, within ten minutes, once); the provider's `iss`
+//! must be its issuer when sent (RFC 9207 §2.4); then the person is admitted or refused by the
+//! provider's rules, and signed in as the account of (provider, issuer, subject), never found by
+//! email. Every outcome is audited; none is a 500 or a session for the wrong person.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use tower_sessions::Session;
+use url::Url;
+
+use super::login::{RequestQuery, signed_in_page};
+use super::session::{PENDING_TTL, SessionData, UpstreamSignIn, tokens_match};
+use crate::audit::{self, AuditEvent};
+use crate::config::IdentityProvider;
+use crate::domain::{User, Username, random_token};
+use crate::identity::rules::{self, Claims};
+use crate::identity::{Provider, ProviderError};
+use crate::oauth::authorize::{Pending, continue_authorization, expired_request};
+use crate::oauth::error::AuthorizeError;
+use crate::state::AppState;
+use crate::store::{ProviderIdentity, StoreError};
+use crate::web::ClientIp;
+
+/// Where the sign-in page's button for provider `id` starts a sign-in for `request`.
+pub fn provider_start_href(id: &str, request: &str) -> String {
+    let mut href = format!("/login/provider/{id}");
+    if !request.is_empty() {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("request", request)
+            .finish();
+        href.push('?');
+        href.push_str(&query);
+    }
+    href
+}
+
+/// The callback of provider `id`: registered at the provider as Gatehouse's redirect URI.
+fn callback_url(state: &AppState, id: &str) -> Result<Url, AuthorizeError> {
+    Url::parse(&format!(
+        "{}/login/provider/{id}/callback",
+        state.config.issuer.as_str()
+    ))
+    .map_err(|e| AuthorizeError::Internal(e.to_string()))
+}
+
+fn page(
+    status: StatusCode,
+    title: &'static str,
+    message: String,
+    hint: &'static str,
+) -> AuthorizeError {
+    AuthorizeError::Page {
+        status,
+        title,
+        message,
+        hint,
+    }
+}
+
+const START_AGAIN: &str = "Go back to the application and connect again.";
+
+fn unknown_provider() -> AuthorizeError {
+    page(
+        StatusCode::NOT_FOUND,
+        "Unknown sign-in method",
+        "This server has no such way to sign in.".into(),
+        START_AGAIN,
+    )
+}
+
+/// `GET /login/provider/{id}`
+pub async fn provider_start(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Query(q): Query<RequestQuery>,
+    ClientIp(ip): ClientIp,
+) -> Response {
+    let product = state.config.product_name.clone();
+    start(&state, &session, &id, &q.request, ip)
+        .await
+        .unwrap_or_else(|e| e.into_response_for(&product))
+}
+
+async fn start(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    request: &str,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Response, AuthorizeError> {
+    let provider = state.identity.get(id).ok_or_else(unknown_provider)?;
+    let now = state.clock.now();
+    let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
+    if !request.is_empty() && data.pending(request, now).is_none() {
+        return Err(expired_request());
+    }
+    let started = match provider
+        .start(&state.identity, &callback_url(state, id)?)
+        .await
+    {
+        Ok(started) => started,
+        Err(err) => {
+            audit_failure(state, id, "provider_unreachable", &err.to_string(), ip, now).await?;
+            return Err(provider_down(&provider.config));
+        }
+    };
+    data.upstream = Some(UpstreamSignIn {
+        provider: id.to_owned(),
+        state: started.state,
+        nonce: started.nonce,
+        verifier: started.verifier,
+        request: request.to_owned(),
+        created_at: now.unix_timestamp(),
+    });
+    data.save(session).await?;
+    Ok(Redirect::to(started.url.as_str()).into_response())
+}
+
+fn provider_down(provider: &IdentityProvider) -> AuthorizeError {
+    AuthorizeError::Page {
+        status: StatusCode::BAD_GATEWAY,
+        title: "Sign-in provider unavailable",
+        message: format!(
+            "{} could not be reached or did not answer properly.",
+            provider.name
+        ),
+        hint: "Try again in a moment. If this keeps happening, tell whoever runs this server.",
+    }
+}
+
+/// What a provider sends back (OAuth 2.0 §4.1.2, §4.1.2.1; RFC 9207).
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    iss: Option<String>,
+}
+
+/// `GET /login/provider/{id}/callback`
+pub async fn provider_callback(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    ClientIp(ip): ClientIp,
+    query: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let Ok(Query(q)) = query else {
+        return expired_request().into_response_for(&product);
+    };
+    callback(&state, &session, &id, q, ip)
+        .await
+        .unwrap_or_else(|e| e.into_response_for(&product))
+}
+
+async fn callback(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    q: CallbackQuery,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Response, AuthorizeError> {
+    let provider = state.identity.get(id).ok_or_else(unknown_provider)?;
+    let now = state.clock.now();
+    let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
+    // Each sign-in comes back once: taken from the session whatever happens next.
+    let upstream = data.upstream.take();
+    data.save(session).await?;
+    let Some(upstream) = upstream else {
+        return refuse(state, id, "no_sign_in_in_progress", ip, now).await;
+    };
+    if upstream.provider != id
+        || now.unix_timestamp() - upstream.created_at > PENDING_TTL.whole_seconds()
+    {
+        return refuse(state, id, "sign_in_expired", ip, now).await;
+    }
+    // OAuth 2.0 §10.12: the state binds the answer to the browser that started the sign-in.
+    if !tokens_match(&upstream.state, q.state.as_deref().unwrap_or_default()) {
+        return refuse(state, id, "state_mismatch", ip, now).await;
+    }
+    // RFC 9207 §2.4: an answer that names another issuer is a mix-up.
+    if q.iss
+        .as_deref()
+        .is_some_and(|iss| !same_issuer(iss, &provider.config.issuer))
+    {
+        return refuse(state, id, "issuer_mismatch", ip, now).await;
+    }
+    if let Some(error) = q.error {
+        audit_failure(state, id, "provider_error", &error, ip, now).await?;
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            "Sign-in was not completed",
+            format!(
+                "{} did not sign you in ({}).",
+                provider.config.name,
+                short(&error)
+            ),
+            START_AGAIN,
+        ));
+    }
+    let Some(code) = q.code else {
+        return refuse(state, id, "no_code", ip, now).await;
+    };
+    let callback = callback_url(state, id)?;
+    let finished = provider
+        .finish(
+            &state.identity,
+            &callback,
+            &code,
+            &upstream.verifier,
+            &upstream.nonce,
+        )
+        .await;
+    let (identity, claims) = match finished {
+        Ok(found) => found,
+        Err(err) => return provider_failed(state, provider, err, ip, now).await,
+    };
+    if rules::admit(&provider.config, &claims).is_err() {
+        let mut event = AuditEvent::new(
+            "login.refused",
+            now,
+            json!({
+                "provider": id,
+                "reason": "not_admitted",
+                "email": identity.email,
+                "email_verified": identity.email_verified,
+            }),
+        )
+        .failed();
+        event.ip = ip.map(|i| i.to_string());
+        audit::record(&state.store, event).await?;
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            "You may not sign in here",
+            format!(
+                "{} signed you in{}, but this server does not admit that account.",
+                provider.config.name,
+                identity
+                    .email
+                    .as_deref()
+                    .map(|e| format!(" as {e}"))
+                    .unwrap_or_default()
+            ),
+            "If you think you should have access, ask whoever runs this server. You can also sign out at your provider and try another account.",
+        ));
+    }
+    let roles = rules::roles(&provider.config, &claims);
+    let (user, created) = sign_in_identity(state, &identity, &claims, &roles, now).await?;
+    // A new session id at sign-in: an id planted before sign-in is worthless after it.
+    session
+        .cycle_id()
+        .await
+        .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
+    data.user_id = Some(user.id.clone());
+    data.authenticated_at = Some(now.unix_timestamp());
+    data.form_csrf = None;
+    data.save(session).await?;
+    let mut event = AuditEvent::new(
+        "login.success",
+        now,
+        json!({
+            "username": user.username.as_str(),
+            "provider": id,
+            "account_created": created,
+            "provider_roles": roles,
+        }),
+    );
+    event.subject = Some(user.id.clone());
+    event.ip = ip.map(|i| i.to_string());
+    audit::record(&state.store, event).await?;
+    if !upstream.request.is_empty() {
+        let pending = Pending::Kept(upstream.request.clone());
+        return continue_authorization(state, session, data, pending, true).await;
+    }
+    signed_in_page(state, session, data, user.username.as_str()).await
+}
+
+/// A callback that does not belong to a sign-in this browser started: audited, and a page.
+async fn refuse(
+    state: &AppState,
+    id: &str,
+    reason: &str,
+    ip: Option<std::net::IpAddr>,
+    now: OffsetDateTime,
+) -> Result<Response, AuthorizeError> {
+    audit_failure(state, id, reason, "", ip, now).await?;
+    Err(page(
+        StatusCode::BAD_REQUEST,
+        "This sign-in did not come from this browser",
+        "The answer from the sign-in provider does not belong to a sign-in started here, or it came too late or twice.".into(),
+        START_AGAIN,
+    ))
+}
+
+/// RFC 9207 §2.4: the `iss` of the answer is the provider's issuer (simple string comparison).
+fn same_issuer(iss: &str, issuer: &str) -> bool {
+    iss == issuer
+}
+
+/// A provider's error code, cut short for the page (it is the provider's text, not ours).
+fn short(error: &str) -> String {
+    error
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
+}
+
+async fn provider_failed(
+    state: &AppState,
+    provider: &Provider,
+    err: ProviderError,
+    ip: Option<std::net::IpAddr>,
+    now: OffsetDateTime,
+) -> Result<Response, AuthorizeError> {
+    let id = provider.config.id.as_str();
+    let (reason, page) = match &err {
+        ProviderError::Unreachable(_) => ("provider_unreachable", provider_down(&provider.config)),
+        ProviderError::Refused(_) => (
+            "code_refused",
+            page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in was not completed",
+                format!(
+                    "{} did not accept this sign-in: it expired or was already used.",
+                    provider.config.name
+                ),
+                START_AGAIN,
+            ),
+        ),
+        ProviderError::Invalid(_) => (
+            "id_token_invalid",
+            page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in could not be verified",
+                format!(
+                    "The answer from {} did not verify, so nobody was signed in.",
+                    provider.config.name
+                ),
+                "Try again. If this keeps happening, tell whoever runs this server.",
+            ),
+        ),
+    };
+    audit_failure(state, id, reason, &err.to_string(), ip, now).await?;
+    Err(page)
+}
+
+async fn audit_failure(
+    state: &AppState,
+    provider: &str,
+    reason: &str,
+    detail: &str,
+    ip: Option<std::net::IpAddr>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let mut body = json!({ "provider": provider, "reason": reason });
+    if !detail.is_empty() {
+        body["detail"] = json!(detail);
+    }
+    let mut event = AuditEvent::new("login.failure", now, body).failed();
+    event.ip = ip.map(|i| i.to_string());
+    audit::record(&state.store, event).await
+}
+
+/// The account of `identity`: the one it signed in as before, or a new one (never an existing
+/// account found by email). A new account's name is its verified email, else the provider's
+/// `preferred_username`, else `{provider}-{subject}`, made unique with a suffix.
+async fn sign_in_identity(
+    state: &AppState,
+    identity: &ProviderIdentity,
+    claims: &Claims,
+    roles: &[String],
+    now: OffsetDateTime,
+) -> Result<(User, bool), AuthorizeError> {
+    let base = claims
+        .verified_email()
+        .or_else(|| claims.str("preferred_username"))
+        .map(sanitize)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| sanitize(&format!("{}-{}", identity.provider, identity.subject)));
+    let rng = |_| AuthorizeError::Internal("random number generator failed".to_owned());
+    let id = format!("u_{}", random_token(16).map_err(rng)?);
+    let mut last = None;
+    for attempt in 0..4 {
+        let name = match attempt {
+            0 => base.clone(),
+            1 => format!("{base}-{}", identity.provider),
+            _ => format!("{base}-{}", random_token(4).map_err(rng)?),
+        };
+        let name: String = name.chars().take(64).collect();
+        let Ok(username) = Username::parse(&name) else {
+            continue;
+        };
+        let user = User {
+            id: id.clone(),
+            username,
+            // No password: this account signs in through its provider only.
+            password_hash: String::new(),
+            roles: Vec::new(),
+            created_at: now,
+            password_changed_at: now,
+            signed_out_at: None,
+        };
+        match state
+            .store
+            .sign_in_identity(identity, &user, roles, now)
+            .await
+        {
+            Ok(done) => return Ok(done),
+            Err(StoreError::Conflict(what)) => last = Some(what),
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(AuthorizeError::Internal(format!(
+        "no free user name for a new account: {}",
+        last.unwrap_or_default()
+    )))
+}
+
+/// A user name from what a provider said: the characters user names may hold, at most 64.
+fn sanitize(raw: &str) -> String {
+    raw.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._@+-".contains(*c))
+        .take(48)
+        .collect()
+}
