@@ -381,3 +381,109 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
         );
     }
 }
+
+/// Signing in through an identity provider in headless Chromium: the sign-in page offers
+/// "Continue with ...", the provider (panva's `oidc-provider` on loopback) signs the person in
+/// with its own form, Gatehouse asks for consent and the client gets its code; a person the
+/// provider's rules do not admit sees the refusal page. Screenshots of both pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
+    let dir = TempDir::new().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let provider = crate::support::oidc::OidcProvider::start(&issuer, "corp").await;
+    let mut config = Config::for_tests(
+        &issuer,
+        &crate::support::sqlite_url(&dir),
+        &dir.path().join("keys"),
+    )
+    .expect("config");
+    config.identity_providers = vec![crate::support::oidc::config_for("corp", &provider.issuer)];
+    let state = AppState::start(config, Arc::new(SystemClock))
+        .await
+        .expect("start");
+    let app = gatehouse::app(state.clone());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let captured: Captured = Arc::default();
+    let callback_addr = crate::support::serve_on_loopback(
+        Router::new()
+            .route("/callback", get(callback))
+            .with_state(captured.clone()),
+    )
+    .await;
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", callback_addr.port());
+    let client_id =
+        crate::support::register_over_http(&issuer, "MCP Inspector", &redirect_uri).await;
+    let authorize = || {
+        let (challenge, _verifier) = PkceCodeChallenge::new_random_sha256();
+        BasicClient::new(ClientId::new(client_id.clone()))
+            .set_auth_uri(AuthUrl::new(format!("{issuer}/authorize")).expect("url"))
+            .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).expect("url"))
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge)
+            .add_scope(Scope::new("mcp".into()))
+            .add_extra_param("resource", format!("{issuer}/mcp"))
+            .url()
+            .0
+    };
+
+    let profile = TempDir::new().expect("profile");
+    let driver = Driver::start(profile.path()).await;
+    driver.goto(authorize().as_str()).await;
+    driver.wait_for_url("/login?request=").await;
+    let login_shot = driver.screenshot("login-with-provider.png").await;
+    driver.click("a.provider").await;
+    driver
+        .wait_for_url(&format!("{}/interaction/", provider.issuer))
+        .await;
+    driver.type_into("input[name=login]", "alice").await;
+    driver.type_into("input[name=password]", "any").await;
+    driver.click("button[type=submit]").await;
+    driver.wait_for_url("/consent?request=").await;
+    driver.screenshot("consent-after-provider.png").await;
+    driver.click("button[name=decision][value=allow]").await;
+    driver.wait_for_url(&redirect_uri).await;
+    driver.quit().await;
+    let q = captured
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("the callback was reached");
+    assert!(q.get("code").is_some_and(|c| c.len() >= 43), "{q:?}");
+
+    // Another person, in another browser: outside the admitted domain.
+    let profile = TempDir::new().expect("profile");
+    let driver = Driver::start(profile.path()).await;
+    driver.goto(authorize().as_str()).await;
+    driver.wait_for_url("/login?request=").await;
+    driver.click("a.provider").await;
+    driver
+        .wait_for_url(&format!("{}/interaction/", provider.issuer))
+        .await;
+    driver.type_into("input[name=login]", "mallory").await;
+    driver.type_into("input[name=password]", "any").await;
+    driver.click("button[type=submit]").await;
+    driver
+        .wait_for_url(&format!("{issuer}/login/provider/corp/callback"))
+        .await;
+    let refused_shot = driver.screenshot("provider-refused.png").await;
+    let html = driver.source().await;
+    assert!(html.contains("You may not sign in here"), "{html}");
+    assert!(html.contains("mallory@elsewhere.test"), "{html}");
+    driver.quit().await;
+    for shot in [login_shot, refused_shot] {
+        assert!(
+            std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
+            "{}",
+            shot.display()
+        );
+    }
+}

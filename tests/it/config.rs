@@ -134,6 +134,29 @@ fn several_problems_are_all_reported_at_once() {
     );
 }
 
+/// An identity provider whose secret is not in the environment, with no rule admitting anyone,
+/// and password sign-in off with no provider left: each refused at start, one line each.
+#[test]
+fn identity_providers_are_checked_at_start() {
+    let output = serve_with(
+        &[],
+        Some(
+            "[[identity_providers]]\nid = \"corp\"\nname = \"Corp\"\nkind = \"oidc\"\n\
+             issuer = \"https://idp.example.com\"\nclient_id = \"g\"\n\
+             client_secret_env = \"GATEHOUSE_TEST_UNSET_SECRET\"\n",
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("GATEHOUSE_TEST_UNSET_SECRET"), "{stderr}");
+    assert!(stderr.contains("nobody could sign in with it"), "{stderr}");
+    let output = serve_with(&[], Some("local_login = false\n"));
+    assert_refused(
+        &output,
+        "local_login = false needs at least one [[identity_providers]]",
+    );
+}
+
 #[test]
 fn a_named_config_file_must_exist() {
     let cwd = TempDir::new().expect("tempdir");

@@ -14,6 +14,7 @@ mod errors;
 mod floods;
 mod gateway;
 mod health;
+mod identity;
 mod instances;
 mod key_rotation;
 mod keys;

@@ -3,6 +3,7 @@
 
 pub mod mcp;
 pub mod oauth;
+pub mod oidc;
 pub mod process;
 pub mod upstream;
 

@@ -1,0 +1,324 @@
+//! Sign-in through an identity provider (OpenID Connect), against a real provider nobody here
+//! wrote: panva's `oidc-provider` on loopback, with its own sign-in form. The MCP client's side
+//! is the `oauth2` crate's authorization request and Gatehouse's token endpoint.
+
+use axum::http::StatusCode;
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use serde_json::json;
+
+use crate::support::oauth::{exchange, resource};
+use crate::support::oidc::{OidcProvider, config_for};
+use crate::support::{
+    Agent, CALLBACK, ISSUER, TestApp, TestResponse, jwt_part, query_of, sqlite_url,
+};
+
+const PROVIDER: &str = "corp";
+
+/// Gatehouse with the provider at `issuer` configured (and `local_login` as given), and a
+/// registered MCP client.
+async fn app_with(issuer: &str, local_login: bool) -> (TestApp, String) {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let url = sqlite_url(&dir);
+    let config = config_for(PROVIDER, issuer);
+    let app = TestApp::with(dir, &url, move |c| {
+        c.identity_providers = vec![config];
+        c.local_login = local_login;
+    })
+    .await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    (app, client_id)
+}
+
+/// An MCP client's authorization request (the `oauth2` crate), as a path, and its verifier.
+fn authorization(client_id: &str) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scope(Scope::new("mcp".to_owned()))
+        .add_extra_param("resource", resource())
+        .url();
+    (
+        format!("{}?{}", url.path(), url.query().unwrap_or_default()),
+        verifier.secret().clone(),
+    )
+}
+
+/// `https://mcp.example.com/path?query` as the in-process router's path.
+fn local(url: &str) -> String {
+    url.strip_prefix(ISSUER).unwrap_or(url).to_owned()
+}
+
+/// From the MCP client's authorization request to the sign-in page's provider button, through
+/// the provider as `login`, back to Gatehouse: Gatehouse's answer to the callback.
+async fn through_provider(
+    agent: &mut Agent<'_>,
+    provider: &OidcProvider,
+    client_id: &str,
+    login: &str,
+) -> (TestResponse, String) {
+    let (path, verifier) = authorization(client_id);
+    let login_page = agent.get(&path).await.location();
+    let page = agent.get(&login_page).await;
+    assert_eq!(page.status, 200);
+    let href = button(&page.text());
+    let to_provider = agent.get(&href).await;
+    assert_eq!(
+        to_provider.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        to_provider.text()
+    );
+    let back = provider.sign_in(&to_provider.location(), login).await;
+    assert!(
+        back.starts_with(&format!("{ISSUER}/login/provider/{PROVIDER}/callback?")),
+        "{back}"
+    );
+    (agent.get(&local(&back)).await, verifier)
+}
+
+/// The "Continue with ..." link of the sign-in page.
+fn button(html: &str) -> String {
+    let at = html
+        .find("class=\"provider\" href=\"")
+        .expect("a provider button");
+    let rest = &html[at + "class=\"provider\" href=\"".len()..];
+    rest[..rest.find('"').expect("end")].replace("&amp;", "&")
+}
+
+async fn audit_kinds(app: &TestApp) -> Vec<(String, serde_json::Value)> {
+    app.state
+        .store
+        .audit_events(None, None, 500)
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|r| (r.event.kind, r.event.detail))
+        .collect()
+}
+
+/// A person the rules admit signs in at the provider, consents at Gatehouse, and the MCP client
+/// gets tokens for a new account keyed by the provider's subject (not by email), with the
+/// provider's default role; a second sign-in finds the same account.
+#[tokio::test]
+async fn an_admitted_person_signs_in_through_the_provider() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    let mut agent = Agent::new(&app);
+    let (res, verifier) = through_provider(&mut agent, &provider, &client_id, "alice").await;
+    // First time: Gatehouse's own consent for the MCP client, after the person is known.
+    let consent = res.location();
+    assert!(consent.starts_with("/consent"), "{consent}");
+    let back = agent.decide(&consent, "allow").await.location();
+    assert!(back.starts_with(CALLBACK), "{back}");
+    let code = query_of(&back)["code"].clone();
+    let tokens = exchange(&app, &client_id, &code, &verifier).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.text());
+    let access = tokens.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let sub = jwt_part(&access, 1)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_owned();
+    let user = app
+        .state
+        .store
+        .user(&sub)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(user.username.as_str(), "alice@example.test");
+    assert_eq!(user.roles, ["user"]);
+    assert!(user.password_hash.is_empty(), "no password");
+    let linked = app.state.store.identities_of(&sub).await.expect("read");
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0].identity.subject, "alice");
+    assert_eq!(linked[0].identity.issuer, provider.issuer);
+    assert!(linked[0].identity.email_verified);
+
+    // No password sign-in for that account: it fails like a wrong password.
+    let mut other = Agent::new(&app);
+    let (path, _) = authorization(&client_id);
+    let login = other.get(&path).await.location();
+    let refused = other.sign_in(&login, "alice@example.test", "").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+    // Again, in a new browser: the same account, and consent is remembered.
+    let mut again = Agent::new(&app);
+    let (res, _) = through_provider(&mut again, &provider, &client_id, "alice").await;
+    assert!(res.location().starts_with(CALLBACK), "{}", res.location());
+    assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 1);
+    let events = audit_kinds(&app).await;
+    assert!(
+        events
+            .iter()
+            .any(|(k, d)| k == "login.success" && d["provider"] == PROVIDER)
+    );
+}
+
+/// The rules decide who may sign in: an address outside the admitted domain, or one the
+/// provider does not say is verified, gets a page that says so, the refusal is audited, and no
+/// account is created.
+#[tokio::test]
+async fn people_the_rules_do_not_admit_are_refused_with_a_page() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    for login in ["mallory", "eve"] {
+        let mut agent = Agent::new(&app);
+        let (res, _) = through_provider(&mut agent, &provider, &client_id, login).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{login}");
+        assert!(
+            res.text().contains("You may not sign in here"),
+            "{}",
+            res.text()
+        );
+        assert!(res.header("location").is_none());
+    }
+    assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+    let refused = audit_kinds(&app)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "login.refused")
+        .count();
+    assert_eq!(refused, 2);
+}
+
+/// Roles granted by the provider follow its claims at every sign-in: the admin group's role is
+/// given, then taken away when the group is gone.
+#[tokio::test]
+async fn provider_roles_are_granted_and_removed_at_each_sign_in() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    let mut agent = Agent::new(&app);
+    let (res, _) = through_provider(&mut agent, &provider, &client_id, "root").await;
+    assert!(res.location().starts_with("/consent"));
+    let user = app
+        .state
+        .store
+        .user_by_name("root@example.test")
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(user.roles, ["user", "admin"]);
+
+    provider
+        .set_person(
+            "root",
+            json!({"email": "root@example.test", "email_verified": true, "groups": ["staff"]}),
+        )
+        .await;
+    let mut later = Agent::new(&app);
+    through_provider(&mut later, &provider, &client_id, "root").await;
+    let user = app
+        .state
+        .store
+        .user(&user.id)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(user.roles, ["user"], "the admin role went with the group");
+}
+
+/// The provider rotates its signing key between two sign-ins: Gatehouse fetches its keys again
+/// when an ID token names one it does not know.
+#[tokio::test]
+async fn a_new_provider_key_is_fetched_when_an_id_token_names_it() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    let mut agent = Agent::new(&app);
+    let (res, _) = through_provider(&mut agent, &provider, &client_id, "alice").await;
+    assert!(res.location().starts_with("/consent"));
+    provider.rotate_keys().await;
+    let mut later = Agent::new(&app);
+    let (res, _) = through_provider(&mut later, &provider, &client_id, "alice").await;
+    assert!(res.location().starts_with("/consent"), "{}", res.text());
+}
+
+/// A callback that does not belong to the sign-in this browser started (another `state`, no
+/// sign-in at all, a second use) signs nobody in.
+#[tokio::test]
+async fn a_callback_with_another_state_signs_nobody_in() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorization(&client_id);
+    let login_page = agent.get(&path).await.location();
+    let href = button(&agent.get(&login_page).await.text());
+    let to_provider = agent.get(&href).await.location();
+    let back = provider.sign_in(&to_provider, "alice").await;
+    let tampered = back.replace("state=", "state=x");
+    let res = agent.get(&local(&tampered)).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    // The sign-in was spent by the tampered answer: the real one no longer works either.
+    let res = agent.get(&local(&back)).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    // Another browser cannot use it at all.
+    let mut stranger = Agent::new(&app);
+    assert_eq!(
+        stranger.get(&local(&back)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+    let reasons: Vec<String> = audit_kinds(&app)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "login.failure")
+        .map(|(_, d)| d["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        reasons.contains(&"state_mismatch".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"no_sign_in_in_progress".to_owned()),
+        "{reasons:?}"
+    );
+}
+
+/// A provider that cannot be reached ends on a clear page (502), not a 500, and is audited.
+#[tokio::test]
+async fn an_unreachable_provider_ends_on_a_page() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let (app, client_id) = app_with(&format!("http://127.0.0.1:{port}"), true).await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorization(&client_id);
+    let login_page = agent.get(&path).await.location();
+    let href = button(&agent.get(&login_page).await.text());
+    let res = agent.get(&href).await;
+    assert_eq!(res.status, StatusCode::BAD_GATEWAY);
+    assert!(res.text().contains("Sign-in provider unavailable"));
+}
+
+/// With `local_login = false` the sign-in page offers the provider only, and a password form
+/// posted anyway is refused.
+#[tokio::test]
+async fn without_local_login_only_the_provider_is_offered() {
+    let (app, client_id) = app_with("http://127.0.0.1:1", false).await;
+    app.add_user("alice", crate::support::PASSWORD, &["user"])
+        .await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorization(&client_id);
+    let login_page = agent.get(&path).await.location();
+    let page = agent.get(&login_page).await;
+    assert!(page.text().contains("Continue with Example SSO"));
+    assert!(!page.text().contains("type=\"password\""));
+    let res = agent
+        .post_form(
+            "/login",
+            &[
+                ("username", "alice"),
+                ("password", crate::support::PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+}
