@@ -189,7 +189,7 @@ async fn login(
     form: LoginForm,
 ) -> Result<Response, AuthorizeError> {
     let now = state.clock.now();
-    let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
+    let data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
     // CSRF: the token must be the one this session's form was rendered with; nothing else is
     // checked (not even the password) when it is missing or foreign.
     let expected = data.form_csrf.clone().unwrap_or_default();
@@ -306,7 +306,24 @@ async fn login(
     };
 
     state.store.clear_throttle(&account_key).await?;
-    // A new session id at sign-in: an id planted before sign-in is worthless after it.
+    let detail = json!({ "username": user.username.as_str() });
+    signed_in(state, session, data, &user, detail, ip, &form.request).await
+}
+
+/// A person has just proven who they are (`detail` says how, for the audit log): the session
+/// gets a new id (one planted before sign-in is worthless after it) and their user, the
+/// sign-in is audited, and the authorization request `request` continues (or a page says they
+/// are signed in).
+pub(super) async fn signed_in(
+    state: &AppState,
+    session: &Session,
+    mut data: SessionData,
+    user: &crate::domain::User,
+    detail: serde_json::Value,
+    ip: Option<std::net::IpAddr>,
+    request: &str,
+) -> Result<Response, AuthorizeError> {
+    let now = state.clock.now();
     session
         .cycle_id()
         .await
@@ -315,20 +332,15 @@ async fn login(
     data.authenticated_at = Some(now.unix_timestamp());
     data.form_csrf = None;
     data.save(session).await?;
-    let mut event = AuditEvent::new(
-        "login.success",
-        now,
-        json!({ "username": user.username.as_str() }),
-    );
+    let mut event = AuditEvent::new("login.success", now, detail);
     event.subject = Some(user.id.clone());
     event.ip = ip.map(|i| i.to_string());
     audit::record(&state.store, event).await?;
-
-    if !form.request.is_empty() {
-        let pending = Pending::Kept(form.request.clone());
+    if !request.is_empty() {
+        let pending = Pending::Kept(request.to_owned());
         return continue_authorization(state, session, data, pending, true).await;
     }
-    signed_in_page(state, session, data, &user.username.to_string()).await
+    signed_in_page(state, session, data, user.username.as_str()).await
 }
 
 /// The sign-in page again with `status` and its message, and `Retry-After: seconds`: a try that
@@ -353,7 +365,7 @@ async fn come_back_later(
     Ok(web::with_retry_after(page, seconds))
 }
 
-pub(super) async fn signed_in_page(
+async fn signed_in_page(
     state: &AppState,
     session: &Session,
     mut data: SessionData,

@@ -14,14 +14,14 @@ use time::OffsetDateTime;
 use tower_sessions::Session;
 use url::Url;
 
-use super::login::{RequestQuery, signed_in_page};
+use super::login::{RequestQuery, signed_in};
 use super::session::{PENDING_TTL, SessionData, UpstreamSignIn, tokens_match};
 use crate::audit::{self, AuditEvent};
 use crate::config::IdentityProvider;
 use crate::domain::{User, Username, random_token};
 use crate::identity::rules::{self, Claims};
 use crate::identity::{Provider, ProviderError};
-use crate::oauth::authorize::{Pending, continue_authorization, expired_request};
+use crate::oauth::authorize::{expired_request, page};
 use crate::oauth::error::AuthorizeError;
 use crate::state::AppState;
 use crate::store::{ProviderIdentity, StoreError};
@@ -47,20 +47,6 @@ fn callback_url(state: &AppState, id: &str) -> Result<Url, AuthorizeError> {
         state.config.issuer.as_str()
     ))
     .map_err(|e| AuthorizeError::Internal(e.to_string()))
-}
-
-fn page(
-    status: StatusCode,
-    title: &'static str,
-    message: String,
-    hint: &'static str,
-) -> AuthorizeError {
-    AuthorizeError::Page {
-        status,
-        title,
-        message,
-        hint,
-    }
 }
 
 const START_AGAIN: &str = "Go back to the application and connect again.";
@@ -254,33 +240,13 @@ async fn callback(
     }
     let roles = rules::roles(&provider.config, &claims);
     let (user, created) = sign_in_identity(state, &identity, &claims, &roles, now).await?;
-    // A new session id at sign-in: an id planted before sign-in is worthless after it.
-    session
-        .cycle_id()
-        .await
-        .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
-    data.user_id = Some(user.id.clone());
-    data.authenticated_at = Some(now.unix_timestamp());
-    data.form_csrf = None;
-    data.save(session).await?;
-    let mut event = AuditEvent::new(
-        "login.success",
-        now,
-        json!({
-            "username": user.username.as_str(),
-            "provider": id,
-            "account_created": created,
-            "provider_roles": roles,
-        }),
-    );
-    event.subject = Some(user.id.clone());
-    event.ip = ip.map(|i| i.to_string());
-    audit::record(&state.store, event).await?;
-    if !upstream.request.is_empty() {
-        let pending = Pending::Kept(upstream.request.clone());
-        return continue_authorization(state, session, data, pending, true).await;
-    }
-    signed_in_page(state, session, data, user.username.as_str()).await
+    let detail = json!({
+        "username": user.username.as_str(),
+        "provider": id,
+        "account_created": created,
+        "provider_roles": roles,
+    });
+    signed_in(state, session, data, &user, detail, ip, &upstream.request).await
 }
 
 /// A callback that does not belong to a sign-in this browser started: audited, and a page.

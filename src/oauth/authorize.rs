@@ -29,7 +29,8 @@ use crate::state::AppState;
 use crate::store::{CodeRecord, Consent};
 use crate::web::ClientIp;
 
-fn page(
+/// An error page with `status`.
+pub fn page(
     status: StatusCode,
     title: &'static str,
     message: String,

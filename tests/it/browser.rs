@@ -236,20 +236,17 @@ async fn callback(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_signs_in_and_consents_in_headless_chromium() {
-    let dir = TempDir::new().expect("tempdir");
-    // The server on a real loopback socket, its issuer being that socket's URL.
+/// A listener on a free loopback port, and the issuer that is its URL.
+async fn loopback_issuer() -> (tokio::net::TcpListener, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-    let config = Config::for_tests(
-        &issuer,
-        &crate::support::sqlite_url(&dir),
-        &dir.path().join("keys"),
-    )
-    .expect("config");
+    (listener, issuer)
+}
+
+/// Gatehouse with `config`, serving on `listener` (a real socket, as for a browser).
+async fn serve(listener: tokio::net::TcpListener, config: Config) -> AppState {
     let state = AppState::start(config, Arc::new(SystemClock))
         .await
         .expect("start");
@@ -261,8 +258,12 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
         )
         .await
     });
+    state
+}
 
-    // The "MCP client": a loopback callback that records what the browser brings back.
+/// The "MCP client": a loopback callback that records what the browser brings back; its
+/// redirect URI.
+async fn client_callback() -> (Captured, String) {
     let captured: Captured = Arc::default();
     let callback_addr = crate::support::serve_on_loopback(
         Router::new()
@@ -271,6 +272,22 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
     )
     .await;
     let redirect_uri = format!("http://127.0.0.1:{}/callback", callback_addr.port());
+    (captured, redirect_uri)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_and_consents_in_headless_chromium() {
+    let dir = TempDir::new().expect("tempdir");
+    // The server on a real loopback socket, its issuer being that socket's URL.
+    let (listener, issuer) = loopback_issuer().await;
+    let config = Config::for_tests(
+        &issuer,
+        &crate::support::sqlite_url(&dir),
+        &dir.path().join("keys"),
+    )
+    .expect("config");
+    let state = serve(listener, config).await;
+    let (captured, redirect_uri) = client_callback().await;
 
     let now = time::OffsetDateTime::now_utc();
     state
@@ -389,10 +406,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     let dir = TempDir::new().expect("tempdir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let (listener, issuer) = loopback_issuer().await;
     let provider = crate::support::oidc::OidcProvider::start(&issuer, "corp").await;
     let mut config = Config::for_tests(
         &issuer,
@@ -401,25 +415,8 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     )
     .expect("config");
     config.identity_providers = vec![crate::support::oidc::config_for("corp", &provider.issuer)];
-    let state = AppState::start(config, Arc::new(SystemClock))
-        .await
-        .expect("start");
-    let app = gatehouse::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    let captured: Captured = Arc::default();
-    let callback_addr = crate::support::serve_on_loopback(
-        Router::new()
-            .route("/callback", get(callback))
-            .with_state(captured.clone()),
-    )
-    .await;
-    let redirect_uri = format!("http://127.0.0.1:{}/callback", callback_addr.port());
+    serve(listener, config).await;
+    let (captured, redirect_uri) = client_callback().await;
     let client_id =
         crate::support::register_over_http(&issuer, "MCP Inspector", &redirect_uri).await;
     let authorize = || {

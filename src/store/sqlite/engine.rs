@@ -88,14 +88,10 @@ pub(crate) struct Engine {
 impl Engine {
     /// Opens the SQLite file at `path`, which the store has created and migrated.
     pub(crate) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.execute_batch(crate::store::SQLITE_PRAGMAS)?;
+        let conn = open_without_autocheckpoint(path)?;
         conn.execute_batch(super::committer::WRITER_PRAGMAS)?;
-        // No automatic checkpoint here: it would run inside a commit, on the runtime's thread.
-        // The checkpointer does them beside the writer; the lent connection keeps the backstop.
+        // WRITER_PRAGMAS set the lent connection's backstop; here it would run inside a commit,
+        // on the runtime's thread.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
         conn.busy_timeout(Duration::ZERO)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
@@ -190,6 +186,18 @@ impl Engine {
     }
 }
 
+/// A connection to the SQLite file at `path` (created and migrated by the store) with the
+/// store's settings, that never checkpoints by itself: the checkpointer does, beside the writer.
+fn open_without_autocheckpoint(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(crate::store::SQLITE_PRAGMAS)?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+    Ok(conn)
+}
+
 /// The checkpointer's connection: copies the write-ahead log back into the database file, beside
 /// the committer (on a blocking thread of its own, never the runtime's).
 #[derive(Debug)]
@@ -212,12 +220,7 @@ impl Checkpointer {
     /// Opens the SQLite file at `path`, which the store has created and migrated. It waits for
     /// locks in steps of a millisecond ([`wait_a_millisecond`]).
     pub(crate) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.execute_batch(crate::store::SQLITE_PRAGMAS)?;
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        let conn = open_without_autocheckpoint(path)?;
         conn.busy_handler(Some(wait_a_millisecond))?;
         Ok(Self { conn })
     }
