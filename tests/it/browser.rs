@@ -399,6 +399,17 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
     }
 }
 
+/// From the sign-in page: "Continue with ...", then the provider's own form filled in as `login`.
+async fn at_the_provider(driver: &Driver, provider: &str, login: &str) {
+    driver.click("a.provider").await;
+    driver
+        .wait_for_url(&format!("{provider}/interaction/"))
+        .await;
+    driver.type_into("input[name=login]", login).await;
+    driver.type_into("input[name=password]", "any").await;
+    driver.click("button[type=submit]").await;
+}
+
 /// Signing in through an identity provider in headless Chromium: the sign-in page offers
 /// "Continue with ...", the provider (panva's `oidc-provider` on loopback) signs the person in
 /// with its own form, Gatehouse asks for consent and the client gets its code; a person the
@@ -437,13 +448,7 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     driver.goto(authorize().as_str()).await;
     driver.wait_for_url("/login?request=").await;
     let login_shot = driver.screenshot("login-with-provider.png").await;
-    driver.click("a.provider").await;
-    driver
-        .wait_for_url(&format!("{}/interaction/", provider.issuer))
-        .await;
-    driver.type_into("input[name=login]", "alice").await;
-    driver.type_into("input[name=password]", "any").await;
-    driver.click("button[type=submit]").await;
+    at_the_provider(&driver, &provider.issuer, "alice").await;
     driver.wait_for_url("/consent?request=").await;
     driver.screenshot("consent-after-provider.png").await;
     driver.click("button[name=decision][value=allow]").await;
@@ -461,13 +466,7 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     let driver = Driver::start(profile.path()).await;
     driver.goto(authorize().as_str()).await;
     driver.wait_for_url("/login?request=").await;
-    driver.click("a.provider").await;
-    driver
-        .wait_for_url(&format!("{}/interaction/", provider.issuer))
-        .await;
-    driver.type_into("input[name=login]", "mallory").await;
-    driver.type_into("input[name=password]", "any").await;
-    driver.click("button[type=submit]").await;
+    at_the_provider(&driver, &provider.issuer, "mallory").await;
     driver
         .wait_for_url(&format!("{issuer}/login/provider/corp/callback"))
         .await;

@@ -934,6 +934,17 @@ async fn clients_not_registered_for_codes_are_unauthorized() {
     assert_eq!(q["state"], state);
 }
 
+/// Removes a client as the CLI does (this instance's client cache is not told).
+async fn remove_client(app: &TestApp, client_id: &str) {
+    let removed = app
+        .state
+        .store
+        .remove_client(client_id, "test", app.clock.now())
+        .await
+        .expect("remove");
+    assert!(removed.is_some());
+}
+
 /// A client removed by another process (the CLI) is still in this one's client cache for a
 /// while: `/authorize` may read it from there, but no code is issued for it, and the person is
 /// not sent to its redirect URI.
@@ -949,14 +960,7 @@ async fn a_client_removed_elsewhere_gets_no_code_from_a_cached_copy() {
     // Consent stands: the next authorization answers with a code at once.
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     assert!(query_of(&agent.get(&path).await.location()).contains_key("code"));
-    assert!(
-        app.state
-            .store
-            .remove_client(&client_id, "test", app.clock.now())
-            .await
-            .expect("remove")
-            .is_some()
-    );
+    remove_client(&app, &client_id).await;
     let (path, _) = authorize_request(&client_id, CLAUDE_CALLBACK, &["mcp"]);
     let res = agent.get(&path).await;
     let next = res.location();
@@ -984,14 +988,7 @@ async fn removing_a_client_removes_its_consents_and_codes() {
             .expect("store")
             .is_some()
     );
-    assert!(
-        app.state
-            .store
-            .remove_client(&client_id, "test", app.clock.now())
-            .await
-            .expect("remove")
-            .is_some()
-    );
+    remove_client(&app, &client_id).await;
     assert!(
         app.state
             .store
