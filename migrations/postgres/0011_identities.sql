@@ -1,6 +1,7 @@
 -- Ways to sign in through an identity provider: one row per (provider, issuer, subject), never
 -- keyed by email. email is what the provider said at the last sign-in, and email_verified
--- whether it said the address was verified.
+-- whether it said the address was verified. last_sign_in_at is NULL for an identity an admin
+-- linked that has not signed in yet.
 CREATE TABLE identities (
     provider        TEXT NOT NULL,
     issuer          TEXT NOT NULL,
@@ -9,7 +10,7 @@ CREATE TABLE identities (
     email           TEXT,
     email_verified  BIGINT NOT NULL DEFAULT 0,
     linked_at       BIGINT NOT NULL,
-    last_sign_in_at BIGINT NOT NULL,
+    last_sign_in_at BIGINT,
     PRIMARY KEY (provider, issuer, subject)
 );
 CREATE INDEX identities_by_user ON identities (user_id);

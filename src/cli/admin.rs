@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::domain::{ClientKind, RedirectPolicy, random_token};
 use crate::oauth::register::{self, RegistrationRequest};
 use crate::password;
-use crate::store::Store;
+use crate::store::{ProviderIdentity, Store, Unlinked};
 
 async fn open(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.database)
@@ -257,6 +257,74 @@ async fn run_users(
                 "Removed user {name}; revoked {revoked} grants and their tokens; their consents and pending codes are gone."
             );
         }
+        UsersCommand::Link {
+            name,
+            provider,
+            subject,
+        } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let issuer = provider_issuer(config, &provider)?;
+            let identity = ProviderIdentity {
+                provider: provider.clone(),
+                issuer,
+                subject: subject.clone(),
+                email: None,
+                email_verified: false,
+            };
+            store
+                .link_identity(&user.id, &identity, now)
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::Conflict(_) => anyhow::anyhow!(
+                        "that {provider} account is already linked to a user: unlink it there first"
+                    ),
+                    other => other.into(),
+                })?;
+            let mut event = AuditEvent::new(
+                "identity.linked",
+                now,
+                json!({ "username": name, "provider": provider, "subject": subject, "by": "operator" }),
+            );
+            event.subject = Some(user.id.clone());
+            audit::record(store, event).await?;
+            println!(
+                "Linked {provider} account {subject:?} to {name}: it signs them in from now on."
+            );
+        }
+        UsersCommand::Unlink {
+            name,
+            provider,
+            subject,
+        } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let issuer = provider_issuer(config, &provider)?;
+            match store
+                .unlink_identity(&user.id, &provider, &issuer, &subject)
+                .await?
+            {
+                Unlinked::Removed => {}
+                Unlinked::NotLinked => {
+                    anyhow::bail!("{name} has no linked {provider} account {subject:?}")
+                }
+                Unlinked::LastWay => anyhow::bail!(
+                    "refused: it is the last way {name} can sign in (no password and no other linked account); link another first, or remove the user"
+                ),
+            }
+            let mut event = AuditEvent::new(
+                "identity.unlinked",
+                now,
+                json!({ "username": name, "provider": provider, "subject": subject, "by": "operator" }),
+            );
+            event.subject = Some(user.id.clone());
+            audit::record(store, event).await?;
+            println!("Unlinked {provider} account {subject:?} from {name}.");
+        }
         UsersCommand::Passwd { name, .. } => {
             let user = store
                 .user_by_name(&name)
@@ -297,6 +365,30 @@ fn role_list(config: &Config) -> String {
 }
 
 /// Revokes every grant of a user or a client, auditing each; returns how many.
+/// The issuer of configured identity provider `id`.
+fn provider_issuer(config: &Config, id: &str) -> anyhow::Result<String> {
+    config
+        .identity_providers
+        .iter()
+        .find(|p| p.id == id)
+        .map(|p| p.issuer.clone())
+        .ok_or_else(|| {
+            let known: Vec<&str> = config
+                .identity_providers
+                .iter()
+                .map(|p| p.id.as_str())
+                .collect();
+            anyhow::anyhow!(
+                "no identity provider {id:?} in the configuration (configured: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+}
+
 async fn revoke_grants(
     store: &Store,
     user_id: Option<&str>,

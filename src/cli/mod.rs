@@ -96,6 +96,29 @@ pub enum UsersCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Link an account at an identity provider to a user: it then signs them in.
+    Link {
+        /// User name.
+        name: String,
+        /// The provider's id (`[[identity_providers]]`).
+        #[arg(long)]
+        provider: String,
+        /// The account's subject at the provider (the `sub` of its ID tokens).
+        #[arg(long)]
+        subject: String,
+    },
+    /// Unlink an account at an identity provider from a user (refused when it is their last way
+    /// to sign in).
+    Unlink {
+        /// User name.
+        name: String,
+        /// The provider's id.
+        #[arg(long)]
+        provider: String,
+        /// The account's subject at the provider.
+        #[arg(long)]
+        subject: String,
+    },
 }
 
 /// `gatehouse clients ...`

@@ -31,7 +31,7 @@ struct IdentityRow {
     email: Option<String>,
     email_verified: i64,
     linked_at: i64,
-    last_sign_in_at: i64,
+    last_sign_in_at: Option<i64>,
 }
 
 /// An identity as stored, for listing.
@@ -41,8 +41,19 @@ pub struct LinkedIdentity {
     pub identity: ProviderIdentity,
     /// When it was linked to its user.
     pub linked_at: OffsetDateTime,
-    /// Its last sign-in.
-    pub last_sign_in_at: OffsetDateTime,
+    /// Its last sign-in; `None` when an admin linked it and it has not signed in since.
+    pub last_sign_in_at: Option<OffsetDateTime>,
+}
+
+/// What [`Store::unlink_identity`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlinked {
+    /// The identity no longer signs the user in.
+    Removed,
+    /// The user has no such identity.
+    NotLinked,
+    /// It is the user's last way to sign in (no password, no other identity): kept.
+    LastWay,
 }
 
 impl Store {
@@ -134,6 +145,95 @@ impl Store {
         Ok((User::try_from(row)?, created))
     }
 
+    /// Links `identity` to `user_id` (an admin's act): from then on it signs that user in. An
+    /// identity linked to anyone already is a [`StoreError::Conflict`].
+    pub async fn link_identity(
+        &self,
+        user_id: &str,
+        identity: &ProviderIdentity,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO identities (provider, issuer, subject, user_id, email, email_verified, \
+             linked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&identity.provider)
+        .bind(&identity.issuer)
+        .bind(&identity.subject)
+        .bind(user_id)
+        .bind(identity.email.as_deref())
+        .bind(i64::from(identity.email_verified))
+        .bind(now.unix_timestamp())
+        .execute(&mut *self.writer().await?)
+        .await
+        .map_err(|e| StoreError::from_write(e, "identity"))?;
+        Ok(())
+    }
+
+    /// Unlinks an identity from `user_id`, unless it is their last way to sign in. The user's
+    /// row is locked first, so two unlinks at once cannot both take what the other leaves.
+    pub async fn unlink_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Unlinked, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        // A no-op update: it takes the row's write lock (on SQLite, the file's).
+        let locked = sqlx::query("UPDATE users SET user_id = user_id WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if locked.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Unlinked::NotLinked);
+        }
+        let password: String =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let linked: i64 = sqlx::query_scalar("SELECT count(*) FROM identities WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let this: Option<String> = sqlx::query_scalar(
+            "SELECT user_id FROM identities \
+             WHERE provider = $1 AND issuer = $2 AND subject = $3 AND user_id = $4",
+        )
+        .bind(provider)
+        .bind(issuer)
+        .bind(subject)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match this {
+            None => Unlinked::NotLinked,
+            Some(_) if password.is_empty() && linked <= 1 => Unlinked::LastWay,
+            Some(_) => {
+                sqlx::query(
+                    "DELETE FROM identities \
+                     WHERE provider = $1 AND issuer = $2 AND subject = $3 AND user_id = $4",
+                )
+                .bind(provider)
+                .bind(issuer)
+                .bind(subject)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+                Unlinked::Removed
+            }
+        };
+        if outcome == Unlinked::Removed {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(outcome)
+    }
+
     /// The identities linked to `user_id`, by provider.
     pub async fn identities_of(&self, user_id: &str) -> Result<Vec<LinkedIdentity>, StoreError> {
         let rows: Vec<IdentityRow> = sqlx::query_as(
@@ -154,7 +254,7 @@ impl Store {
                         email_verified: row.email_verified != 0,
                     },
                     linked_at: super::from_unix(row.linked_at)?,
-                    last_sign_in_at: super::from_unix(row.last_sign_in_at)?,
+                    last_sign_in_at: row.last_sign_in_at.map(super::from_unix).transpose()?,
                 })
             })
             .collect()

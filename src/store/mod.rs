@@ -32,7 +32,7 @@ pub use self::url::DatabaseUrl;
 pub use audit::{AuditEvent, AuditRecord, Outcome};
 pub use codes::{CodeRecord, CodeState, ConsumedCode};
 pub use grants::{GrantRecord, NewRefresh, RefreshRecord, Revocations};
-pub use identities::{LinkedIdentity, ProviderIdentity};
+pub use identities::{LinkedIdentity, ProviderIdentity, Unlinked};
 pub use keys::KeyRecord;
 pub use limits::RateTake;
 pub use prune::{Keep, Pruned};

@@ -322,3 +322,84 @@ async fn without_local_login_only_the_provider_is_offered() {
         .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
 }
+
+/// `gatehouse users link|unlink|list` against the real binary: an admin links a provider account
+/// to a user, it cannot be linked twice, `users list` shows it, and it is unlinked again.
+#[test]
+fn an_admin_links_and_unlinks_a_provider_account_from_the_command_line() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let cwd = tempfile::TempDir::new().expect("tempdir");
+    std::fs::write(
+        cwd.path().join("gatehouse.toml"),
+        "[[identity_providers]]\nid = \"corp\"\nname = \"Corp\"\nkind = \"oidc\"\n\
+         issuer = \"https://idp.example.com\"\nclient_id = \"g\"\n\
+         client_secret_env = \"CORP_SECRET\"\n[identity_providers.admit]\n\
+         email_domains = [\"example.com\"]\n",
+    )
+    .expect("config");
+    let run = |args: &[&str]| {
+        let mut cmd = crate::support::process::gatehouse(cwd.path());
+        cmd.env("CORP_SECRET", "s3cret").args(args);
+        cmd.output().expect("run")
+    };
+    let mut add = crate::support::process::gatehouse(cwd.path());
+    let mut child = add
+        .env("CORP_SECRET", "s3cret")
+        .args(["users", "add", "bob", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("users add");
+    writeln!(
+        child.stdin.take().expect("stdin"),
+        "{}",
+        crate::support::PASSWORD
+    )
+    .expect("write");
+    assert!(child.wait().expect("wait").success());
+
+    let link = [
+        "users",
+        "link",
+        "bob",
+        "--provider",
+        "corp",
+        "--subject",
+        "s-bob",
+    ];
+    let out = run(&link);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&link);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already linked"));
+    let out = run(&["users", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("password corp:s-bob"), "{listed}");
+    let unlink = [
+        "users",
+        "unlink",
+        "bob",
+        "--provider",
+        "corp",
+        "--subject",
+        "s-bob",
+    ];
+    assert!(run(&unlink).status.success());
+    let out = run(&unlink);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no linked corp account"));
+    let out = run(&[
+        "users",
+        "link",
+        "bob",
+        "--provider",
+        "nope",
+        "--subject",
+        "x",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no identity provider \"nope\""));
+}

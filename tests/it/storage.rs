@@ -200,7 +200,92 @@ async fn storage_suite(url: &str, backend: Backend) {
     clients_suite(&store).await;
     rate_budget_suite(&store).await;
     redemption_suite(&store).await;
+    identities_suite(&store).await;
     store.close().await;
+}
+
+/// Identities at providers: a first sign-in makes the account, the next finds it by (provider,
+/// issuer, subject) and replaces the provider's roles; an identity links to one user only; the
+/// last way a user can sign in is not unlinked.
+async fn identities_suite(store: &Store) {
+    use gatehouse::store::{ProviderIdentity, Unlinked};
+    let now = datetime!(2026-11-30 12:00 UTC);
+    let person = |id: &str, name: &str, password: &str| gatehouse::account::User {
+        id: id.into(),
+        username: gatehouse::account::Username::parse(name).expect("name"),
+        password_hash: password.into(),
+        roles: vec![],
+        created_at: now,
+        password_changed_at: now,
+        signed_out_at: None,
+    };
+    let identity = |subject: &str| ProviderIdentity {
+        provider: "corp".into(),
+        issuer: "https://idp.example.com".into(),
+        subject: subject.into(),
+        email: Some(format!("{subject}@example.com")),
+        email_verified: true,
+    };
+    let roles = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (user, created) = store
+        .sign_in_identity(
+            &identity("s1"),
+            &person("u_p1", "p1@example.com", ""),
+            &roles(&["user", "admin"]),
+            now,
+        )
+        .await
+        .expect("first sign-in");
+    assert!(created);
+    assert_eq!(user.roles, ["user", "admin"]);
+    let (again, created) = store
+        .sign_in_identity(
+            &identity("s1"),
+            &person("u_other", "other", ""),
+            &roles(&["user"]),
+            now,
+        )
+        .await
+        .expect("second sign-in");
+    assert!(!created);
+    assert_eq!(again.id, "u_p1", "found by subject, not made anew");
+    assert_eq!(again.roles, ["user"], "the provider's roles replaced");
+    assert_eq!(store.user("u_other").await.expect("read"), None);
+
+    // An identity signs in one user only.
+    store
+        .insert_user(&person("u_local", "local", "$argon2id$stored"))
+        .await
+        .expect("user");
+    let taken = store.link_identity("u_local", &identity("s1"), now).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    store
+        .link_identity("u_local", &identity("s2"), now)
+        .await
+        .expect("link");
+    let linked = store.identities_of("u_local").await.expect("read");
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0].last_sign_in_at, None, "linked, not signed in yet");
+
+    // The provider-only user's one identity is their last way in; a user with a password may
+    // lose theirs.
+    let unlink = |user: &'static str, subject: &'static str| async move {
+        store
+            .unlink_identity(user, "corp", "https://idp.example.com", subject)
+            .await
+            .expect("unlink")
+    };
+    assert_eq!(unlink("u_p1", "s1").await, Unlinked::LastWay);
+    assert_eq!(store.identities_of("u_p1").await.expect("read").len(), 1);
+    assert_eq!(unlink("u_p1", "s2").await, Unlinked::NotLinked);
+    assert_eq!(unlink("u_local", "s2").await, Unlinked::Removed);
+    assert!(
+        store
+            .identities_of("u_local")
+            .await
+            .expect("read")
+            .is_empty()
+    );
 }
 
 /// Guarded writes (issue 5): a redemption that fails (here: its grant id is taken) is rolled
