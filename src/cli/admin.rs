@@ -262,18 +262,8 @@ async fn run_users(
             provider,
             subject,
         } => {
-            let user = store
-                .user_by_name(&name)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
-            let issuer = provider_issuer(config, &provider)?;
-            let identity = ProviderIdentity {
-                provider: provider.clone(),
-                issuer,
-                subject: subject.clone(),
-                email: None,
-                email_verified: false,
-            };
+            let (user, identity) =
+                user_and_identity(config, store, &name, &provider, &subject).await?;
             store
                 .link_identity(&user.id, &identity, now)
                 .await
@@ -283,13 +273,7 @@ async fn run_users(
                     ),
                     other => other.into(),
                 })?;
-            let mut event = AuditEvent::new(
-                "identity.linked",
-                now,
-                json!({ "username": name, "provider": provider, "subject": subject, "by": "operator" }),
-            );
-            event.subject = Some(user.id.clone());
-            audit::record(store, event).await?;
+            audit_identity(store, "identity.linked", &user, &identity, now).await?;
             println!(
                 "Linked {provider} account {subject:?} to {name}: it signs them in from now on."
             );
@@ -299,13 +283,10 @@ async fn run_users(
             provider,
             subject,
         } => {
-            let user = store
-                .user_by_name(&name)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
-            let issuer = provider_issuer(config, &provider)?;
+            let (user, identity) =
+                user_and_identity(config, store, &name, &provider, &subject).await?;
             match store
-                .unlink_identity(&user.id, &provider, &issuer, &subject)
+                .unlink_identity(&user.id, &provider, &identity.issuer, &subject)
                 .await?
             {
                 Unlinked::Removed => {}
@@ -316,13 +297,7 @@ async fn run_users(
                     "refused: it is the last way {name} can sign in (no password and no other linked account); link another first, or remove the user"
                 ),
             }
-            let mut event = AuditEvent::new(
-                "identity.unlinked",
-                now,
-                json!({ "username": name, "provider": provider, "subject": subject, "by": "operator" }),
-            );
-            event.subject = Some(user.id.clone());
-            audit::record(store, event).await?;
+            audit_identity(store, "identity.unlinked", &user, &identity, now).await?;
             println!("Unlinked {provider} account {subject:?} from {name}.");
         }
         UsersCommand::Passwd { name, .. } => {
@@ -365,28 +340,65 @@ fn role_list(config: &Config) -> String {
 }
 
 /// Revokes every grant of a user or a client, auditing each; returns how many.
-/// The issuer of configured identity provider `id`.
-fn provider_issuer(config: &Config, id: &str) -> anyhow::Result<String> {
-    config
-        .identity_providers
-        .iter()
-        .find(|p| p.id == id)
-        .map(|p| p.issuer.clone())
-        .ok_or_else(|| {
-            let known: Vec<&str> = config
-                .identity_providers
-                .iter()
-                .map(|p| p.id.as_str())
-                .collect();
-            anyhow::anyhow!(
-                "no identity provider {id:?} in the configuration (configured: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )
-        })
+/// User `name` and the account `subject` at configured identity provider `provider` (its issuer
+/// from the configuration).
+async fn user_and_identity(
+    config: &Config,
+    store: &Store,
+    name: &str,
+    provider: &str,
+    subject: &str,
+) -> anyhow::Result<(User, ProviderIdentity)> {
+    let user = store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+    let Some(configured) = config.identity_providers.iter().find(|p| p.id == provider) else {
+        let known: Vec<&str> = config
+            .identity_providers
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        anyhow::bail!(
+            "no identity provider {provider:?} in the configuration (configured: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let identity = ProviderIdentity {
+        provider: provider.to_owned(),
+        issuer: configured.issuer.clone(),
+        subject: subject.to_owned(),
+        email: None,
+        email_verified: false,
+    };
+    Ok((user, identity))
+}
+
+/// Audits an admin's link or unlink (`kind`) of `identity` for `user`.
+async fn audit_identity(
+    store: &Store,
+    kind: &str,
+    user: &User,
+    identity: &ProviderIdentity,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    let mut event = AuditEvent::new(
+        kind,
+        now,
+        json!({
+            "username": user.username.as_str(),
+            "provider": identity.provider,
+            "subject": identity.subject,
+            "by": "operator",
+        }),
+    );
+    event.subject = Some(user.id.clone());
+    audit::record(store, event).await?;
+    Ok(())
 }
 
 async fn revoke_grants(
