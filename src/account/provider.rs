@@ -172,12 +172,16 @@ async fn callback(
     if !tokens_match(&upstream.state, q.state.as_deref().unwrap_or_default()) {
         return refuse(state, id, "state_mismatch", ip, now).await;
     }
-    // RFC 9207 §2.4: an answer that names another issuer is a mix-up.
-    if q.iss
-        .as_deref()
-        .is_some_and(|iss| !same_issuer(iss, &provider.config.issuer))
-    {
-        return refuse(state, id, "issuer_mismatch", ip, now).await;
+    // RFC 9207 §2.4: an answer that names another issuer is a mix-up; one without `iss` from
+    // a provider that says it always sends it is refused too.
+    match q.iss.as_deref() {
+        Some(iss) if !same_issuer(iss, &provider.config.issuer) => {
+            return refuse(state, id, "issuer_mismatch", ip, now).await;
+        }
+        None if provider.sends_iss(&state.identity).await.unwrap_or(false) => {
+            return refuse(state, id, "issuer_missing", ip, now).await;
+        }
+        _ => {}
     }
     if let Some(error) = q.error {
         audit_failure(state, id, "provider_error", &error, ip, now).await?;

@@ -8,8 +8,13 @@ pub mod rules;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openidconnect::core::CoreProviderMetadata;
-use openidconnect::{HttpRequest, HttpResponse};
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{AdditionalProviderMetadata, HttpRequest, HttpResponse, ProviderMetadata};
+use serde::{Deserialize, Serialize};
 
 use crate::config::IdentityProvider;
 
@@ -22,6 +27,32 @@ const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How long one call to a provider may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What Gatehouse reads from a provider's discovery document beyond OpenID Connect's fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MoreMetadata {
+    /// RFC 9207 §3: the provider puts `iss` in every authorization response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
+}
+
+impl AdditionalProviderMetadata for MoreMetadata {}
+
+/// A provider's discovery document.
+pub type Metadata = ProviderMetadata<
+    MoreMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 /// Why the upstream leg failed. Every variant ends on a page; none signs anyone in.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +74,7 @@ pub enum ProviderError {
 /// last forced by an unknown key.
 #[derive(Debug, Clone)]
 struct Discovered {
-    metadata: CoreProviderMetadata,
+    metadata: Metadata,
     at: Instant,
     forced: Option<Instant>,
 }
@@ -159,7 +190,7 @@ impl Provider {
         &self,
         providers: &IdentityProviders,
         refetch: bool,
-    ) -> Result<CoreProviderMetadata, ProviderError> {
+    ) -> Result<Metadata, ProviderError> {
         let mut discovered = self.discovered.lock().await;
         let mut forced = None;
         if let Some(d) = discovered.as_ref() {
@@ -173,7 +204,7 @@ impl Provider {
         }
         let issuer = openidconnect::IssuerUrl::new(self.config.issuer.clone())
             .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &providers.client())
+        let metadata = Metadata::discover_async(issuer, &providers.client())
             .await
             .map_err(|e| ProviderError::Unreachable(error_chain(&e)))?;
         let now = Instant::now();
@@ -183,6 +214,18 @@ impl Provider {
             forced: if refetch { Some(now) } else { forced },
         });
         Ok(metadata)
+    }
+}
+
+impl Provider {
+    /// Whether the provider says it sends `iss` in every authorization response (RFC 9207 §3):
+    /// then an answer without one is refused.
+    pub async fn sends_iss(&self, providers: &IdentityProviders) -> Result<bool, ProviderError> {
+        let metadata = self.metadata(providers, false).await?;
+        Ok(metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+            .unwrap_or(false))
     }
 }
 

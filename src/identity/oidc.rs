@@ -57,7 +57,7 @@ impl AdditionalClaims for AllClaims {}
 impl Provider {
     fn client(
         &self,
-        metadata: openidconnect::core::CoreProviderMetadata,
+        metadata: super::Metadata,
         redirect: &Url,
     ) -> Result<
         CoreClient<

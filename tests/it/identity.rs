@@ -403,3 +403,43 @@ fn an_admin_links_and_unlinks_a_provider_account_from_the_command_line() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no identity provider \"nope\""));
 }
+
+/// RFC 9207: the provider says it sends `iss` in every answer; an answer without it, or naming
+/// another issuer, signs nobody in (a mix-up between providers looks like that).
+#[tokio::test]
+async fn an_answer_without_the_providers_iss_or_with_another_signs_nobody_in() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    let iss = format!(
+        "iss={}",
+        url::form_urlencoded::byte_serialize(provider.issuer.as_bytes()).collect::<String>()
+    );
+    for (change, reason) in [
+        ("", "issuer_missing"),
+        ("iss=https%3A%2F%2Fother.example.com", "issuer_mismatch"),
+    ] {
+        let mut agent = Agent::new(&app);
+        let (path, _) = authorization(&client_id);
+        let login_page = agent.get(&path).await.location();
+        let href = button(&agent.get(&login_page).await.text());
+        let to_provider = agent.get(&href).await.location();
+        let back = provider.sign_in(&to_provider, "alice").await;
+        assert!(back.contains(&iss), "{back}");
+        let changed = back.replace(&format!("&{iss}"), "").replace(&iss, "");
+        let changed = if change.is_empty() {
+            changed
+        } else {
+            format!("{changed}&{change}")
+        };
+        let res = agent.get(&local(&changed)).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{reason}");
+        let reasons: Vec<String> = audit_kinds(&app)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k == "login.failure")
+            .map(|(_, d)| d["reason"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(reasons.contains(&reason.to_owned()), "{reasons:?}");
+    }
+    assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+}
