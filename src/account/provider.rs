@@ -157,9 +157,12 @@ async fn callback(
     let provider = state.identity.get(id).ok_or_else(unknown_provider)?;
     let now = state.clock.now();
     let mut data = SessionData::load(session, now, state.config.session_absolute_timeout).await?;
-    // Each sign-in comes back once: taken from the session whatever happens next.
+    // Each sign-in comes back once: taken from the session whatever happens next. (A browser
+    // with none in progress has nothing to write back.)
     let upstream = data.upstream.take();
-    data.save(session).await?;
+    if upstream.is_some() {
+        data.save(session).await?;
+    }
     let Some(upstream) = upstream else {
         return refuse(state, id, "no_sign_in_in_progress", ip, now).await;
     };

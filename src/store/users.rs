@@ -276,27 +276,6 @@ impl Store {
         Ok(())
     }
 
-    /// What `user_id` already allowed `client_id` for `resource`.
-    pub async fn consent(
-        &self,
-        user_id: &str,
-        client_id: &str,
-        resource: &str,
-    ) -> Result<Option<Consent>, StoreError> {
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT scopes, redirect_uri FROM consents WHERE user_id = $1 AND client_id = $2 AND resource = $3",
-        )
-        .bind(user_id)
-        .bind(client_id)
-        .bind(resource)
-        .fetch_optional(&mut *self.reader().await?)
-        .await?;
-        Ok(row.map(|(scopes, redirect_uri)| Consent {
-            scopes,
-            redirect_uri,
-        }))
-    }
-
     /// A user and what they allowed `client_id` for `resource`, in one read: every
     /// authorization of a signed-in person needs both. `None` when there is no such user.
     pub async fn user_and_consent(

@@ -261,6 +261,15 @@ async fn serve(listener: tokio::net::TcpListener, config: Config) -> AppState {
     state
 }
 
+/// What the browser brought back to the client's callback; it must have got there.
+fn reached(captured: &Captured) -> HashMap<String, String> {
+    captured
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("the callback was reached")
+}
+
 /// The "MCP client": a loopback callback that records what the browser brings back; its
 /// redirect URI.
 async fn client_callback() -> (Captured, String) {
@@ -382,11 +391,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
     assert!(html.contains("ciporhtnA yb edualC"), "{html}");
     driver.quit().await;
 
-    let q = captured
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("the callback was reached");
+    let q = reached(&captured);
     assert!(q.get("code").is_some_and(|c| c.len() >= 43), "{q:?}");
     assert_eq!(q.get("state"), Some(state_param.secret()));
     assert_eq!(q.get("iss"), Some(&issuer));
@@ -454,11 +459,7 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     driver.click("button[name=decision][value=allow]").await;
     driver.wait_for_url(&redirect_uri).await;
     driver.quit().await;
-    let q = captured
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("the callback was reached");
+    let q = reached(&captured);
     assert!(q.get("code").is_some_and(|c| c.len() >= 43), "{q:?}");
 
     // Another person, in another browser: outside the admitted domain.

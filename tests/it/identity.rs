@@ -321,6 +321,12 @@ async fn without_local_login_only_the_provider_is_offered() {
         )
         .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
+    // (A form without its CSRF token is also 403: the page says which refusal this is.)
+    assert!(
+        res.text().contains("Password sign-in is turned off"),
+        "{}",
+        res.text()
+    );
 }
 
 /// `gatehouse users link|unlink|list` against the real binary: an admin links a provider account

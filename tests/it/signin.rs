@@ -843,14 +843,7 @@ async fn password_change_and_removal_end_what_the_user_had() {
     let login = agent.get(&path).await.location();
     let consent = agent.sign_in(&login, "alice", PASSWORD).await.location();
     agent.decide(&consent, "allow").await;
-    assert!(
-        app.state
-            .store
-            .consent("u_alice", &client_id, &format!("{ISSUER}/mcp"))
-            .await
-            .expect("store")
-            .is_some()
-    );
+    assert_eq!(consents_of_alice(&app, &client_id).await, 1);
 
     app.clock.advance(time::Duration::seconds(5));
     let hash = gatehouse::password::hash("a brand new password".into())
@@ -875,14 +868,7 @@ async fn password_change_and_removal_end_what_the_user_had() {
             .expect("remove")
             .is_some()
     );
-    assert!(
-        app.state
-            .store
-            .consent("u_alice", &client_id, &format!("{ISSUER}/mcp"))
-            .await
-            .expect("store")
-            .is_none()
-    );
+    assert_eq!(consents_of_alice(&app, &client_id).await, 0);
 }
 
 /// An operator-registered client is not flagged as unverified.
@@ -932,6 +918,15 @@ async fn clients_not_registered_for_codes_are_unauthorized() {
     let q = query_of(&app.get(&path).await.location());
     assert_eq!(q["error"], "unauthorized_client");
     assert_eq!(q["state"], state);
+}
+
+/// Alice's remembered consents to `client_id` for the MCP resource, as rows of the table.
+async fn consents_of_alice(app: &TestApp, client_id: &str) -> i64 {
+    app.count_rows(&format!(
+        "SELECT count(*) FROM consents WHERE user_id = 'u_alice' AND client_id = '{client_id}' \
+         AND resource = '{ISSUER}/mcp'"
+    ))
+    .await
 }
 
 /// Removes a client as the CLI does (this instance's client cache is not told).
@@ -997,13 +992,5 @@ async fn removing_a_client_removes_its_consents_and_codes() {
             .expect("store")
             .is_none()
     );
-    let resource = format!("{ISSUER}/mcp");
-    assert!(
-        app.state
-            .store
-            .consent("u_alice", &client_id, &resource)
-            .await
-            .expect("store")
-            .is_none()
-    );
+    assert_eq!(consents_of_alice(&app, &client_id).await, 0);
 }
