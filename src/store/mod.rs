@@ -108,6 +108,8 @@ pub struct Store {
     backend: Backend,
     /// Codes and refresh tokens issued here and not yet seen used (`fresh.rs`).
     fresh: Arc<fresh::Fresh>,
+    /// Browser sessions read recently, on SQLite only (`sessions.rs`).
+    sessions: Arc<sessions::SessionCache>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -203,6 +205,7 @@ impl Store {
                     writer: write::Writer::Committer(committer),
                     backend,
                     fresh: Arc::default(),
+                    sessions: Arc::new(sessions::SessionCache::new(true)),
                 }
             }
             Backend::Postgres => {
@@ -217,6 +220,8 @@ impl Store {
                     writer: write::Writer::Pool(pool),
                     backend,
                     fresh: Arc::default(),
+                    // Another instance may change or end a session at any moment.
+                    sessions: Arc::new(sessions::SessionCache::new(false)),
                 }
             }
         };

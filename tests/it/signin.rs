@@ -721,7 +721,17 @@ async fn session_cookie_is_hardened_rotated_at_login_and_ended_by_logout() {
     );
 
     let page = agent.get("/logout").await;
+    assert!(page.text().contains("Signed in as alice"));
     let csrf = page.hidden("csrf");
+    // A copy of the cookie, used just before sign-out (the server has just read its session).
+    let mut copy = Agent::new(&app);
+    copy.cookies = agent.cookies.clone();
+    assert!(
+        copy.get("/logout")
+            .await
+            .text()
+            .contains("Signed in as alice")
+    );
     assert_eq!(
         agent
             .post_form("/logout", &[("csrf", "wrong")])
@@ -734,6 +744,11 @@ async fn session_cookie_is_hardened_rotated_at_login_and_ended_by_logout() {
     assert!(res.text().contains("You are signed out"));
     let res = agent.get(&consent).await;
     assert_eq!(res.status, 400, "the pending request went with the session");
+    let page = copy.get("/logout").await.text();
+    assert!(
+        page.contains("You are signed out"),
+        "the copied cookie signs nobody in after sign-out: {page}"
+    );
 }
 
 /// Security review: the database held the cookie-signing key and every session id in clear, so
