@@ -9,6 +9,11 @@
 //! `cargo bench --bench mcp_tools` (release build). Requests go through the real router in
 //! process (no socket) on a SQLite file; each is a stateless 2026-07-28 `tools/call`. Run by
 //! `cargo test` (without `--bench`) it does a tiny smoke pass instead.
+//!
+//! `cargo bench --bench mcp_tools -- --serve PORT` serves the two instead, through sockets as
+//! `gatehouse serve` does (`server::listen`): the application on `127.0.0.1:PORT`, the one with
+//! the stand-in on `PORT + 1`. It prints the bearer token and runs until stopped, for a load
+//! generator outside the process (`benches/mcp_call.lua`).
 
 #![allow(
     clippy::unwrap_used,
@@ -142,6 +147,13 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// The port after `--serve`, if given.
+fn serve_port() -> Option<u16> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--serve")?;
+    Some(args.get(at + 1)?.parse().expect("--serve PORT"))
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let total = if full { 4000 } else { 8 };
@@ -174,6 +186,22 @@ fn main() {
             state.clone(),
             gatehouse::mcp::router_with_auth(&state, stand_in),
         );
+        if let Some(port) = serve_port() {
+            println!("{token}");
+            let serve = |router: Router, port: u16| async move {
+                let listener = gatehouse::server::listen(([127, 0, 0, 1], port).into())
+                    .await
+                    .unwrap();
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .await
+                .unwrap();
+            };
+            tokio::join!(serve(guarded, port), serve(bare, port + 1));
+            return;
+        }
         // Warm both (token cache, connections).
         for _ in 0..20.min(total) {
             one(&guarded, &token).await;
