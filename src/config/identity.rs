@@ -1,12 +1,18 @@
 //! `[[identity_providers]]` and `local_login`: signing in through an identity provider people
-//! already have (OpenID Connect), instead of or beside a Gatehouse password. What the operator
-//! writes ([`IdentityProviderConfig`]) and the checked form ([`IdentityProvider`]).
+//! already have (OpenID Connect, or GitHub over plain OAuth 2.0), instead of or beside a
+//! Gatehouse password. What the operator writes ([`IdentityProviderConfig`]) and the checked
+//! form ([`IdentityProvider`]).
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// Longest provider id: it is part of a callback path.
 const MAX_PROVIDER_ID: usize = 32;
+/// Most GitHub organisations the rules of one provider may name: each is one call to GitHub at
+/// every sign-in.
+const MAX_GITHUB_ORGS: usize = 20;
+/// GitHub itself (not GitHub Enterprise Server).
+const GITHUB: &str = "https://github.com";
 
 /// One `[[identity_providers]]` entry, as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -17,17 +23,27 @@ pub struct IdentityProviderConfig {
     pub id: String,
     /// Shown on the sign-in page: "Continue with {name}".
     pub name: String,
-    /// `oidc`: an OpenID Connect provider, found through discovery at `issuer`.
+    /// `oidc`: an OpenID Connect provider, found through discovery at `issuer`. `github`:
+    /// GitHub (or GitHub Enterprise Server) over plain OAuth 2.0 and its REST API.
     pub kind: ProviderKind,
     /// `oidc`: the provider's issuer (its discovery document is at
-    /// `{issuer}/.well-known/openid-configuration`). https, or http on loopback.
+    /// `{issuer}/.well-known/openid-configuration`). `github`: GitHub's address, default
+    /// `https://github.com` (a GitHub Enterprise Server's own otherwise). https, or http on
+    /// loopback.
+    #[serde(default)]
     pub issuer: String,
+    /// `github` only: its REST API. Default `https://api.github.com` for GitHub,
+    /// `{issuer}/api/v3` for GitHub Enterprise Server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
     /// The client id Gatehouse was given at the provider.
     pub client_id: String,
     /// The environment variable that holds the client secret (never the secret itself).
     pub client_secret_env: String,
-    /// Scopes asked for. Default `openid email profile`.
-    #[serde(default = "default_scopes")]
+    /// Scopes asked for. Default `openid email profile` (`oidc`, which always asks for
+    /// `openid`), `read:user user:email` (`github`, which adds `read:org` when a rule names an
+    /// organisation).
+    #[serde(default)]
     pub scopes: Vec<String>,
     /// Who may sign in: anyone one rule admits.
     #[serde(default)]
@@ -51,10 +67,8 @@ fn default_roles() -> Vec<String> {
 pub enum ProviderKind {
     /// OpenID Connect: discovery, an ID token, userinfo.
     Oidc,
-}
-
-fn default_scopes() -> Vec<String> {
-    ["openid", "email", "profile"].map(str::to_owned).to_vec()
+    /// GitHub: plain OAuth 2.0 (no ID token), then its user, email and membership APIs.
+    Github,
 }
 
 /// `[identity_providers.admit]`: at least one rule, or `everyone = true`.
@@ -71,6 +85,9 @@ pub struct AdmitConfig {
     /// claim holding it), e.g. `{ claim = "groups", value = "staff" }` or Google's `hd`.
     #[serde(default)]
     pub claims: Vec<ClaimRule>,
+    /// `github` only: admit active members of one of these organisations.
+    #[serde(default)]
+    pub github_orgs: Vec<String>,
 }
 
 /// A claim value to look for.
@@ -112,15 +129,20 @@ pub struct IdentityProvider {
     pub id: String,
     /// Its display name.
     pub name: String,
+    /// OpenID Connect or GitHub.
+    pub kind: ProviderKind,
     /// Its issuer, exactly as written: the `iss` its discovery document and ID tokens carry,
     /// compared as a string (OpenID Connect Discovery §4.3), so not normalised by a URL parser
-    /// (which would add a `/` to a bare origin).
+    /// (which would add a `/` to a bare origin). For GitHub, its address, which also names
+    /// the accounts it signs in.
     pub issuer: String,
+    /// `github`: its REST API, without a trailing `/`.
+    pub api_url: Option<String>,
     /// Gatehouse's client id there.
     pub client_id: String,
     /// And secret.
     pub client_secret: ProviderSecret,
-    /// Scopes asked for (always with `openid`).
+    /// Scopes asked for (`oidc`: always with `openid`).
     pub scopes: Vec<String>,
     /// Who may sign in.
     pub admit: AdmitConfig,
@@ -153,30 +175,25 @@ impl IdentityProvider {
         if raw.name.trim().is_empty() {
             problems.push(format!("{at}: name must not be empty"));
         }
-        let issuer = match Url::parse(&raw.issuer) {
-            Ok(url) if url.query().is_none() && url.fragment().is_none() => {
-                let loopback = url.host().is_some_and(|h| match h {
-                    url::Host::Ipv4(ip) => ip.is_loopback(),
-                    url::Host::Ipv6(ip) => ip.is_loopback(),
-                    url::Host::Domain(d) => d == "localhost",
-                });
-                if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
-                    Some(url)
-                } else {
-                    problems.push(format!(
-                        "{at}: issuer must be an https URL (http only on loopback), not {}",
-                        raw.issuer
-                    ));
-                    None
-                }
-            }
-            _ => {
-                problems.push(format!(
-                    "{at}: issuer must be a URL without query or fragment, not {:?}",
-                    raw.issuer
-                ));
+        let github = raw.kind == ProviderKind::Github;
+        let written = if github && raw.issuer.is_empty() {
+            GITHUB.to_owned()
+        } else {
+            raw.issuer.clone()
+        };
+        let issuer = web_url(&at, "issuer", &written, &mut problems);
+        let api_url = match (&raw.api_url, github) {
+            (Some(_), false) => {
+                problems.push(format!("{at}: api_url is for kind = \"github\" only"));
                 None
             }
+            (Some(api), true) => web_url(&at, "api_url", api, &mut problems)
+                .map(|_| api.trim_end_matches('/').to_owned()),
+            (None, true) if written.trim_end_matches('/') == GITHUB => {
+                Some("https://api.github.com".to_owned())
+            }
+            (None, true) => Some(format!("{}/api/v3", written.trim_end_matches('/'))),
+            (None, false) => None,
         };
         if raw.client_id.is_empty() {
             problems.push(format!("{at}: client_id must not be empty"));
@@ -189,9 +206,30 @@ impl IdentityProvider {
             ));
         }
         let admit = &raw.admit;
-        if !admit.everyone && admit.email_domains.is_empty() && admit.claims.is_empty() {
+        if !admit.everyone
+            && admit.email_domains.is_empty()
+            && admit.claims.is_empty()
+            && admit.github_orgs.is_empty()
+        {
             problems.push(format!(
-                "{at}: [admit] has no rule, so nobody could sign in with it: list email_domains or claims, or set everyone = true for a provider of your own organisation only"
+                "{at}: [admit] has no rule, so nobody could sign in with it: list email_domains, claims or github_orgs, or set everyone = true for a provider of your own organisation only"
+            ));
+        }
+        if !github && !admit.github_orgs.is_empty() {
+            problems.push(format!(
+                "{at}: admit.github_orgs is for kind = \"github\" only"
+            ));
+        }
+        let orgs = github_orgs_named(raw);
+        if orgs.iter().any(|o| !valid_org(o)) {
+            problems.push(format!(
+                "{at}: GitHub organisations are names of letters, digits and '-' (at most 39)"
+            ));
+        }
+        if orgs.len() > MAX_GITHUB_ORGS {
+            problems.push(format!(
+                "{at}: the rules name {} GitHub organisations; at most {MAX_GITHUB_ORGS} (each is a call to GitHub at every sign-in)",
+                orgs.len()
             ));
         }
         if admit
@@ -215,14 +253,29 @@ impl IdentityProvider {
             }
         }
         let mut scopes = raw.scopes.clone();
-        if !scopes.iter().any(|s| s == "openid") {
-            scopes.insert(0, "openid".to_owned());
+        if github {
+            if scopes.is_empty() {
+                scopes = ["read:user", "user:email"].map(str::to_owned).to_vec();
+            }
+            // Membership of a private organisation is only visible with `read:org`.
+            if !orgs.is_empty() && !scopes.iter().any(|s| s == "read:org") {
+                scopes.push("read:org".to_owned());
+            }
+        } else {
+            if scopes.is_empty() {
+                scopes = ["openid", "email", "profile"].map(str::to_owned).to_vec();
+            }
+            if !scopes.iter().any(|s| s == "openid") {
+                scopes.insert(0, "openid".to_owned());
+            }
         }
         match (problems.is_empty(), issuer, secret) {
             (true, Some(_), Some(secret)) => Ok(Self {
                 id: raw.id.clone(),
                 name: raw.name.trim().to_owned(),
-                issuer: raw.issuer.clone(),
+                kind: raw.kind,
+                issuer: written,
+                api_url,
                 client_id: raw.client_id.clone(),
                 client_secret: ProviderSecret(secret),
                 scopes,
@@ -233,12 +286,138 @@ impl IdentityProvider {
                         .iter()
                         .map(|d| d.to_ascii_lowercase())
                         .collect(),
-                    claims: admit.claims.clone(),
+                    claims: admit
+                        .claims
+                        .iter()
+                        .map(|r| org_lowercase(r, github))
+                        .collect(),
+                    github_orgs: admit
+                        .github_orgs
+                        .iter()
+                        .map(|o| o.to_ascii_lowercase())
+                        .collect(),
                 },
                 default_roles: raw.default_roles.clone(),
-                roles: raw.roles.clone(),
+                roles: raw
+                    .roles
+                    .iter()
+                    .map(|r| RoleRuleConfig {
+                        value: org_lowercase(
+                            &ClaimRule {
+                                claim: r.claim.clone(),
+                                value: r.value.clone(),
+                            },
+                            github,
+                        )
+                        .value,
+                        ..r.clone()
+                    })
+                    .collect(),
             }),
             _ => Err(problems),
+        }
+    }
+}
+
+impl IdentityProvider {
+    /// The GitHub organisations its rules name (lowercase, each once): the ones whose
+    /// membership is asked at a sign-in.
+    pub fn github_orgs(&self) -> Vec<String> {
+        let mut orgs: Vec<String> = self
+            .admit
+            .github_orgs
+            .iter()
+            .chain(
+                self.admit
+                    .claims
+                    .iter()
+                    .filter(|r| r.claim == ORGS_CLAIM)
+                    .map(|r| &r.value),
+            )
+            .chain(
+                self.roles
+                    .iter()
+                    .filter(|r| r.claim == ORGS_CLAIM)
+                    .map(|r| &r.value),
+            )
+            .map(|o| o.to_ascii_lowercase())
+            .collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        orgs
+    }
+}
+
+/// The claim a GitHub sign-in puts the person's organisations under (those the rules name and
+/// the person is an active member of), for `claims` and `roles` rules.
+pub const ORGS_CLAIM: &str = "orgs";
+
+fn github_orgs_named(raw: &IdentityProviderConfig) -> Vec<String> {
+    let mut orgs: Vec<String> = raw
+        .admit
+        .github_orgs
+        .iter()
+        .chain(
+            raw.admit
+                .claims
+                .iter()
+                .filter(|r| r.claim == ORGS_CLAIM)
+                .map(|r| &r.value),
+        )
+        .chain(
+            raw.roles
+                .iter()
+                .filter(|r| r.claim == ORGS_CLAIM)
+                .map(|r| &r.value),
+        )
+        .filter(|_| raw.kind == ProviderKind::Github)
+        .map(|o| o.to_ascii_lowercase())
+        .collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    orgs
+}
+
+/// A rule on GitHub organisations compares lowercase names (GitHub's are case-insensitive).
+fn org_lowercase(rule: &ClaimRule, github: bool) -> ClaimRule {
+    let mut rule = rule.clone();
+    if github && rule.claim == ORGS_CLAIM {
+        rule.value = rule.value.to_ascii_lowercase();
+    }
+    rule
+}
+
+/// A GitHub organisation's name: letters, digits and single `-`, at most 39.
+fn valid_org(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 39
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A provider address: https, or http on loopback; no query or fragment.
+fn web_url(at: &str, key: &str, written: &str, problems: &mut Vec<String>) -> Option<Url> {
+    match Url::parse(written) {
+        Ok(url) if url.query().is_none() && url.fragment().is_none() => {
+            let loopback = url.host().is_some_and(|h| match h {
+                url::Host::Ipv4(ip) => ip.is_loopback(),
+                url::Host::Ipv6(ip) => ip.is_loopback(),
+                url::Host::Domain(d) => d == "localhost",
+            });
+            if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+                Some(url)
+            } else {
+                problems.push(format!(
+                    "{at}: {key} must be an https URL (http only on loopback), not {written}"
+                ));
+                None
+            }
+        }
+        _ => {
+            problems.push(format!(
+                "{at}: {key} must be a URL without query or fragment, not {written:?}"
+            ));
+            None
         }
     }
 }
@@ -254,9 +433,10 @@ mod tests {
             name: "Corp SSO".into(),
             kind: ProviderKind::Oidc,
             issuer: "https://idp.example.com".into(),
+            api_url: None,
             client_id: "gatehouse".into(),
             client_secret_env: "CORP_SECRET".into(),
-            scopes: default_scopes(),
+            scopes: Vec::new(),
             admit: AdmitConfig {
                 email_domains: vec!["Example.com".into()],
                 ..AdmitConfig::default()
@@ -297,5 +477,39 @@ mod tests {
         let mut loopback = raw();
         loopback.issuer = "http://127.0.0.1:4000/tenant".into();
         assert!(IdentityProvider::check(&loopback, &env, &|_| true).is_ok());
+        assert_eq!(ok.scopes, ["openid", "email", "profile"]);
+    }
+
+    #[test]
+    fn github_defaults_to_github_com_and_asks_for_what_its_rules_read() {
+        let mut gh = raw();
+        gh.kind = ProviderKind::Github;
+        gh.issuer = String::new();
+        gh.admit = AdmitConfig {
+            github_orgs: vec!["Acme".into()],
+            ..AdmitConfig::default()
+        };
+        gh.roles[0].claim = ORGS_CLAIM.into();
+        gh.roles[0].value = "acme-admins".into();
+        let ok = IdentityProvider::check(&gh, &env, &|_| true).unwrap();
+        assert_eq!(ok.issuer, "https://github.com");
+        assert_eq!(ok.api_url.as_deref(), Some("https://api.github.com"));
+        assert_eq!(ok.scopes, ["read:user", "user:email", "read:org"]);
+        assert_eq!(ok.github_orgs(), ["acme", "acme-admins"]);
+
+        gh.issuer = "https://git.example.com/".into();
+        let ghes = IdentityProvider::check(&gh, &env, &|_| true).unwrap();
+        assert_eq!(
+            ghes.api_url.as_deref(),
+            Some("https://git.example.com/api/v3")
+        );
+
+        let mut bad = raw();
+        bad.api_url = Some("https://api.github.com".into());
+        bad.admit.github_orgs = vec!["acme".into()];
+        let problems = IdentityProvider::check(&bad, &env, &|_| true).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        gh.admit.github_orgs = vec!["not an org".into()];
+        assert!(IdentityProvider::check(&gh, &env, &|_| true).is_err());
     }
 }

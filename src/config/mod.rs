@@ -9,8 +9,8 @@ mod upstreams;
 mod validate;
 
 pub use identity::{
-    AdmitConfig, ClaimRule, IdentityProvider, IdentityProviderConfig, ProviderKind, ProviderSecret,
-    RoleRuleConfig,
+    AdmitConfig, ClaimRule, IdentityProvider, IdentityProviderConfig, ORGS_CLAIM, ProviderKind,
+    ProviderSecret, RoleRuleConfig,
 };
 pub use upstreams::{
     HttpIdentity, IdentityMode, Isolation, NAME_SEPARATOR, ToolAccessConfig, ToolGlob, Upstream,

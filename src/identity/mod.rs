@@ -1,7 +1,9 @@
-//! Sign-in through the identity providers people already have (OpenID Connect): the upstream
-//! leg, from the redirect to the provider to a verified person, and the rules that admit them
-//! and grant roles. The pages and the browser session are `account/provider.rs`'s.
+//! Sign-in through the identity providers people already have (OpenID Connect, or GitHub over
+//! plain OAuth 2.0): the upstream leg, from the redirect to the provider to a verified person,
+//! and the rules that admit them and grant roles. The pages and the browser session are
+//! `account/provider.rs`'s.
 
+pub mod github;
 pub mod oidc;
 pub mod rules;
 
@@ -16,7 +18,9 @@ use openidconnect::core::{
 use openidconnect::{AdditionalProviderMetadata, HttpRequest, HttpResponse, ProviderMetadata};
 use serde::{Deserialize, Serialize};
 
-use crate::config::IdentityProvider;
+use crate::config::{IdentityProvider, ProviderKind};
+use crate::store::ProviderIdentity;
+use rules::Claims;
 
 /// How long a provider's discovery document and keys are used before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
@@ -68,6 +72,20 @@ pub enum ProviderError {
     /// userinfo named someone else.
     #[error("the identity provider's answer did not verify: {0}")]
     Invalid(String),
+}
+
+/// A sign-in sent to the provider: where to send the browser, and what to keep in the session
+/// until it comes back.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The provider's authorization endpoint with the request.
+    pub url: url::Url,
+    /// `state`, to compare with the callback's.
+    pub state: String,
+    /// `nonce`, to compare with the ID token's (empty for GitHub, which sends none).
+    pub nonce: String,
+    /// The PKCE verifier, for the code exchange.
+    pub verifier: String,
 }
 
 /// A provider's discovery document with its keys, when it was fetched, and when a fetch was
@@ -148,7 +166,10 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
 }
 
 /// Sends one request to a provider: no redirects followed, at most [`MAX_RESPONSE_BYTES`] read.
-async fn send(http: reqwest::Client, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+pub(crate) async fn send(
+    http: reqwest::Client,
+    request: HttpRequest,
+) -> Result<HttpResponse, HttpError> {
     let (parts, body) = request.into_parts();
     let mut response = http
         .request(parts.method, parts.uri.to_string())
@@ -218,9 +239,47 @@ impl Provider {
 }
 
 impl Provider {
+    /// Starts a sign-in: the authorization request, its `state`, `nonce` (OpenID Connect) and
+    /// PKCE verifier, each 128 bits or more from the system's random source.
+    pub async fn start(
+        &self,
+        providers: &IdentityProviders,
+        redirect: &url::Url,
+    ) -> Result<Started, ProviderError> {
+        match self.config.kind {
+            ProviderKind::Oidc => self.start_oidc(providers, redirect).await,
+            ProviderKind::Github => self.start_github(redirect),
+        }
+    }
+
+    /// Finishes a sign-in: exchanges `code` (with the PKCE `verifier`) and finds out who signed
+    /// in, verified (`nonce`: the ID token's, for OpenID Connect).
+    pub async fn finish(
+        &self,
+        providers: &IdentityProviders,
+        redirect: &url::Url,
+        code: &str,
+        verifier: &str,
+        nonce: &str,
+    ) -> Result<(ProviderIdentity, Claims), ProviderError> {
+        match self.config.kind {
+            ProviderKind::Oidc => {
+                self.finish_oidc(providers, redirect, code, verifier, nonce)
+                    .await
+            }
+            ProviderKind::Github => {
+                self.finish_github(providers, redirect, code, verifier)
+                    .await
+            }
+        }
+    }
+
     /// Whether the provider says it sends `iss` in every authorization response (RFC 9207 §3):
-    /// then an answer without one is refused.
+    /// then an answer without one is refused. GitHub publishes no metadata and sends none.
     pub async fn sends_iss(&self, providers: &IdentityProviders) -> Result<bool, ProviderError> {
+        if self.config.kind == ProviderKind::Github {
+            return Ok(false);
+        }
         let metadata = self.metadata(providers, false).await?;
         Ok(metadata
             .additional_metadata()

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::rules::{Claims, claims_needed};
-use super::{IdentityProviders, Provider, ProviderError, error_chain};
+use super::{IdentityProviders, Provider, ProviderError, Started, error_chain};
 use crate::store::ProviderIdentity;
 
 /// Signing algorithms accepted for ID tokens (the crate's default is RS256 alone).
@@ -30,20 +30,6 @@ const ALGORITHMS: [CoreJwsSigningAlgorithm; 7] = [
     CoreJwsSigningAlgorithm::EcdsaP384Sha384,
     CoreJwsSigningAlgorithm::EdDsa,
 ];
-
-/// A sign-in sent to the provider: where to send the browser, and what to keep in the session
-/// until it comes back.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The provider's authorization endpoint with the request.
-    pub url: Url,
-    /// `state`, to compare with the callback's.
-    pub state: String,
-    /// `nonce`, to compare with the ID token's.
-    pub nonce: String,
-    /// The PKCE verifier, for the code exchange.
-    pub verifier: String,
-}
 
 /// Every claim a provider sends, kept whole for the rules (`groups`, `hd`, `tid`, ...).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,7 +68,7 @@ impl Provider {
 
     /// Starts a sign-in: the authorization request, its `state`, `nonce` and PKCE verifier
     /// (each 128 bits or more from the system's random source, through the crate).
-    pub async fn start(
+    pub(super) async fn start_oidc(
         &self,
         providers: &IdentityProviders,
         redirect: &Url,
@@ -111,7 +97,7 @@ impl Provider {
 
     /// Finishes a sign-in: exchanges `code` (with the PKCE `verifier`), verifies the ID token
     /// against `nonce`, and completes its claims from userinfo when the rules need more.
-    pub async fn finish(
+    pub(super) async fn finish_oidc(
         &self,
         providers: &IdentityProviders,
         redirect: &Url,

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{ClaimRule, IdentityProvider};
+use crate::config::{ClaimRule, IdentityProvider, ORGS_CLAIM};
 
 /// What a provider said about the person who signed in, checked (signature, issuer, audience,
 /// expiry, nonce) before anything here reads it.
@@ -69,7 +69,12 @@ pub fn admit(provider: &IdentityProvider, claims: &Claims) -> Result<(), Refusal
         .claims
         .iter()
         .any(|ClaimRule { claim, value }| claims.has(claim, value));
-    if by_domain || by_claim {
+    // GitHub: the organisations the person is an active member of (lowercase, as configured).
+    let by_org = admit
+        .github_orgs
+        .iter()
+        .any(|org| claims.has(ORGS_CLAIM, org));
+    if by_domain || by_claim || by_org {
         Ok(())
     } else {
         Err(Refusal::NoRuleAdmits)
@@ -119,6 +124,7 @@ mod tests {
             name: "Corp".into(),
             kind: ProviderKind::Oidc,
             issuer: "https://idp.example.com".into(),
+            api_url: None,
             client_id: "g".into(),
             client_secret_env: "S".into(),
             scopes: vec!["openid".into()],

@@ -7,6 +7,7 @@ use oauth2::basic::BasicClient;
 use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 use serde_json::json;
 
+use crate::support::github::Github;
 use crate::support::oauth::{exchange, resource};
 use crate::support::oidc::{OidcProvider, config_for};
 use crate::support::{
@@ -448,4 +449,207 @@ async fn an_answer_without_the_providers_iss_or_with_another_signs_nobody_in() {
         assert!(reasons.contains(&reason.to_owned()), "{reasons:?}");
     }
     assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+}
+
+const GITHUB: &str = "github";
+
+/// Gatehouse with the GitHub fixture as its one provider, and a registered MCP client.
+async fn app_with_github(github: &Github) -> (TestApp, String) {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let url = sqlite_url(&dir);
+    let config = crate::support::github::config_for(GITHUB, &github.url);
+    let app = TestApp::with(dir, &url, move |c| {
+        c.identity_providers = vec![config];
+    })
+    .await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    (app, client_id)
+}
+
+/// The MCP client's authorization request, the sign-in page's "Continue with GitHub", GitHub's
+/// sign-in as `login`, and Gatehouse's answer to the callback.
+async fn through_github(
+    agent: &mut Agent<'_>,
+    github: &Github,
+    client_id: &str,
+    login: &str,
+) -> (TestResponse, String) {
+    let (path, verifier) = authorization(client_id);
+    let login_page = agent.get(&path).await.location();
+    let page = agent.get(&login_page).await;
+    assert!(
+        page.text().contains("Continue with GitHub"),
+        "{}",
+        page.text()
+    );
+    let to_github = agent.get(&button(&page.text())).await;
+    assert_eq!(
+        to_github.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        to_github.text()
+    );
+    let back = github.sign_in(&to_github.location(), login).await;
+    (agent.get(&local(&back)).await, verifier)
+}
+
+/// GitHub over plain OAuth 2.0: the account is keyed by GitHub's numeric user id, named after the
+/// verified primary address, with the role of an organisation the person is an active member
+/// of. A renamed login is the same account; a role whose organisation membership is gone goes.
+#[tokio::test]
+async fn a_github_member_signs_in_keyed_by_user_id_with_organisation_roles() {
+    let github = Github::start(ISSUER, GITHUB).await;
+    let (app, client_id) = app_with_github(&github).await;
+    let mut agent = Agent::new(&app);
+    let (res, verifier) = through_github(&mut agent, &github, &client_id, "octocat").await;
+    let asked = github.last_authorize();
+    assert_eq!(asked["code_challenge_method"], "S256");
+    assert_eq!(asked["scope"], "read:user user:email read:org");
+    let consent = res.location();
+    assert!(consent.starts_with("/consent"), "{consent}: {}", res.text());
+    let back = agent.decide(&consent, "allow").await.location();
+    let code = query_of(&back)["code"].clone();
+    let tokens = exchange(&app, &client_id, &code, &verifier).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.text());
+    let access = tokens.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let sub = jwt_part(&access, 1)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_owned();
+    let user = app
+        .state
+        .store
+        .user(&sub)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(
+        user.username.as_str(),
+        "octo@example.test",
+        "the verified primary address"
+    );
+    assert_eq!(user.roles, ["user", "admin"]);
+    let linked = app.state.store.identities_of(&sub).await.expect("read");
+    assert_eq!(linked.len(), 1);
+    assert_eq!(
+        linked[0].identity.subject, "583231",
+        "GitHub's user id, not the login"
+    );
+    assert_eq!(linked[0].identity.issuer, github.url);
+    assert_eq!(
+        linked[0].identity.email.as_deref(),
+        Some("octo@example.test")
+    );
+    assert!(linked[0].identity.email_verified);
+    // Membership is asked per organisation the rules name, nothing more.
+    let calls = github.calls();
+    assert!(
+        calls.contains(&"/user/memberships/orgs/acme".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"/user/memberships/orgs/acme-admins".to_owned()),
+        "{calls:?}"
+    );
+
+    github.change("octocat", |p| {
+        p.login = "octo-renamed".into();
+        p.orgs.retain(|(o, _)| o != "acme-admins");
+    });
+    let mut later = Agent::new(&app);
+    let (res, _) = through_github(&mut later, &github, &client_id, "octo-renamed").await;
+    assert!(
+        res.location().starts_with(CALLBACK),
+        "consent remembered: {}",
+        res.location()
+    );
+    assert_eq!(
+        app.count_rows("SELECT count(*) FROM users").await,
+        1,
+        "the same account"
+    );
+    let user = app
+        .state
+        .store
+        .user(&sub)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(
+        user.roles,
+        ["user"],
+        "the admin role went with the organisation"
+    );
+}
+
+/// An invitation to the organisation is not membership, and an unverified primary address in
+/// the admitted domain admits nobody (a verified secondary address elsewhere does not count
+/// either): both get the refusal page, audited, and no account.
+#[tokio::test]
+async fn github_pending_members_and_unverified_addresses_are_refused() {
+    let github = Github::start(ISSUER, GITHUB).await;
+    let (app, client_id) = app_with_github(&github).await;
+    for login in ["pending", "unverified"] {
+        let mut agent = Agent::new(&app);
+        let (res, _) = through_github(&mut agent, &github, &client_id, login).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{login}: {}", res.text());
+        assert!(
+            res.text().contains("You may not sign in here"),
+            "{}",
+            res.text()
+        );
+    }
+    assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+    let refused: Vec<serde_json::Value> = audit_kinds(&app)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "login.refused")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|d| d["email"] == "unverified@example.test" && d["email_verified"] == false),
+        "{refused:?}"
+    );
+}
+
+/// GitHub answers a code it no longer accepts with status 200 and an error body: the sign-in
+/// ends on a page saying so, audited as a refused code, not as an unreachable provider.
+#[tokio::test]
+async fn a_code_github_no_longer_accepts_ends_on_a_page() {
+    let github = Github::start(ISSUER, GITHUB).await;
+    let (app, client_id) = app_with_github(&github).await;
+    let mut agent = Agent::new(&app);
+    let (path, _) = authorization(&client_id);
+    let login_page = agent.get(&path).await.location();
+    let href = button(&agent.get(&login_page).await.text());
+    let to_github = agent.get(&href).await.location();
+    let back = github.sign_in(&to_github, "octocat").await;
+    github.expire_codes();
+    let res = agent.get(&local(&back)).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.text());
+    assert!(
+        res.text().contains("did not accept this sign-in"),
+        "{}",
+        res.text()
+    );
+    assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+    let failures: Vec<serde_json::Value> = audit_kinds(&app)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "login.failure")
+        .map(|(_, d)| d)
+        .collect();
+    assert!(
+        failures.iter().any(|d| d["reason"] == "code_refused"
+            && d["detail"]
+                .as_str()
+                .is_some_and(|t| t.contains("bad_verification_code"))),
+        "{failures:?}"
+    );
 }

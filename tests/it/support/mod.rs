@@ -1,6 +1,7 @@
 //! `TestApp`: a fresh database (SQLite file or PostgreSQL database), a fresh key directory, a
 //! fixed clock, and the real router driven in process.
 
+pub mod github;
 pub mod mcp;
 pub mod oauth;
 pub mod oidc;

@@ -167,6 +167,7 @@ pub fn config_for(id: &str, issuer: &str) -> IdentityProvider {
         name: "Example SSO".to_owned(),
         kind: ProviderKind::Oidc,
         issuer: issuer.to_owned(),
+        api_url: None,
         client_id: CLIENT_ID.to_owned(),
         client_secret_env: "unused-in-tests".to_owned(),
         scopes: ["openid", "email", "profile", "groups"]
