@@ -25,6 +25,29 @@ pub async fn record_after_commit(store: &Store, event: AuditEvent) {
     }
 }
 
+/// `identity.linked` or `identity.unlinked`: which provider account, for which user, and `by`
+/// whom (`operator` from the command line, `self` from the person's own session).
+pub fn identity_change(
+    kind: &str,
+    user: &crate::domain::User,
+    identity: &crate::store::ProviderIdentity,
+    by: &str,
+    at: time::OffsetDateTime,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(
+        kind,
+        at,
+        serde_json::json!({
+            "username": user.username.as_str(),
+            "provider": identity.provider,
+            "subject": identity.subject,
+            "by": by,
+        }),
+    );
+    event.subject = Some(user.id.clone());
+    event
+}
+
 /// Reads events, newest first (see [`Store::audit_events`]).
 pub async fn read(
     store: &Store,

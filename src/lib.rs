@@ -91,6 +91,15 @@ fn pages_router(state: &AppState) -> Router<AppState> {
             routes::LOGOUT,
             get(account::login::logout_get).post(account::login::logout_post),
         )
+        .route(routes::ACCOUNT, get(account::page::account_get))
+        .route(
+            routes::ACCOUNT_LINK,
+            axum::routing::post(account::page::link_post),
+        )
+        .route(
+            routes::ACCOUNT_UNLINK,
+            axum::routing::post(account::page::unlink_post),
+        )
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(sessions)
         .layer(axum::middleware::from_fn_with_state(

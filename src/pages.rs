@@ -106,6 +106,56 @@ pub struct MessagePage {
     pub logout_csrf: Option<String>,
 }
 
+/// The person's own page (`/account`).
+#[derive(Debug, Template)]
+#[template(path = "account.html")]
+pub struct AccountPage {
+    /// Product name.
+    pub product: String,
+    /// Who is signed in.
+    pub username: String,
+    /// What the last action did.
+    pub notice: Option<String>,
+    /// Why the last action was refused.
+    pub problem: Option<String>,
+    /// The account has a password.
+    pub has_password: bool,
+    /// Linked provider accounts.
+    pub identities: Vec<IdentityView>,
+    /// Providers another account can be linked from.
+    pub providers: Vec<ProviderView>,
+    /// The forms' CSRF token.
+    pub csrf: String,
+}
+
+/// A linked provider account as the account page shows it.
+#[derive(Debug, Clone)]
+pub struct IdentityView {
+    /// The provider's id (a form field).
+    pub provider: String,
+    /// Its display name (or the id of a provider no longer configured).
+    pub provider_name: String,
+    /// The issuer (a form field).
+    pub issuer: String,
+    /// The subject (a form field).
+    pub subject: String,
+    /// The email, or the subject when there is none.
+    pub account: String,
+    /// The date it was linked.
+    pub linked_at: String,
+    /// "last used ..." or "not used yet".
+    pub last_used: String,
+}
+
+/// A configured provider the person can link an account from.
+#[derive(Debug, Clone)]
+pub struct ProviderView {
+    /// Its id (in the form's path).
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+}
+
 /// Renders a page with `status`; a render failure is logged and a generic page is shown.
 pub fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {

@@ -23,6 +23,12 @@ pub const PROVIDER_CALLBACK: &str = "/login/provider/{id}/callback";
 pub const CONSENT: &str = "/consent";
 /// Signing out.
 pub const LOGOUT: &str = "/logout";
+/// The person's own page: their ways to sign in.
+pub const ACCOUNT: &str = "/account";
+/// Links an account at identity provider `{id}` to the signed-in person (POST).
+pub const ACCOUNT_LINK: &str = "/account/link/{id}";
+/// Unlinks one of the person's provider accounts (POST).
+pub const ACCOUNT_UNLINK: &str = "/account/unlink";
 /// The stylesheet of the pages.
 pub const STYLESHEET: &str = "/static/gatehouse.css";
 /// Token endpoint (RFC 6749 §3.2).

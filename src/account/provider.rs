@@ -15,13 +15,14 @@ use tower_sessions::Session;
 use url::Url;
 
 use super::login::{RequestQuery, signed_in};
+use super::page::{Notice, account_notice};
 use super::session::{PENDING_TTL, SessionData, UpstreamSignIn, tokens_match};
 use crate::audit::{self, AuditEvent};
 use crate::config::IdentityProvider;
 use crate::domain::{User, Username, random_token};
 use crate::identity::rules::{self, Claims};
 use crate::identity::{Provider, ProviderError};
-use crate::oauth::authorize::{expired_request, page};
+use crate::oauth::authorize::{current_user, expired_request, page};
 use crate::oauth::error::AuthorizeError;
 use crate::state::AppState;
 use crate::store::{ProviderIdentity, StoreError};
@@ -69,16 +70,19 @@ pub async fn provider_start(
     ClientIp(ip): ClientIp,
 ) -> Response {
     let product = state.config.product_name.clone();
-    start(&state, &session, &id, &q.request, ip)
+    start(&state, &session, &id, &q.request, None, ip)
         .await
         .unwrap_or_else(|e| e.into_response_for(&product))
 }
 
-async fn start(
+/// Sends the browser to provider `id`: to sign in for authorization request `request` (may be
+/// empty), or, with `link_to`, to link the account there to that signed-in user.
+pub(super) async fn start(
     state: &AppState,
     session: &Session,
     id: &str,
     request: &str,
+    link_to: Option<String>,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Response, AuthorizeError> {
     let provider = state.identity.get(id).ok_or_else(unknown_provider)?;
@@ -104,6 +108,7 @@ async fn start(
         verifier: started.verifier,
         request: request.to_owned(),
         created_at: now.unix_timestamp(),
+        link_to,
     });
     data.save(session).await?;
     Ok(Redirect::to(started.url.as_str()).into_response())
@@ -245,6 +250,9 @@ async fn callback(
             "If you think you should have access, ask whoever runs this server. You can also sign out at your provider and try another account.",
         ));
     }
+    if let Some(user_id) = &upstream.link_to {
+        return link(state, &data, user_id, &identity, ip, now).await;
+    }
     let roles = rules::roles(&provider.config, &claims);
     let (user, created) = sign_in_identity(state, &identity, &claims, &roles, now).await?;
     let detail = json!({
@@ -254,6 +262,49 @@ async fn callback(
         "provider_roles": roles,
     });
     signed_in(state, session, data, &user, detail, ip, &upstream.request).await
+}
+
+/// The end of a link started from the account page: the provider account signs in `user_id`
+/// from now on, if that user is still the one signed in here and no other user has it.
+async fn link(
+    state: &AppState,
+    data: &SessionData,
+    user_id: &str,
+    identity: &ProviderIdentity,
+    ip: Option<std::net::IpAddr>,
+    now: OffsetDateTime,
+) -> Result<Response, AuthorizeError> {
+    let user = current_user(state, data).await?.filter(|u| u.id == user_id);
+    let Some(user) = user else {
+        return refuse(state, &identity.provider, "link_signed_out", ip, now).await;
+    };
+    let mine = state.store.identities_of(&user.id).await?;
+    let same = |l: &crate::store::LinkedIdentity| {
+        l.identity.provider == identity.provider
+            && l.identity.issuer == identity.issuer
+            && l.identity.subject == identity.subject
+    };
+    if mine.iter().any(same) {
+        return Ok(Redirect::to(&account_notice(Notice::AlreadyLinked)).into_response());
+    }
+    match state.store.link_identity(&user.id, identity, now).await {
+        Ok(()) => {
+            let mut event = audit::identity_change("identity.linked", &user, identity, "self", now);
+            event.ip = ip.map(|i| i.to_string());
+            audit::record(&state.store, event).await?;
+            Ok(Redirect::to(&account_notice(Notice::Linked)).into_response())
+        }
+        // (provider, issuer, subject) is another user's: it keeps signing them in.
+        Err(StoreError::Conflict(_)) => {
+            let mut event =
+                audit::identity_change("identity.linked", &user, identity, "self", now).failed();
+            event.detail["reason"] = json!("linked_to_another_user");
+            event.ip = ip.map(|i| i.to_string());
+            audit::record(&state.store, event).await?;
+            Ok(Redirect::to(&account_notice(Notice::LinkedElsewhere)).into_response())
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// A callback that does not belong to a sign-in this browser started: audited, and a page.

@@ -83,6 +83,9 @@ pub struct UpstreamSignIn {
     pub request: String,
     /// Unix seconds; it expires after [`PENDING_TTL`].
     pub created_at: i64,
+    /// Not a sign-in: the signed-in user (this id) links the provider account to themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_to: Option<String>,
 }
 
 /// A session-store failure; shown as a generic error page.

@@ -386,17 +386,7 @@ async fn audit_identity(
     identity: &ProviderIdentity,
     now: time::OffsetDateTime,
 ) -> anyhow::Result<()> {
-    let mut event = AuditEvent::new(
-        kind,
-        now,
-        json!({
-            "username": user.username.as_str(),
-            "provider": identity.provider,
-            "subject": identity.subject,
-            "by": "operator",
-        }),
-    );
-    event.subject = Some(user.id.clone());
+    let event = audit::identity_change(kind, user, identity, "operator", now);
     audit::record(store, event).await?;
     Ok(())
 }

@@ -458,9 +458,22 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     driver.screenshot("consent-after-provider.png").await;
     driver.click("button[name=decision][value=allow]").await;
     driver.wait_for_url(&redirect_uri).await;
-    driver.quit().await;
     let q = reached(&captured);
     assert!(q.get("code").is_some_and(|c| c.len() >= 43), "{q:?}");
+
+    // Her own page: the provider account is her one way to sign in, so it cannot be unlinked.
+    driver.goto(&format!("{issuer}/account")).await;
+    let html = driver.source().await;
+    assert!(html.contains("alice@example.test"), "{html}");
+    let account_shot = driver.screenshot("account.png").await;
+    driver
+        .click(".rows form[action='/account/unlink'] button")
+        .await;
+    driver.wait_for_url("/account?notice=last-way").await;
+    let html = driver.source().await;
+    assert!(html.contains("That is your only way to sign in"), "{html}");
+    driver.screenshot("account-last-way.png").await;
+    driver.quit().await;
 
     // Another person, in another browser: outside the admitted domain.
     let profile = TempDir::new().expect("profile");
@@ -476,7 +489,7 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     assert!(html.contains("You may not sign in here"), "{html}");
     assert!(html.contains("mallory@elsewhere.test"), "{html}");
     driver.quit().await;
-    for shot in [login_shot, refused_shot] {
+    for shot in [login_shot, refused_shot, account_shot] {
         assert!(
             std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
             "{}",

@@ -653,3 +653,168 @@ async fn a_code_github_no_longer_accepts_ends_on_a_page() {
         "{failures:?}"
     );
 }
+
+/// The account page's link form: its CSRF token, and where it posts for provider `id`.
+async fn link_from_account(
+    agent: &mut Agent<'_>,
+    provider: &OidcProvider,
+    login: &str,
+) -> TestResponse {
+    let page = agent.get("/account").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csrf = page.hidden("csrf");
+    let to_provider = agent
+        .post_form(&format!("/account/link/{PROVIDER}"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        to_provider.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        to_provider.text()
+    );
+    let back = provider.sign_in(&to_provider.location(), login).await;
+    agent.get(&local(&back)).await
+}
+
+/// A person signed in with a password links their account at the provider from `/account`; from
+/// then on the provider signs them in to the same account. They can unlink it, and link it
+/// again; an account at the provider that another user has stays theirs; nobody can unlink
+/// their last way to sign in; every form needs the session's CSRF token.
+#[tokio::test]
+async fn a_signed_in_person_links_and_unlinks_a_provider_account_from_their_page() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    let (app, client_id) = app_with(&provider.issuer, true).await;
+    app.add_user("carol", crate::support::PASSWORD, &["user"])
+        .await;
+    app.add_user("dave", crate::support::PASSWORD, &["user"])
+        .await;
+
+    // Not signed in: the page sends the browser to sign in.
+    let mut carol = Agent::new(&app);
+    assert_eq!(carol.get("/account").await.location(), "/login");
+    let signed = carol
+        .sign_in("/login", "carol", crate::support::PASSWORD)
+        .await;
+    assert!(
+        signed.text().contains("href=\"/account\""),
+        "{}",
+        signed.text()
+    );
+    let page = carol.get("/account").await.text();
+    assert!(
+        page.contains("Signed in as <strong>carol</strong>"),
+        "{page}"
+    );
+    assert!(page.contains("<strong>Password</strong>"), "{page}");
+    assert!(page.contains("Link Example SSO"), "{page}");
+
+    // A form without the session's token changes nothing.
+    let forged = carol
+        .post_form(&format!("/account/link/{PROVIDER}"), &[("csrf", "forged")])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    let linked = link_from_account(&mut carol, &provider, "alice").await;
+    assert_eq!(
+        linked.location(),
+        "/account?notice=linked",
+        "{}",
+        linked.text()
+    );
+    let page = carol.get(&linked.location()).await.text();
+    assert!(page.contains("Linked: that account signs you in"), "{page}");
+    assert!(page.contains("alice@example.test"), "{page}");
+    assert_eq!(
+        app.count_rows("SELECT count(*) FROM users").await,
+        2,
+        "no new account"
+    );
+
+    // The provider now signs carol in: consent, and the token is carol's.
+    let mut elsewhere = Agent::new(&app);
+    let (res, verifier) = through_provider(&mut elsewhere, &provider, &client_id, "alice").await;
+    let back = elsewhere.decide(&res.location(), "allow").await.location();
+    let tokens = exchange(&app, &client_id, &query_of(&back)["code"], &verifier).await;
+    let access = tokens.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let carol_user = app
+        .state
+        .store
+        .user_by_name("carol")
+        .await
+        .expect("read")
+        .expect("carol");
+    assert_eq!(jwt_part(&access, 1)["sub"], carol_user.id.as_str());
+
+    // dave cannot take the same provider account.
+    let mut dave = Agent::new(&app);
+    dave.sign_in("/login", "dave", crate::support::PASSWORD)
+        .await;
+    let taken = link_from_account(&mut dave, &provider, "alice").await;
+    assert_eq!(taken.location(), "/account?notice=linked-elsewhere");
+    assert!(
+        dave.get(&taken.location())
+            .await
+            .text()
+            .contains("already signs in another user here")
+    );
+
+    // carol unlinks it (with the token), and it no longer signs her in.
+    let page = carol.get("/account").await;
+    let fields = [
+        ("csrf", page.hidden("csrf")),
+        ("provider", page.hidden("provider")),
+        ("issuer", page.hidden("issuer")),
+        ("subject", page.hidden("subject")),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut forged_fields = fields.clone();
+    forged_fields[0].1 = "forged";
+    assert_eq!(
+        carol
+            .post_form("/account/unlink", &forged_fields)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let res = carol.post_form("/account/unlink", &fields).await;
+    assert_eq!(res.location(), "/account?notice=unlinked");
+    assert!(
+        app.state
+            .store
+            .identities_of(&carol_user.id)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let by_self: Vec<(String, serde_json::Value)> = audit_kinds(&app)
+        .await
+        .into_iter()
+        .filter(|(k, d)| k.starts_with("identity.") && d["by"] == "self")
+        .collect();
+    let kinds: Vec<&str> = by_self.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        kinds.contains(&"identity.linked") && kinds.contains(&"identity.unlinked"),
+        "{by_self:?}"
+    );
+
+    // A provider-only account cannot unlink its one way to sign in.
+    let mut root = Agent::new(&app);
+    through_provider(&mut root, &provider, &client_id, "root").await;
+    let page = root.get("/account").await;
+    assert!(!page.text().contains("<strong>Password</strong>"));
+    let fields = [
+        ("csrf", page.hidden("csrf")),
+        ("provider", page.hidden("provider")),
+        ("issuer", page.hidden("issuer")),
+        ("subject", page.hidden("subject")),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = root.post_form("/account/unlink", &fields).await;
+    assert_eq!(res.location(), "/account?notice=last-way");
+    let page = root.get(&res.location()).await.text();
+    assert!(page.contains("That is your only way to sign in"), "{page}");
+    assert!(page.contains("root@example.test"), "still linked: {page}");
+}

@@ -1,0 +1,293 @@
+//! The person's own page, `/account`: the ways they sign in (their password, the provider
+//! accounts linked to them), linking another provider account from their session, and
+//! unlinking one, never the last. Every form carries the session's CSRF token; every change is
+//! audited as done `by: self`.
+
+use axum::Form;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::macros::format_description;
+use tower_sessions::Session;
+
+use super::provider::start;
+use super::session::{SessionData, tokens_match};
+use crate::audit;
+use crate::domain::User;
+use crate::oauth::authorize::current_user;
+use crate::oauth::error::AuthorizeError;
+use crate::pages::{self, AccountPage, IdentityView, ProviderView};
+use crate::routes;
+use crate::state::AppState;
+use crate::store::{ProviderIdentity, Unlinked};
+use crate::web::ClientIp;
+
+/// What the page says after an action (`?notice=`): fixed texts, so nothing from the URL is
+/// shown as it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A provider account was linked.
+    Linked,
+    /// It was linked already.
+    AlreadyLinked,
+    /// Another user has it.
+    LinkedElsewhere,
+    /// An account was unlinked.
+    Unlinked,
+    /// Unlinking it would leave no way to sign in.
+    LastWay,
+    /// It was not linked to this user.
+    NotLinked,
+}
+
+impl Notice {
+    const ALL: [Notice; 6] = [
+        Notice::Linked,
+        Notice::AlreadyLinked,
+        Notice::LinkedElsewhere,
+        Notice::Unlinked,
+        Notice::LastWay,
+        Notice::NotLinked,
+    ];
+
+    fn code(self) -> &'static str {
+        match self {
+            Notice::Linked => "linked",
+            Notice::AlreadyLinked => "already-linked",
+            Notice::LinkedElsewhere => "linked-elsewhere",
+            Notice::Unlinked => "unlinked",
+            Notice::LastWay => "last-way",
+            Notice::NotLinked => "not-linked",
+        }
+    }
+
+    /// The text, and whether it reports a refusal.
+    fn text(self) -> (&'static str, bool) {
+        match self {
+            Notice::Linked => ("Linked: that account signs you in from now on.", false),
+            Notice::AlreadyLinked => ("That account was already linked to you.", false),
+            Notice::LinkedElsewhere => (
+                "That account already signs in another user here, so it was not linked. Ask whoever runs this server if it should be yours.",
+                true,
+            ),
+            Notice::Unlinked => ("Unlinked: that account no longer signs you in.", false),
+            Notice::LastWay => (
+                "That is your only way to sign in, so it stays linked. Link another account first.",
+                true,
+            ),
+            Notice::NotLinked => ("That account is not linked to you.", true),
+        }
+    }
+}
+
+/// The account page showing `notice`.
+pub fn account_notice(notice: Notice) -> String {
+    format!("{}?notice={}", routes::ACCOUNT, notice.code())
+}
+
+/// `?notice=` of the account page.
+#[derive(Debug, Deserialize)]
+pub struct AccountQuery {
+    #[serde(default)]
+    notice: String,
+}
+
+/// The signed-in user and the session's form token, or the way to the sign-in page.
+async fn signed_in(
+    state: &AppState,
+    session: &Session,
+) -> Result<Result<(User, SessionData), Response>, AuthorizeError> {
+    let data = SessionData::load(
+        session,
+        state.clock.now(),
+        state.config.session_absolute_timeout,
+    )
+    .await?;
+    Ok(match current_user(state, &data).await? {
+        Some(user) => Ok((user, data)),
+        None => Err(Redirect::to(routes::LOGIN).into_response()),
+    })
+}
+
+/// `GET /account`
+pub async fn account_get(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<AccountQuery>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, mut data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let csrf = data.form_csrf()?;
+        data.save(&session).await?;
+        let notice = Notice::ALL.into_iter().find(|n| n.code() == q.notice);
+        let (notice, problem) = match notice.map(Notice::text) {
+            Some((text, true)) => (None, Some(text.to_owned())),
+            Some((text, false)) => (Some(text.to_owned()), None),
+            None => (None, None),
+        };
+        let linked = state.store.identities_of(&user.id).await?;
+        let name_of = |id: &str| {
+            state
+                .identity
+                .all()
+                .find(|p| p.id == id)
+                .map_or_else(|| id.to_owned(), |p| p.name.clone())
+        };
+        let identities = linked
+            .into_iter()
+            .map(|l| IdentityView {
+                provider_name: name_of(&l.identity.provider),
+                account: l
+                    .identity
+                    .email
+                    .clone()
+                    .unwrap_or_else(|| l.identity.subject.clone()),
+                linked_at: day(l.linked_at),
+                last_used: l.last_sign_in_at.map_or_else(
+                    || "not used yet".to_owned(),
+                    |t| format!("last used {}", day(t)),
+                ),
+                provider: l.identity.provider,
+                issuer: l.identity.issuer,
+                subject: l.identity.subject,
+            })
+            .collect();
+        let providers = state
+            .identity
+            .all()
+            .map(|p| ProviderView {
+                id: p.id.clone(),
+                name: p.name.clone(),
+            })
+            .collect();
+        Ok(pages::render(
+            StatusCode::OK,
+            &AccountPage {
+                product: product.clone(),
+                username: user.username.as_str().to_owned(),
+                notice,
+                problem,
+                has_password: !user.password_hash.is_empty(),
+                identities,
+                providers,
+                csrf,
+            },
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// A date as the page shows it.
+fn day(t: OffsetDateTime) -> String {
+    t.format(format_description!("[year]-[month]-[day]"))
+        .unwrap_or_default()
+}
+
+fn form_expired(product: &str) -> Response {
+    pages::error(
+        product,
+        StatusCode::FORBIDDEN,
+        "Not confirmed",
+        "The form expired.",
+        "Open your account page again and try once more.",
+    )
+}
+
+/// The link form.
+#[derive(Debug, Deserialize)]
+pub struct LinkForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /account/link/{id}`: sends the browser to provider `id`; its callback links the account
+/// there to the signed-in user (if they are still the one signed in when it comes back).
+pub async fn link_post(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    ClientIp(ip): ClientIp,
+    form: Result<Form<LinkForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &submitted) {
+            return Ok(form_expired(&product));
+        }
+        start(&state, &session, &id, "", Some(user.id), ip).await
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// The unlink form: which provider account.
+#[derive(Debug, Deserialize)]
+pub struct UnlinkForm {
+    #[serde(default)]
+    csrf: String,
+    provider: String,
+    issuer: String,
+    subject: String,
+}
+
+/// `POST /account/unlink`: the provider account no longer signs the user in, unless it is their
+/// last way to sign in.
+pub async fn unlink_post(
+    State(state): State<AppState>,
+    session: Session,
+    ClientIp(ip): ClientIp,
+    form: Result<Form<UnlinkForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let Ok(Form(form)) = form else {
+            return Ok(form_expired(&product));
+        };
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
+            return Ok(form_expired(&product));
+        }
+        let notice = match state
+            .store
+            .unlink_identity(&user.id, &form.provider, &form.issuer, &form.subject)
+            .await?
+        {
+            Unlinked::Removed => {
+                let identity = ProviderIdentity {
+                    provider: form.provider,
+                    issuer: form.issuer,
+                    subject: form.subject,
+                    email: None,
+                    email_verified: false,
+                };
+                let now = state.clock.now();
+                let mut event =
+                    audit::identity_change("identity.unlinked", &user, &identity, "self", now);
+                event.ip = ip.map(|i| i.to_string());
+                audit::record(&state.store, event).await?;
+                Notice::Unlinked
+            }
+            Unlinked::LastWay => Notice::LastWay,
+            Unlinked::NotLinked => Notice::NotLinked,
+        };
+        Ok(Redirect::to(&account_notice(notice)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
