@@ -254,6 +254,9 @@ async fn callback(
         return link(state, &data, user_id, &identity, ip, now).await;
     }
     let roles = rules::roles(&provider.config, &claims);
+    if provider.config.link_existing_by_email {
+        link_by_email(state, &identity, &claims, ip, now).await?;
+    }
     let (user, created) = sign_in_identity(state, &identity, &claims, &roles, now).await?;
     let detail = json!({
         "username": user.username.as_str(),
@@ -303,6 +306,35 @@ async fn link(
             audit::record(&state.store, event).await?;
             Ok(Redirect::to(&account_notice(Notice::LinkedElsewhere)).into_response())
         }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// `link_existing_by_email`: a provider account not linked yet is linked to the user named by
+/// the address the provider says is verified, if there is one. (One already linked, to anyone,
+/// stays as it is: the insert finds it taken.)
+async fn link_by_email(
+    state: &AppState,
+    identity: &ProviderIdentity,
+    claims: &Claims,
+    ip: Option<std::net::IpAddr>,
+    now: OffsetDateTime,
+) -> Result<(), AuthorizeError> {
+    let Some(email) = claims.verified_email() else {
+        return Ok(());
+    };
+    let Some(user) = state.store.user_by_name(email).await? else {
+        return Ok(());
+    };
+    match state.store.link_identity(&user.id, identity, now).await {
+        Ok(()) => {
+            let mut event =
+                audit::identity_change("identity.linked", &user, identity, "verified_email", now);
+            event.ip = ip.map(|i| i.to_string());
+            audit::record(&state.store, event).await?;
+            Ok(())
+        }
+        Err(StoreError::Conflict(_)) => Ok(()),
         Err(other) => Err(other.into()),
     }
 }

@@ -55,6 +55,11 @@ pub struct IdentityProviderConfig {
     /// re-evaluated at every sign-in, and kept apart from the roles an admin grants by hand.
     #[serde(default)]
     pub roles: Vec<RoleRuleConfig>,
+    /// At a provider account's first sign-in, link it to the existing user whose name is the
+    /// address the provider says is verified, instead of creating an account. Off by default:
+    /// it trusts the provider to verify addresses it did not issue.
+    #[serde(default)]
+    pub link_existing_by_email: bool,
 }
 
 fn default_roles() -> Vec<String> {
@@ -150,6 +155,8 @@ pub struct IdentityProvider {
     pub default_roles: Vec<String>,
     /// Roles it grants by claim.
     pub roles: Vec<RoleRuleConfig>,
+    /// Links a first sign-in to the user named by its verified address.
+    pub link_existing_by_email: bool,
 }
 
 impl IdentityProvider {
@@ -313,6 +320,7 @@ impl IdentityProvider {
                         ..r.clone()
                     })
                     .collect(),
+                link_existing_by_email: raw.link_existing_by_email,
             }),
             _ => Err(problems),
         }
@@ -447,6 +455,7 @@ mod tests {
                 value: "admins".into(),
                 role: "admin".into(),
             }],
+            link_existing_by_email: false,
         }
     }
 

@@ -135,6 +135,7 @@ mod tests {
                 value: "admins".into(),
                 role: "admin".into(),
             }],
+            link_existing_by_email: false,
         };
         IdentityProvider::check(&raw, &|_| Some("s".into()), &|_| true).unwrap()
     }

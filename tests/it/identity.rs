@@ -818,3 +818,58 @@ async fn a_signed_in_person_links_and_unlinks_a_provider_account_from_their_page
     assert!(page.contains("That is your only way to sign in"), "{page}");
     assert!(page.contains("root@example.test"), "still linked: {page}");
 }
+
+/// `link_existing_by_email` is off by default: a provider account whose verified address is an
+/// existing user's name gets an account of its own. Turned on, its first sign-in links it to
+/// that user (audited `by: verified_email`), and later ones sign that user in.
+#[tokio::test]
+async fn a_verified_address_signs_in_an_existing_user_only_when_configured() {
+    let provider = OidcProvider::start(ISSUER, PROVIDER).await;
+    for on in [false, true] {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let url = sqlite_url(&dir);
+        let mut config = config_for(PROVIDER, &provider.issuer);
+        config.link_existing_by_email = on;
+        let app = TestApp::with(dir, &url, move |c| {
+            c.identity_providers = vec![config];
+        })
+        .await;
+        let client_id = app.register_client("Claude", &[CALLBACK]).await;
+        app.add_user("alice@example.test", crate::support::PASSWORD, &["user"])
+            .await;
+        let existing = app
+            .state
+            .store
+            .user_by_name("alice@example.test")
+            .await
+            .expect("read")
+            .expect("user");
+        for _ in 0..2 {
+            let mut agent = Agent::new(&app);
+            let (res, _) = through_provider(&mut agent, &provider, &client_id, "alice").await;
+            assert!(res.location().starts_with("/consent"), "{}", res.text());
+        }
+        let linked = app
+            .state
+            .store
+            .identities_of(&existing.id)
+            .await
+            .expect("read");
+        let users = app.count_rows("SELECT count(*) FROM users").await;
+        let by_email = audit_kinds(&app)
+            .await
+            .into_iter()
+            .filter(|(k, d)| k == "identity.linked" && d["by"] == "verified_email")
+            .count();
+        if on {
+            assert_eq!(linked.len(), 1, "linked to the existing user");
+            assert_eq!((users, by_email), (1, 1));
+        } else {
+            assert!(
+                linked.is_empty(),
+                "never linked by address unless configured"
+            );
+            assert_eq!((users, by_email), (2, 0));
+        }
+    }
+}

@@ -187,6 +187,7 @@ pub fn config_for(id: &str, issuer: &str) -> IdentityProvider {
             value: "gatehouse-admins".to_owned(),
             role: "admin".to_owned(),
         }],
+        link_existing_by_email: false,
     };
     IdentityProvider::check(&raw, &|_| Some(CLIENT_SECRET.to_owned()), &|_| true)
         .unwrap_or_else(|e| panic!("{e:?}"))
