@@ -100,6 +100,14 @@ fn pages_router(state: &AppState) -> Router<AppState> {
             routes::ACCOUNT_UNLINK,
             axum::routing::post(account::page::unlink_post),
         )
+        .route(
+            routes::ACCOUNT_DISCONNECT,
+            axum::routing::post(account::page::disconnect_post),
+        )
+        .route(
+            routes::ACCOUNT_SIGN_OUT_EVERYWHERE,
+            axum::routing::post(account::page::sign_out_everywhere_post),
+        )
         .method_not_allowed_fallback(web::method_not_allowed)
         .layer(sessions)
         .layer(axum::middleware::from_fn_with_state(

@@ -124,6 +124,8 @@ pub struct AccountPage {
     pub identities: Vec<IdentityView>,
     /// Providers another account can be linked from.
     pub providers: Vec<ProviderView>,
+    /// Applications the person connected.
+    pub apps: Vec<AppView>,
     /// The forms' CSRF token.
     pub csrf: String,
 }
@@ -144,6 +146,23 @@ pub struct IdentityView {
     /// The date it was linked.
     pub linked_at: String,
     /// "last used ..." or "not used yet".
+    pub last_used: String,
+}
+
+/// A connected application as the account page shows it.
+#[derive(Debug, Clone)]
+pub struct AppView {
+    /// Its client id (a form field).
+    pub client_id: String,
+    /// Its headline: the verified host of a metadata-document client, else its registered name.
+    pub name: String,
+    /// How far the name can be trusted.
+    pub source: String,
+    /// The scopes allowed, space-separated.
+    pub scopes: String,
+    /// The date it was allowed.
+    pub granted_at: String,
+    /// "last used ..." or "no tokens now".
     pub last_used: String,
 }
 

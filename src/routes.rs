@@ -29,6 +29,10 @@ pub const ACCOUNT: &str = "/account";
 pub const ACCOUNT_LINK: &str = "/account/link/{id}";
 /// Unlinks one of the person's provider accounts (POST).
 pub const ACCOUNT_UNLINK: &str = "/account/unlink";
+/// Disconnects an application the person connected (POST).
+pub const ACCOUNT_DISCONNECT: &str = "/account/apps/disconnect";
+/// Ends every browser session of the person (POST).
+pub const ACCOUNT_SIGN_OUT_EVERYWHERE: &str = "/account/sign-out-everywhere";
 /// The stylesheet of the pages.
 pub const STYLESHEET: &str = "/static/gatehouse.css";
 /// Token endpoint (RFC 6749 §3.2).

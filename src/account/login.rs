@@ -412,7 +412,7 @@ pub async fn logout_get(State(state): State<AppState>, session: Session) -> Resp
     result.unwrap_or_else(|e| e.into_response_for(&product))
 }
 
-fn signed_out_page(state: &AppState) -> Response {
+pub(super) fn signed_out_page(state: &AppState) -> Response {
     pages::render(
         StatusCode::OK,
         &MessagePage {

@@ -18,11 +18,12 @@ use super::session::{SessionData, tokens_match};
 use crate::audit;
 use crate::domain::User;
 use crate::oauth::authorize::current_user;
+use crate::oauth::clients::is_metadata_document;
 use crate::oauth::error::AuthorizeError;
-use crate::pages::{self, AccountPage, IdentityView, ProviderView};
+use crate::pages::{self, AccountPage, AppView, IdentityView, ProviderView};
 use crate::routes;
 use crate::state::AppState;
-use crate::store::{ProviderIdentity, Unlinked};
+use crate::store::{ConnectedApp, ProviderIdentity, Unlinked};
 use crate::web::ClientIp;
 
 /// What the page says after an action (`?notice=`): fixed texts, so nothing from the URL is
@@ -41,16 +42,19 @@ pub enum Notice {
     LastWay,
     /// It was not linked to this user.
     NotLinked,
+    /// An application was disconnected.
+    Disconnected,
 }
 
 impl Notice {
-    const ALL: [Notice; 6] = [
+    const ALL: [Notice; 7] = [
         Notice::Linked,
         Notice::AlreadyLinked,
         Notice::LinkedElsewhere,
         Notice::Unlinked,
         Notice::LastWay,
         Notice::NotLinked,
+        Notice::Disconnected,
     ];
 
     fn code(self) -> &'static str {
@@ -61,6 +65,7 @@ impl Notice {
             Notice::Unlinked => "unlinked",
             Notice::LastWay => "last-way",
             Notice::NotLinked => "not-linked",
+            Notice::Disconnected => "disconnected",
         }
     }
 
@@ -79,6 +84,10 @@ impl Notice {
                 true,
             ),
             Notice::NotLinked => ("That account is not linked to you.", true),
+            Notice::Disconnected => (
+                "Disconnected: its tokens no longer work, and it must ask you again to connect.",
+                false,
+            ),
         }
     }
 }
@@ -167,6 +176,13 @@ pub async fn account_get(
                 name: p.name.clone(),
             })
             .collect();
+        let apps = state
+            .store
+            .connected_apps(&user.id, state.clock.now())
+            .await?
+            .into_iter()
+            .map(|app| app_view(&state, app))
+            .collect();
         Ok(pages::render(
             StatusCode::OK,
             &AccountPage {
@@ -177,12 +193,45 @@ pub async fn account_get(
                 has_password: !user.password_hash.is_empty(),
                 identities,
                 providers,
+                apps,
                 csrf,
             },
         ))
     }
     .await;
     result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// How the page names a connected application: a metadata-document client by the host that
+/// vouches for it, any other by the name it was registered with, saying who registered it.
+fn app_view(state: &AppState, app: ConnectedApp) -> AppView {
+    let host = is_metadata_document(state, &app.client_id)
+        .then(|| url::Url::parse(&app.client_id).ok())
+        .flatten()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let (name, source) = match host {
+        Some(host) => (host, "Verified by its address".to_owned()),
+        None if app.operator_client => (
+            app.client_name.unwrap_or_else(|| app.client_id.clone()),
+            "Added by whoever runs this server".to_owned(),
+        ),
+        None => (
+            app.client_name
+                .map_or_else(|| app.client_id.clone(), |n| format!("“{n}”")),
+            "Registered itself: the name is its own claim".to_owned(),
+        ),
+    };
+    AppView {
+        name,
+        source,
+        scopes: app.scopes.join(" "),
+        granted_at: day(app.granted_at),
+        last_used: match (app.live_grants, app.last_used_at) {
+            (0, _) | (_, None) => "no tokens now".to_owned(),
+            (_, Some(t)) => format!("last got tokens {}", day(t)),
+        },
+        client_id: app.client_id,
+    }
 }
 
 /// A date as the page shows it.
@@ -287,6 +336,93 @@ pub async fn unlink_post(
             Unlinked::NotLinked => Notice::NotLinked,
         };
         Ok(Redirect::to(&account_notice(notice)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// The disconnect form: which application.
+#[derive(Debug, Deserialize)]
+pub struct DisconnectForm {
+    #[serde(default)]
+    csrf: String,
+    client_id: String,
+}
+
+/// `POST /account/apps/disconnect`: the application's grants are revoked (its refresh tokens,
+/// and its access tokens at the next call here, within `revocation_sync_interval` elsewhere),
+/// its codes voided and the consent forgotten.
+pub async fn disconnect_post(
+    State(state): State<AppState>,
+    session: Session,
+    ClientIp(ip): ClientIp,
+    form: Result<Form<DisconnectForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let Ok(Form(form)) = form else {
+            return Ok(form_expired(&product));
+        };
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
+            return Ok(form_expired(&product));
+        }
+        let now = state.clock.now();
+        let revoked = state
+            .store
+            .disconnect_app(&user.id, &form.client_id, "disconnected by the user", now)
+            .await?;
+        for grant_id in &revoked {
+            state.revocations.revoke_grant(grant_id, now);
+        }
+        let mut event = audit::AuditEvent::new(
+            "app.disconnected",
+            now,
+            serde_json::json!({ "grants_revoked": revoked.len(), "by": "self" }),
+        );
+        event.subject = Some(user.id.clone());
+        event.client_id = Some(form.client_id);
+        event.ip = ip.map(|i| i.to_string());
+        audit::record(&state.store, event).await?;
+        Ok(Redirect::to(&account_notice(Notice::Disconnected)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// `POST /account/sign-out-everywhere`: every browser session of the person ends, this one
+/// included; connected applications keep working.
+pub async fn sign_out_everywhere_post(
+    State(state): State<AppState>,
+    session: Session,
+    ClientIp(ip): ClientIp,
+    form: Result<Form<LinkForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &submitted) {
+            return Ok(form_expired(&product));
+        }
+        let now = state.clock.now();
+        state.store.end_browser_sessions(&user.id, now).await?;
+        let mut event =
+            audit::AuditEvent::new("logout", now, serde_json::json!({ "everywhere": true }));
+        event.subject = Some(user.id.clone());
+        event.ip = ip.map(|i| i.to_string());
+        audit::record(&state.store, event).await?;
+        session
+            .flush()
+            .await
+            .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
+        Ok(super::login::signed_out_page(&state))
     }
     .await;
     result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod account;
 mod browser;
 mod cimd;
 mod config;
