@@ -201,7 +201,98 @@ async fn storage_suite(url: &str, backend: Backend) {
     rate_budget_suite(&store).await;
     redemption_suite(&store).await;
     identities_suite(&store).await;
+    apps_suite(&store).await;
     store.close().await;
+}
+
+/// The applications a person connected (remembered consents and live grants, per client), and
+/// disconnecting one: its live grants revoked and its consent forgotten in one transaction,
+/// another person's and another client's untouched; ending a person's browser sessions.
+async fn apps_suite(store: &Store) {
+    use gatehouse::store::GrantRecord;
+    let now = datetime!(2026-12-01 12:00 UTC);
+    for (id, name) in [("u_apps", "apps-person"), ("u_apps_other", "apps-other")] {
+        store
+            .insert_user(&gatehouse::account::User {
+                id: id.into(),
+                username: gatehouse::account::Username::parse(name).expect("name"),
+                password_hash: "unused".into(),
+                roles: vec![],
+                created_at: now,
+                password_changed_at: now,
+                signed_out_at: None,
+            })
+            .await
+            .expect("user");
+    }
+    let resource = "https://mcp.example.com/mcp";
+    let grant = |id: &str, user: &str, client: &str, at: time::OffsetDateTime| GrantRecord {
+        grant_id: id.to_owned(),
+        client_id: client.to_owned(),
+        user_id: Some(user.to_owned()),
+        resource: resource.into(),
+        scopes: "mcp tools:read".into(),
+        created_at: at,
+        expires_at: at + time::Duration::days(30),
+        revoked_at: None,
+    };
+    for (user, client) in [("u_apps", "app-a"), ("u_apps", "app-b"), ("u_apps_other", "app-a")] {
+        store
+            .save_consent(user, client, resource, "mcp", "https://app.example/cb", now)
+            .await
+            .expect("consent");
+    }
+    let later = now + time::Duration::hours(1);
+    store
+        .insert_grant(&grant("g_apps_1", "u_apps", "app-a", now))
+        .await
+        .expect("grant");
+    store
+        .insert_grant(&grant("g_apps_2", "u_apps", "app-a", later))
+        .await
+        .expect("grant");
+    store
+        .insert_grant(&grant("g_apps_3", "u_apps_other", "app-a", now))
+        .await
+        .expect("grant");
+    let apps = store.connected_apps("u_apps", now).await.expect("apps");
+    let ids: Vec<&str> = apps.iter().map(|a| a.client_id.as_str()).collect();
+    assert_eq!(ids, ["app-a", "app-b"], "most recently used first");
+    assert_eq!(apps[0].live_grants, 2);
+    assert_eq!(apps[0].scopes, ["mcp", "tools:read"]);
+    assert_eq!(apps[0].granted_at, now);
+    assert_eq!(apps[0].last_used_at, Some(later));
+    assert_eq!((apps[1].live_grants, apps[1].last_used_at), (0, None));
+
+    let mut revoked = store
+        .disconnect_app("u_apps", "app-a", "disconnected by the user", later)
+        .await
+        .expect("disconnect");
+    revoked.sort();
+    assert_eq!(revoked, ["g_apps_1", "g_apps_2"]);
+    let ids: Vec<String> = store
+        .connected_apps("u_apps", later)
+        .await
+        .expect("apps")
+        .into_iter()
+        .map(|a| a.client_id)
+        .collect();
+    assert_eq!(ids, ["app-b"]);
+    let other = store.connected_apps("u_apps_other", later).await.expect("apps");
+    assert_eq!((other.len(), other[0].live_grants), (1, 1), "another person's stays");
+    assert!(
+        store
+            .disconnect_app("u_apps", "app-a", "again", later)
+            .await
+            .expect("disconnect")
+            .is_empty()
+    );
+
+    assert!(store.end_browser_sessions("u_apps", later).await.expect("end"));
+    let user = store.user("u_apps").await.expect("read").expect("user");
+    assert!(!user.session_valid(later.unix_timestamp()), "a session of that second ends");
+    assert!(user.session_valid(later.unix_timestamp() + 1));
+    assert!(!store.end_browser_sessions("nobody", later).await.expect("end"));
 }
 
 /// Identities at providers: a first sign-in makes the account, the next finds it by (provider,
