@@ -105,6 +105,14 @@ fn pages_router(state: &AppState) -> Router<AppState> {
             axum::routing::post(account::page::disconnect_post),
         )
         .route(
+            routes::ACCOUNT_TOKENS,
+            axum::routing::post(account::page::token_create_post),
+        )
+        .route(
+            routes::ACCOUNT_TOKEN_REVOKE,
+            axum::routing::post(account::page::token_revoke_post),
+        )
+        .route(
             routes::ACCOUNT_SIGN_OUT_EVERYWHERE,
             axum::routing::post(account::page::sign_out_everywhere_post),
         )

@@ -126,6 +126,14 @@ pub struct AccountPage {
     pub providers: Vec<ProviderView>,
     /// Applications the person connected.
     pub apps: Vec<AppView>,
+    /// Their API tokens.
+    pub tokens: Vec<TokenView>,
+    /// Scopes a new token may carry.
+    pub token_scopes: Vec<String>,
+    /// Lifetimes a new token may get: (value, label, preselected).
+    pub lifetimes: Vec<(String, String, bool)>,
+    /// A token just created, shown this once.
+    pub new_token: Option<String>,
     /// The forms' CSRF token.
     pub csrf: String,
 }
@@ -164,6 +172,21 @@ pub struct AppView {
     pub granted_at: String,
     /// "last used ..." or "no tokens now".
     pub last_used: String,
+}
+
+/// An API token as the account page shows it (never its secret).
+#[derive(Debug, Clone)]
+pub struct TokenView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its scopes, space-separated.
+    pub scopes: String,
+    /// "created ..., last used ..., expires ..." or its end.
+    pub dates: String,
+    /// Whether it still works (and can be revoked).
+    pub live: bool,
 }
 
 /// A configured provider the person can link an account from.

@@ -31,6 +31,10 @@ pub const ACCOUNT_LINK: &str = "/account/link/{id}";
 pub const ACCOUNT_UNLINK: &str = "/account/unlink";
 /// Disconnects an application the person connected (POST).
 pub const ACCOUNT_DISCONNECT: &str = "/account/apps/disconnect";
+/// Creates an API token (POST).
+pub const ACCOUNT_TOKENS: &str = "/account/tokens";
+/// Revokes an API token (POST).
+pub const ACCOUNT_TOKEN_REVOKE: &str = "/account/tokens/revoke";
 /// Ends every browser session of the person (POST).
 pub const ACCOUNT_SIGN_OUT_EVERYWHERE: &str = "/account/sign-out-everywhere";
 /// The stylesheet of the pages.

@@ -41,6 +41,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// Users recently read for MCP requests.
     pub users: Arc<Users>,
+    /// API tokens recently read for MCP requests.
+    pub api_tokens: Arc<crate::mcp::api_tokens::ApiTokens>,
     /// The identity providers people may sign in with.
     pub identity: Arc<crate::identity::IdentityProviders>,
 }
@@ -178,6 +180,9 @@ impl AppState {
                 config.revocation_sync_interval.unsigned_abs(),
             )),
             users: Arc::new(Users::new(config.revocation_sync_interval.unsigned_abs())),
+            api_tokens: Arc::new(crate::mcp::api_tokens::ApiTokens::new(
+                config.revocation_sync_interval.unsigned_abs(),
+            )),
             revocations: Arc::new(revocations),
             session_key,
             client_metadata: Arc::new(client_metadata),

@@ -3,6 +3,7 @@
 //! tokens. (A user is a domain value, [`crate::domain::User`]; passwords
 //! are hashed by [`crate::password`].)
 
+pub mod api_tokens;
 pub mod login;
 pub mod page;
 pub mod provider;

@@ -16,14 +16,15 @@ use tower_sessions::Session;
 use super::provider::start;
 use super::session::{SessionData, tokens_match};
 use crate::audit;
+use crate::config::API_TOKEN_DEFAULT_DAYS;
 use crate::domain::User;
 use crate::oauth::authorize::current_user;
 use crate::oauth::clients::is_metadata_document;
 use crate::oauth::error::AuthorizeError;
-use crate::pages::{self, AccountPage, AppView, IdentityView, ProviderView};
+use crate::pages::{self, AccountPage, AppView, IdentityView, ProviderView, TokenView};
 use crate::routes;
 use crate::state::AppState;
-use crate::store::{ConnectedApp, ProviderIdentity, Unlinked};
+use crate::store::{ApiTokenRecord, ConnectedApp, ProviderIdentity, Unlinked};
 use crate::web::ClientIp;
 
 /// What the page says after an action (`?notice=`): fixed texts, so nothing from the URL is
@@ -44,10 +45,12 @@ pub enum Notice {
     NotLinked,
     /// An application was disconnected.
     Disconnected,
+    /// An API token was revoked.
+    TokenRevoked,
 }
 
 impl Notice {
-    const ALL: [Notice; 7] = [
+    const ALL: [Notice; 8] = [
         Notice::Linked,
         Notice::AlreadyLinked,
         Notice::LinkedElsewhere,
@@ -55,6 +58,7 @@ impl Notice {
         Notice::LastWay,
         Notice::NotLinked,
         Notice::Disconnected,
+        Notice::TokenRevoked,
     ];
 
     fn code(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Notice {
             Notice::LastWay => "last-way",
             Notice::NotLinked => "not-linked",
             Notice::Disconnected => "disconnected",
+            Notice::TokenRevoked => "token-revoked",
         }
     }
 
@@ -88,6 +93,7 @@ impl Notice {
                 "Disconnected: its tokens no longer work, and it must ask you again to connect.",
                 false,
             ),
+            Notice::TokenRevoked => ("Revoked: that token no longer works.", false),
         }
     }
 }
@@ -129,77 +135,149 @@ pub async fn account_get(
 ) -> Response {
     let product = state.config.product_name.clone();
     let result = async {
-        let (user, mut data) = match signed_in(&state, &session).await? {
+        let (user, data) = match signed_in(&state, &session).await? {
             Ok(found) => found,
             Err(to_login) => return Ok(to_login),
         };
-        let csrf = data.form_csrf()?;
-        data.save(&session).await?;
         let notice = Notice::ALL.into_iter().find(|n| n.code() == q.notice);
         let (notice, problem) = match notice.map(Notice::text) {
             Some((text, true)) => (None, Some(text.to_owned())),
             Some((text, false)) => (Some(text.to_owned()), None),
             None => (None, None),
         };
-        let linked = state.store.identities_of(&user.id).await?;
-        let name_of = |id: &str| {
-            state
-                .identity
-                .all()
-                .find(|p| p.id == id)
-                .map_or_else(|| id.to_owned(), |p| p.name.clone())
-        };
-        let identities = linked
-            .into_iter()
-            .map(|l| IdentityView {
-                provider_name: name_of(&l.identity.provider),
-                account: l
-                    .identity
-                    .email
-                    .clone()
-                    .unwrap_or_else(|| l.identity.subject.clone()),
-                linked_at: day(l.linked_at),
-                last_used: l.last_sign_in_at.map_or_else(
-                    || "not used yet".to_owned(),
-                    |t| format!("last used {}", day(t)),
-                ),
-                provider: l.identity.provider,
-                issuer: l.identity.issuer,
-                subject: l.identity.subject,
-            })
-            .collect();
-        let providers = state
-            .identity
-            .all()
-            .map(|p| ProviderView {
-                id: p.id.clone(),
-                name: p.name.clone(),
-            })
-            .collect();
-        let apps = state
-            .store
-            .connected_apps(&user.id, state.clock.now())
-            .await?
-            .into_iter()
-            .map(|app| app_view(&state, app))
-            .collect();
-        Ok(pages::render(
-            StatusCode::OK,
-            &AccountPage {
-                product: product.clone(),
-                username: user.username.as_str().to_owned(),
-                notice,
-                problem,
-                has_password: !user.password_hash.is_empty(),
-                identities,
-                providers,
-                apps,
-                csrf,
-            },
-        ))
+        render(&state, &session, &user, data, notice, problem, None).await
     }
     .await;
     result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// The page for `user`, with what the last action said, and a token just created.
+async fn render(
+    state: &AppState,
+    session: &Session,
+    user: &User,
+    mut data: SessionData,
+    notice: Option<String>,
+    problem: Option<String>,
+    new_token: Option<String>,
+) -> Result<Response, AuthorizeError> {
+    let csrf = data.form_csrf()?;
+    data.save(session).await?;
+    let now = state.clock.now();
+    let linked = state.store.identities_of(&user.id).await?;
+    let name_of = |id: &str| {
+        state
+            .identity
+            .all()
+            .find(|p| p.id == id)
+            .map_or_else(|| id.to_owned(), |p| p.name.clone())
+    };
+    let identities = linked
+        .into_iter()
+        .map(|l| IdentityView {
+            provider_name: name_of(&l.identity.provider),
+            account: l
+                .identity
+                .email
+                .clone()
+                .unwrap_or_else(|| l.identity.subject.clone()),
+            linked_at: day(l.linked_at),
+            last_used: l.last_sign_in_at.map_or_else(
+                || "not used yet".to_owned(),
+                |t| format!("last used {}", day(t)),
+            ),
+            provider: l.identity.provider,
+            issuer: l.identity.issuer,
+            subject: l.identity.subject,
+        })
+        .collect();
+    let providers = state
+        .identity
+        .all()
+        .map(|p| ProviderView {
+            id: p.id.clone(),
+            name: p.name.clone(),
+        })
+        .collect();
+    let apps = state
+        .store
+        .connected_apps(&user.id, now)
+        .await?
+        .into_iter()
+        .map(|app| app_view(state, app))
+        .collect();
+    let tokens = state
+        .store
+        .api_tokens(Some(&user.id))
+        .await?
+        .into_iter()
+        .map(|t| token_view(t, now))
+        .collect();
+    Ok(pages::render(
+        StatusCode::OK,
+        &AccountPage {
+            product: state.config.product_name.clone(),
+            username: user.username.as_str().to_owned(),
+            notice,
+            problem,
+            has_password: !user.password_hash.is_empty(),
+            identities,
+            providers,
+            apps,
+            tokens,
+            token_scopes: state.config.grantable(user),
+            lifetimes: lifetimes(&state.config),
+            new_token,
+            csrf,
+        },
+    ))
+}
+
+/// The lifetimes the create form offers: common ones within the limit, the limit, and "never"
+/// where the operator allows it; 90 days first chosen.
+fn lifetimes(config: &crate::config::Config) -> Vec<(String, String, bool)> {
+    let max = config.api_tokens.max_days;
+    let mut days: Vec<u32> = [7, 30, API_TOKEN_DEFAULT_DAYS, 365]
+        .into_iter()
+        .filter(|d| *d <= max)
+        .collect();
+    if !days.contains(&max) {
+        days.push(max);
+    }
+    let default = if days.contains(&API_TOKEN_DEFAULT_DAYS) {
+        API_TOKEN_DEFAULT_DAYS
+    } else {
+        max
+    };
+    let mut out: Vec<(String, String, bool)> = days
+        .into_iter()
+        .map(|d| (d.to_string(), format!("{d} days"), d == default))
+        .collect();
+    if config.api_tokens.allow_no_expiry {
+        out.push(("never".to_owned(), "Never".to_owned(), false));
+    }
+    out
+}
+
+/// An API token's row.
+fn token_view(t: ApiTokenRecord, now: OffsetDateTime) -> TokenView {
+    let used = t.last_used_at.map_or_else(
+        || "never used".to_owned(),
+        |u| format!("last used {}", day(u)),
+    );
+    let (live, end) = match (t.revoked_at, t.expires_at) {
+        (Some(r), _) => (false, format!("revoked {}", day(r))),
+        (None, Some(e)) if e <= now => (false, format!("expired {}", day(e))),
+        (None, Some(e)) => (true, format!("expires {}", day(e))),
+        (None, None) => (true, "never expires".to_owned()),
+    };
+    TokenView {
+        dates: format!("created {} · {used} · {end}", day(t.created_at)),
+        id: t.token_id,
+        name: t.name,
+        scopes: t.scopes,
+        live,
+    }
 }
 
 /// How the page names a connected application: a metadata-document client by the host that
@@ -423,6 +501,130 @@ pub async fn sign_out_everywhere_post(
             .await
             .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
         Ok(super::login::signed_out_page(&state))
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// The create-token form. `scope` repeats (one per checked box), so it is read by hand.
+#[derive(Debug, Default)]
+struct CreateForm {
+    csrf: String,
+    name: String,
+    scopes: Vec<String>,
+    lifetime: String,
+}
+
+impl CreateForm {
+    fn parse(body: &[u8]) -> Self {
+        let mut form = Self::default();
+        for (key, value) in url::form_urlencoded::parse(body) {
+            match key.as_ref() {
+                "csrf" => form.csrf = value.into_owned(),
+                "name" => form.name = value.into_owned(),
+                "scope" => form.scopes.push(value.into_owned()),
+                "lifetime" => form.lifetime = value.into_owned(),
+                _ => {}
+            }
+        }
+        form
+    }
+}
+
+/// `POST /account/tokens`: creates an API token and shows it once, on the page itself (never in
+/// a URL or the session).
+pub async fn token_create_post(
+    State(state): State<AppState>,
+    session: Session,
+    body: axum::body::Bytes,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let form = CreateForm::parse(&body);
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
+            return Ok(form_expired(&product));
+        }
+        let days = match form.lifetime.as_str() {
+            "never" => None,
+            "" => Some(API_TOKEN_DEFAULT_DAYS),
+            n => match n.parse() {
+                Ok(d) => Some(d),
+                Err(_) => Some(0),
+            },
+        };
+        let now = state.clock.now();
+        let created = super::api_tokens::create(
+            &state.store,
+            &state.config,
+            &user,
+            &form.name,
+            &form.scopes,
+            days,
+            "self",
+            now,
+        )
+        .await?;
+        match created {
+            Ok(created) => {
+                let notice = format!("Created “{}”.", created.record.name);
+                let token = created.token.expose().to_owned();
+                render(
+                    &state,
+                    &session,
+                    &user,
+                    data,
+                    Some(notice),
+                    None,
+                    Some(token),
+                )
+                .await
+            }
+            Err(refused) => {
+                let problem = format!("No token was created: {refused}.");
+                render(&state, &session, &user, data, None, Some(problem), None).await
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// The revoke-token form.
+#[derive(Debug, Deserialize)]
+pub struct RevokeTokenForm {
+    #[serde(default)]
+    csrf: String,
+    token_id: String,
+}
+
+/// `POST /account/tokens/revoke`: the token stops working at its next call here (within
+/// `revocation_sync_interval` on other instances).
+pub async fn token_revoke_post(
+    State(state): State<AppState>,
+    session: Session,
+    form: Result<Form<RevokeTokenForm>, FormRejection>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (user, data) = match signed_in(&state, &session).await? {
+            Ok(found) => found,
+            Err(to_login) => return Ok(to_login),
+        };
+        let Ok(Form(form)) = form else {
+            return Ok(form_expired(&product));
+        };
+        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
+            return Ok(form_expired(&product));
+        }
+        let now = state.clock.now();
+        super::api_tokens::revoke(&state.store, &form.token_id, Some(&user.id), "self", now)
+            .await?;
+        state.api_tokens.forget(&form.token_id);
+        Ok(Redirect::to(&account_notice(Notice::TokenRevoked)).into_response())
     }
     .await;
     result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))

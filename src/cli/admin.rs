@@ -432,9 +432,23 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
     let store = open(config).await?;
     let result = async {
         let now = time::OffsetDateTime::now_utc();
-        let TokensCommand::Revoke(target) = command;
         let seconds = config.revocation_sync_interval.whole_seconds();
-        if let Some(name) = target.user {
+        let target = match command {
+            TokensCommand::Create {
+                user,
+                name,
+                scopes,
+                expires,
+            } => return create_api_token(config, &store, &user, &name, &scopes, expires, now).await,
+            TokensCommand::List { user } => return list_api_tokens(&store, user.as_deref(), now).await,
+            TokensCommand::Revoke(target) => target,
+        };
+        if let Some(id) = target.id {
+            if !crate::account::api_tokens::revoke(&store, &id, None, "operator", now).await? {
+                anyhow::bail!("no live API token with id {id:?} (see `gatehouse tokens list`)");
+            }
+            println!("Revoked API token {id} (running servers refuse it within {seconds} s).");
+        } else if let Some(name) = target.user {
             let user = store
                 .user_by_name(&name)
                 .await?
@@ -455,4 +469,92 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
     .await;
     store.close().await;
     result
+}
+
+/// `gatehouse tokens create`
+async fn create_api_token(
+    config: &Config,
+    store: &Store,
+    user: &str,
+    name: &str,
+    scopes: &[String],
+    expires: Option<String>,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    let owner = store
+        .user_by_name(user)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no user named {user:?}"))?;
+    let days = match expires.as_deref() {
+        None => Some(crate::config::API_TOKEN_DEFAULT_DAYS),
+        Some("never") => None,
+        Some(n) => Some(n.parse::<u32>().map_err(|_| {
+            anyhow::anyhow!("--expires takes a number of days or `never`, not {n:?}")
+        })?),
+    };
+    let created = crate::account::api_tokens::create(
+        store, config, &owner, name, scopes, days, "operator", now,
+    )
+    .await?
+    .map_err(|refused| anyhow::anyhow!("no token created: {refused}"))?;
+    let until = created
+        .record
+        .expires_at
+        .map_or_else(|| "never".to_owned(), |t| t.date().to_string());
+    eprintln!(
+        "Created API token {} for {user} ({}; expires {until}). It is printed once, below:",
+        created.record.token_id, created.record.scopes
+    );
+    println!("{}", created.token.expose());
+    Ok(())
+}
+
+/// `gatehouse tokens list`
+async fn list_api_tokens(
+    store: &Store,
+    user: Option<&str>,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    let owner = match user {
+        Some(name) => Some(
+            store
+                .user_by_name(name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?,
+        ),
+        None => None,
+    };
+    let tokens = store
+        .api_tokens(owner.as_ref().map(|u| u.id.as_str()))
+        .await?;
+    let users = store.users().await?;
+    let name_of = |id: &str| {
+        users
+            .iter()
+            .find(|u| u.id == id)
+            .map_or_else(|| id.to_owned(), |u| u.username.as_str().to_owned())
+    };
+    println!(
+        "{:<14} {:<20} {:<24} {:<20} {:<12} {:<12} STATE",
+        "ID", "USER", "NAME", "SCOPES", "CREATED", "LAST USED"
+    );
+    for t in tokens {
+        let state = match (t.revoked_at, t.expires_at) {
+            (Some(_), _) => "revoked".to_owned(),
+            (None, Some(e)) if e <= now => "expired".to_owned(),
+            (None, Some(e)) => format!("expires {}", e.date()),
+            (None, None) => "never expires".to_owned(),
+        };
+        println!(
+            "{:<14} {:<20} {:<24} {:<20} {:<12} {:<12} {state}",
+            t.token_id,
+            name_of(&t.user_id),
+            t.name,
+            t.scopes,
+            t.created_at.date().to_string(),
+            t.last_used_at
+                .map_or_else(|| "never".to_owned(), |u| u.date().to_string()),
+        );
+    }
+    Ok(())
 }

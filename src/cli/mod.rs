@@ -176,18 +176,42 @@ pub enum KeysCommand {
 /// `gatehouse tokens ...`
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// Revoke every grant and token of a user or of a client.
+    /// Create an API token for a user; the token is printed once.
+    Create {
+        /// The user it acts for.
+        #[arg(long)]
+        user: String,
+        /// Its name (shown in lists).
+        #[arg(long)]
+        name: String,
+        /// A scope it carries (repeat for more), within what the user's roles allow.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Days until it expires (default 90; at most `api_tokens.max_days`). `never` only
+        /// where `api_tokens.allow_no_expiry` is set.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List API tokens (of one user, or everyone's).
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke one API token by its id, or every grant and token of a user or of a client.
     Revoke(RevokeTarget),
 }
 
-/// Whose tokens to revoke.
+/// What to revoke.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct RevokeTarget {
-    /// A user name.
+    /// An API token's id (see `tokens list`).
+    pub id: Option<String>,
+    /// A user name: every grant, token and browser session of theirs.
     #[arg(long)]
     pub user: Option<String>,
-    /// A client id.
+    /// A client id: every grant and token of it.
     #[arg(long)]
     pub client: Option<String>,
 }

@@ -123,7 +123,31 @@ pub struct RawConfig {
     /// Identity providers people may sign in with (`[[identity_providers]]` tables). Default
     /// none.
     pub identity_providers: Vec<IdentityProviderConfig>,
+    /// API tokens people create on their account page (or an admin with the CLI).
+    pub api_tokens: ApiTokensConfig,
 }
+
+/// `[api_tokens]`: how long the API tokens people create may live.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiTokensConfig {
+    /// Longest lifetime a token may be given, days. Default 365.
+    pub max_days: u32,
+    /// Whether a token may be created that never expires. Default false.
+    pub allow_no_expiry: bool,
+}
+
+impl Default for ApiTokensConfig {
+    fn default() -> Self {
+        Self {
+            max_days: 365,
+            allow_no_expiry: false,
+        }
+    }
+}
+
+/// The lifetime an API token gets when none is chosen, days.
+pub const API_TOKEN_DEFAULT_DAYS: u32 = 90;
 
 /// `[password_hashing]`: each check costs ~18 ms of a core and 19 MiB while it runs, so checks run
 /// on a fixed set of threads behind a bounded queue; beyond it a sign-in is answered 503 with
@@ -471,6 +495,7 @@ impl Default for RawConfig {
             upstreams: Vec::new(),
             local_login: true,
             identity_providers: Vec::new(),
+            api_tokens: ApiTokensConfig::default(),
         }
     }
 }
@@ -569,6 +594,8 @@ pub struct Config {
     pub local_login: bool,
     /// Identity providers, checked, in the order written.
     pub identity_providers: Vec<IdentityProvider>,
+    /// API token lifetimes.
+    pub api_tokens: ApiTokensConfig,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }
@@ -647,8 +674,13 @@ impl Config {
 
     /// The scopes `user`'s roles allow, each once, in the order of the roles and the catalog.
     pub fn grantable(&self, user: &crate::domain::User) -> Vec<String> {
+        self.grantable_by_roles(&user.roles)
+    }
+
+    /// The scopes `roles` allow, each once, in the order of the roles and the catalog.
+    pub fn grantable_by_roles(&self, roles: &[String]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for role in &user.roles {
+        for role in roles {
             for scope in self.roles.get(role).into_iter().flatten() {
                 if !out.iter().any(|s| s == scope.as_str()) {
                     out.push(scope.as_str().to_owned());

@@ -93,6 +93,7 @@ impl Config {
                 keys_passphrase: raw.keys_passphrase,
                 key_rotation,
                 password_hashing: raw.password_hashing,
+                api_tokens: raw.api_tokens,
                 upstreams,
                 local_login: raw.local_login,
                 identity_providers,
@@ -523,11 +524,17 @@ fn mcp(raw: &RawConfig, found: &mut Findings) {
     }
 }
 
-/// `[rate_limits]` and `[password_hashing]`.
+/// `[rate_limits]`, `[password_hashing]` and `[api_tokens]`.
 fn limits(raw: &RawConfig, found: &mut Findings) {
     let rl = &raw.rate_limits;
     if rl.public_per_minute == 0 || rl.oauth_per_minute == 0 || rl.failures_per_minute == 0 {
         found.problem("rate_limits must allow at least 1 request per minute");
+    }
+    if raw.api_tokens.max_days == 0 || raw.api_tokens.max_days > 3650 {
+        found.problem(format!(
+            "api_tokens.max_days must be 1 to 3650, not {}",
+            raw.api_tokens.max_days
+        ));
     }
     let ph = raw.password_hashing;
     if ph.workers > 256 || ph.queue > 10_000 {

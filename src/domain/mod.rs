@@ -1,6 +1,7 @@
 //! Protocol values that can only be built valid ("parse, don't validate").
 
 mod algorithm;
+mod api_token;
 mod client;
 mod issuer;
 mod key_state;
@@ -11,6 +12,7 @@ mod secret;
 mod user;
 
 pub use algorithm::SigningAlgorithm;
+pub use api_token::{API_TOKEN_PREFIX, NewApiToken, PresentedApiToken, is_api_token};
 pub use client::{
     Client, ClientKind, MAX_CLIENT_NAME, TokenEndpointAuthMethod, acceptable_client_name,
     deceptive_char,

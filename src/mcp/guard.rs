@@ -244,6 +244,22 @@ impl Guard {
         };
         let principal = match token.as_deref() {
             None => Err(None),
+            // Told apart by form: an API token is never tried as a JWT, nor a JWT as one.
+            Some(t) if crate::domain::is_api_token(t) => {
+                let state = &self.state;
+                state
+                    .api_tokens
+                    .verify(
+                        t,
+                        &state.store,
+                        &state.users,
+                        &state.config,
+                        &self.verifier,
+                        state.clock.now(),
+                    )
+                    .await
+                    .map_err(Some)
+            }
             Some(t) => match self.verifier.verify(t) {
                 // Another instance may have activated a key a moment ago: read the key states
                 // once (at most once a second) and try again.

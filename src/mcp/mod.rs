@@ -3,6 +3,7 @@
 //! answered before authentication).
 
 pub mod access;
+pub mod api_tokens;
 pub mod challenge;
 pub mod guard;
 pub mod prm;

@@ -80,6 +80,10 @@ pub enum TokenRejection {
     NotYetValid,
     #[error("the access token has been revoked")]
     Revoked,
+    /// An API token (`gh_pat_...`) that is malformed, fails its checksum, or is not one this
+    /// server issued.
+    #[error("the API token is not valid")]
+    BadApiToken,
     /// Signed by a key this instance does not know (yet): the caller may reload the key set
     /// (another instance may have just activated a key) and verify again.
     #[error("the access token was signed by a key this server does not know")]
@@ -131,7 +135,7 @@ impl TokenVerifier {
     }
 
     /// The scopes a token's scopes amount to, with everything they imply (transitively).
-    fn effective_scopes(&self, scope: &str) -> Vec<String> {
+    pub fn effective_scopes(&self, scope: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut todo: Vec<String> = ScopeSet::parse_lenient(scope)
             .names()

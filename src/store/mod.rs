@@ -4,6 +4,7 @@
 //! `Any` has no time, bool, uuid or json types, so timestamps are unix seconds (`i64`), flags are
 //! 0/1 integers and JSON is text.
 
+mod api_tokens;
 mod apps;
 mod audit;
 mod clients;
@@ -30,6 +31,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, Connection, Executor};
 
 pub use self::url::DatabaseUrl;
+pub use api_tokens::ApiTokenRecord;
 pub use apps::ConnectedApp;
 pub use audit::{AuditEvent, AuditRecord, Outcome};
 pub use codes::{CodeRecord, CodeState, ConsumedCode};

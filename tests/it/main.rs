@@ -7,6 +7,7 @@
 mod support;
 
 mod account;
+mod api_tokens;
 mod browser;
 mod cimd;
 mod config;

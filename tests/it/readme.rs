@@ -28,7 +28,8 @@ fn reference_rows() -> Vec<(String, String)> {
 }
 
 /// Configuration tables whose keys are fixed by the struct.
-const FIXED_TABLES: [&str; 6] = [
+const FIXED_TABLES: [&str; 7] = [
+    "api_tokens",
     "registration",
     "client_metadata",
     "mcp",

@@ -236,7 +236,11 @@ async fn apps_suite(store: &Store) {
         expires_at: at + time::Duration::days(30),
         revoked_at: None,
     };
-    for (user, client) in [("u_apps", "app-a"), ("u_apps", "app-b"), ("u_apps_other", "app-a")] {
+    for (user, client) in [
+        ("u_apps", "app-a"),
+        ("u_apps", "app-b"),
+        ("u_apps_other", "app-a"),
+    ] {
         store
             .save_consent(user, client, resource, "mcp", "https://app.example/cb", now)
             .await
@@ -278,8 +282,15 @@ async fn apps_suite(store: &Store) {
         .map(|a| a.client_id)
         .collect();
     assert_eq!(ids, ["app-b"]);
-    let other = store.connected_apps("u_apps_other", later).await.expect("apps");
-    assert_eq!((other.len(), other[0].live_grants), (1, 1), "another person's stays");
+    let other = store
+        .connected_apps("u_apps_other", later)
+        .await
+        .expect("apps");
+    assert_eq!(
+        (other.len(), other[0].live_grants),
+        (1, 1),
+        "another person's stays"
+    );
     assert!(
         store
             .disconnect_app("u_apps", "app-a", "again", later)
@@ -288,11 +299,24 @@ async fn apps_suite(store: &Store) {
             .is_empty()
     );
 
-    assert!(store.end_browser_sessions("u_apps", later).await.expect("end"));
+    assert!(
+        store
+            .end_browser_sessions("u_apps", later)
+            .await
+            .expect("end")
+    );
     let user = store.user("u_apps").await.expect("read").expect("user");
-    assert!(!user.session_valid(later.unix_timestamp()), "a session of that second ends");
+    assert!(
+        !user.session_valid(later.unix_timestamp()),
+        "a session of that second ends"
+    );
     assert!(user.session_valid(later.unix_timestamp() + 1));
-    assert!(!store.end_browser_sessions("nobody", later).await.expect("end"));
+    assert!(
+        !store
+            .end_browser_sessions("nobody", later)
+            .await
+            .expect("end")
+    );
 }
 
 /// Identities at providers: a first sign-in makes the account, the next finds it by (provider,

@@ -185,6 +185,19 @@ impl TestApp {
         n
     }
 
+    /// The one text value `sql` selects, read on a connection of its own.
+    pub async fn scalar_string(&self, sql: &str) -> String {
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect");
+        let value: String = sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect("value");
+        let _ = conn.close().await;
+        value
+    }
+
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self
             .router

@@ -1,0 +1,279 @@
+//! API tokens: created on the person's own page (or with the CLI), shown once, stored hashed,
+//! accepted by `/mcp` exactly where an access token is, told apart from a JWT by their form,
+//! and refused at the next call once revoked.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::support::mcp::{access_token, call, mcp, message, stateless};
+use crate::support::{Agent, PASSWORD, TestApp, TestResponse};
+
+const PROTOCOL: &str = "2026-07-28";
+
+async fn whoami(app: &TestApp, token: &str) -> TestResponse {
+    mcp(
+        app,
+        Some(token),
+        None,
+        PROTOCOL,
+        stateless(call(1, "whoami", json!({}))),
+    )
+    .await
+}
+
+/// The token shown on the page after creating one.
+fn shown_token(html: &str) -> String {
+    let at = html.find("<code class=\"secret\">").expect("the new token") + 21;
+    html[at..at + html[at..].find('<').expect("end")].to_owned()
+}
+
+async fn create(agent: &mut Agent<'_>, fields: &[(&str, &str)]) -> TestResponse {
+    let csrf = agent.get("/account").await.hidden("csrf");
+    let mut all = vec![("csrf", csrf.as_str())];
+    all.extend_from_slice(fields);
+    agent.post_form("/account/tokens", &all).await
+}
+
+/// Alice creates a token on her page: it is shown once, in the recognisable format, stored only
+/// as a hash; `/mcp` accepts it as her (the audit names it by id, never by secret) until she
+/// revokes it, then refuses it at the next call.
+#[tokio::test]
+async fn a_token_from_the_account_page_calls_mcp_as_its_owner_until_revoked() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let mut alice = Agent::new(&app);
+    alice.sign_in("/login", "alice", PASSWORD).await;
+
+    let res = create(
+        &mut alice,
+        &[("name", "CI job"), ("scope", "mcp"), ("lifetime", "30")],
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let html = res.text();
+    assert!(
+        html.contains("Copy it now: it is not shown again"),
+        "{html}"
+    );
+    let token = shown_token(&html);
+    assert!(token.starts_with("gh_pat_"), "{token}");
+    let id = token[7..19].to_owned();
+    assert!(
+        html.contains(&format!("<code>{id}</code>")),
+        "listed by id: {html}"
+    );
+    // Shown once: the page afterwards lists it, without the secret.
+    let later = alice.get("/account").await.text();
+    assert!(
+        later.contains("CI job") && !later.contains(&token),
+        "{later}"
+    );
+    let stored: String = app
+        .scalar_string("SELECT secret_hash FROM api_tokens")
+        .await;
+    assert!(!stored.contains(&token[19..]), "only a hash is stored");
+
+    let res = whoami(&app, &token).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let text = message(&res).to_string();
+    assert!(text.contains("alice"), "{text}");
+    assert!(
+        res.header("x-ratelimit-limit").is_some(),
+        "a budget of its own"
+    );
+    let events = app
+        .state
+        .store
+        .audit_events(None, None, 500)
+        .await
+        .expect("audit");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.grant_id.as_deref() == Some(format!("pat_{id}").as_str())),
+        "the call is audited under the token's id"
+    );
+    let all = serde_json::to_string(&events.iter().map(|e| &e.event.detail).collect::<Vec<_>>())
+        .expect("json");
+    assert!(!all.contains(&token[19..]), "no secret in the audit log");
+
+    // Revoked from the page: refused at the very next call.
+    let page = alice.get("/account").await;
+    let res = alice
+        .post_form(
+            "/account/tokens/revoke",
+            &[("csrf", &page.hidden("csrf")), ("token_id", &id)],
+        )
+        .await;
+    assert_eq!(res.location(), "/account?notice=token-revoked");
+    let res = whoami(&app, &token).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    let challenge = res.header("www-authenticate").expect("challenge");
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    assert!(alice.get("/account").await.text().contains("revoked "));
+}
+
+/// A credential is checked as what its form says and nothing else: a `gh_pat_` token with a
+/// broken checksum, an unknown one, or one whose secret does not match is an invalid token
+/// (401), never tried as a JWT; and a JWT is still a JWT.
+#[tokio::test]
+async fn a_credential_is_checked_as_what_its_form_says() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let jwt = access_token(&app, "alice").await;
+    assert_eq!(whoami(&app, &jwt).await.status, StatusCode::OK);
+
+    let mut alice = Agent::new(&app);
+    alice.sign_in("/login", "alice", PASSWORD).await;
+    let token = shown_token(
+        &create(&mut alice, &[("name", "script"), ("scope", "mcp")])
+            .await
+            .text(),
+    );
+    // The same id with another secret (and a checksum made to match is out of reach: any
+    // change fails it first), the checksum broken, an id nobody has.
+    let mut broken = token.clone().into_bytes();
+    let last = broken.len() - 1;
+    broken[last] = if broken[last] == b'A' { b'B' } else { b'A' };
+    let broken = String::from_utf8(broken).expect("utf8");
+    let other = gatehouse::domain::NewApiToken::generate().expect("token");
+    for bad in [
+        broken.as_str(),
+        other.token.expose(),
+        "gh_pat_",
+        &format!("{jwt}x"),
+    ] {
+        let res = whoami(&app, bad).await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert!(
+            res.header("www-authenticate")
+                .is_some_and(|c| c.contains("invalid_token")),
+            "{bad}"
+        );
+    }
+    assert_eq!(whoami(&app, &token).await.status, StatusCode::OK);
+}
+
+/// What a token may carry: a name, scopes the person's roles allow, a lifetime within the
+/// operator's limit and never "never" unless allowed. Each refusal says why, and creates
+/// nothing; a form without the session's token is refused.
+#[tokio::test]
+async fn a_token_carries_only_what_the_person_and_the_operator_allow() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let mut alice = Agent::new(&app);
+    alice.sign_in("/login", "alice", PASSWORD).await;
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("name", ""), ("scope", "mcp")], "give the token a name"),
+        (&[("name", "x")], "choose at least one scope"),
+        (
+            &[("name", "x"), ("scope", "admin:all")],
+            "do not allow the scope admin:all",
+        ),
+        (
+            &[("name", "x"), ("scope", "mcp"), ("lifetime", "never")],
+            "never expire",
+        ),
+        (
+            &[("name", "x"), ("scope", "mcp"), ("lifetime", "4000")],
+            "1 to 365 days",
+        ),
+    ];
+    for (fields, why) in cases {
+        let res = create(&mut alice, fields).await;
+        assert_eq!(res.status, StatusCode::OK);
+        assert!(res.text().contains(why), "{why}: {}", res.text());
+        assert!(!res.text().contains("class=\"secret\""));
+    }
+    let forged = alice
+        .post_form(
+            "/account/tokens",
+            &[("csrf", "forged"), ("name", "x"), ("scope", "mcp")],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.count_rows("SELECT count(*) FROM api_tokens").await, 0);
+}
+
+/// `gatehouse tokens create|list|revoke` against the real binary: the token is printed once on
+/// standard output, listed without its secret, and revoked by id.
+#[test]
+fn an_admin_creates_lists_and_revokes_a_token_from_the_command_line() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let cwd = tempfile::TempDir::new().expect("tempdir");
+    let run = |args: &[&str]| {
+        crate::support::process::gatehouse(cwd.path())
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let mut child = crate::support::process::gatehouse(cwd.path())
+        .args(["users", "add", "bob", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("users add");
+    writeln!(child.stdin.take().expect("stdin"), "{PASSWORD}").expect("write");
+    assert!(child.wait().expect("wait").success());
+
+    let out = run(&[
+        "tokens",
+        "create",
+        "--user",
+        "bob",
+        "--name",
+        "nightly",
+        "--scope",
+        "mcp",
+        "--expires",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("gh_pat_"), "{token}");
+    let id = &token[7..19];
+
+    let out = run(&["tokens", "list", "--user", "bob"]);
+    let listing = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        listing.contains(id) && listing.contains("nightly"),
+        "{listing}"
+    );
+    assert!(!listing.contains(&token), "{listing}");
+
+    let refused = run(&[
+        "tokens",
+        "create",
+        "--user",
+        "bob",
+        "--name",
+        "x",
+        "--scope",
+        "mcp",
+        "--expires",
+        "never",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("never expire"));
+
+    let out = run(&["tokens", "revoke", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8(run(&["tokens", "list"]).stdout).expect("utf8");
+    assert!(listing.contains("revoked"), "{listing}");
+    assert!(
+        !run(&["tokens", "revoke", id]).status.success(),
+        "only once"
+    );
+}
