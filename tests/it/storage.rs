@@ -317,6 +317,68 @@ async fn apps_suite(store: &Store) {
             .await
             .expect("end")
     );
+
+    // API tokens: a round trip of every field, listed per user, revoked once, touched.
+    use gatehouse::store::ApiTokenRecord;
+    let token = |id: &str, user: &str, expires: Option<time::OffsetDateTime>| ApiTokenRecord {
+        token_id: id.into(),
+        user_id: user.into(),
+        name: format!("token {id}"),
+        secret_hash: format!("hash-{id}"),
+        scopes: "mcp".into(),
+        created_at: now,
+        expires_at: expires,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let mine = token("tok-a", "u_apps", Some(later));
+    store.insert_api_token(&mine).await.expect("insert");
+    store
+        .insert_api_token(&token("tok-b", "u_apps_other", None))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        store.insert_api_token(&mine).await,
+        Err(gatehouse::store::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.api_token("tok-a").await.expect("read"),
+        Some(mine.clone())
+    );
+    assert_eq!(
+        store.api_tokens(Some("u_apps")).await.expect("list"),
+        vec![mine]
+    );
+    assert_eq!(store.api_tokens(None).await.expect("list").len(), 2);
+    store.touch_api_token("tok-b", later).await.expect("touch");
+    assert_eq!(
+        store
+            .api_token("tok-b")
+            .await
+            .expect("read")
+            .expect("token")
+            .last_used_at,
+        Some(later)
+    );
+    assert!(
+        !store
+            .revoke_api_token("tok-b", Some("u_apps"), later)
+            .await
+            .expect("revoke"),
+        "only its owner's"
+    );
+    assert!(
+        store
+            .revoke_api_token("tok-b", None, later)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !store
+            .revoke_api_token("tok-b", None, later)
+            .await
+            .expect("revoke")
+    );
 }
 
 /// Identities at providers: a first sign-in makes the account, the next finds it by (provider,
