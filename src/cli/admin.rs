@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde_json::json;
 
-use super::{ClientsCommand, TokensCommand, UsersCommand};
+use super::{ClientsCommand, GrantsCommand, TokensCommand, UsersCommand};
 use crate::account::{User, Username};
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
@@ -557,4 +557,63 @@ async fn list_api_tokens(
         );
     }
     Ok(())
+}
+
+/// `gatehouse grants list|revoke`
+pub async fn grants(config: &Config, command: GrantsCommand) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let result = async {
+        let now = time::OffsetDateTime::now_utc();
+        match command {
+            GrantsCommand::List { user } => {
+                let owner = store
+                    .user_by_name(&user)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no user named {user:?}"))?;
+                println!(
+                    "{:<48} {:<40} {:<24} {:<12} STATE",
+                    "ID", "CLIENT", "SCOPES", "CREATED"
+                );
+                for g in store.grants_of(&owner.id).await? {
+                    let state = match g.revoked_at {
+                        Some(r) => format!("revoked {}", r.date()),
+                        None if g.expires_at <= now => "expired".to_owned(),
+                        None => format!("live until {}", g.expires_at.date()),
+                    };
+                    println!(
+                        "{:<48} {:<40} {:<24} {:<12} {state}",
+                        g.grant_id,
+                        g.client_id,
+                        g.scopes,
+                        g.created_at.date().to_string()
+                    );
+                }
+            }
+            GrantsCommand::Revoke { id } => {
+                let grant = store
+                    .grant(&id)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no grant with id {id:?} (see `gatehouse grants list`)"))?;
+                let reason = "revoked by the operator";
+                if !store.revoke_grant(&id, reason, now).await? {
+                    anyhow::bail!("grant {id} was already revoked");
+                }
+                audit_revoked(
+                    &store,
+                    std::slice::from_ref(&id),
+                    grant.user_id.as_deref(),
+                    Some(&grant.client_id),
+                    reason,
+                    now,
+                )
+                .await?;
+                let seconds = config.revocation_sync_interval.whole_seconds();
+                println!("Revoked grant {id} with its tokens (running servers refuse them within {seconds} s).");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
 }

@@ -52,6 +52,9 @@ pub enum Command {
     /// Revoke tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The grants people gave applications (each a refresh family and its access tokens).
+    #[command(subcommand)]
+    Grants(GrantsCommand),
     /// The MCP servers `/mcp` fronts (gateway mode).
     #[command(subcommand)]
     Upstreams(UpstreamsCommand),
@@ -202,6 +205,23 @@ pub enum TokensCommand {
     Revoke(RevokeTarget),
 }
 
+/// `gatehouse grants ...`
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// List a user's grants: the application, scopes, when made, and whether still live.
+    List {
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke one grant by its id: its refresh tokens at once, its access tokens within
+    /// `revocation_sync_interval`.
+    Revoke {
+        /// The grant's id (see `grants list`).
+        id: String,
+    },
+}
+
 /// What to revoke.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -293,6 +313,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Rotate { now, alg }) => keys_rotate(&config, now, alg).await,
         Command::Keys(KeysCommand::Retire { kid, yes }) => keys_retire(&config, &kid, yes).await,
         Command::Tokens(cmd) => admin::tokens(&config, cmd).await,
+        Command::Grants(cmd) => admin::grants(&config, cmd).await,
         Command::Upstreams(UpstreamsCommand::List) => {
             print!("{}", upstreams::list(&config));
             Ok(())

@@ -233,6 +233,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Every grant of `user_id`, newest first, revoked ones included.
+    pub async fn grants_of(&self, user_id: &str) -> Result<Vec<GrantRecord>, StoreError> {
+        let rows: Vec<GrantRow> = sqlx::query_as(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants g WHERE g.user_id = $1 \
+             ORDER BY g.created_at DESC, g.grant_id"
+        ))
+        .bind(user_id)
+        .fetch_all(&mut *self.reader().await?)
+        .await?;
+        rows.into_iter().map(grant_from).collect()
+    }
+
     /// Revokes every live grant of a user or of a client, and voids their codes not yet
     /// redeemed (each would make a new grant), in one transaction; returns the grants' ids.
     pub async fn revoke_grants_of(

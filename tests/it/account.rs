@@ -145,3 +145,56 @@ async fn signing_out_everywhere_ends_every_browser_session_but_not_the_apps() {
     .await;
     assert_eq!(refreshed.status, 200, "{}", refreshed.text());
 }
+
+/// `gatehouse grants list|revoke` against the real binary, on the database of a running app:
+/// the grant the OAuth flow made is listed, revoked by id (once), and its refresh token is
+/// refused afterwards.
+#[tokio::test]
+async fn an_admin_lists_and_revokes_one_grant_from_the_command_line() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let client_id = app.register_client("Claude", &[CALLBACK]).await;
+    let tokens = authorize(&app, &client_id, "alice", "mcp", &format!("{ISSUER}/mcp")).await;
+    let grant_id: String = app.scalar_string("SELECT grant_id FROM grants").await;
+    let run = |args: &[&str]| {
+        crate::support::process::gatehouse(app.dir.path())
+            .env("GATEHOUSE_DATABASE_URL", &app.database_url)
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&["grants", "list", "--user", "alice"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listing.contains(&grant_id)
+            && listing.contains(&client_id)
+            && listing.contains("live until"),
+        "{listing}"
+    );
+    let out = run(&["grants", "revoke", &grant_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !run(&["grants", "revoke", &grant_id]).status.success(),
+        "only once"
+    );
+    assert!(
+        String::from_utf8_lossy(&run(&["grants", "list", "--user", "alice"]).stdout)
+            .contains("revoked ")
+    );
+    let refused = refresh(
+        &app,
+        &client_id,
+        tokens.refresh_token().expect("refresh").secret(),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+}
