@@ -171,6 +171,7 @@ fn main() {
             grant_id: "g_bench".into(),
             jti: "bench".into(),
             expires_at: i64::MAX,
+            forwarded: None,
         };
         // The whole application both times, with a stand-in in the bearer layer's place.
         let stand_in = axum::middleware::from_fn(

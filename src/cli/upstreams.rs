@@ -100,6 +100,7 @@ pub async fn check(config: Config) -> anyhow::Result<String> {
                                 grant_id: "check".into(),
                                 jti: "check".into(),
                                 expires_at: 0,
+                                forwarded: None,
                             };
                             access
                                 .decide(&principal, std::slice::from_ref(*role), tool)

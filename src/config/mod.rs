@@ -302,6 +302,28 @@ pub struct McpConfig {
     /// Longest advertised name of an upstream's tool, so that a client's own prefix (Claude
     /// Code's `mcp__<server>__`) still fits the usual 64. Default 48.
     pub max_tool_name_len: usize,
+    /// The credentials `/mcp` accepts, in order: `oauth` (access tokens), `api_token`, and
+    /// `forwarded` (a person named by a trusted proxy). Default `["oauth", "api_token"]`.
+    pub credentials: Vec<CredentialSource>,
+    /// `forwarded`: the header naming the person. Default `X-Forwarded-User`.
+    pub forwarded_user_header: String,
+    /// `forwarded`: the header listing their groups, comma-separated. Default
+    /// `X-Forwarded-Groups`.
+    pub forwarded_groups_header: String,
+    /// `forwarded`: group (case-sensitive) -> the role it gives. Default none.
+    pub forwarded_group_roles: BTreeMap<String, String>,
+}
+
+/// A kind of credential `/mcp` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialSource {
+    /// An access token from this server's OAuth flow (a JWT).
+    Oauth,
+    /// An API token (`gh_pat_...`).
+    ApiToken,
+    /// A person named in headers by a reverse proxy listed in `trusted_proxies`.
+    Forwarded,
 }
 
 impl Default for McpConfig {
@@ -324,6 +346,10 @@ impl Default for McpConfig {
             max_sessions: 10_000,
             tool_access: BTreeMap::new(),
             max_tool_name_len: 48,
+            credentials: vec![CredentialSource::Oauth, CredentialSource::ApiToken],
+            forwarded_user_header: "X-Forwarded-User".to_owned(),
+            forwarded_groups_header: "X-Forwarded-Groups".to_owned(),
+            forwarded_group_roles: BTreeMap::new(),
         }
     }
 }

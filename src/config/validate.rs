@@ -458,6 +458,7 @@ fn identity_providers(raw: &RawConfig, found: &mut Findings) -> Vec<IdentityProv
 /// `[mcp]`.
 fn mcp(raw: &RawConfig, found: &mut Findings) {
     let mcp = &raw.mcp;
+    credentials(raw, found);
     if !raw.scopes.contains_key(&mcp.base_scope) {
         found.problem(format!(
             "mcp.base_scope {:?} is not in `scopes`",
@@ -652,5 +653,41 @@ fn keys(raw: &RawConfig, found: &mut Findings) -> KeyRotation {
         publish_lead: secs(kr.publish_lead),
         check_interval: secs(kr.check_interval),
         retired_retention: secs(kr.retired_retention),
+    }
+}
+
+/// `mcp.credentials` and the `forwarded` source's settings.
+fn credentials(raw: &RawConfig, found: &mut Findings) {
+    use super::CredentialSource;
+    let mcp = &raw.mcp;
+    if mcp.credentials.is_empty() {
+        found.problem("mcp.credentials must name at least one of oauth, api_token, forwarded");
+    }
+    let mut seen = Vec::new();
+    for source in &mcp.credentials {
+        if seen.contains(source) {
+            found.problem(format!("mcp.credentials names {source:?} twice"));
+        }
+        seen.push(*source);
+    }
+    for (key, name) in [
+        ("mcp.forwarded_user_header", &mcp.forwarded_user_header),
+        ("mcp.forwarded_groups_header", &mcp.forwarded_groups_header),
+    ] {
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            found.problem(format!("{key} is not a header name: {name:?}"));
+        }
+    }
+    for (group, role) in &mcp.forwarded_group_roles {
+        if !raw.roles.contains_key(role) {
+            found.problem(format!(
+                "mcp.forwarded_group_roles gives group {group:?} the role {role:?}, which is not a role of [roles]"
+            ));
+        }
+    }
+    if mcp.credentials.contains(&CredentialSource::Forwarded) && raw.trusted_proxies.is_empty() {
+        found.problem(
+            "mcp.credentials includes forwarded, which trusts headers only from trusted_proxies: list the proxy's addresses there",
+        );
     }
 }

@@ -138,6 +138,7 @@ mod tests {
             grant_id: "g".into(),
             jti: "j".into(),
             expires_at: 0,
+            forwarded: None,
         }
     }
 

@@ -109,6 +109,7 @@ impl ApiTokens {
                 .expires_at
                 .unwrap_or(now + time::Duration::days(365 * 100))
                 .unix_timestamp(),
+            forwarded: None,
         })
     }
 }

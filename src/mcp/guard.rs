@@ -40,10 +40,12 @@ use tower::{Layer, Service};
 
 use super::SESSION_HEADER;
 use super::challenge::BearerChallenge;
+use super::forwarded;
 use super::scopes::ToolScopes;
 use super::sessions::{NotOpened, SessionOwners};
 use super::verify::{Principal, TokenRejection, TokenVerifier};
 use crate::audit::{self, AuditEvent};
+use crate::config::CredentialSource;
 use crate::gateway::cancel::CallKey;
 use crate::limits::{Budget, Exhausted};
 use crate::state::AppState;
@@ -242,10 +244,39 @@ impl Guard {
                 .map(|(_, t)| t.trim().to_owned()),
             _ => Some(String::new()),
         };
-        let principal = match token.as_deref() {
-            None => Err(None),
-            // Told apart by form: an API token is never tried as a JWT, nor a JWT as one.
-            Some(t) if crate::domain::is_api_token(t) => {
+        // The first source in `mcp.credentials` whose credential the request carries decides;
+        // a credential that fails is refused and never tried as another kind. A bearer token is
+        // told apart by its form: an API token is never tried as a JWT, nor a JWT as one.
+        let accepts = |source: CredentialSource| config.mcp.credentials.contains(&source);
+        let named = forwarded::names_someone(config, request.headers());
+        let trusted_peer =
+            peer.is_some_and(|p| config.trusted_proxies.iter().any(|net| net.contains(&p)));
+        if named && !(trusted_peer && accepts(CredentialSource::Forwarded)) {
+            tracing::warn!(peer = ?peer, "a forwarded-user header from an address not trusted for it was ignored");
+        }
+        let token_kind = token.as_deref().map(|t| {
+            if crate::domain::is_api_token(t) {
+                CredentialSource::ApiToken
+            } else {
+                CredentialSource::Oauth
+            }
+        });
+        let source = config.mcp.credentials.iter().copied().find(|s| match s {
+            CredentialSource::Forwarded => named && trusted_peer,
+            kind => token_kind == Some(*kind),
+        });
+        let principal = match (token.as_deref(), source) {
+            (_, Some(CredentialSource::Forwarded)) => forwarded::principal(
+                config,
+                &self.verifier,
+                request.headers(),
+                self.state.clock.now(),
+            )
+            .ok_or(Some(TokenRejection::BadForwardedUser)),
+            (None, _) => Err(None),
+            // A bearer token of a kind this server does not accept here.
+            (Some(_), None) => Err(Some(TokenRejection::NotAccepted)),
+            (Some(t), Some(CredentialSource::ApiToken)) => {
                 let state = &self.state;
                 state
                     .api_tokens
@@ -260,7 +291,7 @@ impl Guard {
                     .await
                     .map_err(Some)
             }
-            Some(t) => match self.verifier.verify(t) {
+            (Some(t), Some(CredentialSource::Oauth)) => match self.verifier.verify(t) {
                 // Another instance may have activated a key a moment ago: read the key states
                 // once (at most once a second) and try again.
                 Err(TokenRejection::UnknownKey)

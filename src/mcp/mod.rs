@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api_tokens;
 pub mod challenge;
+pub mod forwarded;
 pub mod guard;
 pub mod prm;
 pub mod scopes;

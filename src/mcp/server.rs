@@ -99,7 +99,7 @@ impl GatehouseMcp {
             (true, CallerKind::User) => self
                 .state
                 .users
-                .get(&self.state.store, &principal.subject)
+                .of(&self.state.store, &principal)
                 .await
                 .map_err(store_failure)?
                 .map(|u| (u.username, u.roles)),

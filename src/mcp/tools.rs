@@ -54,7 +54,7 @@ impl GatehouseMcp {
             CallerKind::User => self
                 .state
                 .users
-                .get(&self.state.store, &p.subject)
+                .of(&self.state.store, p)
                 .await
                 .map_err(store_failure),
             CallerKind::Service => Ok(None),

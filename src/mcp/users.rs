@@ -30,6 +30,19 @@ impl Users {
         Self(Recent::new(ttl))
     }
 
+    /// The person behind `principal`: the one a trusted proxy named, else the user of its
+    /// subject (see [`Users::get`]).
+    pub async fn of(
+        &self,
+        store: &Store,
+        principal: &super::verify::Principal,
+    ) -> Result<Option<Known>, StoreError> {
+        match &principal.forwarded {
+            Some(known) => Ok(Some(known.clone())),
+            None => self.get(store, &principal.subject).await,
+        }
+    }
+
     /// The user `id`, from memory if read within the interval; `None` if there is none.
     pub async fn get(&self, store: &Store, id: &str) -> Result<Option<Known>, StoreError> {
         if let Some(known) = self.0.get(id) {

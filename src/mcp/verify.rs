@@ -35,6 +35,9 @@ pub struct Principal {
     pub jti: String,
     /// Its expiry, unix seconds.
     pub expires_at: i64,
+    /// A person named by a trusted proxy (`mcp.credentials` `forwarded`): their name and the
+    /// roles their groups map to, which stand in for a user of this server.
+    pub forwarded: Option<super::users::Known>,
 }
 
 /// Who is behind an access token.
@@ -84,6 +87,13 @@ pub enum TokenRejection {
     /// server issued.
     #[error("the API token is not valid")]
     BadApiToken,
+    /// A bearer token of a kind `mcp.credentials` does not accept.
+    #[error("this kind of token is not accepted here")]
+    NotAccepted,
+    /// A trusted proxy's forwarded-user header that names nobody usable (empty, repeated, too
+    /// long, control characters).
+    #[error("the forwarded user is not valid")]
+    BadForwardedUser,
     /// Signed by a key this instance does not know (yet): the caller may reload the key set
     /// (another instance may have just activated a key) and verify again.
     #[error("the access token was signed by a key this server does not know")]
@@ -232,6 +242,7 @@ impl TokenVerifier {
                 grant_id: claims.grant_id,
                 jti: claims.jti,
                 expires_at: claims.exp,
+                forwarded: None,
             },
             kid,
             nbf: claims.nbf,

@@ -157,6 +157,38 @@ fn identity_providers_are_checked_at_start() {
     );
 }
 
+/// The credentials of `/mcp`: `forwarded` with no trusted proxy could never be believed, a
+/// group mapped to an unknown role, an unknown source and API token lifetimes out of range are
+/// each refused at start.
+#[test]
+fn credential_sources_and_token_lifetimes_are_checked_at_start() {
+    let cases = [
+        (
+            "[mcp]\ncredentials = [\"oauth\", \"forwarded\"]\n",
+            "list the proxy's addresses there",
+        ),
+        (
+            "trusted_proxies = [\"10.0.0.1/32\"]\n[mcp]\ncredentials = [\"forwarded\"]\nforwarded_group_roles = { eng = \"nobody\" }\n",
+            "which is not a role of [roles]",
+        ),
+        ("[mcp]\ncredentials = []\n", "must name at least one"),
+        ("[mcp]\ncredentials = [\"cookie\"]\n", "cookie"),
+        (
+            "[api_tokens]\nmax_days = 0\n",
+            "api_tokens.max_days must be 1 to 3650",
+        ),
+    ];
+    for (toml, needle) in cases {
+        let output = serve_with(&[], Some(toml));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{toml}: expected {needle:?} in {stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_named_config_file_must_exist() {
     let cwd = TempDir::new().expect("tempdir");

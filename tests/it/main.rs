@@ -11,6 +11,7 @@ mod api_tokens;
 mod browser;
 mod cimd;
 mod config;
+mod credentials;
 mod discovery;
 mod errors;
 mod floods;
