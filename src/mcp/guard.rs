@@ -334,9 +334,9 @@ impl Guard {
                         _,
                     ) => web::rate_limited(Exhausted::Unauthenticated, wait),
                     (_, None) => challenge.into_response(),
-                    (_, Some(reason)) => {
-                        challenge.invalid_token(&reason.to_string()).into_response()
-                    }
+                    (_, Some(reason)) => challenge
+                        .invalid_token(&reason.shown().to_string())
+                        .into_response(),
                 };
                 if let Some(b) = budget {
                     rate_headers(&mut response, b);

@@ -100,6 +100,19 @@ pub enum TokenRejection {
     UnknownKey,
 }
 
+impl TokenRejection {
+    /// What the client is told: a credential that is not valid at all is described as a bad
+    /// access token whatever its kind, so the answer does not say which kind came closest
+    /// (the audit log keeps the real reason). Expiry and revocation are the same words for
+    /// every kind.
+    pub fn shown(self) -> Self {
+        match self {
+            Self::BadApiToken | Self::NotAccepted | Self::BadForwardedUser => Self::BadSignature,
+            other => other,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Cached {
     principal: Principal,

@@ -81,16 +81,28 @@ async fn a_token_from_the_account_page_calls_mcp_as_its_owner_until_revoked() {
         res.header("x-ratelimit-limit").is_some(),
         "a budget of its own"
     );
-    let events = app
-        .state
-        .store
-        .audit_events(None, None, 500)
-        .await
-        .expect("audit");
+    // The call is audited after the answer: wait for it.
+    let key = format!("pat_{id}");
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = app
+            .state
+            .store
+            .audit_events(None, None, 500)
+            .await
+            .expect("audit");
+        if events
+            .iter()
+            .any(|e| e.event.grant_id.as_deref() == Some(key.as_str()))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         events
             .iter()
-            .any(|e| e.event.grant_id.as_deref() == Some(format!("pat_{id}").as_str())),
+            .any(|e| e.event.grant_id.as_deref() == Some(key.as_str())),
         "the call is audited under the token's id"
     );
     let all = serde_json::to_string(&events.iter().map(|e| &e.event.detail).collect::<Vec<_>>())

@@ -149,8 +149,21 @@ async fn a_token_of_a_kind_not_configured_is_refused() {
     let (status, challenge, _) = whoami(&app, &[("authorization", &bearer)]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let challenge = challenge.expect("challenge");
+    // Told as any invalid token is (the answer does not say which kinds exist); the audit log
+    // has the reason.
     assert!(
-        challenge.contains("invalid_token") && challenge.contains("not accepted here"),
+        challenge.contains("invalid_token") && !challenge.contains("API"),
         "{challenge}"
+    );
+    let events = app
+        .state
+        .store
+        .audit_events(None, None, 100)
+        .await
+        .expect("audit");
+    assert!(
+        events.iter().any(|e| e.event.kind == "mcp.refused"
+            && e.event.detail["reason"] == "this kind of token is not accepted here"),
+        "{events:?}"
     );
 }
