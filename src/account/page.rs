@@ -133,7 +133,6 @@ pub async fn account_get(
     session: Session,
     Query(q): Query<AccountQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
         let (user, data) = match signed_in(&state, &session).await? {
             Ok(found) => found,
@@ -148,7 +147,7 @@ pub async fn account_get(
         render(&state, &session, &user, data, notice, problem, None).await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
 }
 
 /// The page for `user`, with what the last action said, and a token just created.
@@ -318,6 +317,35 @@ fn day(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// A form of the page: each carries the session's CSRF token.
+trait PageForm {
+    fn csrf(&self) -> &str;
+}
+
+/// What a form post goes on with: the signed-in user, their session and the form, when the form
+/// carries the session's token; else the response that ends it (to sign in, or "not confirmed").
+async fn confirmed<F: PageForm>(
+    state: &AppState,
+    session: &Session,
+    form: Option<F>,
+) -> Result<Result<(User, SessionData, F), Response>, AuthorizeError> {
+    let (user, data) = match signed_in(state, session).await? {
+        Ok(found) => found,
+        Err(to_login) => return Ok(Err(to_login)),
+    };
+    Ok(match form {
+        Some(form) if tokens_match(data.form_csrf.as_deref().unwrap_or(""), form.csrf()) => {
+            Ok((user, data, form))
+        }
+        _ => Err(form_expired(&state.config.product_name)),
+    })
+}
+
+/// A page action's response; an error ends on the error page.
+fn finish(state: &AppState, result: Result<Response, AuthorizeError>) -> Response {
+    result.unwrap_or_else(|e| e.into_response_for(&state.config.product_name))
+}
+
 fn form_expired(product: &str) -> Response {
     pages::error(
         product,
@@ -344,20 +372,16 @@ pub async fn link_post(
     ClientIp(ip): ClientIp,
     form: Result<Form<LinkForm>, FormRejection>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (user, data) = match signed_in(&state, &session).await? {
+        let form = form.ok().map(|Form(f)| f);
+        let (user, _, _) = match confirmed(&state, &session, form).await? {
             Ok(found) => found,
-            Err(to_login) => return Ok(to_login),
+            Err(end) => return Ok(end),
         };
-        let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
-        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &submitted) {
-            return Ok(form_expired(&product));
-        }
         start(&state, &session, &id, "", Some(user.id), ip).await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
 }
 
 /// The unlink form: which provider account.
@@ -378,18 +402,12 @@ pub async fn unlink_post(
     ClientIp(ip): ClientIp,
     form: Result<Form<UnlinkForm>, FormRejection>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (user, data) = match signed_in(&state, &session).await? {
+        let form = form.ok().map(|Form(f)| f);
+        let (user, _, form) = match confirmed(&state, &session, form).await? {
             Ok(found) => found,
-            Err(to_login) => return Ok(to_login),
+            Err(end) => return Ok(end),
         };
-        let Ok(Form(form)) = form else {
-            return Ok(form_expired(&product));
-        };
-        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
-            return Ok(form_expired(&product));
-        }
         let notice = match state
             .store
             .unlink_identity(&user.id, &form.provider, &form.issuer, &form.subject)
@@ -416,7 +434,7 @@ pub async fn unlink_post(
         Ok(Redirect::to(&account_notice(notice)).into_response())
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
 }
 
 /// The disconnect form: which application.
@@ -436,18 +454,12 @@ pub async fn disconnect_post(
     ClientIp(ip): ClientIp,
     form: Result<Form<DisconnectForm>, FormRejection>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (user, data) = match signed_in(&state, &session).await? {
+        let form = form.ok().map(|Form(f)| f);
+        let (user, _, form) = match confirmed(&state, &session, form).await? {
             Ok(found) => found,
-            Err(to_login) => return Ok(to_login),
+            Err(end) => return Ok(end),
         };
-        let Ok(Form(form)) = form else {
-            return Ok(form_expired(&product));
-        };
-        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
-            return Ok(form_expired(&product));
-        }
         let now = state.clock.now();
         let revoked = state
             .store
@@ -468,7 +480,7 @@ pub async fn disconnect_post(
         Ok(Redirect::to(&account_notice(Notice::Disconnected)).into_response())
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
 }
 
 /// `POST /account/sign-out-everywhere`: every browser session of the person ends, this one
@@ -479,16 +491,12 @@ pub async fn sign_out_everywhere_post(
     ClientIp(ip): ClientIp,
     form: Result<Form<LinkForm>, FormRejection>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (user, data) = match signed_in(&state, &session).await? {
+        let form = form.ok().map(|Form(f)| f);
+        let (user, _, _) = match confirmed(&state, &session, form).await? {
             Ok(found) => found,
-            Err(to_login) => return Ok(to_login),
+            Err(end) => return Ok(end),
         };
-        let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
-        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &submitted) {
-            return Ok(form_expired(&product));
-        }
         let now = state.clock.now();
         state.store.end_browser_sessions(&user.id, now).await?;
         let mut event =
@@ -503,7 +511,7 @@ pub async fn sign_out_everywhere_post(
         Ok(super::login::signed_out_page(&state))
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
 }
 
 /// The create-token form. `scope` repeats (one per checked box), so it is read by hand.
@@ -538,16 +546,12 @@ pub async fn token_create_post(
     session: Session,
     body: axum::body::Bytes,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (user, data) = match signed_in(&state, &session).await? {
+        let form = Some(CreateForm::parse(&body));
+        let (user, data, form) = match confirmed(&state, &session, form).await? {
             Ok(found) => found,
-            Err(to_login) => return Ok(to_login),
+            Err(end) => return Ok(end),
         };
-        let form = CreateForm::parse(&body);
-        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
-            return Ok(form_expired(&product));
-        }
         let days = match form.lifetime.as_str() {
             "never" => None,
             "" => Some(API_TOKEN_DEFAULT_DAYS),
@@ -590,7 +594,7 @@ pub async fn token_create_post(
         }
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
 }
 
 /// The revoke-token form.
@@ -608,18 +612,12 @@ pub async fn token_revoke_post(
     session: Session,
     form: Result<Form<RevokeTokenForm>, FormRejection>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (user, data) = match signed_in(&state, &session).await? {
+        let form = form.ok().map(|Form(f)| f);
+        let (user, _, form) = match confirmed(&state, &session, form).await? {
             Ok(found) => found,
-            Err(to_login) => return Ok(to_login),
+            Err(end) => return Ok(end),
         };
-        let Ok(Form(form)) = form else {
-            return Ok(form_expired(&product));
-        };
-        if !tokens_match(data.form_csrf.as_deref().unwrap_or(""), &form.csrf) {
-            return Ok(form_expired(&product));
-        }
         let now = state.clock.now();
         super::api_tokens::revoke(&state.store, &form.token_id, Some(&user.id), "self", now)
             .await?;
@@ -627,5 +625,35 @@ pub async fn token_revoke_post(
         Ok(Redirect::to(&account_notice(Notice::TokenRevoked)).into_response())
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    finish(&state, result)
+}
+
+impl PageForm for LinkForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl PageForm for UnlinkForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl PageForm for DisconnectForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl PageForm for RevokeTokenForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl PageForm for CreateForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }

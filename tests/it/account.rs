@@ -4,24 +4,13 @@
 
 use axum::http::StatusCode;
 use oauth2::TokenResponse as _;
-use serde_json::json;
 
-use crate::support::mcp::{authorize, call, mcp, stateless};
+use crate::support::mcp::authorize;
 use crate::support::oauth::refresh;
 use crate::support::{Agent, CALLBACK, ISSUER, PASSWORD, TestApp};
 
-const PROTOCOL: &str = "2026-07-28";
-
 async fn whoami(app: &TestApp, token: &str) -> StatusCode {
-    mcp(
-        app,
-        Some(token),
-        None,
-        PROTOCOL,
-        stateless(call(1, "whoami", json!({}))),
-    )
-    .await
-    .status
+    crate::support::mcp::whoami(app, token).await.status
 }
 
 /// Alice connected "Claude": her page lists it (named as it registered itself, with the scopes

@@ -3,23 +3,9 @@
 //! and refused at the next call once revoked.
 
 use axum::http::StatusCode;
-use serde_json::json;
 
-use crate::support::mcp::{access_token, call, mcp, message, stateless};
+use crate::support::mcp::{access_token, message, whoami};
 use crate::support::{Agent, PASSWORD, TestApp, TestResponse};
-
-const PROTOCOL: &str = "2026-07-28";
-
-async fn whoami(app: &TestApp, token: &str) -> TestResponse {
-    mcp(
-        app,
-        Some(token),
-        None,
-        PROTOCOL,
-        stateless(call(1, "whoami", json!({}))),
-    )
-    .await
-}
 
 /// The token shown on the page after creating one.
 fn shown_token(html: &str) -> String {

@@ -160,3 +160,15 @@ pub async fn app_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> Tes
     let url = sqlite_url(&dir);
     TestApp::with(dir, &url, tweak).await
 }
+
+/// `tools/call whoami` as a 2026-07-28 client sends it, with bearer `token`.
+pub async fn whoami(app: &TestApp, token: &str) -> TestResponse {
+    mcp(
+        app,
+        Some(token),
+        None,
+        "2026-07-28",
+        stateless(call(1, "whoami", json!({}))),
+    )
+    .await
+}
