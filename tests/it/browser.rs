@@ -473,6 +473,15 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     let html = driver.source().await;
     assert!(html.contains("That is your only way to sign in"), "{html}");
     driver.screenshot("account-last-way.png").await;
+    // An API token from the page: shown once, in its own box.
+    driver.type_into("#token-name", "laptop script").await;
+    driver.click("form[action='/account/tokens'] button").await;
+    let html = driver.source().await;
+    assert!(
+        html.contains("Copy it now") && html.contains("gh_pat_"),
+        "{html}"
+    );
+    let token_shot = driver.screenshot("account-new-token.png").await;
     driver.quit().await;
 
     // Another person, in another browser: outside the admitted domain.
@@ -489,7 +498,7 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     assert!(html.contains("You may not sign in here"), "{html}");
     assert!(html.contains("mallory@elsewhere.test"), "{html}");
     driver.quit().await;
-    for shot in [login_shot, refused_shot, account_shot] {
+    for shot in [login_shot, refused_shot, account_shot, token_shot] {
         assert!(
             std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
             "{}",
