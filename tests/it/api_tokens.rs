@@ -275,3 +275,149 @@ fn an_admin_creates_lists_and_revokes_a_token_from_the_command_line() {
         "only once"
     );
 }
+
+/// A token's scopes are capped by its owner's roles at every call, not only at creation: a role
+/// taken away takes its scopes from the token. An expired token is refused.
+#[tokio::test]
+async fn a_tokens_scopes_follow_its_owners_roles_and_it_ends_when_it_expires() {
+    use gatehouse::domain::ScopeToken;
+    let app = crate::support::mcp::app_with(|c| {
+        // Nothing kept in memory, so the role change is seen at the next call.
+        c.revocation_sync_interval = time::Duration::ZERO;
+        c.roles.insert(
+            "basic".to_owned(),
+            vec![ScopeToken::parse("mcp").expect("scope")],
+        );
+    })
+    .await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let mut alice = Agent::new(&app);
+    alice.sign_in("/login", "alice", PASSWORD).await;
+    let token = shown_token(
+        &create(
+            &mut alice,
+            &[
+                ("name", "reader"),
+                ("scope", "mcp"),
+                ("scope", "activity:read"),
+                ("lifetime", "7"),
+            ],
+        )
+        .await
+        .text(),
+    );
+    let activity = |token: String| {
+        let app = &app;
+        async move {
+            crate::support::mcp::mcp(
+                app,
+                Some(&token),
+                None,
+                "2026-07-28",
+                crate::support::mcp::stateless(crate::support::mcp::call(
+                    1,
+                    "get_activity_log",
+                    serde_json::json!({}),
+                )),
+            )
+            .await
+        }
+    };
+    assert_eq!(activity(token.clone()).await.status, StatusCode::OK);
+    let mut db = {
+        use sqlx::Connection;
+        sqlx::AnyConnection::connect(&app.database_url)
+            .await
+            .expect("connect")
+    };
+    sqlx::query("UPDATE users SET roles = '[\"basic\"]' WHERE username = 'alice'")
+        .execute(&mut db)
+        .await
+        .expect("update");
+    let res = activity(token.clone()).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.text());
+    assert!(
+        res.header("www-authenticate")
+            .is_some_and(|c| c.contains("insufficient_scope"))
+    );
+    assert_eq!(
+        whoami(&app, &token).await.status,
+        StatusCode::OK,
+        "mcp is still allowed"
+    );
+
+    app.clock.advance(time::Duration::days(8));
+    let res = whoami(&app, &token).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        res.header("www-authenticate")
+            .is_some_and(|c| c.contains("has expired")),
+        "{:?}",
+        res.header("www-authenticate")
+    );
+}
+
+/// One person cannot revoke another's token, or disconnect another's application, by posting
+/// its id with their own session: nothing changes, and the other's credentials keep working.
+#[tokio::test]
+async fn nobody_revokes_anothers_token_or_grant_by_changing_an_id() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    app.add_user("mallory", PASSWORD, &["user"]).await;
+    let mut alice = Agent::new(&app);
+    alice.sign_in("/login", "alice", PASSWORD).await;
+    let token = shown_token(
+        &create(&mut alice, &[("name", "mine"), ("scope", "mcp")])
+            .await
+            .text(),
+    );
+    let id = token[7..19].to_owned();
+    let client_id = app
+        .register_client("Claude", &[crate::support::CALLBACK])
+        .await;
+    let tokens = crate::support::mcp::authorize(
+        &app,
+        &client_id,
+        "alice",
+        "mcp",
+        &format!("{}/mcp", crate::support::ISSUER),
+    )
+    .await;
+    let access = oauth2::TokenResponse::access_token(&tokens)
+        .secret()
+        .clone();
+
+    let mut mallory = Agent::new(&app);
+    mallory.sign_in("/login", "mallory", PASSWORD).await;
+    let page = mallory.get("/account").await;
+    let csrf = page.hidden("csrf");
+    assert!(
+        !page.text().contains(&id),
+        "alice's token is not on mallory's page"
+    );
+    let res = mallory
+        .post_form(
+            "/account/tokens/revoke",
+            &[("csrf", &csrf), ("token_id", &id)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let res = mallory
+        .post_form(
+            "/account/apps/disconnect",
+            &[("csrf", &csrf), ("client_id", &client_id)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    assert_eq!(whoami(&app, &token).await.status, StatusCode::OK);
+    assert_eq!(whoami(&app, &access).await.status, StatusCode::OK);
+    // And the revoke form needs the session's token like every other.
+    let res = alice
+        .post_form(
+            "/account/tokens/revoke",
+            &[("csrf", "forged"), ("token_id", &id)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert_eq!(whoami(&app, &token).await.status, StatusCode::OK);
+}

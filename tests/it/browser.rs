@@ -506,3 +506,154 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
         );
     }
 }
+
+/// A 2026-07-28 `method` request to `{issuer}/mcp` with bearer `token`: status and body.
+async fn mcp_over_http(issuer: &str, token: &str, method: &str, params: Value) -> (u16, String) {
+    let mut message = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    message["params"]["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": { "name": "browser-test", "version": "1" },
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let mut req = reqwest::Client::new()
+        .post(format!("{issuer}/mcp"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = message.pointer("/params/name").and_then(Value::as_str) {
+        req = req.header("mcp-name", name.to_owned());
+    }
+    let res = req.body(message.to_string()).send().await.expect("mcp");
+    (res.status().as_u16(), res.text().await.unwrap_or_default())
+}
+
+/// The person's own page in headless Chromium: an application connected by an earlier flow is
+/// listed, and disconnecting it makes its access token fail at the next `/mcp` call; an API
+/// token created on the page is read once from it, lists and calls tools, and is refused at the
+/// next call once revoked on the page. Screenshots of the page with the app and with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_manages_apps_and_api_tokens_on_their_page_in_headless_chromium() {
+    let dir = TempDir::new().expect("tempdir");
+    let (listener, issuer) = loopback_issuer().await;
+    let config = Config::for_tests(
+        &issuer,
+        &crate::support::sqlite_url(&dir),
+        &dir.path().join("keys"),
+    )
+    .expect("config");
+    let state = serve(listener, config).await;
+    let (captured, redirect_uri) = client_callback().await;
+    let now = time::OffsetDateTime::now_utc();
+    state
+        .store
+        .insert_user(&gatehouse::account::User {
+            id: "u_alice".into(),
+            username: gatehouse::account::Username::parse("alice").expect("name"),
+            password_hash: gatehouse::password::hash("correct horse battery".into())
+                .await
+                .expect("hash"),
+            roles: vec!["user".into()],
+            created_at: now,
+            password_changed_at: now,
+            signed_out_at: None,
+        })
+        .await
+        .expect("user");
+    let client_id =
+        crate::support::register_over_http(&issuer, "MCP Inspector", &redirect_uri).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, _) = BasicClient::new(ClientId::new(client_id.clone()))
+        .set_auth_uri(AuthUrl::new(format!("{issuer}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).expect("url"))
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scope(Scope::new("mcp".into()))
+        .add_extra_param("resource", format!("{issuer}/mcp"))
+        .url();
+
+    let profile = TempDir::new().expect("profile");
+    let driver = Driver::start(profile.path()).await;
+    driver.goto(authorize_url.as_str()).await;
+    driver.wait_for_url("/login?request=").await;
+    driver.type_into("#username", "alice").await;
+    driver.type_into("#password", "correct horse battery").await;
+    driver.click("button[type=submit]").await;
+    driver.wait_for_url("/consent?request=").await;
+    driver.click("button[name=decision][value=allow]").await;
+    driver.wait_for_url(&redirect_uri).await;
+    let code = reached(&captured)["code"].clone();
+    let answer = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("client_id", client_id.as_str()),
+            ("code_verifier", verifier.secret().as_str()),
+            ("resource", format!("{issuer}/mcp").as_str()),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .text()
+        .await
+        .expect("body");
+    let tokens: Value = serde_json::from_str(&answer).expect("json");
+    let access = tokens["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let (status, _) = mcp_over_http(&issuer, &access, "tools/list", json!({})).await;
+    assert_eq!(status, 200);
+
+    driver.goto(&format!("{issuer}/account")).await;
+    let html = driver.source().await;
+    assert!(
+        html.contains("MCP Inspector") && html.contains("last got tokens"),
+        "{html}"
+    );
+    let app_shot = driver.screenshot("account-connected-app.png").await;
+    driver
+        .click("form[action='/account/apps/disconnect'] button")
+        .await;
+    driver.wait_for_url("/account?notice=disconnected").await;
+    let (status, _) = mcp_over_http(&issuer, &access, "tools/list", json!({})).await;
+    assert_eq!(status, 401, "the disconnected app's token is refused");
+
+    driver.type_into("#token-name", "laptop script").await;
+    driver.click("form[action='/account/tokens'] button").await;
+    let html = driver.source().await;
+    let at = html.find("<code class=\"secret\">").expect("the new token") + 21;
+    let token = html[at..at + html[at..].find('<').expect("end")].to_owned();
+    assert!(token.starts_with("gh_pat_"), "{token}");
+    let token_shot = driver.screenshot("account-with-token.png").await;
+    let (status, body) = mcp_over_http(&issuer, &token, "tools/list", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("whoami"), "{body}");
+    let (status, body) = mcp_over_http(
+        &issuer,
+        &token,
+        "tools/call",
+        json!({ "name": "whoami", "arguments": {} }),
+    )
+    .await;
+    assert!(status == 200 && body.contains("alice"), "{status}: {body}");
+    driver.goto(&format!("{issuer}/account")).await;
+    assert!(!driver.source().await.contains(&token), "shown once");
+    driver
+        .click("form[action='/account/tokens/revoke'] button")
+        .await;
+    driver.wait_for_url("/account?notice=token-revoked").await;
+    let (status, _) = mcp_over_http(&issuer, &token, "tools/list", json!({})).await;
+    assert_eq!(status, 401, "the revoked token is refused");
+    driver.quit().await;
+    for shot in [app_shot, token_shot] {
+        assert!(
+            std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
+            "{}",
+            shot.display()
+        );
+    }
+}

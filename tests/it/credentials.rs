@@ -87,6 +87,25 @@ async fn a_person_named_by_a_trusted_proxy_calls_with_their_groups_roles() {
     assert_eq!(status, StatusCode::FORBIDDEN, "groups are case-sensitive");
     assert!(challenge.is_some_and(|c| c.contains("insufficient_scope")));
 
+    // A bearer token comes first in `mcp.credentials` here: a forged one is refused, and the
+    // trusted proxy's headers do not rescue it.
+    for forged in [
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJjYXJvbCJ9.",
+        "gh_pat_malformed",
+    ] {
+        let (status, challenge, _) = whoami(
+            &app,
+            &[
+                ("authorization", &format!("Bearer {forged}")),
+                ("x-forwarded-user", "carol"),
+                ("x-forwarded-groups", "eng"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{forged}");
+        assert!(challenge.is_some_and(|c| c.contains("invalid_token")));
+    }
+
     let (status, challenge, _) = whoami(&app, &[("x-forwarded-user", "")]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(challenge.is_some_and(|c| c.contains("invalid_token")));
