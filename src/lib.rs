@@ -28,6 +28,7 @@ pub mod oauth;
 pub mod pages;
 pub mod password;
 pub mod recent;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -163,7 +164,18 @@ pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
         ))
         .layer(CatchPanicLayer::custom(web::panic_response))
         .layer(axum::middleware::from_fn(keep_alive::finish_request_bodies))
-        .layer(TraceLayer::new_for_http())
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+            request_id::X_REQUEST_ID.clone(),
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID.clone(),
+            request_id::MakeId,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id::accept_incoming,
+        ))
         .with_state(state);
     match hsts {
         Some(layer) => router.layer(layer),

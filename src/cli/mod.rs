@@ -239,7 +239,6 @@ pub struct RevokeTarget {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve));
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(ConfigErrors(lines)) => {
@@ -249,6 +248,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_tracing(matches!(cli.command, Command::Serve), config.log_format);
     let runtime = match crate::server::runtime() {
         Ok(rt) => rt,
         Err(err) => {
@@ -283,7 +283,7 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
-fn init_tracing(serving: bool) {
+fn init_tracing(serving: bool, format: crate::config::LogFormat) {
     // A one-shot command answers in one line: sqlx's slow-statement warnings
     // (a busy disk can make opening the file take a second) are for the
     // operator of a running server, not for someone typing `keys rotate`.
@@ -297,11 +297,20 @@ fn init_tracing(serving: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // One object per line; the request's span (its id, method and path) on each.
+        crate::config::LogFormat::Json => logger
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        crate::config::LogFormat::Text => logger
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {

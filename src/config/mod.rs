@@ -125,6 +125,20 @@ pub struct RawConfig {
     pub identity_providers: Vec<IdentityProviderConfig>,
     /// API tokens people create on their account page (or an admin with the CLI).
     pub api_tokens: ApiTokensConfig,
+    /// `text` (default) or `json`: how `serve` writes its log to standard error. In `json`,
+    /// one object per line, with the request's id on every line written during a request.
+    pub log_format: LogFormat,
+}
+
+/// The log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[api_tokens]`: how long the API tokens people create may live.
@@ -522,6 +536,7 @@ impl Default for RawConfig {
             local_login: true,
             identity_providers: Vec::new(),
             api_tokens: ApiTokensConfig::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -622,6 +637,8 @@ pub struct Config {
     pub identity_providers: Vec<IdentityProvider>,
     /// API token lifetimes.
     pub api_tokens: ApiTokensConfig,
+    /// The log's format.
+    pub log_format: LogFormat,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }

@@ -94,6 +94,7 @@ impl Config {
                 key_rotation,
                 password_hashing: raw.password_hashing,
                 api_tokens: raw.api_tokens,
+                log_format: raw.log_format,
                 upstreams,
                 local_login: raw.local_login,
                 identity_providers,

@@ -276,3 +276,67 @@ fn key_commands_act_on_a_running_server() {
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("signing keys reloaded"), "{stderr}");
 }
+
+/// `log_format = "json"`: every line `serve` writes is one JSON object, and a line written while
+/// a request is served carries that request's id, the one its response names in `x-request-id`
+/// (an id sent by a client that is not a trusted proxy is replaced, so it cannot write into the
+/// log); its span has the path, never the query.
+#[tokio::test]
+async fn json_logs_carry_each_requests_id() {
+    let cwd = TempDir::new().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = gatehouse(cwd.path())
+        .arg("serve")
+        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+        .env("GATEHOUSE_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_healthy(&mut child, &base);
+    let res = reqwest::Client::new()
+        .get(format!("{base}/mcp?code=secret-in-query"))
+        .header("x-request-id", "forged-by-client")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 401);
+    let id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a request id")
+        .to_owned();
+    assert_ne!(id, "forged-by-client");
+    assert!(id.len() >= 16, "{id}");
+    let other = reqwest::get(format!("{base}/health")).await.expect("get");
+    assert_ne!(
+        other
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(id.as_str()),
+        "one id per request"
+    );
+
+    let output = stop(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| {
+        l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("listening"))
+    }));
+    let refusal = lines
+        .iter()
+        .find(|l| l["fields"]["kind"] == "mcp.refused")
+        .unwrap_or_else(|| panic!("the refusal's audit line: {stderr}"));
+    assert_eq!(refusal["span"]["request_id"], id.as_str(), "{refusal}");
+    assert_eq!(refusal["span"]["path"], "/mcp");
+    assert!(!stderr.contains("secret-in-query"), "no query in the log");
+}
