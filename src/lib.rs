@@ -167,7 +167,11 @@ pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
         .layer(tower_http::request_id::PropagateRequestIdLayer::new(
             request_id::X_REQUEST_ID.clone(),
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(request_id::MakeSpan {
+                json: state.config.log_format == config::LogFormat::Json,
+            }),
+        )
         .layer(tower_http::request_id::SetRequestIdLayer::new(
             request_id::X_REQUEST_ID.clone(),
             request_id::MakeId,

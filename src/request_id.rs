@@ -1,5 +1,5 @@
-//! A request id on every request: sent back in `x-request-id`, and on every log line written
-//! while the request is served (the `request` span, with its method and path; never the query,
+//! A request id on every request: sent back in `x-request-id`, and, in JSON logs, on every
+//! line written while the request is served (the `request` span, with its path; never the query,
 //! which may hold codes and state). An id a trusted proxy sent is kept, so its logs and ours
 //! meet; from anyone else the header is replaced, so clients cannot write into the log.
 
@@ -16,14 +16,23 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest id kept from a trusted proxy.
 const MAX_LEN: usize = 128;
 
-/// Makes ids: 96 random bits, base64url.
+/// Makes ids: this process's random prefix (64 bits, drawn once) and a counter, so ids are
+/// unique across instances and restarts without a call to the random source per request. An
+/// id names a request in the log; it is not a secret.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MakeId;
 
+static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    crate::domain::random_token(8).unwrap_or_else(|_| format!("{:x}", std::process::id()))
+});
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl MakeRequestId for MakeId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        let id = crate::domain::random_token(12).ok()?;
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", *PREFIX))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -55,17 +64,26 @@ pub async fn accept_incoming(
     next.run(request).await
 }
 
-/// The span of a request: its id, method and path.
-pub fn span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %request.method(),
-        path = %request.uri().path()
-    )
+/// The span of each request. With `log_format = "json"`, a `request` span with its id and
+/// path, so every line written during the request names it; with text logs, none (the id is
+/// still in the response): an enabled span is formatted at every request, and text logs are
+/// read by people, who find a request by its time.
+#[derive(Debug, Clone, Copy)]
+pub struct MakeSpan {
+    /// Whether the log is JSON.
+    pub json: bool,
+}
+
+impl<B> tower_http::trace::MakeSpan<B> for MakeSpan {
+    fn make_span(&mut self, request: &axum::http::Request<B>) -> tracing::Span {
+        if !self.json {
+            return tracing::Span::none();
+        }
+        let id = request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::info_span!("request", request_id = id, path = request.uri().path())
+    }
 }
