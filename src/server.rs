@@ -29,6 +29,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("DEVELOPMENT DEFAULT in force: {default}");
     }
     let bind = config.bind;
+    let shutdown = shutdown_signal();
     let state = AppState::start(config, Arc::new(SystemClock)).await?;
     let listener = listen(bind).await?;
     let config = state.config.clone();
@@ -72,7 +73,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         listener,
         crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await
     .context("server failed")?;
     housekeeping.abort();
@@ -209,27 +210,31 @@ async fn housekeeping(state: AppState) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
+/// Resolves at SIGTERM or Ctrl-C (SIGINT). Both are registered when this is called, not when the
+/// future is first polled: `serve` calls it before it binds, so a signal that comes as soon as
+/// the server answers (a rolling restart, a test) is a clean stop, never the default action
+/// that kills the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        let wait = |registered: std::io::Result<tokio::signal::unix::Signal>,
+                    name: &'static str| async move {
+            match registered {
+                Ok(mut sig) => {
+                    sig.recv().await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(interrupt, "Ctrl-C") => tracing::info!("Ctrl-C received, shutting down"),
+            () = wait(terminate, "SIGTERM") => tracing::info!("SIGTERM received, shutting down"),
         }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
     }
 }
 
