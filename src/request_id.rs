@@ -44,13 +44,10 @@ pub async fn accept_incoming(
     next: Next,
 ) -> Response {
     if let Some(value) = request.headers().get(&X_REQUEST_ID) {
-        let trusted = crate::web::peer_ip(request.extensions()).is_some_and(|peer| {
-            state
-                .config
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&peer))
-        });
+        let trusted = crate::web::is_trusted_proxy(
+            crate::web::peer_ip(request.extensions()),
+            &state.config.trusted_proxies,
+        );
         let plain = value.len() <= MAX_LEN
             && !value.is_empty()
             && value

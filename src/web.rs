@@ -73,6 +73,11 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
     )
 }
 
+/// Whether `peer` is one of the reverse proxies in `trusted` (`trusted_proxies`).
+pub fn is_trusted_proxy(peer: Option<std::net::IpAddr>, trusted: &[ipnet::IpNet]) -> bool {
+    peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
+}
+
 /// The client's address: the connection's peer, unless that peer is a trusted reverse proxy;
 /// then the nearest address in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself a
 /// trusted proxy. Headers from an untrusted peer are ignored, so they cannot be spoofed.
@@ -82,7 +87,7 @@ pub fn client_ip(
     trusted: &[ipnet::IpNet],
 ) -> Option<std::net::IpAddr> {
     let peer = peer?;
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &std::net::IpAddr| is_trusted_proxy(Some(*ip), trusted);
     if !is_trusted(&peer) {
         return Some(peer);
     }

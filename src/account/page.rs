@@ -160,8 +160,12 @@ async fn render(
     problem: Option<String>,
     new_token: Option<String>,
 ) -> Result<Response, AuthorizeError> {
+    // Written back only when the form token is new: viewing the page changes nothing else.
+    let fresh = data.form_csrf.is_none();
     let csrf = data.form_csrf()?;
-    data.save(session).await?;
+    if fresh {
+        data.save(session).await?;
+    }
     let now = state.clock.now();
     let linked = state.store.identities_of(&user.id).await?;
     let name_of = |id: &str| {

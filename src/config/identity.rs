@@ -227,7 +227,11 @@ impl IdentityProvider {
                 "{at}: admit.github_orgs is for kind = \"github\" only"
             ));
         }
-        let orgs = github_orgs_named(raw);
+        let orgs = if github {
+            orgs_named(&raw.admit, &raw.roles)
+        } else {
+            Vec::new()
+        };
         if orgs.iter().any(|o| !valid_org(o)) {
             problems.push(format!(
                 "{at}: GitHub organisations are names of letters, digits and '-' (at most 39)"
@@ -331,60 +335,29 @@ impl IdentityProvider {
     /// The GitHub organisations its rules name (lowercase, each once): the ones whose
     /// membership is asked at a sign-in.
     pub fn github_orgs(&self) -> Vec<String> {
-        let mut orgs: Vec<String> = self
-            .admit
-            .github_orgs
-            .iter()
-            .chain(
-                self.admit
-                    .claims
-                    .iter()
-                    .filter(|r| r.claim == ORGS_CLAIM)
-                    .map(|r| &r.value),
-            )
-            .chain(
-                self.roles
-                    .iter()
-                    .filter(|r| r.claim == ORGS_CLAIM)
-                    .map(|r| &r.value),
-            )
-            .map(|o| o.to_ascii_lowercase())
-            .collect();
-        orgs.sort_unstable();
-        orgs.dedup();
-        orgs
+        orgs_named(&self.admit, &self.roles)
     }
 }
 
-/// The claim a GitHub sign-in puts the person's organisations under (those the rules name and
-/// the person is an active member of), for `claims` and `roles` rules.
-pub const ORGS_CLAIM: &str = "orgs";
-
-fn github_orgs_named(raw: &IdentityProviderConfig) -> Vec<String> {
-    let mut orgs: Vec<String> = raw
-        .admit
+/// The organisations `admit` and `roles` name, lowercase, each once.
+fn orgs_named(admit: &AdmitConfig, roles: &[RoleRuleConfig]) -> Vec<String> {
+    let by_claim = admit.claims.iter().filter(|r| r.claim == ORGS_CLAIM);
+    let by_role = roles.iter().filter(|r| r.claim == ORGS_CLAIM);
+    let mut orgs: Vec<String> = admit
         .github_orgs
         .iter()
-        .chain(
-            raw.admit
-                .claims
-                .iter()
-                .filter(|r| r.claim == ORGS_CLAIM)
-                .map(|r| &r.value),
-        )
-        .chain(
-            raw.roles
-                .iter()
-                .filter(|r| r.claim == ORGS_CLAIM)
-                .map(|r| &r.value),
-        )
-        .filter(|_| raw.kind == ProviderKind::Github)
+        .chain(by_claim.map(|r| &r.value))
+        .chain(by_role.map(|r| &r.value))
         .map(|o| o.to_ascii_lowercase())
         .collect();
     orgs.sort_unstable();
     orgs.dedup();
     orgs
 }
+
+/// The claim a GitHub sign-in puts the person's organisations under (those the rules name and
+/// the person is an active member of), for `claims` and `roles` rules.
+pub const ORGS_CLAIM: &str = "orgs";
 
 /// A rule on GitHub organisations compares lowercase names (GitHub's are case-insensitive).
 fn org_lowercase(rule: &ClaimRule, github: bool) -> ClaimRule {

@@ -247,12 +247,16 @@ impl Guard {
         // The first source in `mcp.credentials` whose credential the request carries decides;
         // a credential that fails is refused and never tried as another kind. A bearer token is
         // told apart by its form: an API token is never tried as a JWT, nor a JWT as one.
-        let accepts = |source: CredentialSource| config.mcp.credentials.contains(&source);
-        let named = forwarded::names_someone(config, request.headers());
-        let trusted_peer =
-            peer.is_some_and(|p| config.trusted_proxies.iter().any(|net| net.contains(&p)));
-        if named && !(trusted_peer && accepts(CredentialSource::Forwarded)) {
-            tracing::warn!(peer = ?peer, "a forwarded-user header from an address not trusted for it was ignored");
+        // The forwarded headers are looked at only where that source is configured; from an
+        // address that is not a trusted proxy they are ignored (and logged).
+        let named = config
+            .mcp
+            .credentials
+            .contains(&CredentialSource::Forwarded)
+            && forwarded::names_someone(config, request.headers());
+        let trusted_peer = named && web::is_trusted_proxy(peer, &config.trusted_proxies);
+        if named && !trusted_peer {
+            tracing::warn!(peer = ?peer, "a forwarded-user header from an address not in trusted_proxies was ignored");
         }
         let token_kind = token.as_deref().map(|t| {
             if crate::domain::is_api_token(t) {
