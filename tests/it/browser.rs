@@ -146,6 +146,23 @@ impl Driver {
             .to_owned()
     }
 
+    /// The page's HTML once it contains `part`: a form answered with a page rather than a
+    /// redirect gives no URL to wait for, and a click may return before the answer is shown.
+    async fn wait_for_text(&self, part: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let html = self.source().await;
+            if html.contains(part) {
+                return html;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {part}: {html}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn wait_for_url(&self, part: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -476,7 +493,7 @@ async fn a_person_signs_in_through_an_identity_provider_in_headless_chromium() {
     // An API token from the page: shown once, in its own box.
     driver.type_into("#token-name", "laptop script").await;
     driver.click("form[action='/account/tokens'] button").await;
-    let html = driver.source().await;
+    let html = driver.wait_for_text("<code class=\"secret\">").await;
     assert!(
         html.contains("Copy it now") && html.contains("gh_pat_"),
         "{html}"
@@ -624,7 +641,7 @@ async fn a_person_manages_apps_and_api_tokens_on_their_page_in_headless_chromium
 
     driver.type_into("#token-name", "laptop script").await;
     driver.click("form[action='/account/tokens'] button").await;
-    let html = driver.source().await;
+    let html = driver.wait_for_text("<code class=\"secret\">").await;
     let at = html.find("<code class=\"secret\">").expect("the new token") + 21;
     let token = html[at..at + html[at..].find('<').expect("end")].to_owned();
     assert!(token.starts_with("gh_pat_"), "{token}");
