@@ -92,6 +92,10 @@ fn pages_router(state: &AppState) -> Router<AppState> {
             routes::LOGOUT,
             get(account::login::logout_get).post(account::login::logout_post),
         )
+        .route(
+            routes::SETUP,
+            get(account::setup::setup_get).post(account::setup::setup_post),
+        )
         .route(routes::ACCOUNT, get(account::page::account_get))
         .route(
             routes::ACCOUNT_LINK,

@@ -106,6 +106,24 @@ pub struct MessagePage {
     pub logout_csrf: Option<String>,
 }
 
+/// First run (`/setup`): the form that creates the first admin, or, once done, where to go next.
+#[derive(Debug, Template)]
+#[template(path = "setup.html")]
+pub struct SetupPage {
+    /// Product name.
+    pub product: String,
+    /// The form's CSRF token (empty once done).
+    pub csrf: String,
+    /// The setup link's secret, carried by the form.
+    pub token: String,
+    /// The name typed last time (after a refusal), or the new admin's name once done.
+    pub username: String,
+    /// Why the last try was refused.
+    pub error: Option<String>,
+    /// Once done: the URL to paste into an MCP client (`{issuer}/mcp`).
+    pub done_mcp_url: Option<String>,
+}
+
 /// The person's own page (`/account`).
 #[derive(Debug, Template)]
 #[template(path = "account.html")]

@@ -37,6 +37,8 @@ pub const ACCOUNT_TOKENS: &str = "/account/tokens";
 pub const ACCOUNT_TOKEN_REVOKE: &str = "/account/tokens/revoke";
 /// Ends every browser session of the person (POST).
 pub const ACCOUNT_SIGN_OUT_EVERYWHERE: &str = "/account/sign-out-everywhere";
+/// First run: the one-time link's page that creates the first admin.
+pub const SETUP: &str = "/setup";
 /// The stylesheet of the pages.
 pub const STYLESHEET: &str = "/static/gatehouse.css";
 /// Token endpoint (RFC 6749 §3.2).

@@ -34,6 +34,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = listen(bind).await?;
     let config = state.config.clone();
     let kid = state.keys.snapshot().current().kid().to_owned();
+    let setup = crate::account::setup::new_link(&config, &state.store, state.clock.now()).await?;
+    if let Some(link) = setup {
+        tracing::warn!(
+            "Nobody can sign in yet. To create the first admin, open this link within an hour (it works once): {link}"
+        );
+    }
     tracing::info!(
         bind = %bind,
         issuer = %config.issuer,

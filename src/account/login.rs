@@ -324,14 +324,7 @@ pub(super) async fn signed_in(
     request: &str,
 ) -> Result<Response, AuthorizeError> {
     let now = state.clock.now();
-    session
-        .cycle_id()
-        .await
-        .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
-    data.user_id = Some(user.id.clone());
-    data.authenticated_at = Some(now.unix_timestamp());
-    data.form_csrf = None;
-    data.save(session).await?;
+    begin_session(session, &mut data, user, now).await?;
     let mut event = AuditEvent::new("login.success", now, detail);
     event.subject = Some(user.id.clone());
     event.ip = ip.map(|i| i.to_string());
@@ -341,6 +334,25 @@ pub(super) async fn signed_in(
         return continue_authorization(state, session, data, pending, true).await;
     }
     signed_in_page(state, session, data, user.username.as_str()).await
+}
+
+/// The browser now belongs to `user`: the session gets a new id (one planted before is worthless
+/// after) and forgets the form token it had.
+pub(super) async fn begin_session(
+    session: &Session,
+    data: &mut SessionData,
+    user: &crate::domain::User,
+    now: time::OffsetDateTime,
+) -> Result<(), AuthorizeError> {
+    session
+        .cycle_id()
+        .await
+        .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
+    data.user_id = Some(user.id.clone());
+    data.authenticated_at = Some(now.unix_timestamp());
+    data.form_csrf = None;
+    data.save(session).await?;
+    Ok(())
 }
 
 /// The sign-in page again with `status` and its message, and `Retry-After: seconds`: a try that

@@ -8,6 +8,7 @@ pub mod login;
 pub mod page;
 pub mod provider;
 pub mod session;
+pub mod setup;
 pub mod throttle;
 
 pub use crate::domain::{User, Username, UsernameError};

@@ -139,6 +139,27 @@ fn read_password() -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// `gatehouse setup-link`
+pub async fn setup_link(config: &Config) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let link =
+        crate::account::setup::new_link(config, &store, time::OffsetDateTime::now_utc()).await;
+    store.close().await;
+    match link? {
+        Some(link) => {
+            println!("{link}");
+            eprintln!("Open it within an hour to create the first admin; it works once.");
+            Ok(())
+        }
+        None if !config.local_login => anyhow::bail!(
+            "password sign-in is off (local_login = false): the first admin signs in through an identity provider, or add one with `gatehouse users add NAME --role admin --password-stdin`"
+        ),
+        None => anyhow::bail!(
+            "this server has users already: an admin signs in, or add one with `gatehouse users add NAME --role admin --password-stdin`"
+        ),
+    }
+}
+
 /// `gatehouse users add | list | remove | passwd`
 pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc();

@@ -19,7 +19,7 @@ use crate::store::Store;
 
 /// Gatehouse: an OAuth 2.1 authorization server and an MCP resource server in one binary.
 ///
-/// Run `gatehouse serve`, add a user, and register https://YOUR-HOST/mcp as a custom connector
+/// Run `gatehouse serve`, open the setup link it prints, and register https://YOUR-HOST/mcp as a custom connector
 /// in Claude.ai, ChatGPT, Claude Code, VS Code, Cursor or MCP Inspector.
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse", version, propagate_version = true)]
@@ -40,6 +40,9 @@ pub enum Command {
     /// Run the authorization server and the MCP endpoint. With no configuration at all: listens
     /// on 127.0.0.1:8080, stores data in ./gatehouse.db and generates keys in ./keys.
     Serve,
+    /// Print a one-time link that creates the first admin (while nobody can sign in yet; it works
+    /// once, for an hour). `serve` logs one at start too.
+    SetupLink,
     /// Manage the people who can sign in.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -317,6 +320,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => crate::server::serve(config).await,
         Command::Keys(KeysCommand::List) => keys_list(&config).await,
+        Command::SetupLink => admin::setup_link(&config).await,
         Command::Users(cmd) => admin::users(&config, cmd).await,
         Command::Clients(cmd) => admin::clients(&config, cmd).await,
         Command::Keys(KeysCommand::Rotate { now, alg }) => keys_rotate(&config, now, alg).await,

@@ -17,6 +17,7 @@ mod limits;
 mod prune;
 mod read;
 mod sessions;
+mod setup;
 mod sqlite;
 mod url;
 mod users;
@@ -41,6 +42,7 @@ pub use keys::KeyRecord;
 pub use limits::RateTake;
 pub use prune::{Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
+pub use setup::FirstAdmin;
 pub use users::{Consent, SIGN_IN_FAILURE_WINDOW, ThrottleState};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -83,23 +83,32 @@ pub struct ThrottleState {
     pub locked_until: Option<OffsetDateTime>,
 }
 
+/// Adds `user` on `conn` (a transaction's, or the writer). A taken name is a
+/// [`StoreError::Conflict`].
+pub(super) async fn insert_user_in(
+    conn: &mut sqlx::AnyConnection,
+    user: &User,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO users (user_id, username, password_hash, roles, created_at, password_changed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&user.id)
+    .bind(user.username.as_str())
+    .bind(&user.password_hash)
+    .bind(serde_json::Value::from(user.roles.clone()).to_string())
+    .bind(user.created_at.unix_timestamp())
+    .bind(user.password_changed_at.unix_timestamp())
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::from_write(e, &format!("user {}", user.username)))?;
+    Ok(())
+}
+
 impl Store {
     /// Adds a user. A taken name is a [`StoreError::Conflict`].
     pub async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (user_id, username, password_hash, roles, created_at, password_changed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&user.id)
-        .bind(user.username.as_str())
-        .bind(&user.password_hash)
-        .bind(serde_json::Value::from(user.roles.clone()).to_string())
-        .bind(user.created_at.unix_timestamp())
-        .bind(user.password_changed_at.unix_timestamp())
-        .execute(&mut *self.writer().await?)
-        .await
-        .map_err(|e| StoreError::from_write(e, &format!("user {}", user.username)))?;
-        Ok(())
+        insert_user_in(&mut *self.writer().await?, user).await
     }
 
     /// A user by name.

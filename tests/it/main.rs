@@ -27,6 +27,7 @@ mod mcp_sessions;
 mod process;
 mod readme;
 mod register;
+mod setup;
 mod shared_egress;
 mod signin;
 mod storage;
