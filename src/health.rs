@@ -1,6 +1,8 @@
-//! `GET /health`: 200 when the database answers and a signing key is loaded, else 503 with the
-//! reason; with gateway mode, each upstream's live sessions and processes, as counts (whose
-//! they are is for the audit log, not for an unauthenticated page). Never cached.
+//! The operator's endpoints. `GET /health`: 200 when the database answers and a signing key is
+//! loaded, else 503 with the reason; with gateway mode, each upstream's live sessions and
+//! processes, as counts (whose they are is for the audit log, not for an unauthenticated page).
+//! `GET /metrics`: the Prometheus metrics ([`crate::metrics`]), on the metrics listener, or on
+//! the public one behind `metrics_token`. Never cached.
 
 use std::time::Duration;
 
@@ -53,4 +55,75 @@ pub async fn health_get(State(state): State<AppState>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// `GET /metrics` (the metrics listener's only route): every metric, the signing-key gauges read
+/// now.
+pub async fn metrics_get(State(state): State<AppState>) -> Response {
+    let policy = crate::keys::RotationPolicy::from_config(&state.config);
+    match state.store.signing_keys().await {
+        Ok(keys) => state.metrics.set_keys(&keys, &policy, state.clock.now()),
+        // The rest is still worth a scrape; the key gauges keep their last values.
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot read the signing keys"),
+    }
+    match state.metrics.encode() {
+        Ok(text) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            text,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "metrics: encoding failed");
+            crate::web::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "The metrics could not be encoded",
+            )
+        }
+    }
+}
+
+/// `GET /metrics` on the public listener (only with `metrics_token`): the metrics for a request
+/// that presents the token as a bearer credential (compared in constant time), else 401.
+pub async fn public_metrics_get(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state
+        .config
+        .metrics_token
+        .as_ref()
+        .map_or("", |t| t.0.as_str());
+    if !crate::account::session::tokens_match(expected, presented) {
+        let mut response = crate::web::json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The metrics need Authorization: Bearer with the metrics token",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"metrics\""),
+        );
+        return response;
+    }
+    metrics_get(State(state)).await
+}
+
+/// The metrics listener's router: `/metrics` only.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(crate::routes::METRICS, axum::routing::get(metrics_get))
+        .fallback(crate::web::not_found)
+        .with_state(state)
 }

@@ -24,6 +24,7 @@ pub mod keep_alive;
 pub mod keys;
 pub mod limits;
 pub mod mcp;
+pub mod metrics;
 pub mod oauth;
 pub mod pages;
 pub mod password;
@@ -131,6 +132,16 @@ fn pages_router(state: &AppState) -> Router<AppState> {
         .route(routes::STYLESHEET, get(pages::stylesheet_get))
 }
 
+/// `/health`, and `/metrics` only where `metrics_token` puts it on the public listener.
+fn operator_routes(state: &AppState) -> Router<AppState> {
+    let routes = Router::new().route(routes::HEALTH, get(health::health_get));
+    if state.config.metrics_token.is_some() {
+        routes.route(routes::METRICS, get(health::public_metrics_get))
+    } else {
+        routes
+    }
+}
+
 /// The whole HTTP surface: authorization server, resource server and health.
 pub fn app(state: AppState) -> Router {
     let mcp = mcp::router(&state);
@@ -152,8 +163,7 @@ pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
         .merge(oauth::router(&state))
         .merge(mcp)
         .merge(
-            Router::new()
-                .route(routes::HEALTH, get(health::health_get))
+            operator_routes(&state)
                 .method_not_allowed_fallback(web::method_not_allowed)
                 .layer(axum::middleware::from_fn_with_state(
                     (state.clone(), limits::Endpoints::Public),
@@ -162,6 +172,10 @@ pub fn app_with_mcp(state: AppState, mcp: Router<AppState>) -> Router {
         )
         .fallback(web::not_found)
         .method_not_allowed_fallback(web::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::measure,
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

@@ -53,6 +53,8 @@ pub const REGISTER: &str = "/register";
 pub const MCP: &str = "/mcp";
 /// Liveness and readiness.
 pub const HEALTH: &str = "/health";
+/// Prometheus metrics (on `metrics_bind`; on the public listener only with `metrics_token`).
+pub const METRICS: &str = "/metrics";
 
 /// `Cache-Control` of the public discovery documents and the JWK set (seconds). Claude caches
 /// discovery for about five minutes anyway.

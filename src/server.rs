@@ -33,6 +33,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::start(config, Arc::new(SystemClock)).await?;
     let listener = listen(bind).await?;
     let config = state.config.clone();
+    let metrics_server = match config.metrics_bind {
+        Some(at) => {
+            let metrics = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (metrics_bind)"))?;
+            tracing::info!(
+                "Prometheus metrics at http://{at}{}",
+                crate::routes::METRICS
+            );
+            let router = crate::health::metrics_router(state.clone());
+            Some(tokio::spawn(async move {
+                if let Err(err) = axum::serve(metrics, router).await {
+                    tracing::error!(error = %err, "the metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let kid = state.keys.snapshot().current().kid().to_owned();
     let setup = crate::account::setup::new_link(&config, &state.store, state.clock.now()).await?;
     if let Some(link) = setup {
@@ -82,6 +100,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown)
     .await
     .context("server failed")?;
+    if let Some(metrics) = metrics_server {
+        metrics.abort();
+    }
     housekeeping.abort();
     revocation_sync.abort();
     key_maintenance.abort();

@@ -45,6 +45,8 @@ pub struct AppState {
     pub api_tokens: Arc<crate::mcp::api_tokens::ApiTokens>,
     /// The identity providers people may sign in with.
     pub identity: Arc<crate::identity::IdentityProviders>,
+    /// The Prometheus metrics of this server.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -173,6 +175,7 @@ impl AppState {
         let identity = crate::identity::IdentityProviders::new(&config.identity_providers)
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
         Ok(Self {
+            metrics: Arc::new(crate::metrics::Metrics::new(store.timings())),
             passwords,
             identity: Arc::new(identity),
             gateway: Arc::new(gateway),

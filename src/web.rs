@@ -251,12 +251,14 @@ pub fn too_many(
         "error_description": description,
         "budget": budget.as_str(),
     });
-    let response = (
+    let mut response = (
         StatusCode::TOO_MANY_REQUESTS,
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(body),
     )
         .into_response();
+    // The metrics count the refusal by its budget.
+    response.extensions_mut().insert(budget);
     with_retry_after(response, seconds_to_wait(retry_after))
 }
 

@@ -51,6 +51,9 @@ impl std::fmt::Debug for LoginForm {
     }
 }
 
+/// The metrics' name for sign-in with a Gatehouse password.
+const PASSWORD: &str = "password";
+
 const GENERIC_FAILURE: &str = "Incorrect user name or password.";
 
 /// `Retry-After` of a sign-in refused because the password checks are all taken: the queue
@@ -194,6 +197,7 @@ async fn login(
     // checked (not even the password) when it is missing or foreign.
     let expected = data.form_csrf.clone().unwrap_or_default();
     if !tokens_match(&expected, &form.csrf) {
+        state.metrics.sign_in(PASSWORD, "failure");
         let mut event = AuditEvent::new("login.failure", now, json!({ "reason": "csrf" })).failed();
         event.ip = ip.map(|i| i.to_string());
         audit::record(&state.store, event).await?;
@@ -231,6 +235,7 @@ async fn login(
         event
     };
     if let Some(wait) = account_wait.max(ip_wait) {
+        state.metrics.sign_in(PASSWORD, "throttled");
         audit::record(&state.store, audit_failure("throttled")).await?;
         let seconds = wait.whole_seconds().max(1);
         let message = if seconds > 60 {
@@ -262,6 +267,7 @@ async fn login(
     // Every password-checking thread busy and the queue full: no check was made, so nothing is
     // counted against the name or the address; the person is asked to try again shortly.
     let Ok(ok) = checked else {
+        state.metrics.sign_in(PASSWORD, "busy");
         let message = "The server is busy signing people in. Try again in a moment.".to_owned();
         let status = (StatusCode::SERVICE_UNAVAILABLE, message);
         return come_back_later(
@@ -292,6 +298,7 @@ async fn login(
                 state.store.lock(key, now + throttle::WINDOW).await?;
             }
         }
+        state.metrics.sign_in(PASSWORD, "failure");
         audit::record(&state.store, audit_failure("bad_credentials")).await?;
         let username = form.username.clone();
         return login_page(
@@ -306,6 +313,7 @@ async fn login(
     };
 
     state.store.clear_throttle(&account_key).await?;
+    state.metrics.sign_in(PASSWORD, "success");
     let detail = json!({ "username": user.username.as_str() });
     signed_in(state, session, data, &user, detail, ip, &form.request).await
 }

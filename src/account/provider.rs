@@ -222,6 +222,7 @@ async fn callback(
         Err(err) => return provider_failed(state, provider, err, ip, now).await,
     };
     if rules::admit(&provider.config, &claims).is_err() {
+        state.metrics.sign_in(id, "refused");
         let mut event = AuditEvent::new(
             "login.refused",
             now,
@@ -264,6 +265,7 @@ async fn callback(
         "account_created": created,
         "provider_roles": roles,
     });
+    state.metrics.sign_in(id, "success");
     signed_in(state, session, data, &user, detail, ip, &upstream.request).await
 }
 
@@ -417,6 +419,12 @@ async fn audit_failure(
     ip: Option<std::net::IpAddr>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    // A provider id in a callback's path is the browser's to choose: only configured ones label.
+    let label = state
+        .identity
+        .get(provider)
+        .map_or("unknown", |p| p.config.id.as_str());
+    state.metrics.sign_in(label, "failure");
     let mut body = json!({ "provider": provider, "reason": reason });
     if !detail.is_empty() {
         body["detail"] = json!(detail);

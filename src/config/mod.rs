@@ -128,6 +128,13 @@ pub struct RawConfig {
     /// `text` (default) or `json`: how `serve` writes its log to standard error. In `json`,
     /// one object per line, with the request's id on every line written during a request.
     pub log_format: LogFormat,
+    /// Address of a listener of its own that serves Prometheus metrics at `/metrics`, e.g.
+    /// `127.0.0.1:9464`. Default unset: no such listener.
+    pub metrics_bind: Option<SocketAddr>,
+    /// A secret (32 characters or more) that also serves `/metrics` on the public listener, to
+    /// requests with `Authorization: Bearer <secret>`. Default unset: never on the public
+    /// listener. Set it with GATEHOUSE_METRICS_TOKEN.
+    pub metrics_token: Option<Passphrase>,
 }
 
 /// The log's format.
@@ -537,6 +544,8 @@ impl Default for RawConfig {
             identity_providers: Vec::new(),
             api_tokens: ApiTokensConfig::default(),
             log_format: LogFormat::Text,
+            metrics_bind: None,
+            metrics_token: None,
         }
     }
 }
@@ -639,6 +648,10 @@ pub struct Config {
     pub api_tokens: ApiTokensConfig,
     /// The log's format.
     pub log_format: LogFormat,
+    /// The metrics listener's address, if any.
+    pub metrics_bind: Option<SocketAddr>,
+    /// The bearer secret of `/metrics` on the public listener, if it is served there.
+    pub metrics_token: Option<Passphrase>,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }

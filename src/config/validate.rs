@@ -95,6 +95,8 @@ impl Config {
                 password_hashing: raw.password_hashing,
                 api_tokens: raw.api_tokens,
                 log_format: raw.log_format,
+                metrics_bind: raw.metrics_bind,
+                metrics_token: raw.metrics_token,
                 upstreams,
                 local_login: raw.local_login,
                 identity_providers,
@@ -607,7 +609,7 @@ fn registration(raw: &RawConfig, found: &mut Findings) -> RegistrationPolicy {
     }
 }
 
-/// `[key_rotation]`, `keys_passphrase` and `audit_retention`.
+/// `[key_rotation]`, `keys_passphrase`, `audit_retention`, and the metrics settings.
 fn keys(raw: &RawConfig, found: &mut Findings) -> KeyRotation {
     let kr = &raw.key_rotation;
     if !(1..=300).contains(&kr.check_interval) {
@@ -643,6 +645,16 @@ fn keys(raw: &RawConfig, found: &mut Findings) -> KeyRotation {
             "key_rotation.retired_retention must be at most 31622400 seconds, not {}",
             kr.retired_retention
         ));
+    }
+    if raw.metrics_token.as_ref().is_some_and(|t| t.0.len() < 32) {
+        found.problem(
+            "metrics_token must be at least 32 characters (set it with GATEHOUSE_METRICS_TOKEN)",
+        );
+    }
+    if raw.metrics_bind.is_some_and(|m| m == raw.bind) {
+        found.problem(
+            "metrics_bind must differ from bind (metrics are served on a listener of their own)",
+        );
     }
     if raw.keys_passphrase.as_ref().is_some_and(|p| p.0.len() < 12) {
         found.problem(

@@ -87,6 +87,40 @@ pub enum Transition {
     },
 }
 
+/// When the schedule takes its next step of each kind, given every stored key: `publish_next`
+/// (a new key is published), `activate` (the next key starts signing), `retire` (the earliest
+/// previous key is withdrawn). A step with no date (rotation by the operator only) is absent.
+pub fn upcoming(
+    keys: &[KeyRecord],
+    policy: &RotationPolicy,
+) -> Vec<(&'static str, OffsetDateTime)> {
+    let mut steps = Vec::new();
+    let current = keys.iter().find(|k| k.state == KeyState::Current);
+    match (current, keys.iter().find(|k| k.state == KeyState::Next)) {
+        (Some(_), Some(next)) => {
+            if let Some(at) = next.activate_after {
+                steps.push(("activate", at));
+            }
+        }
+        (Some(current), None) => {
+            if let Some(interval) = policy.interval {
+                let since = current.activated_at.unwrap_or(current.created_at);
+                steps.push(("publish_next", since + interval - policy.publish_lead));
+            }
+        }
+        (None, _) => {}
+    }
+    let retire = keys
+        .iter()
+        .filter(|k| k.state == KeyState::Previous)
+        .filter_map(|k| k.retire_after)
+        .min();
+    if let Some(at) = retire {
+        steps.push(("retire", at));
+    }
+    steps
+}
+
 /// What the schedule says is due at `now`, given every stored key.
 pub fn due(keys: &[KeyRecord], policy: &RotationPolicy, now: OffsetDateTime) -> Vec<Transition> {
     let mut steps = Vec::new();

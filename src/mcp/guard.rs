@@ -217,8 +217,13 @@ impl Guard {
             if !config.allowed_origins.is_empty()
                 && !config.allowed_origins.iter().any(|a| a == origin)
             {
-                self.audit_refusal(ip, None, "origin not allowed", json!({ "origin": origin }))
-                    .await;
+                self.audit_refusal(
+                    ip,
+                    None,
+                    ("origin_not_allowed", "origin not allowed"),
+                    json!({ "origin": origin }),
+                )
+                .await;
                 return web::json_error(
                     StatusCode::FORBIDDEN,
                     "forbidden",
@@ -347,13 +352,14 @@ impl Guard {
                 }
                 let reason = match (response.status(), rejection) {
                     (StatusCode::TOO_MANY_REQUESTS, _) => {
-                        "rate limited (no valid token)".to_owned()
+                        ("rate_limited", "rate limited (no valid token)".to_owned())
                     }
-                    (_, None) => "no token".to_owned(),
-                    (_, Some(r)) => r.to_string(),
+                    (_, None) => ("no_token", "no token".to_owned()),
+                    (_, Some(r)) => (r.label(), r.to_string()),
                 };
                 let detail = json!({ "status": response.status().as_u16(), "revoked": rejection == Some(TokenRejection::Revoked) });
-                self.audit_refusal(ip, None, &reason, detail).await;
+                self.audit_refusal(ip, None, (reason.0, &reason.1), detail)
+                    .await;
                 return response;
             }
         };
@@ -370,7 +376,7 @@ impl Guard {
             self.audit_refusal(
                 ip,
                 Some(&principal),
-                "rate limited",
+                ("rate_limited", "rate limited"),
                 json!({ "status": 429 }),
             )
             .await;
@@ -417,7 +423,7 @@ impl Guard {
             self.audit_refusal(
                 ip,
                 Some(&principal),
-                "insufficient scope",
+                ("insufficient_scope", "insufficient scope"),
                 json!({ "status": 403, "needed": needed.names().collect::<Vec<_>>() }),
             )
             .await;
@@ -447,7 +453,7 @@ impl Guard {
                 self.audit_refusal(
                     ip,
                     Some(&principal),
-                    "unknown session or another subject's",
+                    ("unknown_session", "unknown session or another subject's"),
                     json!({ "status": 404 }),
                 )
                 .await;
@@ -525,7 +531,7 @@ impl Guard {
         self.audit_refusal(
             ip,
             Some(principal),
-            "sessions full",
+            ("sessions_full", "sessions full"),
             json!({ "status": 503 }),
         )
         .await;
@@ -548,13 +554,17 @@ impl Guard {
         }
     }
 
+    /// Counts a refusal under its label (`reason.0`, for the metrics) and audits it with its
+    /// words (`reason.1`), at most once a minute per caller and reason.
     async fn audit_refusal(
         &self,
         ip: Option<IpAddr>,
         principal: Option<&Principal>,
-        reason: &str,
+        reason: (&'static str, &str),
         detail: Value,
     ) {
+        let (label, reason) = reason;
+        self.state.metrics.mcp_refused(label);
         let who = principal
             .map(|p| p.jti.clone())
             .or_else(|| ip.map(|i| i.to_string()))

@@ -500,6 +500,16 @@ impl ServerHandler for GatehouseMcp {
             outcome,
             started,
         };
+        if upstream && decision.allowed() {
+            // The tool's advertised name begins with its upstream's configured name.
+            let name = routed.as_ref().map_or_else(
+                || tool.split("__").next().unwrap_or_default(),
+                |r| r.upstream.as_str(),
+            );
+            self.state
+                .metrics
+                .upstream_call(name, outcome, started.elapsed());
+        }
         let upstream_tool = routed.as_ref().map(|r| r.tool.as_str());
         let mut detail = json!({ "tool": tool, "upstream_tool": upstream_tool });
         if let Some(arguments) = arguments {

@@ -101,6 +101,23 @@ pub enum TokenRejection {
 }
 
 impl TokenRejection {
+    /// A short fixed name, for the metrics' `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadSignature => "bad_signature",
+            Self::WrongType => "wrong_type",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
+            Self::BadApiToken => "bad_api_token",
+            Self::NotAccepted => "not_accepted",
+            Self::BadForwardedUser => "bad_forwarded_user",
+            Self::UnknownKey => "unknown_key",
+        }
+    }
+
     /// What the client is told: a credential that is not valid at all is described as a bad
     /// access token whatever its kind, so the answer does not say which kind came closest
     /// (the audit log keeps the real reason). Expiry and revocation are the same words for

@@ -156,6 +156,9 @@ async fn token(
         }
         Err(e) => Err(e),
     };
+    if result.is_ok() {
+        state.metrics.token_issued(grant.as_str());
+    }
     result.map_err(|e| {
         // A bad code or refresh token counts against the address and the client.
         counted(state, ip, Some(&client.id), &e);

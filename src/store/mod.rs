@@ -19,6 +19,7 @@ mod read;
 mod sessions;
 mod setup;
 mod sqlite;
+mod timing;
 mod url;
 mod users;
 mod write;
@@ -43,6 +44,7 @@ pub use limits::RateTake;
 pub use prune::{Keep, Pruned};
 pub use sessions::SessionStoreAdapter;
 pub use setup::FirstAdmin;
+pub use timing::{DbOperation, DbTimings};
 pub use users::{Consent, SIGN_IN_FAILURE_WINDOW, ThrottleState};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -116,6 +118,8 @@ pub struct Store {
     fresh: Arc<fresh::Fresh>,
     /// Browser sessions read recently, on SQLite only (`sessions.rs`).
     sessions: Arc<sessions::SessionCache>,
+    /// How long database operations take (`timing.rs`).
+    timings: DbTimings,
 }
 
 static DRIVERS: Once = Once::new();
@@ -212,6 +216,7 @@ impl Store {
                     backend,
                     fresh: Arc::default(),
                     sessions: Arc::new(sessions::SessionCache::new(true)),
+                    timings: timing::new_timings(),
                 }
             }
             Backend::Postgres => {
@@ -228,6 +233,7 @@ impl Store {
                     fresh: Arc::default(),
                     // Another instance may change or end a session at any moment.
                     sessions: Arc::new(sessions::SessionCache::new(false)),
+                    timings: timing::new_timings(),
                 }
             }
         };
@@ -241,8 +247,15 @@ impl Store {
 
     /// Checks the database answers (for `/health`).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.reader().await?.ping().await?;
+        timing::observe(&self.timings, "ping", started);
         Ok(())
+    }
+
+    /// How long database operations took, by operation (shared: the metrics read it).
+    pub fn timings(&self) -> DbTimings {
+        self.timings.clone()
     }
 
     /// Closes every connection, waiting for those in use to be returned.

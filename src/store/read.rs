@@ -39,9 +39,12 @@ pub(crate) type ReadConnection<'a> = Borrowed<BackToReaders<'a>>;
 impl Store {
     /// A connection for reads. Hold it only for them: there are few.
     pub(super) async fn reader(&self) -> Result<ReadConnection<'_>, StoreError> {
-        match &self.readers {
-            Readers::Sqlite(readers) => Ok(Borrowed::Lent(readers.get().await?)),
-            Readers::Pool(pool) => Ok(Borrowed::Pooled(pool.acquire().await?)),
-        }
+        let started = std::time::Instant::now();
+        let conn = match &self.readers {
+            Readers::Sqlite(readers) => Borrowed::Lent(readers.get().await?),
+            Readers::Pool(pool) => Borrowed::Pooled(pool.acquire().await?),
+        };
+        super::timing::observe(&self.timings, "read_connection", started);
+        Ok(conn)
     }
 }

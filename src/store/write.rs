@@ -154,6 +154,13 @@ impl Store {
     /// A connection for a write that is not a guarded one. Hold it only for that write: on
     /// SQLite every other write waits for it.
     pub(super) async fn writer(&self) -> Result<WriteConnection, StoreError> {
+        let started = std::time::Instant::now();
+        let conn = self.lend_writer().await?;
+        super::timing::observe(&self.timings, "write_connection", started);
+        Ok(conn)
+    }
+
+    async fn lend_writer(&self) -> Result<WriteConnection, StoreError> {
         match &self.writer {
             Writer::Committer(jobs) => {
                 // As long as a pool would wait for a connection. Nothing has happened yet, so
@@ -174,10 +181,13 @@ impl Store {
 
     /// Runs `write`; `Ok(false)` when its update matched nothing (then nothing is written).
     pub(super) async fn guarded_write(&self, write: GuardedWrite) -> Result<bool, StoreError> {
-        match &self.writer {
+        let started = std::time::Instant::now();
+        let done = match &self.writer {
             Writer::Committer(jobs) => commit(jobs, Write::Guarded(write)).await,
             Writer::Pool(_) => self.guarded_write_in_transaction(write).await,
-        }
+        };
+        super::timing::observe(&self.timings, "guarded_write", started);
+        done
     }
 
     /// Appends a row (on SQLite, in the committer's next batch).
@@ -187,6 +197,13 @@ impl Store {
 
     /// Appends rows together, all or none (on SQLite, in the committer's next batch).
     pub(super) async fn append_all(&self, inserts: Vec<Insert>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let done = self.append_all_now(inserts).await;
+        super::timing::observe(&self.timings, "append", started);
+        done
+    }
+
+    async fn append_all_now(&self, inserts: Vec<Insert>) -> Result<(), StoreError> {
         match &self.writer {
             Writer::Committer(jobs) => commit(jobs, Write::Append(inserts)).await.map(drop),
             Writer::Pool(_) => {

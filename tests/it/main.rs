@@ -24,6 +24,7 @@ mod keys;
 mod mcp;
 mod mcp_server;
 mod mcp_sessions;
+mod metrics;
 mod process;
 mod readme;
 mod register;
