@@ -58,6 +58,7 @@ async fn setup() -> (AppState, String, tempfile::TempDir) {
             created_at: now,
             password_changed_at: now,
             signed_out_at: None,
+            locked_at: None,
         })
         .await
         .unwrap();

@@ -54,6 +54,7 @@ async fn setup() -> Bench {
         created_at: now,
         password_changed_at: now,
         signed_out_at: None,
+        locked_at: None,
     };
     state.store.insert_user(&user).await.unwrap();
     let client = Client {

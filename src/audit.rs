@@ -1,6 +1,7 @@
 //! The audit log: one function to record an event, one to read them. Events never carry a
 //! secret or a token; `detail` is structured JSON.
 
+pub use crate::store::AuditFilter;
 pub use crate::store::{AuditEvent, Outcome};
 use crate::store::{AuditRecord, Store, StoreError};
 
@@ -51,9 +52,34 @@ pub fn identity_change(
 /// Reads events, newest first (see [`Store::audit_events`]).
 pub async fn read(
     store: &Store,
-    subject: Option<&str>,
+    filter: &AuditFilter,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<AuditRecord>, StoreError> {
-    store.audit_events(subject, before, limit).await
+    store.audit_events(filter, before, limit).await
+}
+
+/// Audits each grant in `ids`, revoked for `reason` by `by` (`operator` for the command line,
+/// else an admin's user name): its user and client where known. The number audited.
+pub async fn revoked_grants(
+    store: &Store,
+    ids: &[String],
+    user_id: Option<&str>,
+    client_id: Option<&str>,
+    reason: &str,
+    by: &str,
+    now: time::OffsetDateTime,
+) -> Result<usize, StoreError> {
+    for id in ids {
+        let mut event = AuditEvent::new(
+            "grant.revoked",
+            now,
+            serde_json::json!({ "reason": reason, "by": by }),
+        );
+        event.grant_id = Some(id.clone());
+        event.subject = user_id.map(str::to_owned);
+        event.client_id = client_id.map(str::to_owned);
+        record(store, event).await?;
+    }
+    Ok(ids.len())
 }

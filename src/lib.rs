@@ -11,6 +11,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod account;
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod clients;
@@ -49,7 +50,7 @@ pub use state::AppState;
 /// The browser pages: authorize, sign-in, consent, sign-out. Only they carry a session, and
 /// every response of theirs (redirects included) is hardened.
 fn pages_router(state: &AppState) -> Router<AppState> {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     use tower_sessions::cookie::SameSite;
     use tower_sessions::{Expiry, SessionManagerLayer};
 
@@ -96,6 +97,39 @@ fn pages_router(state: &AppState) -> Router<AppState> {
         .route(
             routes::SETUP,
             get(account::setup::setup_get).post(account::setup::setup_post),
+        )
+        .route(
+            routes::RESET,
+            get(account::reset::reset_get).post(account::reset::reset_post),
+        )
+        .route(routes::ADMIN, get(admin::users::users_get))
+        .route(routes::ADMIN_USER_ADD, post(admin::users::add_post))
+        .route(routes::ADMIN_USER_ROLES, post(admin::users::roles_post))
+        .route(routes::ADMIN_USER_LOCK, post(admin::users::lock_post))
+        .route(routes::ADMIN_USER_UNLOCK, post(admin::users::unlock_post))
+        .route(routes::ADMIN_USER_REMOVE, post(admin::users::remove_post))
+        .route(
+            routes::ADMIN_USER_RESET_LINK,
+            post(admin::users::reset_link_post),
+        )
+        .route(routes::ADMIN_CLIENTS, get(admin::system::clients_get))
+        .route(
+            routes::ADMIN_CLIENT_REMOVE,
+            post(admin::system::client_remove_post),
+        )
+        .route(routes::ADMIN_KEYS, get(admin::system::keys_get))
+        .route(
+            routes::ADMIN_KEYS_ROTATE,
+            post(admin::system::keys_rotate_post),
+        )
+        .route(
+            routes::ADMIN_KEYS_RETIRE,
+            post(admin::system::keys_retire_post),
+        )
+        .route(routes::ADMIN_AUDIT, get(admin::audit::audit_get))
+        .route(
+            routes::ADMIN_AUDIT_EXPORT,
+            get(admin::audit::audit_export_get),
         )
         .route(routes::ACCOUNT, get(account::page::account_get))
         .route(

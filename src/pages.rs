@@ -124,6 +124,139 @@ pub struct SetupPage {
     pub done_mcp_url: Option<String>,
 }
 
+/// A reset link's page (`/reset`): the person chooses their password.
+#[derive(Debug, Template)]
+#[template(path = "reset.html")]
+pub struct ResetPage {
+    /// Product name.
+    pub product: String,
+    /// The form's CSRF token.
+    pub csrf: String,
+    /// The link's secret, carried by the form.
+    pub token: String,
+    /// Whose password it sets.
+    pub username: String,
+    /// Why the last try was refused.
+    pub error: Option<String>,
+}
+
+/// The admin console (`/admin`): one template, one section shown at a time.
+#[derive(Debug, Template)]
+#[template(path = "admin.html")]
+pub struct AdminPage {
+    /// Product name.
+    pub product: String,
+    /// The signed-in admin.
+    pub username: String,
+    /// `users`, `clients`, `keys` or `audit`.
+    pub section: &'static str,
+    /// The forms' CSRF token.
+    pub csrf: String,
+    /// What the last action did.
+    pub notice: Option<String>,
+    /// Why the last action was refused.
+    pub problem: Option<String>,
+    /// A one-time link shown once: whose, and the link.
+    pub shown_link: Option<(String, String)>,
+    /// The configured roles.
+    pub roles: Vec<String>,
+    /// Users section.
+    pub users: Vec<AdminUserRow>,
+    /// Clients section.
+    pub clients: Vec<AdminClientRow>,
+    /// Keys section: the keys.
+    pub keys: Vec<AdminKeyRow>,
+    /// Keys section: the schedule's next steps, in words.
+    pub steps: Vec<String>,
+    /// Audit section: one page of events.
+    pub events: Vec<AdminEventRow>,
+    /// Audit section: the filter shown in the form.
+    pub filter: AuditFilterView,
+    /// Audit section: the next (older) page, if any.
+    pub next_page: Option<String>,
+    /// Audit section: the export of what the filter lets through, as JSON lines.
+    pub export_href: String,
+}
+
+/// A user as the admin console lists them.
+#[derive(Debug, Clone)]
+pub struct AdminUserRow {
+    /// Their id.
+    pub id: String,
+    /// Their name.
+    pub name: String,
+    /// Every configured role, and whether they have it (granted by an admin or a provider).
+    pub roles: Vec<(String, bool)>,
+    /// Created, how they sign in.
+    pub meta: String,
+    /// Locked by an admin.
+    pub locked: bool,
+    /// The admin looking at the page.
+    pub is_self: bool,
+}
+
+/// A client as the admin console lists it.
+#[derive(Debug, Clone)]
+pub struct AdminClientRow {
+    /// `client_id`.
+    pub id: String,
+    /// Its name (as registered; never trusted for anything).
+    pub name: String,
+    /// How it became known.
+    pub kind: String,
+    /// Redirect hosts, created and last used.
+    pub meta: String,
+    /// It has a row (a metadata-document client known only by its document has none).
+    pub removable: bool,
+}
+
+/// A signing key as the admin console lists it.
+#[derive(Debug, Clone)]
+pub struct AdminKeyRow {
+    /// `kid`.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: String,
+    /// State.
+    pub state: String,
+    /// Created, signs from, retire after or retired.
+    pub meta: String,
+    /// Not retired yet.
+    pub retirable: bool,
+}
+
+/// An audit event as the admin console lists it.
+#[derive(Debug, Clone)]
+pub struct AdminEventRow {
+    /// When.
+    pub at: String,
+    /// Kind.
+    pub kind: String,
+    /// Whether it was a failure.
+    pub failed: bool,
+    /// Who and what: user, client, address.
+    pub who: String,
+    /// The detail, as JSON.
+    pub detail: String,
+}
+
+/// The audit filter as its form shows it.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilterView {
+    /// User name.
+    pub user: String,
+    /// Client id.
+    pub client: String,
+    /// Kind (or its prefix).
+    pub kind: String,
+    /// `success`, `failure` or empty.
+    pub outcome: String,
+    /// From this day (YYYY-MM-DD).
+    pub since: String,
+    /// Through this day (YYYY-MM-DD).
+    pub until: String,
+}
+
 /// The person's own page (`/account`).
 #[derive(Debug, Template)]
 #[template(path = "account.html")]

@@ -39,6 +39,36 @@ pub const ACCOUNT_TOKEN_REVOKE: &str = "/account/tokens/revoke";
 pub const ACCOUNT_SIGN_OUT_EVERYWHERE: &str = "/account/sign-out-everywhere";
 /// First run: the one-time link's page that creates the first admin.
 pub const SETUP: &str = "/setup";
+/// A password reset link's page.
+pub const RESET: &str = "/reset";
+/// The admin console: users (GET), and its actions (POST).
+pub const ADMIN: &str = "/admin";
+/// Adds a user (POST).
+pub const ADMIN_USER_ADD: &str = "/admin/users/add";
+/// Sets a user's roles (POST).
+pub const ADMIN_USER_ROLES: &str = "/admin/users/roles";
+/// Locks a user (POST).
+pub const ADMIN_USER_LOCK: &str = "/admin/users/lock";
+/// Unlocks a user (POST).
+pub const ADMIN_USER_UNLOCK: &str = "/admin/users/unlock";
+/// Removes a user (POST).
+pub const ADMIN_USER_REMOVE: &str = "/admin/users/remove";
+/// Makes a link where a user chooses a password (POST).
+pub const ADMIN_USER_RESET_LINK: &str = "/admin/users/reset-link";
+/// The admin console: clients.
+pub const ADMIN_CLIENTS: &str = "/admin/clients";
+/// Removes a client (POST).
+pub const ADMIN_CLIENT_REMOVE: &str = "/admin/clients/remove";
+/// The admin console: signing keys.
+pub const ADMIN_KEYS: &str = "/admin/keys";
+/// Publishes a new signing key (POST).
+pub const ADMIN_KEYS_ROTATE: &str = "/admin/keys/rotate";
+/// Retires a signing key (POST).
+pub const ADMIN_KEYS_RETIRE: &str = "/admin/keys/retire";
+/// The admin console: the audit log.
+pub const ADMIN_AUDIT: &str = "/admin/audit";
+/// The audit log as JSON lines.
+pub const ADMIN_AUDIT_EXPORT: &str = "/admin/audit/export";
 /// The stylesheet of the pages.
 pub const STYLESHEET: &str = "/static/gatehouse.css";
 /// Token endpoint (RFC 6749 §3.2).

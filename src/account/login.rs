@@ -54,6 +54,9 @@ impl std::fmt::Debug for LoginForm {
 /// The metrics' name for sign-in with a Gatehouse password.
 const PASSWORD: &str = "password";
 
+/// What a person whose account an admin locked is told.
+pub(super) const LOCKED: &str = "This account is locked. Ask an admin of this server to unlock it.";
+
 const GENERIC_FAILURE: &str = "Incorrect user name or password.";
 
 /// `Retry-After` of a sign-in refused because the password checks are all taken: the queue
@@ -313,6 +316,23 @@ async fn login(
     };
 
     state.store.clear_throttle(&account_key).await?;
+    // Told only to someone who knows the password.
+    if user.locked_at.is_some() {
+        state.metrics.sign_in(PASSWORD, "refused");
+        let mut event = audit_failure("locked");
+        event.subject = Some(user.id.clone());
+        audit::record(&state.store, event).await?;
+        let username = form.username.clone();
+        return login_page(
+            state,
+            session,
+            data,
+            &form.request,
+            &username,
+            Some((StatusCode::FORBIDDEN, LOCKED.to_owned())),
+        )
+        .await;
+    }
     state.metrics.sign_in(PASSWORD, "success");
     let detail = json!({ "username": user.username.as_str() });
     signed_in(state, session, data, &user, detail, ip, &form.request).await

@@ -7,6 +7,7 @@ pub mod api_tokens;
 pub mod login;
 pub mod page;
 pub mod provider;
+pub mod reset;
 pub mod session;
 pub mod setup;
 pub mod throttle;

@@ -259,6 +259,24 @@ async fn callback(
         link_by_email(state, &identity, &claims, ip, now).await?;
     }
     let (user, created) = sign_in_identity(state, &identity, &claims, &roles, now).await?;
+    if user.locked_at.is_some() {
+        state.metrics.sign_in(id, "refused");
+        let mut event = AuditEvent::new(
+            "login.refused",
+            now,
+            json!({ "provider": id, "reason": "locked" }),
+        )
+        .failed();
+        event.subject = Some(user.id.clone());
+        event.ip = ip.map(|i| i.to_string());
+        audit::record(&state.store, event).await?;
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            "This account is locked",
+            super::login::LOCKED.to_owned(),
+            "Ask an admin of this server to unlock it.",
+        ));
+    }
     let detail = json!({
         "username": user.username.as_str(),
         "provider": id,
@@ -472,6 +490,7 @@ async fn sign_in_identity(
             created_at: now,
             password_changed_at: now,
             signed_out_at: None,
+            locked_at: None,
         };
         match state
             .store

@@ -228,37 +228,12 @@ async fn setup(
             .await;
         }
     };
-    if form.password != form.password_again {
-        let message = "The two passwords differ.";
-        return refused(
-            state,
-            session,
-            data,
-            &form,
-            StatusCode::BAD_REQUEST,
-            message,
-        )
-        .await;
-    }
-    let hash = match crate::password::hash(form.password.clone()).await {
+    let hash = match new_password_hash(&form.password, &form.password_again).await? {
         Ok(hash) => hash,
-        Err(crate::password::PasswordError::Length) => {
-            let message = format!(
-                "The password must be {} to {} characters long.",
-                crate::password::MIN_LEN,
-                crate::password::MAX_LEN
-            );
-            return refused(
-                state,
-                session,
-                data,
-                &form,
-                StatusCode::BAD_REQUEST,
-                &message,
-            )
-            .await;
+        Err(message) => {
+            let status = StatusCode::BAD_REQUEST;
+            return refused(state, session, data, &form, status, &message).await;
         }
-        Err(e) => return Err(AuthorizeError::Internal(e.to_string())),
     };
     let roles = first_admin_roles(&state.config);
     let id = random_token(16)
@@ -271,6 +246,7 @@ async fn setup(
         created_at: now,
         password_changed_at: now,
         signed_out_at: None,
+        locked_at: None,
     };
     let link = Secret::presented(&form.token).hash();
     match state.store.first_admin(&link, &user, now).await? {
@@ -298,6 +274,25 @@ async fn setup(
             done_mcp_url: Some(state.config.resource()),
         },
     ))
+}
+
+/// The hash of a new password typed twice, or what is wrong with it (for the form).
+pub(super) async fn new_password_hash(
+    password: &str,
+    again: &str,
+) -> Result<Result<String, String>, AuthorizeError> {
+    if password != again {
+        return Ok(Err("The two passwords differ.".to_owned()));
+    }
+    match crate::password::hash(password.to_owned()).await {
+        Ok(hash) => Ok(Ok(hash)),
+        Err(crate::password::PasswordError::Length) => Ok(Err(format!(
+            "The password must be {} to {} characters long.",
+            crate::password::MIN_LEN,
+            crate::password::MAX_LEN
+        ))),
+        Err(e) => Err(AuthorizeError::Internal(e.to_string())),
+    }
 }
 
 /// The first admin's roles: the admin role, and `user` too when it is configured (the admin is

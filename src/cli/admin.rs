@@ -208,6 +208,7 @@ async fn run_users(
                 created_at: now,
                 password_changed_at: now,
                 signed_out_at: None,
+                locked_at: None,
             };
             store.insert_user(&user).await.map_err(|e| match e {
                 crate::store::StoreError::Conflict(_) => {
@@ -246,6 +247,9 @@ async fn run_users(
                     let who = i.email.filter(|_| i.email_verified).unwrap_or(i.subject);
                     ways.push(format!("{}:{who}", i.provider));
                 }
+                if u.locked_at.is_some() {
+                    ways.push("(locked)".to_owned());
+                }
                 println!(
                     "{:<32}  {:<24}  {:<20}  {:<26}  {}",
                     u.username.as_str(),
@@ -277,6 +281,58 @@ async fn run_users(
             println!(
                 "Removed user {name}; revoked {revoked} grants and their tokens; their consents and pending codes are gone."
             );
+        }
+        UsersCommand::ResetLink { name } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let link = crate::account::reset::new_link(config, store, &user.id, now).await?;
+            let mut event = AuditEvent::new(
+                "user.password_link",
+                now,
+                json!({ "username": name, "by": "operator" }),
+            );
+            event.subject = Some(user.id);
+            audit::record(store, event).await?;
+            println!("{link}");
+            eprintln!("Send it to {name}: it lets them choose a password, once, within a day.");
+        }
+        UsersCommand::Lock { name } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let ids = store
+                .lock_user(&user.id, now)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            let revoked = audit_revoked(store, &ids, Some(&user.id), None, "locked", now).await?;
+            let mut event = AuditEvent::new(
+                "user.locked",
+                now,
+                json!({ "username": name, "by": "operator", "grants_revoked": revoked }),
+            );
+            event.subject = Some(user.id);
+            audit::record(store, event).await?;
+            println!(
+                "Locked {name}: signed out everywhere, {revoked} grants revoked; running servers refuse their tokens within revocation_sync_interval."
+            );
+        }
+        UsersCommand::Unlock { name } => {
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name:?}"))?;
+            store.unlock_user(&user.id).await?;
+            let mut event = AuditEvent::new(
+                "user.unlocked",
+                now,
+                json!({ "username": name, "by": "operator" }),
+            );
+            event.subject = Some(user.id);
+            audit::record(store, event).await?;
+            println!("Unlocked {name}.");
         }
         UsersCommand::Link {
             name,
@@ -434,18 +490,7 @@ async fn audit_revoked(
     reason: &str,
     now: time::OffsetDateTime,
 ) -> anyhow::Result<usize> {
-    for id in ids {
-        let mut event = AuditEvent::new(
-            "grant.revoked",
-            now,
-            json!({ "reason": reason, "by": "operator" }),
-        );
-        event.grant_id = Some(id.clone());
-        event.subject = user_id.map(str::to_owned);
-        event.client_id = client_id.map(str::to_owned);
-        audit::record(store, event).await?;
-    }
-    Ok(ids.len())
+    Ok(audit::revoked_grants(store, ids, user_id, client_id, reason, "operator", now).await?)
 }
 
 /// `gatehouse tokens revoke --user NAME | --client ID`

@@ -102,6 +102,23 @@ pub enum UsersCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Print a one-time link where the user chooses a password (valid for a day; it replaces
+    /// their earlier links), instead of typing a password for them.
+    ResetLink {
+        /// User name.
+        name: String,
+    },
+    /// Lock a user: nobody signs in as them, their API tokens are refused, and everything they
+    /// had going ends (browser sessions, grants and their tokens), until they are unlocked.
+    Lock {
+        /// User name.
+        name: String,
+    },
+    /// Unlock a locked user.
+    Unlock {
+        /// User name.
+        name: String,
+    },
     /// Link an account at an identity provider to a user: it then signs them in.
     Link {
         /// User name.

@@ -57,12 +57,19 @@ pub struct User {
     /// When all their browser sessions were ended by the operator (sessions from before are
     /// ended), if ever.
     pub signed_out_at: Option<OffsetDateTime>,
+    /// When an admin locked the account, if it is locked: nobody signs in as it and its API
+    /// tokens are refused until it is unlocked.
+    pub locked_at: Option<OffsetDateTime>,
 }
 
 impl User {
     /// Whether a browser session that signed in at `at` (unix seconds) still counts: not if
-    /// the password changed, or the operator signed the user out everywhere, after it.
+    /// the password changed, or the operator signed the user out everywhere, after it, nor
+    /// while the account is locked.
     pub fn session_valid(&self, at: i64) -> bool {
+        if self.locked_at.is_some() {
+            return false;
+        }
         let ended = self.signed_out_at.map_or(self.password_changed_at, |t| {
             t.max(self.password_changed_at)
         });

@@ -111,8 +111,11 @@ impl GatehouseMcp {
                 ))]));
             }
         }
-        let subject = (!everyone).then_some(p.subject.as_str());
-        let records = crate::audit::read(&self.state.store, subject, args.before, i64::from(limit))
+        let filter = crate::audit::AuditFilter {
+            subject: (!everyone).then(|| p.subject.clone()),
+            ..Default::default()
+        };
+        let records = crate::audit::read(&self.state.store, &filter, args.before, i64::from(limit))
             .await
             .map_err(store_failure)?;
         let next_cursor = (records.len() == limit as usize)

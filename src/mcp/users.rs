@@ -30,6 +30,11 @@ impl Users {
         Self(Recent::new(ttl))
     }
 
+    /// Forgets `id` (its roles or lock changed here): the next request reads it again.
+    pub fn forget(&self, id: &str) {
+        self.0.forget(id);
+    }
+
     /// The person behind `principal`: the one a trusted proxy named, else the user of its
     /// subject (see [`Users::get`]).
     pub async fn of(
@@ -43,12 +48,13 @@ impl Users {
         }
     }
 
-    /// The user `id`, from memory if read within the interval; `None` if there is none.
+    /// The user `id`, from memory if read within the interval; `None` if there is none, or the
+    /// account is locked (its API tokens are then refused like unknown ones).
     pub async fn get(&self, store: &Store, id: &str) -> Result<Option<Known>, StoreError> {
         if let Some(known) = self.0.get(id) {
             return Ok(Some(known));
         }
-        let Some(user) = store.user(id).await? else {
+        let Some(user) = store.user(id).await?.filter(|u| u.locked_at.is_none()) else {
             return Ok(None);
         };
         let known = Known {

@@ -122,26 +122,50 @@ impl Store {
         self.append(audit_insert(event)).await
     }
 
-    /// The newest events first, optionally only one subject's, at most `limit`, older than
-    /// `before` (an id) for paging.
+    /// The newest events first that `filter` lets through, at most `limit`, older than `before`
+    /// (an id) for paging.
     pub async fn audit_events(
         &self,
-        subject: Option<&str>,
+        filter: &AuditFilter,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, at, kind, outcome, subject, client_id, grant_id, ip, detail FROM audit_events \
-             WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR id < $2) \
-             ORDER BY id DESC LIMIT $3",
+             WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) \
+             AND ($3 IS NULL OR kind = $3 OR kind LIKE $3 || '.%') AND ($4 IS NULL OR outcome = $4) \
+             AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR at < $6) AND ($7 IS NULL OR id < $7) \
+             ORDER BY id DESC LIMIT $8",
         )
-        .bind(subject)
+        .bind(filter.subject.as_deref())
+        .bind(filter.client_id.as_deref())
+        .bind(filter.kind.as_deref())
+        .bind(filter.outcome.map(Outcome::as_str))
+        .bind(filter.since.map(OffsetDateTime::unix_timestamp))
+        .bind(filter.until.map(OffsetDateTime::unix_timestamp))
         .bind(before)
         .bind(limit)
         .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.into_iter().map(AuditRecord::try_from).collect()
     }
+}
+
+/// Which audit events to read; every field unset lets all through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this user's (their id).
+    pub subject: Option<String>,
+    /// Only this client's.
+    pub client_id: Option<String>,
+    /// Only this kind, or the kinds under it (`login` takes `login.success`, `login.failure`).
+    pub kind: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<Outcome>,
+    /// Only at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only before this time.
+    pub until: Option<OffsetDateTime>,
 }
 
 /// The row of one event, to insert on its own or inside the transaction of the change it

@@ -17,6 +17,7 @@ pub(super) struct UserRow {
     password_changed_at: i64,
     signed_out_at: Option<i64>,
     provider_roles: String,
+    locked_at: Option<i64>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -41,6 +42,7 @@ impl TryFrom<UserRow> for User {
             created_at: from_unix(row.created_at)?,
             password_changed_at: from_unix(row.password_changed_at)?,
             signed_out_at: row.signed_out_at.map(from_unix).transpose()?,
+            locked_at: row.locked_at.map(from_unix).transpose()?,
             id: row.user_id,
             password_hash: row.password_hash,
         })
@@ -48,7 +50,7 @@ impl TryFrom<UserRow> for User {
 }
 
 pub(super) const USER_COLUMNS: &str = "user_id, username, password_hash, roles, created_at, \
-     password_changed_at, signed_out_at, provider_roles";
+     password_changed_at, signed_out_at, provider_roles, locked_at";
 
 /// A user with what they allowed one client for one resource, read together.
 #[derive(sqlx::FromRow)]
@@ -103,6 +105,24 @@ pub(super) async fn insert_user_in(
     .await
     .map_err(|e| StoreError::from_write(e, &format!("user {}", user.username)))?;
     Ok(())
+}
+
+/// Sets `user_id`'s password hash in `tx` and ends what the old password let anyone start:
+/// browser sessions from before (by `password_changed_at`), codes not yet redeemed, every live
+/// grant with its tokens. The revoked grants' ids.
+pub(super) async fn change_password_in(
+    conn: &mut sqlx::AnyConnection,
+    user_id: &str,
+    hash: &str,
+    at: OffsetDateTime,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(hash)
+        .bind(at.unix_timestamp())
+        .execute(&mut *conn)
+        .await?;
+    super::grants::end_grants_and_codes(conn, Some(user_id), None, "password changed", at).await
 }
 
 impl Store {
@@ -174,29 +194,68 @@ impl Store {
     ) -> Result<Option<Vec<String>>, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let user_id: Option<String> = sqlx::query_scalar(
-            "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE username = $1 \
-             RETURNING user_id",
-        )
-        .bind(username)
-        .bind(hash)
-        .bind(at.unix_timestamp())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let user_id: Option<String> =
+            sqlx::query_scalar("SELECT user_id FROM users WHERE username = $1")
+                .bind(username)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(user_id) = user_id else {
             tx.rollback().await?;
             return Ok(None);
         };
-        let revoked = super::grants::end_grants_and_codes(
-            &mut tx,
-            Some(&user_id),
-            None,
-            "password changed",
-            at,
-        )
-        .await?;
+        let revoked = change_password_in(&mut tx, &user_id, hash, at).await?;
         tx.commit().await?;
         Ok(Some(revoked))
+    }
+
+    /// Locks `user_id` (an admin's doing): nobody signs in as them until they are unlocked, and
+    /// everything they had going ends as with [`Store::sign_out_everywhere`]. One transaction.
+    /// `None` when there is no such user; else the revoked grants' ids.
+    pub async fn lock_user(
+        &self,
+        user_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        let locked =
+            sqlx::query("UPDATE users SET locked_at = $2, signed_out_at = $2 WHERE user_id = $1")
+                .bind(user_id)
+                .bind(at.unix_timestamp())
+                .execute(&mut *tx)
+                .await?;
+        if locked.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM consents WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let revoked =
+            super::grants::end_grants_and_codes(&mut tx, Some(user_id), None, "locked", at).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+
+    /// Unlocks `user_id`; false when there is no such user.
+    pub async fn unlock_user(&self, user_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET locked_at = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *self.writer().await?)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets the roles an admin grants `user_id` (those an identity provider grants are kept
+    /// apart); false when there is no such user.
+    pub async fn set_roles(&self, user_id: &str, roles: &[String]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET roles = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(serde_json::Value::from(roles.to_vec()).to_string())
+            .execute(&mut *self.writer().await?)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Ends everything a user has going, as `gatehouse tokens revoke --user` does: every browser
@@ -295,7 +354,7 @@ impl Store {
     ) -> Result<Option<(User, Option<Consent>)>, StoreError> {
         let row: Option<UserConsentRow> = sqlx::query_as(
             "SELECT u.user_id, u.username, u.password_hash, u.roles, u.created_at, \
-             u.password_changed_at, u.signed_out_at, u.provider_roles, \
+             u.password_changed_at, u.signed_out_at, u.provider_roles, u.locked_at, \
              c.scopes AS consent_scopes, c.redirect_uri AS consent_redirect_uri \
              FROM users u LEFT JOIN consents c \
              ON c.user_id = u.user_id AND c.client_id = $2 AND c.resource = $3 \

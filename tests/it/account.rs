@@ -85,7 +85,7 @@ async fn a_person_sees_an_app_they_connected_and_disconnecting_it_ends_its_token
     let events = app
         .state
         .store
-        .audit_events(None, None, 500)
+        .audit_events(&Default::default(), None, 500)
         .await
         .expect("audit");
     assert!(events.iter().any(|e| e.event.kind == "app.disconnected"

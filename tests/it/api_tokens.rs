@@ -74,7 +74,7 @@ async fn a_token_from_the_account_page_calls_mcp_as_its_owner_until_revoked() {
         events = app
             .state
             .store
-            .audit_events(None, None, 500)
+            .audit_events(&Default::default(), None, 500)
             .await
             .expect("audit");
         if events

@@ -328,6 +328,7 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
             created_at: now,
             password_changed_at: now,
             signed_out_at: None,
+            locked_at: None,
         })
         .await
         .expect("user");
@@ -575,6 +576,7 @@ async fn a_person_manages_apps_and_api_tokens_on_their_page_in_headless_chromium
             created_at: now,
             password_changed_at: now,
             signed_out_at: None,
+            locked_at: None,
         })
         .await
         .expect("user");
@@ -667,6 +669,124 @@ async fn a_person_manages_apps_and_api_tokens_on_their_page_in_headless_chromium
     assert_eq!(status, 401, "the revoked token is refused");
     driver.quit().await;
     for shot in [app_shot, token_shot] {
+        assert!(
+            std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
+            "{}",
+            shot.display()
+        );
+    }
+}
+
+/// The operator's first run and the admin console in headless Chromium: the setup link of a
+/// fresh server opens the page that creates the first admin; that admin locks a person and
+/// retires the signing key from `/admin`, and reads both in the audit log. Screenshots of each
+/// page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_locks_a_user_and_retires_a_key_in_headless_chromium() {
+    let dir = TempDir::new().expect("tempdir");
+    let (listener, issuer) = loopback_issuer().await;
+    let config = Config::for_tests(
+        &issuer,
+        &crate::support::sqlite_url(&dir),
+        &dir.path().join("keys"),
+    )
+    .expect("config");
+    let state = serve(listener, config).await;
+    let now = time::OffsetDateTime::now_utc();
+    let link = gatehouse::account::setup::new_link(&state.config, &state.store, now)
+        .await
+        .expect("link")
+        .expect("a fresh server has a setup link");
+
+    let profile = TempDir::new().expect("profile");
+    let driver = Driver::start(profile.path()).await;
+    driver.goto(&link).await;
+    let setup_shot = driver.screenshot("setup.png").await;
+    driver.type_into("#username", "root").await;
+    driver.type_into("#password", "correct horse battery").await;
+    driver
+        .type_into("#password_again", "correct horse battery")
+        .await;
+    driver.click("button[type=submit]").await;
+    let html = driver.wait_for_text("is ready").await;
+    assert!(html.contains(&format!("{issuer}/mcp")), "{html}");
+    let ready_shot = driver.screenshot("setup-ready.png").await;
+
+    state
+        .store
+        .insert_user(&gatehouse::account::User {
+            id: "u_alice".into(),
+            username: gatehouse::account::Username::parse("alice").expect("name"),
+            password_hash: gatehouse::password::hash("alices password".into())
+                .await
+                .expect("hash"),
+            roles: vec!["user".into()],
+            created_at: now,
+            password_changed_at: now,
+            signed_out_at: None,
+            locked_at: None,
+        })
+        .await
+        .expect("user");
+    driver.goto(&format!("{issuer}/admin")).await;
+    let users_shot = driver.screenshot("admin-users.png").await;
+    driver.click("button[name=lock][value=alice]").await;
+    driver.wait_for_url("/admin?notice=locked").await;
+    let html = driver.source().await;
+    assert!(html.contains("badge bad\">locked"), "{html}");
+    let locked_shot = driver.screenshot("admin-user-locked.png").await;
+    let alice = state
+        .store
+        .user("u_alice")
+        .await
+        .expect("read")
+        .expect("alice");
+    assert!(alice.locked_at.is_some());
+
+    let kid = state.keys.snapshot().current().kid().to_owned();
+    driver.goto(&format!("{issuer}/admin/keys")).await;
+    driver
+        .type_into(
+            "form[action='/admin/keys/retire'] input[name=confirm]",
+            &kid,
+        )
+        .await;
+    driver
+        .click("form[action='/admin/keys/retire'] button")
+        .await;
+    driver.wait_for_url("/admin/keys?notice=retired").await;
+    let keys_shot = driver.screenshot("admin-key-retired.png").await;
+    let retired = state
+        .store
+        .signing_key(&kid)
+        .await
+        .expect("read")
+        .expect("key");
+    assert_eq!(retired.state, gatehouse::domain::KeyState::Retired);
+    assert_ne!(
+        state.keys.snapshot().current().kid(),
+        kid,
+        "a new key signs"
+    );
+
+    driver
+        .goto(&format!("{issuer}/admin/audit?kind=user.locked"))
+        .await;
+    let html = driver.source().await;
+    assert!(
+        html.contains("user.locked") && html.contains(r#""by":"root""#),
+        "{html}"
+    );
+    let audit_shot = driver.screenshot("admin-audit.png").await;
+    driver.quit().await;
+    for shot in [
+        setup_shot,
+        ready_shot,
+        users_shot,
+        locked_shot,
+        keys_shot,
+        audit_shot,
+    ] {
         assert!(
             std::fs::metadata(&shot).expect("screenshot").len() > 10_000,
             "{}",

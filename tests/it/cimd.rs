@@ -268,7 +268,7 @@ async fn bad_documents_are_refused_with_a_reason() {
         let err = metadata_error(resolve(&app.state, &format!("{base}/{name}")).await);
         assert!(check(&err), "{name}: {err}");
     }
-    let events = gatehouse::audit::read(&app.state.store, None, None, 20)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 20)
         .await
         .expect("audit");
     assert_eq!(

@@ -177,7 +177,7 @@ async fn a_token_of_a_kind_not_configured_is_refused() {
     let events = app
         .state
         .store
-        .audit_events(None, None, 100)
+        .audit_events(&Default::default(), None, 100)
         .await
         .expect("audit");
     assert!(

@@ -973,7 +973,7 @@ async fn tool_calls_audited(app: &TestApp) -> Vec<Value> {
     let events = app
         .state
         .store
-        .audit_events(None, None, 100)
+        .audit_events(&Default::default(), None, 100)
         .await
         .expect("audit");
     events

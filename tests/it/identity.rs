@@ -94,7 +94,7 @@ fn button(html: &str) -> String {
 async fn audit_kinds(app: &TestApp) -> Vec<(String, serde_json::Value)> {
     app.state
         .store
-        .audit_events(None, None, 500)
+        .audit_events(&Default::default(), None, 500)
         .await
         .expect("audit")
         .into_iter()

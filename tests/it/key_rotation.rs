@@ -125,7 +125,7 @@ async fn states(app: &TestApp) -> BTreeSet<(String, KeyState)> {
 async fn audit_kinds(app: &TestApp) -> Vec<String> {
     app.state
         .store
-        .audit_events(None, None, 1000)
+        .audit_events(&Default::default(), None, 1000)
         .await
         .expect("audit")
         .into_iter()

@@ -119,7 +119,7 @@ async fn key_survives_a_restart() {
     assert_eq!(header.key_id(), Some(kid.as_str()));
     assert_eq!(header.token_type(), Some("at+jwt"));
 
-    let generated = gatehouse::audit::read(&app.state.store, None, None, 100)
+    let generated = gatehouse::audit::read(&app.state.store, &Default::default(), None, 100)
         .await
         .expect("audit")
         .into_iter()
@@ -142,7 +142,7 @@ async fn a_key_directory_without_its_database_is_imported() {
     let url = sqlite_url(&dir);
     let app = TestApp::with(dir, &url, |_| {}).await;
     assert_eq!(app.state.keys.snapshot().current().kid(), kid);
-    let events = gatehouse::audit::read(&app.state.store, None, None, 10)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 10)
         .await
         .expect("audit");
     assert_eq!(events[0].event.kind, "key.imported");
@@ -190,7 +190,7 @@ async fn the_generated_key_is_current_and_audited() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].state, KeyState::Current);
     assert_eq!(keys[0].activated_at, Some(datetime!(2026-11-22 12:00 UTC)));
-    let events = gatehouse::audit::read(&app.state.store, None, None, 10)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 10)
         .await
         .expect("audit");
     assert_eq!(events.len(), 1);

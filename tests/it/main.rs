@@ -7,6 +7,7 @@
 mod support;
 
 mod account;
+mod admin;
 mod api_tokens;
 mod browser;
 mod cimd;

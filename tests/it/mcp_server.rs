@@ -587,7 +587,7 @@ async fn tool_calls_and_refusals_are_audited() {
     .await;
     // The tool-call event is written after the answer.
     let events = crate::support::eventually("the tool call's audit event", || async {
-        let events = gatehouse::audit::read(&app.state.store, None, None, 100)
+        let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 100)
             .await
             .expect("audit");
         events

@@ -103,7 +103,7 @@ async fn a_users_oldest_session_is_evicted_past_the_per_user_bound() {
     assert_eq!(call_in(&app, &alice, &second).await, 200);
     assert_eq!(call_in(&app, &alice, &third).await, 200);
     assert_eq!(call_in(&app, &bob, &bobs).await, 200, "bob's is his own");
-    let events = gatehouse::audit::read(&app.state.store, None, None, 100)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 100)
         .await
         .expect("audit");
     let evicted: Vec<_> = events

@@ -525,7 +525,7 @@ async fn registrations_and_refusals_are_audited() {
         "javascript:x",
     )
     .await;
-    let events = gatehouse::audit::read(&app.state.store, None, None, 10)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 10)
         .await
         .expect("audit");
     let refusal = &events[0].event;
@@ -598,7 +598,7 @@ async fn never_used_registrations_expire_and_the_cleanup_is_audited() {
             .expect("store")
             .is_some()
     );
-    let events = gatehouse::audit::read(&app.state.store, None, None, 1)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 1)
         .await
         .expect("audit");
     assert_eq!(events[0].event.kind, "client.expired");

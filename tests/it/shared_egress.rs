@@ -202,7 +202,7 @@ async fn a_429_names_the_budget_it_hit() {
     assert_eq!(res.status, 429);
     assert_eq!(res.json()["budget"], "oauth");
     assert!(res.header("retry-after").is_some());
-    let events = gatehouse::audit::read(&app.state.store, None, None, 20)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 20)
         .await
         .expect("audit");
     let limited = events

@@ -232,7 +232,7 @@ async fn request_errors_are_redirected_with_error_state_and_iss() {
         assert_eq!(q["state"], "s1");
         assert_eq!(q["iss"], ISSUER);
     }
-    let refused = gatehouse::audit::read(&app.state.store, None, None, 50)
+    let refused = gatehouse::audit::read(&app.state.store, &Default::default(), None, 50)
         .await
         .expect("audit");
     let refused: Vec<_> = refused
@@ -648,7 +648,7 @@ async fn repeated_failures_are_delayed_then_locked_out() {
     assert_eq!(res.status, 303, "{}", res.text());
     assert!(res.location().starts_with("/consent?"));
 
-    let events = gatehouse::audit::read(&app.state.store, None, None, 100)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 100)
         .await
         .expect("audit");
     let failures = events

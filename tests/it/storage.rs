@@ -176,7 +176,7 @@ async fn storage_suite(url: &str, backend: Backend) {
             .await
             .expect("record");
     }
-    let all = gatehouse::audit::read(&store, None, None, 10)
+    let all = gatehouse::audit::read(&store, &Default::default(), None, 10)
         .await
         .expect("read");
     assert_eq!(all.len(), 3);
@@ -187,11 +187,19 @@ async fn storage_suite(url: &str, backend: Backend) {
         json!({ "n": 2, "note": "ünïcode \"quoted\"" })
     );
     assert_eq!(all[0].event.at, datetime!(2026-11-22 12:00:02 UTC));
-    let alice = gatehouse::audit::read(&store, Some("alice"), None, 10)
-        .await
-        .expect("read");
+    let alice = gatehouse::audit::read(
+        &store,
+        &gatehouse::audit::AuditFilter {
+            subject: Some("alice".into()),
+            ..Default::default()
+        },
+        None,
+        10,
+    )
+    .await
+    .expect("read");
     assert_eq!(alice.len(), 2);
-    let page = gatehouse::audit::read(&store, None, Some(all[0].id), 1)
+    let page = gatehouse::audit::read(&store, &Default::default(), Some(all[0].id), 1)
         .await
         .expect("page");
     assert_eq!(page.len(), 1);
@@ -221,6 +229,7 @@ async fn apps_suite(store: &Store) {
                 created_at: now,
                 password_changed_at: now,
                 signed_out_at: None,
+                locked_at: None,
             })
             .await
             .expect("user");
@@ -395,6 +404,7 @@ async fn identities_suite(store: &Store) {
         created_at: now,
         password_changed_at: now,
         signed_out_at: None,
+        locked_at: None,
     };
     let identity = |subject: &str| ProviderIdentity {
         provider: "corp".into(),
@@ -482,6 +492,7 @@ async fn redemption_suite(store: &Store) {
             created_at: now,
             password_changed_at: now,
             signed_out_at: None,
+            locked_at: None,
         })
         .await
         .expect("user");
@@ -582,7 +593,10 @@ async fn redemption_suite(store: &Store) {
             .expect("stored");
         assert_eq!(refresh.grant.grant_id, format!("g_new_{n}"));
     }
-    let issued = store.audit_events(None, None, 100).await.expect("audit");
+    let issued = store
+        .audit_events(&Default::default(), None, 100)
+        .await
+        .expect("audit");
     let issued: Vec<_> = issued
         .iter()
         .filter(|r| r.event.kind == "token.issued")

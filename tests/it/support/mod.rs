@@ -519,6 +519,7 @@ impl TestApp {
             created_at: now,
             password_changed_at: now,
             signed_out_at: None,
+            locked_at: None,
         };
         self.state
             .store

@@ -293,7 +293,7 @@ async fn code_replay_with_another_verifier_is_refused_and_revokes() {
         "invalid_grant",
     );
     assert_refresh_refused(&app, &client_id, &first["refresh_token"]).await;
-    let events = gatehouse::audit::read(&app.state.store, None, None, 50)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 50)
         .await
         .expect("audit");
     assert!(events.iter().any(|e| e.event.kind == "code.reuse_detected"));

@@ -154,7 +154,7 @@ async fn revoke_as_public_client(app: &TestApp, client_id: &str, token: &str) ->
 
 /// Audit event kinds, oldest first.
 async fn event_kinds(app: &TestApp) -> Vec<String> {
-    let mut events = gatehouse::audit::read(&app.state.store, None, None, 100)
+    let mut events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 100)
         .await
         .expect("audit");
     events.reverse();

@@ -92,7 +92,7 @@ async fn refresh_replay_within_grace_is_idempotent_and_after_it_revokes_the_fami
         claims["grant_id"].as_str().expect("g"),
         claims["jti"].as_str().expect("j")
     ));
-    let events = gatehouse::audit::read(&app.state.store, None, None, 50)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 50)
         .await
         .expect("audit");
     let kinds: Vec<_> = events.iter().map(|e| e.event.kind.as_str()).collect();
@@ -140,7 +140,7 @@ async fn a_token_presented_after_its_successor_was_used_revokes_the_family(app: 
     );
     assert_eq!(mcp_status(&app, at3).await, 401, "the newest access token");
     assert_refresh_refused(&app, &client_id, &third["refresh_token"]).await;
-    let events = gatehouse::audit::read(&app.state.store, None, None, 50)
+    let events = gatehouse::audit::read(&app.state.store, &Default::default(), None, 50)
         .await
         .expect("audit");
     let detected = events

@@ -222,7 +222,7 @@ async fn audit_events_are_kept_for_the_retention(app: TestApp) {
     let pruned = app.state.prune().await.expect("prune");
     assert_eq!(pruned.audit_events, u64::try_from(early).expect("count"));
     assert_eq!(app.count_rows(events).await, all - early);
-    let kept = gatehouse::audit::read(&app.state.store, None, None, 50)
+    let kept = gatehouse::audit::read(&app.state.store, &Default::default(), None, 50)
         .await
         .expect("audit");
     assert!(

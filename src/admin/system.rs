@@ -1,0 +1,263 @@
+//! `/admin/clients` (every registered client; remove) and `/admin/keys` (the signing keys and
+//! their schedule; publish a new key; retire one with its id typed as confirmation).
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde_json::json;
+use tower_sessions::Session;
+
+use super::users::NoticeQuery;
+use super::{action, admin, back, event, page, render, with_notice};
+use crate::audit;
+use crate::clock::format_time;
+use crate::domain::{ClientKind, KeyState};
+use crate::keys::{RotationPolicy, lifecycle};
+use crate::oauth::error::AuthorizeError;
+use crate::pages::{AdminClientRow, AdminKeyRow};
+use crate::routes;
+use crate::state::AppState;
+
+/// `GET /admin/clients`
+pub async fn clients_get(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let mut admin = match admin(&state, &session).await? {
+            Ok(admin) => admin,
+            Err(response) => return Ok(response),
+        };
+        let mut page = page(&state, &mut admin, "clients")?;
+        with_notice(&mut page, q.notice());
+        for client in state.store.clients().await? {
+            let kind = match client.kind {
+                ClientKind::Dynamic => "registered itself",
+                ClientKind::Operator => "added by an operator",
+                ClientKind::MetadataDocument => "metadata document",
+            };
+            let mut hosts: Vec<&str> = client
+                .redirect_uris
+                .iter()
+                .filter_map(|u| u.host())
+                .collect();
+            hosts.dedup();
+            page.clients.push(AdminClientRow {
+                name: client
+                    .display_name()
+                    .unwrap_or_else(|| "(no name)".to_owned()),
+                kind: kind.to_owned(),
+                meta: format!(
+                    "redirects to {} · created {} · last used {}",
+                    if hosts.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        hosts.join(", ")
+                    },
+                    format_time(Some(client.created_at)),
+                    format_time(client.last_used_at),
+                ),
+                removable: true,
+                id: client.id,
+            });
+        }
+        render(&session, &admin, &page).await
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// `POST /admin/clients/remove`: the client, its grants and their tokens.
+pub async fn client_remove_post(
+    State(state): State<AppState>,
+    session: Session,
+    body: Bytes,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (admin, fields) = match action(&state, &session, &body).await? {
+            Ok(found) => found,
+            Err(response) => return Ok(response),
+        };
+        let client_id = fields.get("client_id");
+        let now = state.clock.now();
+        let reason = "client removed";
+        let Some(revoked) = state.store.remove_client(client_id, reason, now).await? else {
+            return Ok(back(routes::ADMIN_CLIENTS, "no-such-client"));
+        };
+        state.clients.forget(client_id);
+        for grant in &revoked {
+            state.revocations.revoke_grant(grant, now);
+        }
+        let by = admin.user.username.as_str();
+        audit::revoked_grants(
+            &state.store,
+            &revoked,
+            None,
+            Some(client_id),
+            reason,
+            by,
+            now,
+        )
+        .await?;
+        let mut audited = event(
+            &admin.user,
+            "client.removed",
+            now,
+            json!({ "grants_revoked": revoked.len() }),
+        );
+        audited.client_id = Some(client_id.to_owned());
+        audit::record(&state.store, audited).await?;
+        Ok(back(routes::ADMIN_CLIENTS, "client-removed"))
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// `GET /admin/keys`
+pub async fn keys_get(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let mut admin = match admin(&state, &session).await? {
+            Ok(admin) => admin,
+            Err(response) => return Ok(response),
+        };
+        let mut page = page(&state, &mut admin, "keys")?;
+        with_notice(&mut page, q.notice());
+        let keys = state.store.signing_keys().await?;
+        let policy = RotationPolicy::from_config(&state.config);
+        for (step, at) in lifecycle::upcoming(&keys, &policy) {
+            let what = match step {
+                "publish_next" => "a new key is published",
+                "activate" => "the next key starts signing",
+                _ => "the previous key is retired",
+            };
+            page.steps
+                .push(format!("{}: {what}", format_time(Some(at))));
+        }
+        if policy.interval.is_none() {
+            page.steps.push(
+                "Keys rotate only when an operator publishes one (key_rotation.interval = 0)."
+                    .to_owned(),
+            );
+        }
+        for key in keys {
+            let signs = key.activated_at.or(key.activate_after);
+            page.keys.push(AdminKeyRow {
+                alg: key.alg.as_str().to_owned(),
+                state: key.state.as_str().to_owned(),
+                meta: format!(
+                    "created {} · signs from {} · {} {}",
+                    format_time(Some(key.created_at)),
+                    format_time(signs),
+                    if key.state == KeyState::Retired {
+                        "retired"
+                    } else {
+                        "retire after"
+                    },
+                    format_time(key.retired_at.or(key.retire_after)),
+                ),
+                retirable: key.state != KeyState::Retired,
+                kid: key.kid,
+            });
+        }
+        render(&session, &admin, &page).await
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// `POST /admin/keys/rotate`: publishes a new key as `next` (it signs after the publish lead),
+/// as `gatehouse keys rotate` does.
+pub async fn keys_rotate_post(
+    State(state): State<AppState>,
+    session: Session,
+    body: Bytes,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (admin, _) = match action(&state, &session, &body).await? {
+            Ok(found) => found,
+            Err(response) => return Ok(response),
+        };
+        let now = state.clock.now();
+        let policy = RotationPolicy::from_config(&state.config);
+        let alg = state.config.signing_algorithm;
+        let vault = state.keys.vault();
+        match lifecycle::rotate(&state.store, vault, alg, &policy, now).await {
+            Ok(key) => {
+                reload_keys(&state).await;
+                let detail =
+                    json!({ "kid": key.kid, "activate_at": format_time(key.activate_after) });
+                audit::record(
+                    &state.store,
+                    event(&admin.user, "key.rotate_requested", now, detail),
+                )
+                .await?;
+                Ok(back(routes::ADMIN_KEYS, "rotated"))
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "admin console: key rotation refused");
+                Ok(back(routes::ADMIN_KEYS, "key-refused"))
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// `POST /admin/keys/retire`: withdraws key `kid` at once (its tokens stop verifying) once the
+/// admin typed its id (`confirm`); a current key is first replaced, as `gatehouse keys retire`.
+pub async fn keys_retire_post(
+    State(state): State<AppState>,
+    session: Session,
+    body: Bytes,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (admin, fields) = match action(&state, &session, &body).await? {
+            Ok(found) => found,
+            Err(response) => return Ok(response),
+        };
+        let kid = fields.get("kid");
+        if kid.is_empty() || fields.get("confirm").trim() != kid {
+            return Ok(back(routes::ADMIN_KEYS, "not-confirmed"));
+        }
+        let now = state.clock.now();
+        let policy = RotationPolicy::from_config(&state.config);
+        let alg = state.config.signing_algorithm;
+        let vault = state.keys.vault();
+        match lifecycle::retire_now(&state.store, vault, alg, &policy, kid, now).await {
+            Ok(signing) => {
+                reload_keys(&state).await;
+                let detail = json!({ "kid": kid, "signing_key": signing });
+                audit::record(
+                    &state.store,
+                    event(&admin.user, "key.retire_requested", now, detail),
+                )
+                .await?;
+                Ok(back(routes::ADMIN_KEYS, "retired"))
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "admin console: key retirement refused");
+                Ok(back(routes::ADMIN_KEYS, "key-refused"))
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// This instance uses the keys as stored now (others read them within
+/// `key_rotation.check_interval`).
+async fn reload_keys(state: &AppState) {
+    if let Err(err) = state.keys.reload(&state.store).await {
+        tracing::error!(error = %err, "cannot reload signing keys after an admin's change");
+    }
+}

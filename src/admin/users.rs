@@ -1,0 +1,394 @@
+//! `/admin` (users): list, add (with a link to choose a password, never a password typed by
+//! the admin), roles, lock and unlock, remove, a new password link.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use tower_sessions::Session;
+
+use super::{Admin, Fields, action, admin, back, event, page, render, with_notice};
+use crate::audit;
+use crate::domain::{User, Username, random_token};
+use crate::oauth::error::AuthorizeError;
+use crate::pages::{AdminPage, AdminUserRow};
+use crate::routes;
+use crate::state::AppState;
+
+/// `?notice=` of an admin page.
+#[derive(Debug, Deserialize)]
+pub struct NoticeQuery {
+    #[serde(default)]
+    notice: String,
+}
+
+impl NoticeQuery {
+    /// The notice's code.
+    pub fn notice(&self) -> &str {
+        &self.notice
+    }
+}
+
+/// What the users page shows above its list.
+#[derive(Debug, Default)]
+struct Shown {
+    /// A `?notice=` code.
+    notice: String,
+    /// A link shown once: whose, and the link.
+    link: Option<(String, String)>,
+    /// Why the form was refused.
+    problem: Option<&'static str>,
+}
+
+/// The users page.
+async fn users_page(
+    state: &AppState,
+    session: &Session,
+    mut admin: Admin,
+    shown: Shown,
+) -> Result<Response, AuthorizeError> {
+    let mut page: AdminPage = page(state, &mut admin, "users")?;
+    with_notice(&mut page, &shown.notice);
+    page.shown_link = shown.link;
+    if let Some(problem) = shown.problem {
+        page.problem = Some(problem.to_owned());
+    }
+    for user in state.store.users().await? {
+        let mut ways: Vec<String> = Vec::new();
+        if !user.password_hash.is_empty() {
+            ways.push("a password".to_owned());
+        }
+        for linked in state.store.identities_of(&user.id).await? {
+            ways.push(linked.identity.provider);
+        }
+        let ways = if ways.is_empty() {
+            "no way to sign in yet".to_owned()
+        } else {
+            format!("signs in with {}", ways.join(", "))
+        };
+        page.users.push(AdminUserRow {
+            roles: page
+                .roles
+                .iter()
+                .map(|r| (r.clone(), user.roles.contains(r)))
+                .collect(),
+            meta: format!(
+                "created {} · {ways}",
+                crate::clock::format_time(Some(user.created_at))
+            ),
+            locked: user.locked_at.is_some(),
+            is_self: user.id == admin.user.id,
+            name: user.username.as_str().to_owned(),
+            id: user.id,
+        });
+    }
+    render(session, &admin, &page).await
+}
+
+/// `GET /admin`
+pub async fn users_get(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        match admin(&state, &session).await? {
+            Ok(admin) => {
+                let shown = Shown {
+                    notice: q.notice.clone(),
+                    ..Shown::default()
+                };
+                users_page(&state, &session, admin, shown).await
+            }
+            Err(response) => Ok(response),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// What a user action asks for.
+#[derive(Debug, Clone, Copy)]
+enum UserAction {
+    Add,
+    Roles,
+    Lock,
+    Unlock,
+    Remove,
+    ResetLink,
+}
+
+macro_rules! post_handler {
+    ($name:ident, $action:expr) => {
+        #[doc = concat!("`POST` of the users page: ", stringify!($name), ".")]
+        pub async fn $name(
+            State(state): State<AppState>,
+            session: Session,
+            body: Bytes,
+        ) -> Response {
+            user_action(state, session, body, $action).await
+        }
+    };
+}
+
+post_handler!(add_post, UserAction::Add);
+post_handler!(roles_post, UserAction::Roles);
+post_handler!(lock_post, UserAction::Lock);
+post_handler!(unlock_post, UserAction::Unlock);
+post_handler!(remove_post, UserAction::Remove);
+post_handler!(reset_link_post, UserAction::ResetLink);
+
+async fn user_action(state: AppState, session: Session, body: Bytes, what: UserAction) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (admin, fields) = match action(&state, &session, &body).await? {
+            Ok(found) => found,
+            Err(response) => return Ok(response),
+        };
+        let user = match what {
+            UserAction::Add => return add(&state, &session, admin, &fields).await,
+            _ => state.store.user(fields.get("user_id")).await?,
+        };
+        let Some(user) = user else {
+            return Ok(back(routes::ADMIN, "no-such-user"));
+        };
+        match what {
+            UserAction::Add => add(&state, &session, admin, &fields).await,
+            UserAction::Roles => roles(&state, &admin, &user, &fields).await,
+            UserAction::Lock => lock(&state, &admin, &user).await,
+            UserAction::Unlock => unlock(&state, &admin, &user).await,
+            UserAction::Remove => remove(&state, &admin, &user, &fields).await,
+            UserAction::ResetLink => {
+                let link = reset_link(&state, &admin, &user).await?;
+                let shown = Shown {
+                    link: Some((user.username.as_str().to_owned(), link)),
+                    ..Shown::default()
+                };
+                users_page(&state, &session, admin, shown).await
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// The roles in `fields` (`role`, repeated), if each is configured.
+fn chosen_roles(state: &AppState, fields: &Fields) -> Option<Vec<String>> {
+    let roles = fields.all("role");
+    roles
+        .iter()
+        .all(|r| state.config.roles.contains_key(r))
+        .then_some(roles)
+}
+
+/// A new user with the roles ticked and no password: the page shows a link, once, where they
+/// choose one.
+async fn add(
+    state: &AppState,
+    session: &Session,
+    admin: Admin,
+    fields: &Fields,
+) -> Result<Response, AuthorizeError> {
+    let now = state.clock.now();
+    let Ok(username) = Username::parse(fields.get("username").trim()) else {
+        let problem = "That user name does not work: use 1 to 64 letters, digits and . _ - @.";
+        return refused(state, session, admin, problem).await;
+    };
+    let Some(roles) = chosen_roles(state, fields) else {
+        return Ok(back(routes::ADMIN, "unknown-role"));
+    };
+    let id = random_token(16)
+        .map_err(|_| AuthorizeError::Internal("random number generator failed".to_owned()))?;
+    let user = User {
+        id: format!("u_{id}"),
+        username,
+        password_hash: String::new(),
+        roles: roles.clone(),
+        created_at: now,
+        password_changed_at: now,
+        signed_out_at: None,
+        locked_at: None,
+    };
+    match state.store.insert_user(&user).await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Conflict(_)) => {
+            let problem = "A user with that name exists already.";
+            return refused(state, session, admin, problem).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut audited = event(
+        &admin.user,
+        "user.added",
+        now,
+        json!({ "username": user.username.as_str(), "roles": roles }),
+    );
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    let link = reset_link(state, &admin, &user).await?;
+    let shown = Shown {
+        link: Some((user.username.as_str().to_owned(), link)),
+        ..Shown::default()
+    };
+    users_page(state, session, admin, shown).await
+}
+
+/// The users page again with `problem` on top (the add form refused).
+async fn refused(
+    state: &AppState,
+    session: &Session,
+    admin: Admin,
+    problem: &'static str,
+) -> Result<Response, AuthorizeError> {
+    let shown = Shown {
+        problem: Some(problem),
+        ..Shown::default()
+    };
+    users_page(state, session, admin, shown).await
+}
+
+async fn roles(
+    state: &AppState,
+    admin: &Admin,
+    user: &User,
+    fields: &Fields,
+) -> Result<Response, AuthorizeError> {
+    let Some(roles) = chosen_roles(state, fields) else {
+        return Ok(back(routes::ADMIN, "unknown-role"));
+    };
+    let admin_role = &state.config.mcp.admin_role;
+    if user.id == admin.user.id && !roles.contains(admin_role) {
+        return Ok(back(routes::ADMIN, "self"));
+    }
+    if !state.store.set_roles(&user.id, &roles).await? {
+        return Ok(back(routes::ADMIN, "no-such-user"));
+    }
+    state.users.forget(&user.id);
+    let now = state.clock.now();
+    let mut audited = event(
+        &admin.user,
+        "user.roles_set",
+        now,
+        json!({ "username": user.username.as_str(), "roles": roles }),
+    );
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    Ok(back(routes::ADMIN, "roles"))
+}
+
+async fn lock(state: &AppState, admin: &Admin, user: &User) -> Result<Response, AuthorizeError> {
+    if user.id == admin.user.id {
+        return Ok(back(routes::ADMIN, "self"));
+    }
+    let now = state.clock.now();
+    let Some(revoked) = state.store.lock_user(&user.id, now).await? else {
+        return Ok(back(routes::ADMIN, "no-such-user"));
+    };
+    for grant in &revoked {
+        state.revocations.revoke_grant(grant, now);
+    }
+    state.users.forget(&user.id);
+    let by = admin.user.username.as_str();
+    audit::revoked_grants(
+        &state.store,
+        &revoked,
+        Some(&user.id),
+        None,
+        "locked",
+        by,
+        now,
+    )
+    .await?;
+    let mut audited = event(
+        &admin.user,
+        "user.locked",
+        now,
+        json!({ "username": user.username.as_str(), "grants_revoked": revoked.len() }),
+    );
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    Ok(back(routes::ADMIN, "locked"))
+}
+
+async fn unlock(state: &AppState, admin: &Admin, user: &User) -> Result<Response, AuthorizeError> {
+    if !state.store.unlock_user(&user.id).await? {
+        return Ok(back(routes::ADMIN, "no-such-user"));
+    }
+    state.users.forget(&user.id);
+    let mut audited = event(
+        &admin.user,
+        "user.unlocked",
+        state.clock.now(),
+        json!({ "username": user.username.as_str() }),
+    );
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    Ok(back(routes::ADMIN, "unlocked"))
+}
+
+/// Removes `user` once the admin typed their name (`confirm`).
+async fn remove(
+    state: &AppState,
+    admin: &Admin,
+    user: &User,
+    fields: &Fields,
+) -> Result<Response, AuthorizeError> {
+    if user.id == admin.user.id {
+        return Ok(back(routes::ADMIN, "self"));
+    }
+    if fields.get("confirm").trim() != user.username.as_str() {
+        return Ok(back(routes::ADMIN, "not-confirmed"));
+    }
+    let now = state.clock.now();
+    let reason = "user removed";
+    let Some(revoked) = state.store.remove_user(&user.id, reason, now).await? else {
+        return Ok(back(routes::ADMIN, "no-such-user"));
+    };
+    for grant in &revoked {
+        state.revocations.revoke_grant(grant, now);
+    }
+    state.users.forget(&user.id);
+    let by = admin.user.username.as_str();
+    audit::revoked_grants(
+        &state.store,
+        &revoked,
+        Some(&user.id),
+        None,
+        reason,
+        by,
+        now,
+    )
+    .await?;
+    let mut audited = event(
+        &admin.user,
+        "user.removed",
+        now,
+        json!({ "username": user.username.as_str(), "grants_revoked": revoked.len() }),
+    );
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    Ok(back(routes::ADMIN, "removed"))
+}
+
+/// A new link where `user` chooses a password (their earlier links stop working), audited.
+async fn reset_link(
+    state: &AppState,
+    admin: &Admin,
+    user: &User,
+) -> Result<String, AuthorizeError> {
+    let now = state.clock.now();
+    let link = crate::account::reset::new_link(&state.config, &state.store, &user.id, now)
+        .await
+        .map_err(|e| AuthorizeError::Internal(e.to_string()))?;
+    let mut audited = event(
+        &admin.user,
+        "user.password_link",
+        now,
+        json!({ "username": user.username.as_str() }),
+    );
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    Ok(link)
+}
