@@ -3,6 +3,7 @@
 //! non-zero exit status.
 
 pub mod admin;
+pub mod doctor;
 pub mod upstreams;
 
 use std::path::PathBuf;
@@ -61,6 +62,11 @@ pub enum Command {
     /// The MCP servers `/mcp` fronts (gateway mode).
     #[command(subcommand)]
     Upstreams(UpstreamsCommand),
+    /// Replay what MCP clients (Claude.ai, ChatGPT, Claude Code, VS Code, Cursor, MCP
+    /// Inspector) do against the URL a person would paste, and print a checklist: what passes,
+    /// what would break for which client, and the fix. Exits 1 when a client would fail.
+    /// Works against any MCP server with OAuth.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// `gatehouse upstreams ...`
@@ -259,6 +265,10 @@ pub struct RevokeTarget {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The doctor examines any server, so it reads no configuration of this one.
+    if let Command::Doctor(args) = cli.command {
+        return run_doctor(args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(ConfigErrors(lines)) => {
@@ -288,6 +298,24 @@ pub fn main() -> ExitCode {
 /// The error and its causes on one line, each cause said once: several errors (ours and sqlx's)
 /// already include their cause in their own message, and the whole chain repeated it up to four
 /// times.
+fn run_doctor(args: doctor::DoctorArgs) -> ExitCode {
+    let runtime = match crate::server::runtime() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("gatehouse: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(doctor::doctor(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("gatehouse: error: {}", one_line(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn one_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
@@ -348,6 +376,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             print!("{}", upstreams::list(&config));
             Ok(())
         }
+        Command::Doctor(_) => anyhow::bail!("the doctor runs without a configuration"),
         Command::Upstreams(UpstreamsCommand::Check) => {
             print!("{}", upstreams::check(config).await?);
             Ok(())

@@ -150,9 +150,17 @@ impl IdentityProviders {
     }
 }
 
-/// The HTTP client of the provider calls (see [`send`]).
+/// The HTTP client of the provider calls (see [`send`]), usable by the `oauth2` and
+/// `openidconnect` crates.
 #[derive(Debug, Clone)]
 pub(crate) struct Http(reqwest::Client);
+
+impl Http {
+    /// Calls made through `client`.
+    pub(crate) fn new(client: reqwest::Client) -> Self {
+        Self(client)
+    }
+}
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
     type Error = HttpError;

@@ -14,6 +14,7 @@ mod cimd;
 mod config;
 mod credentials;
 mod discovery;
+mod doctor;
 mod errors;
 mod floods;
 mod gateway;
