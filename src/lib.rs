@@ -126,6 +126,11 @@ fn pages_router(state: &AppState) -> Router<AppState> {
             routes::ADMIN_KEYS_RETIRE,
             post(admin::system::keys_retire_post),
         )
+        .route(routes::ADMIN_UPSTREAMS, get(admin::system::upstreams_get))
+        .route(
+            routes::ADMIN_UPSTREAMS_CHECK,
+            post(admin::system::upstreams_check_post),
+        )
         .route(routes::ADMIN_AUDIT, get(admin::audit::audit_get))
         .route(
             routes::ADMIN_AUDIT_EXPORT,

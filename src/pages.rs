@@ -168,6 +168,8 @@ pub struct AdminPage {
     pub keys: Vec<AdminKeyRow>,
     /// Keys section: the schedule's next steps, in words.
     pub steps: Vec<String>,
+    /// Upstreams section (gateway mode).
+    pub upstreams: Vec<AdminUpstreamRow>,
     /// Audit section: one page of events.
     pub events: Vec<AdminEventRow>,
     /// Audit section: the filter shown in the form.
@@ -223,6 +225,19 @@ pub struct AdminKeyRow {
     pub meta: String,
     /// Not retired yet.
     pub retirable: bool,
+}
+
+/// An upstream MCP server (gateway mode) as the admin console lists it.
+#[derive(Debug, Clone)]
+pub struct AdminUpstreamRow {
+    /// Its name (the prefix of its tools).
+    pub name: String,
+    /// Transport, protocol, tools, colliding names.
+    pub meta: String,
+    /// Its live sessions, one line each.
+    pub sessions: Vec<String>,
+    /// The result of a check just made: reachable (with its tools) or why not.
+    pub check: Option<(bool, String)>,
 }
 
 /// An audit event as the admin console lists it.

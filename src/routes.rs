@@ -65,6 +65,10 @@ pub const ADMIN_KEYS: &str = "/admin/keys";
 pub const ADMIN_KEYS_ROTATE: &str = "/admin/keys/rotate";
 /// Retires a signing key (POST).
 pub const ADMIN_KEYS_RETIRE: &str = "/admin/keys/retire";
+/// The admin console: the upstream MCP servers of gateway mode.
+pub const ADMIN_UPSTREAMS: &str = "/admin/upstreams";
+/// Contacts every upstream now (POST).
+pub const ADMIN_UPSTREAMS_CHECK: &str = "/admin/upstreams/check";
 /// The admin console: the audit log.
 pub const ADMIN_AUDIT: &str = "/admin/audit";
 /// The audit log as JSON lines.

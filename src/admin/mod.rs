@@ -155,6 +155,7 @@ pub fn page(
         clients: Vec::new(),
         keys: Vec::new(),
         steps: Vec::new(),
+        upstreams: Vec::new(),
         events: Vec::new(),
         filter: pages::AuditFilterView::default(),
         next_page: None,
@@ -214,6 +215,7 @@ pub fn notice_text(code: &str) -> Option<(&'static str, bool)> {
         "unknown-role" => ("That role is not configured. Nothing changed.", true),
         "no-such-user" => ("There is no such user (removed meanwhile?).", true),
         "no-such-client" => ("There is no such client (removed meanwhile?).", true),
+        "checked" => ("Each upstream was contacted just now.", false),
         "key-refused" => (
             "The key could not be changed; see the message in the server log.",
             true,

@@ -1,5 +1,7 @@
-//! `/admin/clients` (every registered client; remove) and `/admin/keys` (the signing keys and
-//! their schedule; publish a new key; retire one with its id typed as confirmation).
+//! `/admin/clients` (every registered client; remove), `/admin/keys` (the signing keys and
+//! their schedule; publish a new key; retire one with its id typed as confirmation) and
+//! `/admin/upstreams` (gateway mode's upstream MCP servers, their live sessions, and a check that
+//! contacts each now).
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -14,7 +16,7 @@ use crate::clock::format_time;
 use crate::domain::{ClientKind, KeyState};
 use crate::keys::{RotationPolicy, lifecycle};
 use crate::oauth::error::AuthorizeError;
-use crate::pages::{AdminClientRow, AdminKeyRow};
+use crate::pages::{AdminClientRow, AdminKeyRow, AdminUpstreamRow};
 use crate::routes;
 use crate::state::AppState;
 
@@ -260,4 +262,106 @@ async fn reload_keys(state: &AppState) {
     if let Err(err) = state.keys.reload(&state.store).await {
         tracing::error!(error = %err, "cannot reload signing keys after an admin's change");
     }
+}
+
+/// What a check of every upstream found: each name with its tools, or why it is unreachable.
+type Probed = Vec<(String, Result<Vec<String>, String>)>;
+
+/// The upstreams page, with the results of a check when one was just made.
+async fn upstreams_page(
+    state: &AppState,
+    session: &Session,
+    mut admin: super::Admin,
+    notice: &str,
+    checked: Option<Probed>,
+) -> Result<Response, AuthorizeError> {
+    let mut page = page(state, &mut admin, "upstreams")?;
+    with_notice(&mut page, notice);
+    for status in state.gateway.status() {
+        let check = checked.as_ref().and_then(|all| {
+            all.iter()
+                .find(|(name, _)| *name == status.name)
+                .map(|(_, r)| match r {
+                    Ok(tools) => (
+                        true,
+                        format!("reachable: {} tools ({})", tools.len(), tools.join(", ")),
+                    ),
+                    Err(why) => (false, format!("not reachable: {why}")),
+                })
+        });
+        let mut meta = format!(
+            "{} · {} · {} tools",
+            status.transport,
+            status.protocol.unwrap_or("protocol not known yet"),
+            status.tools
+        );
+        if !status.collisions.is_empty() {
+            meta.push_str(&format!(
+                " · colliding names not served: {}",
+                status.collisions.join(", ")
+            ));
+        }
+        page.upstreams.push(AdminUpstreamRow {
+            sessions: status
+                .sessions
+                .iter()
+                .map(|s| {
+                    let pid = s.pid.map(|p| format!(", process {p}")).unwrap_or_default();
+                    format!(
+                        "{}: open {} s, idle {} s{pid}",
+                        s.subject, s.age_seconds, s.idle_seconds
+                    )
+                })
+                .collect(),
+            name: status.name,
+            meta,
+            check,
+        });
+    }
+    render(session, &admin, &page).await
+}
+
+/// `GET /admin/upstreams`
+pub async fn upstreams_get(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        match admin(&state, &session).await? {
+            Ok(admin) => upstreams_page(&state, &session, admin, q.notice(), None).await,
+            Err(response) => Ok(response),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+}
+
+/// `POST /admin/upstreams/check`: contacts every upstream now, as `gatehouse upstreams check`.
+pub async fn upstreams_check_post(
+    State(state): State<AppState>,
+    session: Session,
+    body: Bytes,
+) -> Response {
+    let product = state.config.product_name.clone();
+    let result = async {
+        let (admin, _) = match action(&state, &session, &body).await? {
+            Ok(found) => found,
+            Err(response) => return Ok(response),
+        };
+        let results = state
+            .gateway
+            .probe(&crate::gateway::Caller::operator())
+            .await;
+        let detail = json!({
+            "reachable": results.iter().filter(|(_, r)| r.is_ok()).count(),
+            "unreachable": results.iter().filter(|(_, r)| r.is_err()).map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        });
+        audit::record(&state.store, event(&admin.user, "upstreams.checked", state.clock.now(), detail))
+            .await?;
+        upstreams_page(&state, &session, admin, "checked", Some(results)).await
+    }
+    .await;
+    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
 }

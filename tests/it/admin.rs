@@ -13,16 +13,17 @@ use crate::support::oauth::refresh;
 use crate::support::{Agent, CALLBACK, ISSUER, PASSWORD, TestApp, TestResponse};
 
 /// Every page of the console.
-const PAGES: [&str; 5] = [
+const PAGES: [&str; 6] = [
     "/admin",
     "/admin/clients",
     "/admin/keys",
+    "/admin/upstreams",
     "/admin/audit",
     "/admin/audit/export",
 ];
 
 /// Every action of the console.
-const ACTIONS: [&str; 9] = [
+const ACTIONS: [&str; 10] = [
     "/admin/users/add",
     "/admin/users/roles",
     "/admin/users/lock",
@@ -32,6 +33,7 @@ const ACTIONS: [&str; 9] = [
     "/admin/clients/remove",
     "/admin/keys/rotate",
     "/admin/keys/retire",
+    "/admin/upstreams/check",
 ];
 
 async fn signed_in<'a>(app: &'a TestApp, name: &str) -> Agent<'a> {
@@ -655,4 +657,64 @@ async fn users_lock_unlock_and_reset_link_from_the_command_line() {
     let out = run(&["users", "lock", "nobody"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user named \"nobody\""));
+}
+
+/// Gateway mode's upstreams on the console: each with its transport and tools, its live
+/// sessions (whose they are), and a check that contacts each now and says which is reachable.
+#[tokio::test]
+async fn upstreams_and_their_health_on_the_console() {
+    let modern = crate::support::upstream::ModernEcho::start().await;
+    let url = modern.url.clone();
+    let dead = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        format!("http://{}/mcp", port.local_addr().expect("addr"))
+    };
+    let app = crate::support::mcp::app_with(move |c| {
+        let upstream = |name: &str, url: &str| {
+            let raw: gatehouse::config::UpstreamConfig = serde_json::from_value(
+                serde_json::json!({ "name": name, "transport": "streamable_http", "url": url }),
+            )
+            .expect("entry");
+            gatehouse::config::Upstream::check(&raw, &format!("{ISSUER}/mcp"), &|_| None)
+                .expect("upstream")
+        };
+        c.upstreams = vec![upstream("modern", &url), upstream("gone", &dead)];
+    })
+    .await;
+    app.add_user("root", PASSWORD, &["admin"]).await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let token = access_token(&app, "alice").await;
+    let call = crate::support::mcp::call(1, "modern__echo", serde_json::json!({ "message": "hi" }));
+    let res = crate::support::mcp::mcp(&app, Some(&token), None, "2025-06-18", call).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+
+    let mut admin = signed_in(&app, "root").await;
+    let page = admin.get("/admin/upstreams").await;
+    let html = page.text();
+    assert!(
+        html.contains("<strong>modern") && html.contains("<strong>gone"),
+        "{html}"
+    );
+    assert!(
+        html.contains("u_alice: open"),
+        "alice's live session: {html}"
+    );
+    let res = act(
+        &mut admin,
+        "/admin/upstreams",
+        "/admin/upstreams/check",
+        &[],
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let html = res.text();
+    assert!(html.contains("reachable: 1 tools (modern__echo)"), "{html}");
+    assert!(html.contains("not reachable:"), "{html}");
+    let checked = app
+        .count_rows(
+            "SELECT count(*) FROM audit_events WHERE kind = 'upstreams.checked' \
+             AND detail LIKE '%\"unreachable\":[\"gone\"]%'",
+        )
+        .await;
+    assert_eq!(checked, 1);
 }
