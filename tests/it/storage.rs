@@ -204,7 +204,37 @@ async fn storage_suite(url: &str, backend: Backend) {
         .expect("page");
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].id, all[1].id);
+    // Every filter of the admin console's audit page, on this engine.
+    let filtered = |filter: gatehouse::audit::AuditFilter| {
+        let store = &store;
+        async move {
+            gatehouse::audit::read(store, &filter, None, 10)
+                .await
+                .expect("read")
+                .len()
+        }
+    };
+    use gatehouse::audit::AuditFilter as F;
+    let kind = |k: &str| F {
+        kind: Some(k.into()),
+        ..Default::default()
+    };
+    assert_eq!(filtered(kind("login")).await, 3, "a kind");
+    assert_eq!(filtered(kind("log")).await, 0, "not a prefix of a word");
+    let client = F {
+        client_id: Some("client-1".into()),
+        outcome: Some(Outcome::Failure),
+        ..Default::default()
+    };
+    assert_eq!(filtered(client).await, 1);
+    let window = F {
+        since: Some(datetime!(2026-11-22 12:00:01 UTC)),
+        until: Some(datetime!(2026-11-22 12:00:02 UTC)),
+        ..Default::default()
+    };
+    assert_eq!(filtered(window).await, 1, "from inclusive, until exclusive");
 
+    links_and_locks_suite(&store).await;
     clients_suite(&store).await;
     rate_budget_suite(&store).await;
     redemption_suite(&store).await;
@@ -932,4 +962,135 @@ async fn the_sqlite_files_are_readable_by_their_owner_only() {
     for file in std::iter::once(&db).chain(&sidecars) {
         assert_eq!(mode_of(file), 0o600, "{}", file.display());
     }
+}
+
+/// One-time links and account locks, on this engine.
+async fn links_and_locks_suite(store: &gatehouse::store::Store) {
+    use gatehouse::domain::Secret;
+    use gatehouse::store::FirstAdmin;
+    let t0 = datetime!(2026-11-22 12:00 UTC);
+    let hour = time::Duration::hours(1);
+    let user = |name: &str| gatehouse::account::User {
+        id: format!("u_link_{name}"),
+        username: gatehouse::account::Username::parse(name).expect("name"),
+        password_hash: String::new(),
+        roles: vec!["user".into()],
+        created_at: t0,
+        password_changed_at: t0,
+        signed_out_at: None,
+        locked_at: None,
+    };
+    // A setup link works while nobody exists; once someone does, it opens nothing.
+    let setup = Secret::generate().expect("rng");
+    store
+        .add_setup_link(&setup.hash(), t0, t0 + hour)
+        .await
+        .expect("add");
+    let nobody = !store.has_users().await.expect("users");
+    assert_eq!(
+        store
+            .setup_link_open(&setup.hash(), t0)
+            .await
+            .expect("open"),
+        nobody
+    );
+    assert!(
+        !store
+            .setup_link_open(&setup.hash(), t0 + hour)
+            .await
+            .expect("open"),
+        "expired"
+    );
+    let carol = user("carol");
+    store.insert_user(&carol).await.expect("carol");
+    assert!(
+        !store
+            .setup_link_open(&setup.hash(), t0)
+            .await
+            .expect("open")
+    );
+    let outcome = store
+        .first_admin(&setup.hash(), &user("late"), t0)
+        .await
+        .expect("use");
+    assert_eq!(outcome, FirstAdmin::AlreadySetUp);
+    assert_eq!(
+        store
+            .first_admin(&setup.hash(), &user("later"), t0)
+            .await
+            .expect("use"),
+        FirstAdmin::LinkNotValid,
+        "the links went with the first use"
+    );
+
+    let first = Secret::generate().expect("rng");
+    let second = Secret::generate().expect("rng");
+    store
+        .add_reset_link(&first.hash(), &carol.id, t0, t0 + hour)
+        .await
+        .expect("add");
+    store
+        .add_reset_link(&second.hash(), &carol.id, t0, t0 + hour)
+        .await
+        .expect("add");
+    assert_eq!(
+        store
+            .reset_link_user(&first.hash(), t0)
+            .await
+            .expect("read"),
+        None,
+        "replaced"
+    );
+    assert_eq!(
+        store
+            .reset_link_user(&second.hash(), t0 + hour)
+            .await
+            .expect("read"),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store
+            .use_reset_link(&second.hash(), "phc", t0)
+            .await
+            .expect("use"),
+        Some(carol.id.clone())
+    );
+    assert_eq!(
+        store
+            .use_reset_link(&second.hash(), "phc2", t0)
+            .await
+            .expect("use"),
+        None,
+        "once"
+    );
+    let read = store.user(&carol.id).await.expect("read").expect("carol");
+    assert_eq!(read.password_hash, "phc");
+
+    assert!(
+        store
+            .lock_user(&carol.id, t0)
+            .await
+            .expect("lock")
+            .is_some()
+    );
+    let read = store.user(&carol.id).await.expect("read").expect("carol");
+    assert_eq!(read.locked_at, Some(t0));
+    assert!(
+        !read.session_valid(t0.unix_timestamp() + 10),
+        "no session while locked"
+    );
+    assert!(store.unlock_user(&carol.id).await.expect("unlock"));
+    assert!(
+        store
+            .set_roles(&carol.id, &["user".into(), "admin".into()])
+            .await
+            .expect("roles")
+    );
+    let read = store.user(&carol.id).await.expect("read").expect("carol");
+    assert_eq!(
+        (read.locked_at, read.roles.clone()),
+        (None, vec!["user".to_owned(), "admin".to_owned()])
+    );
+    assert_eq!(store.lock_user("u_nobody", t0).await.expect("lock"), None);
 }
