@@ -187,8 +187,11 @@ pub struct AdminUserRow {
     pub id: String,
     /// Their name.
     pub name: String,
-    /// Every configured role, and whether they have it (granted by an admin or a provider).
+    /// Every configured role, and whether an admin granted it to them.
     pub roles: Vec<(String, bool)>,
+    /// The roles their identity provider grants them (re-evaluated at each sign-in through it;
+    /// not edited here), comma-separated, or empty.
+    pub provider_roles: String,
     /// Created, how they sign in.
     pub meta: String,
     /// Locked by an admin.

@@ -207,9 +207,25 @@ async fn reset(
         }
     };
     let link = Secret::presented(&form.token).hash();
-    let Some(user_id) = state.store.use_reset_link(&link, &hash, now).await? else {
+    let Some((user_id, revoked)) = state.store.use_reset_link(&link, &hash, now).await? else {
         return Ok(not_valid(product));
     };
+    // What the old password let anyone start ends here at once (other instances at their next
+    // revocation sync), and each grant's end is audited.
+    for grant in &revoked {
+        state.revocations.revoke_grant(grant, now);
+    }
+    let reason = "password set through a reset link";
+    audit::revoked_grants(
+        &state.store,
+        &revoked,
+        Some(&user_id),
+        None,
+        reason,
+        &username,
+        now,
+    )
+    .await?;
     let mut event = AuditEvent::new(
         "user.password_set",
         now,

@@ -2,9 +2,9 @@
 //!
 //! While the database has no user and password sign-in is on, `serve` logs a link at start and
 //! `gatehouse setup-link` prints one. A link carries a 256-bit secret, of which only the SHA-256
-//! is kept; it works once, within [`LINK_TTL`], and only while there is still no user. Using one
-//! deletes every link, in the transaction that adds the admin, so two links used at the same
-//! moment make one admin.
+//! is kept; it works once, within [`LINK_TTL`], and only while there is still no user. A new
+//! link replaces the earlier ones (a restart logs a new one), and using one deletes every link
+//! in the transaction that adds the admin, so two links used at the same moment make one admin.
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;

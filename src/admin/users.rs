@@ -67,12 +67,18 @@ async fn users_page(
         } else {
             format!("signs in with {}", ways.join(", "))
         };
+        let (granted, provided) = state
+            .store
+            .role_sources(&user.id)
+            .await?
+            .unwrap_or_default();
         page.users.push(AdminUserRow {
             roles: page
                 .roles
                 .iter()
-                .map(|r| (r.clone(), user.roles.contains(r)))
+                .map(|r| (r.clone(), granted.contains(r)))
                 .collect(),
+            provider_roles: provided.join(", "),
             meta: format!(
                 "created {} · {ways}",
                 crate::clock::format_time(Some(user.created_at))
@@ -258,8 +264,14 @@ async fn roles(
     let Some(roles) = chosen_roles(state, fields) else {
         return Ok(back(routes::ADMIN, "unknown-role"));
     };
+    // The form sets the roles an admin grants; those a provider grants stay as they are.
     let admin_role = &state.config.mcp.admin_role;
-    if user.id == admin.user.id && !roles.contains(admin_role) {
+    let (_, provided) = state
+        .store
+        .role_sources(&user.id)
+        .await?
+        .unwrap_or_default();
+    if user.id == admin.user.id && !roles.contains(admin_role) && !provided.contains(admin_role) {
         return Ok(back(routes::ADMIN, "self"));
     }
     if !state.store.set_roles(&user.id, &roles).await? {

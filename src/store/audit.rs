@@ -133,7 +133,8 @@ impl Store {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, at, kind, outcome, subject, client_id, grant_id, ip, detail FROM audit_events \
              WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR client_id = $2) \
-             AND ($3 IS NULL OR kind = $3 OR kind LIKE $3 || '.%') AND ($4 IS NULL OR outcome = $4) \
+             AND ($3 IS NULL OR kind = $3 OR substr(kind, 1, length($3) + 1) = $3 || '.') \
+             AND ($4 IS NULL OR outcome = $4) \
              AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR at < $6) AND ($7 IS NULL OR id < $7) \
              ORDER BY id DESC LIMIT $8",
         )

@@ -30,7 +30,8 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// Keeps a new setup link (by its hash) until `expires_at`, and forgets expired links.
+    /// Keeps a new setup link (by its hash) until `expires_at`; earlier setup links, and every
+    /// expired link, are forgotten (one setup link works at a time).
     pub async fn add_setup_link(
         &self,
         hash: &SecretHash,
@@ -63,11 +64,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
+        // The same purpose for the same person (or, for setup, for nobody) is replaced.
         sqlx::query(
-            "DELETE FROM one_time_links WHERE expires_at <= $1 OR (user_id IS NOT NULL AND user_id = $2)",
+            "DELETE FROM one_time_links WHERE expires_at <= $1 \
+             OR (purpose = $2 AND COALESCE(user_id, '') = $3)",
         )
         .bind(now.unix_timestamp())
-        .bind(user_id)
+        .bind(purpose)
+        .bind(user_id.unwrap_or(""))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -158,13 +162,13 @@ impl Store {
     /// Uses the reset link with `hash`: the link is deleted and its user's password set to
     /// `password_hash`, ending what the old password let anyone start (as
     /// [`Store::set_password`]), in one transaction. `None` when the link does not work (then
-    /// nothing changes); else the user's id.
+    /// nothing changes); else the user's id and the revoked grants' ids.
     pub async fn use_reset_link(
         &self,
         hash: &SecretHash,
         password_hash: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<(String, Vec<String>)>, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         let user_id: Option<Option<String>> = sqlx::query_scalar(
@@ -179,8 +183,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        super::users::change_password_in(&mut tx, &user_id, password_hash, now).await?;
+        let revoked =
+            super::users::change_password_in(&mut tx, &user_id, password_hash, now).await?;
         tx.commit().await?;
-        Ok(Some(user_id))
+        Ok(Some((user_id, revoked)))
     }
 }

@@ -247,6 +247,28 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The roles of `user_id` by where they come from: those an admin granted, and those an
+    /// identity provider granted at the last sign-in through it. `None` when there is no such
+    /// user.
+    pub async fn role_sources(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT roles, provider_roles FROM users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *self.reader().await?)
+                .await?;
+        row.map(|(granted, provided)| {
+            let parse = |json: &str| {
+                serde_json::from_str::<Vec<String>>(json)
+                    .map_err(|e| StoreError::Corrupt(format!("user {user_id}: roles: {e}")))
+            };
+            Ok((parse(&granted)?, parse(&provided)?))
+        })
+        .transpose()
+    }
+
     /// Sets the roles an admin grants `user_id` (those an identity provider grants are kept
     /// apart); false when there is no such user.
     pub async fn set_roles(&self, user_id: &str, roles: &[String]) -> Result<bool, StoreError> {

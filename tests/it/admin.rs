@@ -220,7 +220,10 @@ async fn an_added_user_chooses_a_password_through_a_one_time_link() {
         StatusCode::NOT_FOUND
     );
 
-    // Bob: two links; the first no longer works; using the second ends his old password.
+    // Bob: two links; the first no longer works; using the second ends his old password and
+    // what it started (his access token, at once).
+    let bobs_token = access_token(&app, "bob").await;
+    assert_eq!(whoami(&app, &bobs_token).await.status, StatusCode::OK);
     let bob = app
         .state
         .store
@@ -276,6 +279,10 @@ async fn an_added_user_chooses_a_password_through_a_one_time_link() {
         )
         .await;
     assert_eq!(set.status, StatusCode::OK, "{}", set.text());
+    assert_eq!(
+        whoami(&app, &bobs_token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let old = Agent::new(&app).sign_in("/login", "bob", PASSWORD).await;
     assert_eq!(old.status, StatusCode::UNAUTHORIZED);
     let events = app
@@ -695,6 +702,11 @@ async fn upstreams_and_their_health_on_the_console() {
         html.contains("<strong>modern") && html.contains("<strong>gone"),
         "{html}"
     );
+    assert_eq!(html.matches("Check each upstream now").count(), 1, "{html}");
+    assert!(
+        html.contains("aria-current=\"page\">Upstreams</a>"),
+        "{html}"
+    );
     assert!(
         html.contains("u_alice: open"),
         "alice's live session: {html}"
@@ -717,4 +729,42 @@ async fn upstreams_and_their_health_on_the_console() {
         )
         .await;
     assert_eq!(checked, 1);
+}
+
+/// Roles an identity provider grants are shown apart and never copied into the roles an admin
+/// grants: saving the form leaves them to the provider (which re-evaluates them at each sign-in).
+#[tokio::test]
+async fn provider_roles_stay_the_providers_when_an_admin_saves_roles() {
+    use sqlx::Connection as _;
+    let app = TestApp::sqlite().await;
+    app.add_user("root", PASSWORD, &["admin"]).await;
+    let bob = app.add_user("bob", PASSWORD, &["user"]).await;
+    let mut conn = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE users SET provider_roles = '[\"admin\"]' WHERE user_id = $1")
+        .bind(&bob.id)
+        .execute(&mut conn)
+        .await
+        .expect("provider roles");
+    let _ = conn.close().await;
+    let mut admin = signed_in(&app, "root").await;
+    let html = admin.get("/admin").await.text();
+    assert!(html.contains("from the identity provider: admin"), "{html}");
+    let res = act(
+        &mut admin,
+        "/admin",
+        "/admin/users/roles",
+        &[("user_id", &bob.id), ("role", "user")],
+    )
+    .await;
+    assert_eq!(res.location(), "/admin?notice=roles");
+    let sources = app
+        .state
+        .store
+        .role_sources(&bob.id)
+        .await
+        .expect("read")
+        .expect("bob");
+    assert_eq!(sources, (vec!["user".to_owned()], vec!["admin".to_owned()]));
 }

@@ -1053,7 +1053,8 @@ async fn links_and_locks_suite(store: &gatehouse::store::Store) {
         store
             .use_reset_link(&second.hash(), "phc", t0)
             .await
-            .expect("use"),
+            .expect("use")
+            .map(|(user, _)| user),
         Some(carol.id.clone())
     );
     assert_eq!(
