@@ -8,9 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use time::{Date, Duration, OffsetDateTime};
-use tower_sessions::Session;
 
-use super::{admin, page, render};
+use super::{Admin, answer, page, render};
 use crate::audit::{AuditFilter, Outcome};
 use crate::clock::format_time;
 use crate::oauth::error::AuthorizeError;
@@ -127,15 +126,10 @@ async fn filter(
 /// `GET /admin/audit`
 pub async fn audit_get(
     State(state): State<AppState>,
-    session: Session,
+    mut admin: Admin,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let mut admin = match admin(&state, &session).await? {
-            Ok(admin) => admin,
-            Err(response) => return Ok(response),
-        };
         let mut page = page(&state, &mut admin, "audit")?;
         page.filter = q.view();
         page.export_href = format!("{}?{}", routes::ADMIN_AUDIT_EXPORT, q.query_string());
@@ -156,10 +150,10 @@ pub async fn audit_get(
             }
             Err(problem) => page.problem = Some(format!("The filter does not read: {problem}.")),
         }
-        render(&session, &admin, &page).await
+        render(&admin, &page).await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }
 
 fn row(record: &AuditRecord) -> AdminEventRow {
@@ -186,14 +180,10 @@ fn row(record: &AuditRecord) -> AdminEventRow {
 /// `GET /admin/audit/export`: JSON lines, newest first.
 pub async fn audit_export_get(
     State(state): State<AppState>,
-    session: Session,
+    _admin: Admin,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        if let Err(response) = admin(&state, &session).await? {
-            return Ok(response);
-        }
         let filter = match filter(&state, &q).await? {
             Ok(filter) => filter,
             Err(problem) => {
@@ -249,5 +239,5 @@ pub async fn audit_export_get(
         Ok(response)
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }

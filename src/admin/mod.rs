@@ -12,7 +12,9 @@ pub mod system;
 pub mod users;
 
 use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
 use tower_sessions::Session;
@@ -26,43 +28,97 @@ use crate::pages::{self, AdminPage};
 use crate::routes;
 use crate::state::AppState;
 
-/// The admin behind a request, with the session's data.
+/// The signed-in admin behind a request, with their session. As an extractor it is the check
+/// every page starts with: a request from anyone else is answered before the handler runs (the
+/// sign-in page for nobody, 403 for a person without the admin role), so no route can forget it.
 #[derive(Debug)]
 pub struct Admin {
     /// The signed-in admin.
     pub user: User,
     /// The session's data (its form token).
     pub data: SessionData,
+    /// The session, to save the form token a page made.
+    pub session: Session,
 }
 
-/// The signed-in admin, or the answer for anyone else: the sign-in page for nobody, 403 for a
-/// person without the admin role.
-pub async fn admin(
-    state: &AppState,
-    session: &Session,
-) -> Result<Result<Admin, Response>, AuthorizeError> {
-    let data = SessionData::load(
-        session,
-        state.clock.now(),
-        state.config.session_absolute_timeout,
-    )
-    .await?;
-    let Some(user) = current_user(state, &data).await? else {
-        return Ok(Err(Redirect::to(routes::LOGIN).into_response()));
-    };
-    if !is_admin(state, &user) {
-        return Ok(Err(pages::error(
-            &state.config.product_name,
-            StatusCode::FORBIDDEN,
-            "Admins only",
-            &format!(
-                "You are signed in as {}, who does not have the {} role.",
-                user.username, state.config.mcp.admin_role
-            ),
-            "Ask an admin of this server if you need it.",
-        )));
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let session = Session::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let product = &state.config.product_name;
+        let data = SessionData::load(
+            &session,
+            state.clock.now(),
+            state.config.session_absolute_timeout,
+        )
+        .await
+        .map_err(|e| AuthorizeError::from(e).into_response_for(product))?;
+        let user = current_user(state, &data)
+            .await
+            .map_err(|e| e.into_response_for(product))?;
+        let Some(user) = user else {
+            return Err(Redirect::to(routes::LOGIN).into_response());
+        };
+        if !is_admin(state, &user) {
+            return Err(pages::error(
+                product,
+                StatusCode::FORBIDDEN,
+                "Admins only",
+                &format!(
+                    "You are signed in as {}, who does not have the {} role.",
+                    user.username, state.config.mcp.admin_role
+                ),
+                "Ask an admin of this server if you need it.",
+            ));
+        }
+        Ok(Self {
+            user,
+            data,
+            session,
+        })
     }
-    Ok(Ok(Admin { user, data }))
+}
+
+/// An admin's action: the admin (checked as for a page) and the posted form, whose CSRF token
+/// is the session's. A form without it is answered 403 before the handler runs; nothing is done.
+#[derive(Debug)]
+pub struct Action {
+    /// Who acts.
+    pub admin: Admin,
+    /// The posted fields.
+    pub fields: Fields,
+}
+
+impl FromRequest<AppState> for Action {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let admin = Admin::from_request_parts(&mut parts, state).await?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let fields = Fields::parse(&body);
+        let expected = admin.data.form_csrf.as_deref().unwrap_or("");
+        if !tokens_match(expected, fields.get("csrf")) {
+            return Err(pages::error(
+                &state.config.product_name,
+                StatusCode::FORBIDDEN,
+                "The form expired",
+                "Nothing was changed.",
+                "Go back, reload the page and try again.",
+            ));
+        }
+        Ok(Self { admin, fields })
+    }
+}
+
+/// A handler's result as its response: an error is the error page.
+pub fn answer(state: &AppState, result: Result<Response, AuthorizeError>) -> Response {
+    result.unwrap_or_else(|e| e.into_response_for(&state.config.product_name))
 }
 
 /// Whether `user` has the admin role.
@@ -96,31 +152,6 @@ impl Fields {
             .map(|(_, v)| v.clone())
             .collect()
     }
-}
-
-/// The admin and the posted fields of an action, or the answer that ends it: not an admin, or a
-/// form whose CSRF token is not the session's (403, nothing done).
-pub async fn action(
-    state: &AppState,
-    session: &Session,
-    body: &Bytes,
-) -> Result<Result<(Admin, Fields), Response>, AuthorizeError> {
-    let admin = match admin(state, session).await? {
-        Ok(admin) => admin,
-        Err(response) => return Ok(Err(response)),
-    };
-    let fields = Fields::parse(body);
-    let expected = admin.data.form_csrf.as_deref().unwrap_or("");
-    if !tokens_match(expected, fields.get("csrf")) {
-        return Ok(Err(pages::error(
-            &state.config.product_name,
-            StatusCode::FORBIDDEN,
-            "The form expired",
-            "Nothing was changed.",
-            "Go back, reload the page and try again.",
-        )));
-    }
-    Ok(Ok((admin, fields)))
 }
 
 /// An admin action's audit event: `kind`, by `admin`, with `detail` (which names the admin).
@@ -163,13 +194,9 @@ pub fn page(
     })
 }
 
-/// Renders `page` with 200, saving the session first if its form token was new.
-pub async fn render(
-    session: &Session,
-    admin: &Admin,
-    page: &AdminPage,
-) -> Result<Response, AuthorizeError> {
-    admin.data.save(session).await?;
+/// Renders `page` with 200, saving the session first (its form token may be new).
+pub async fn render(admin: &Admin, page: &AdminPage) -> Result<Response, AuthorizeError> {
+    admin.data.save(&admin.session).await?;
     Ok(pages::render(StatusCode::OK, page))
 }
 

@@ -3,14 +3,12 @@
 //! `/admin/upstreams` (gateway mode's upstream MCP servers, their live sessions, and a check that
 //! contacts each now).
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde_json::json;
-use tower_sessions::Session;
 
 use super::users::NoticeQuery;
-use super::{action, admin, back, event, page, render, with_notice};
+use super::{Action, Admin, answer, back, event, page, render, with_notice};
 use crate::audit;
 use crate::clock::format_time;
 use crate::domain::{ClientKind, KeyState};
@@ -23,15 +21,10 @@ use crate::state::AppState;
 /// `GET /admin/clients`
 pub async fn clients_get(
     State(state): State<AppState>,
-    session: Session,
+    mut admin: Admin,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let mut admin = match admin(&state, &session).await? {
-            Ok(admin) => admin,
-            Err(response) => return Ok(response),
-        };
         let mut page = page(&state, &mut admin, "clients")?;
         with_notice(&mut page, q.notice());
         for client in state.store.clients().await? {
@@ -65,24 +58,18 @@ pub async fn clients_get(
                 id: client.id,
             });
         }
-        render(&session, &admin, &page).await
+        render(&admin, &page).await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }
 
 /// `POST /admin/clients/remove`: the client, its grants and their tokens.
 pub async fn client_remove_post(
     State(state): State<AppState>,
-    session: Session,
-    body: Bytes,
+    Action { admin, fields }: Action,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (admin, fields) = match action(&state, &session, &body).await? {
-            Ok(found) => found,
-            Err(response) => return Ok(response),
-        };
         let client_id = fields.get("client_id");
         let now = state.clock.now();
         let reason = "client removed";
@@ -115,21 +102,16 @@ pub async fn client_remove_post(
         Ok(back(routes::ADMIN_CLIENTS, "client-removed"))
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }
 
 /// `GET /admin/keys`
 pub async fn keys_get(
     State(state): State<AppState>,
-    session: Session,
+    mut admin: Admin,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let mut admin = match admin(&state, &session).await? {
-            Ok(admin) => admin,
-            Err(response) => return Ok(response),
-        };
         let mut page = page(&state, &mut admin, "keys")?;
         with_notice(&mut page, q.notice());
         let keys = state.store.signing_keys().await?;
@@ -169,64 +151,45 @@ pub async fn keys_get(
                 kid: key.kid,
             });
         }
-        render(&session, &admin, &page).await
+        render(&admin, &page).await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }
 
 /// `POST /admin/keys/rotate`: publishes a new key as `next` (it signs after the publish lead),
 /// as `gatehouse keys rotate` does.
 pub async fn keys_rotate_post(
     State(state): State<AppState>,
-    session: Session,
-    body: Bytes,
+    Action { admin, .. }: Action,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (admin, _) = match action(&state, &session, &body).await? {
-            Ok(found) => found,
-            Err(response) => return Ok(response),
-        };
         let now = state.clock.now();
         let policy = RotationPolicy::from_config(&state.config);
         let alg = state.config.signing_algorithm;
         let vault = state.keys.vault();
-        match lifecycle::rotate(&state.store, vault, alg, &policy, now).await {
-            Ok(key) => {
-                reload_keys(&state).await;
-                let detail =
-                    json!({ "kid": key.kid, "activate_at": format_time(key.activate_after) });
-                audit::record(
-                    &state.store,
-                    event(&admin.user, "key.rotate_requested", now, detail),
-                )
-                .await?;
-                Ok(back(routes::ADMIN_KEYS, "rotated"))
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "admin console: key rotation refused");
-                Ok(back(routes::ADMIN_KEYS, "key-refused"))
-            }
-        }
+        let done = lifecycle::rotate(&state.store, vault, alg, &policy, now)
+            .await
+            .map(|key| json!({ "kid": key.kid, "activate_at": format_time(key.activate_after) }));
+        key_changed(
+            &state,
+            &admin.user,
+            ("key.rotate_requested", "rotated"),
+            done,
+        )
+        .await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }
 
 /// `POST /admin/keys/retire`: withdraws key `kid` at once (its tokens stop verifying) once the
 /// admin typed its id (`confirm`); a current key is first replaced, as `gatehouse keys retire`.
 pub async fn keys_retire_post(
     State(state): State<AppState>,
-    session: Session,
-    body: Bytes,
+    Action { admin, fields }: Action,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (admin, fields) = match action(&state, &session, &body).await? {
-            Ok(found) => found,
-            Err(response) => return Ok(response),
-        };
         let kid = fields.get("kid");
         if kid.is_empty() || fields.get("confirm").trim() != kid {
             return Ok(back(routes::ADMIN_KEYS, "not-confirmed"));
@@ -235,25 +198,42 @@ pub async fn keys_retire_post(
         let policy = RotationPolicy::from_config(&state.config);
         let alg = state.config.signing_algorithm;
         let vault = state.keys.vault();
-        match lifecycle::retire_now(&state.store, vault, alg, &policy, kid, now).await {
-            Ok(signing) => {
-                reload_keys(&state).await;
-                let detail = json!({ "kid": kid, "signing_key": signing });
-                audit::record(
-                    &state.store,
-                    event(&admin.user, "key.retire_requested", now, detail),
-                )
-                .await?;
-                Ok(back(routes::ADMIN_KEYS, "retired"))
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "admin console: key retirement refused");
-                Ok(back(routes::ADMIN_KEYS, "key-refused"))
-            }
-        }
+        let done = lifecycle::retire_now(&state.store, vault, alg, &policy, kid, now)
+            .await
+            .map(|signing| json!({ "kid": kid, "signing_key": signing }));
+        key_changed(
+            &state,
+            &admin.user,
+            ("key.retire_requested", "retired"),
+            done,
+        )
+        .await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
+}
+
+/// The answer to a key action (`what`: its event's kind and its notice): on success, this
+/// instance reloads the keys and the action is audited with `detail`; a refusal is logged and
+/// named on the page.
+async fn key_changed(
+    state: &AppState,
+    admin: &crate::domain::User,
+    what: (&str, &str),
+    done: Result<serde_json::Value, lifecycle::OperatorError>,
+) -> Result<Response, AuthorizeError> {
+    let (kind, notice) = what;
+    match done {
+        Ok(detail) => {
+            reload_keys(state).await;
+            audit::record(&state.store, event(admin, kind, state.clock.now(), detail)).await?;
+            Ok(back(routes::ADMIN_KEYS, notice))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "admin console: a key change was refused");
+            Ok(back(routes::ADMIN_KEYS, "key-refused"))
+        }
+    }
 }
 
 /// This instance uses the keys as stored now (others read them within
@@ -270,8 +250,7 @@ type Probed = Vec<(String, Result<Vec<String>, String>)>;
 /// The upstreams page, with the results of a check when one was just made.
 async fn upstreams_page(
     state: &AppState,
-    session: &Session,
-    mut admin: super::Admin,
+    mut admin: Admin,
     notice: &str,
     checked: Option<Probed>,
 ) -> Result<Response, AuthorizeError> {
@@ -318,38 +297,27 @@ async fn upstreams_page(
             check,
         });
     }
-    render(session, &admin, &page).await
+    render(&admin, &page).await
 }
 
 /// `GET /admin/upstreams`
 pub async fn upstreams_get(
     State(state): State<AppState>,
-    session: Session,
+    admin: Admin,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
-    let result = async {
-        match admin(&state, &session).await? {
-            Ok(admin) => upstreams_page(&state, &session, admin, q.notice(), None).await,
-            Err(response) => Ok(response),
-        }
-    }
-    .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(
+        &state,
+        upstreams_page(&state, admin, q.notice(), None).await,
+    )
 }
 
 /// `POST /admin/upstreams/check`: contacts every upstream now, as `gatehouse upstreams check`.
 pub async fn upstreams_check_post(
     State(state): State<AppState>,
-    session: Session,
-    body: Bytes,
+    Action { admin, .. }: Action,
 ) -> Response {
-    let product = state.config.product_name.clone();
     let result = async {
-        let (admin, _) = match action(&state, &session, &body).await? {
-            Ok(found) => found,
-            Err(response) => return Ok(response),
-        };
         let results = state
             .gateway
             .probe(&crate::gateway::Caller::operator())
@@ -360,8 +328,8 @@ pub async fn upstreams_check_post(
         });
         audit::record(&state.store, event(&admin.user, "upstreams.checked", state.clock.now(), detail))
             .await?;
-        upstreams_page(&state, &session, admin, "checked", Some(results)).await
+        upstreams_page(&state, admin, "checked", Some(results)).await
     }
     .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    answer(&state, result)
 }

@@ -1,14 +1,12 @@
 //! `/admin` (users): list, add (with a link to choose a password, never a password typed by
 //! the admin), roles, lock and unlock, remove, a new password link.
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
-use tower_sessions::Session;
 
-use super::{Admin, Fields, action, admin, back, event, page, render, with_notice};
+use super::{Action, Admin, Fields, answer, back, event, page, render, with_notice};
 use crate::audit;
 use crate::domain::{User, Username, random_token};
 use crate::oauth::error::AuthorizeError;
@@ -44,7 +42,6 @@ struct Shown {
 /// The users page.
 async fn users_page(
     state: &AppState,
-    session: &Session,
     mut admin: Admin,
     shown: Shown,
 ) -> Result<Response, AuthorizeError> {
@@ -89,30 +86,20 @@ async fn users_page(
             id: user.id,
         });
     }
-    render(session, &admin, &page).await
+    render(&admin, &page).await
 }
 
 /// `GET /admin`
 pub async fn users_get(
     State(state): State<AppState>,
-    session: Session,
+    admin: Admin,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
-    let product = state.config.product_name.clone();
-    let result = async {
-        match admin(&state, &session).await? {
-            Ok(admin) => {
-                let shown = Shown {
-                    notice: q.notice.clone(),
-                    ..Shown::default()
-                };
-                users_page(&state, &session, admin, shown).await
-            }
-            Err(response) => Ok(response),
-        }
-    }
-    .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
+    let shown = Shown {
+        notice: q.notice,
+        ..Shown::default()
+    };
+    answer(&state, users_page(&state, admin, shown).await)
 }
 
 /// What a user action asks for.
@@ -129,12 +116,9 @@ enum UserAction {
 macro_rules! post_handler {
     ($name:ident, $action:expr) => {
         #[doc = concat!("`POST` of the users page: ", stringify!($name), ".")]
-        pub async fn $name(
-            State(state): State<AppState>,
-            session: Session,
-            body: Bytes,
-        ) -> Response {
-            user_action(state, session, body, $action).await
+        pub async fn $name(State(state): State<AppState>, action: Action) -> Response {
+            let result = user_action(&state, action, $action).await;
+            answer(&state, result)
         }
     };
 }
@@ -146,38 +130,33 @@ post_handler!(unlock_post, UserAction::Unlock);
 post_handler!(remove_post, UserAction::Remove);
 post_handler!(reset_link_post, UserAction::ResetLink);
 
-async fn user_action(state: AppState, session: Session, body: Bytes, what: UserAction) -> Response {
-    let product = state.config.product_name.clone();
-    let result = async {
-        let (admin, fields) = match action(&state, &session, &body).await? {
-            Ok(found) => found,
-            Err(response) => return Ok(response),
-        };
-        let user = match what {
-            UserAction::Add => return add(&state, &session, admin, &fields).await,
-            _ => state.store.user(fields.get("user_id")).await?,
-        };
-        let Some(user) = user else {
-            return Ok(back(routes::ADMIN, "no-such-user"));
-        };
-        match what {
-            UserAction::Add => add(&state, &session, admin, &fields).await,
-            UserAction::Roles => roles(&state, &admin, &user, &fields).await,
-            UserAction::Lock => lock(&state, &admin, &user).await,
-            UserAction::Unlock => unlock(&state, &admin, &user).await,
-            UserAction::Remove => remove(&state, &admin, &user, &fields).await,
-            UserAction::ResetLink => {
-                let link = reset_link(&state, &admin, &user).await?;
-                let shown = Shown {
-                    link: Some((user.username.as_str().to_owned(), link)),
-                    ..Shown::default()
-                };
-                users_page(&state, &session, admin, shown).await
-            }
+async fn user_action(
+    state: &AppState,
+    Action { admin, fields }: Action,
+    what: UserAction,
+) -> Result<Response, AuthorizeError> {
+    let user = match what {
+        UserAction::Add => return add(state, admin, &fields).await,
+        _ => state.store.user(fields.get("user_id")).await?,
+    };
+    let Some(user) = user else {
+        return Ok(back(routes::ADMIN, "no-such-user"));
+    };
+    match what {
+        UserAction::Add => add(state, admin, &fields).await,
+        UserAction::Roles => roles(state, &admin, &user, &fields).await,
+        UserAction::Lock => lock(state, &admin, &user).await,
+        UserAction::Unlock => unlock(state, &admin, &user).await,
+        UserAction::Remove => remove(state, &admin, &user, &fields).await,
+        UserAction::ResetLink => {
+            let link = reset_link(state, &admin, &user).await?;
+            let shown = Shown {
+                link: Some((user.username.as_str().to_owned(), link)),
+                ..Shown::default()
+            };
+            users_page(state, admin, shown).await
         }
     }
-    .await;
-    result.unwrap_or_else(|e: AuthorizeError| e.into_response_for(&product))
 }
 
 /// The roles in `fields` (`role`, repeated), if each is configured.
@@ -191,16 +170,11 @@ fn chosen_roles(state: &AppState, fields: &Fields) -> Option<Vec<String>> {
 
 /// A new user with the roles ticked and no password: the page shows a link, once, where they
 /// choose one.
-async fn add(
-    state: &AppState,
-    session: &Session,
-    admin: Admin,
-    fields: &Fields,
-) -> Result<Response, AuthorizeError> {
+async fn add(state: &AppState, admin: Admin, fields: &Fields) -> Result<Response, AuthorizeError> {
     let now = state.clock.now();
     let Ok(username) = Username::parse(fields.get("username").trim()) else {
         let problem = "That user name does not work: use 1 to 64 letters, digits and . _ - @.";
-        return refused(state, session, admin, problem).await;
+        return refused(state, admin, problem).await;
     };
     let Some(roles) = chosen_roles(state, fields) else {
         return Ok(back(routes::ADMIN, "unknown-role"));
@@ -221,7 +195,7 @@ async fn add(
         Ok(()) => {}
         Err(crate::store::StoreError::Conflict(_)) => {
             let problem = "A user with that name exists already.";
-            return refused(state, session, admin, problem).await;
+            return refused(state, admin, problem).await;
         }
         Err(e) => return Err(e.into()),
     }
@@ -238,13 +212,12 @@ async fn add(
         link: Some((user.username.as_str().to_owned(), link)),
         ..Shown::default()
     };
-    users_page(state, session, admin, shown).await
+    users_page(state, admin, shown).await
 }
 
 /// The users page again with `problem` on top (the add form refused).
 async fn refused(
     state: &AppState,
-    session: &Session,
     admin: Admin,
     problem: &'static str,
 ) -> Result<Response, AuthorizeError> {
@@ -252,7 +225,7 @@ async fn refused(
         problem: Some(problem),
         ..Shown::default()
     };
-    users_page(state, session, admin, shown).await
+    users_page(state, admin, shown).await
 }
 
 async fn roles(
@@ -298,29 +271,7 @@ async fn lock(state: &AppState, admin: &Admin, user: &User) -> Result<Response, 
     let Some(revoked) = state.store.lock_user(&user.id, now).await? else {
         return Ok(back(routes::ADMIN, "no-such-user"));
     };
-    for grant in &revoked {
-        state.revocations.revoke_grant(grant, now);
-    }
-    state.users.forget(&user.id);
-    let by = admin.user.username.as_str();
-    audit::revoked_grants(
-        &state.store,
-        &revoked,
-        Some(&user.id),
-        None,
-        "locked",
-        by,
-        now,
-    )
-    .await?;
-    let mut audited = event(
-        &admin.user,
-        "user.locked",
-        now,
-        json!({ "username": user.username.as_str(), "grants_revoked": revoked.len() }),
-    );
-    audited.subject = Some(user.id.clone());
-    audit::record(&state.store, audited).await?;
+    ended(state, admin, user, &revoked, ("user.locked", "locked"), now).await?;
     Ok(back(routes::ADMIN, "locked"))
 }
 
@@ -338,6 +289,31 @@ async fn unlock(state: &AppState, admin: &Admin, user: &User) -> Result<Response
     audited.subject = Some(user.id.clone());
     audit::record(&state.store, audited).await?;
     Ok(back(routes::ADMIN, "unlocked"))
+}
+
+/// After `user` was locked or removed (`what`: the event's kind and the grants' reason): their
+/// revoked grants end here at once (other instances at their next sync), their cached roles
+/// are dropped, and each grant's end and the action are audited with the admin's name.
+async fn ended(
+    state: &AppState,
+    admin: &Admin,
+    user: &User,
+    revoked: &[String],
+    what: (&str, &str),
+    now: time::OffsetDateTime,
+) -> Result<(), AuthorizeError> {
+    let (kind, reason) = what;
+    for grant in revoked {
+        state.revocations.revoke_grant(grant, now);
+    }
+    state.users.forget(&user.id);
+    let by = admin.user.username.as_str();
+    audit::revoked_grants(&state.store, revoked, Some(&user.id), None, reason, by, now).await?;
+    let detail = json!({ "username": user.username.as_str(), "grants_revoked": revoked.len() });
+    let mut audited = event(&admin.user, kind, now, detail);
+    audited.subject = Some(user.id.clone());
+    audit::record(&state.store, audited).await?;
+    Ok(())
 }
 
 /// Removes `user` once the admin typed their name (`confirm`).
@@ -358,29 +334,7 @@ async fn remove(
     let Some(revoked) = state.store.remove_user(&user.id, reason, now).await? else {
         return Ok(back(routes::ADMIN, "no-such-user"));
     };
-    for grant in &revoked {
-        state.revocations.revoke_grant(grant, now);
-    }
-    state.users.forget(&user.id);
-    let by = admin.user.username.as_str();
-    audit::revoked_grants(
-        &state.store,
-        &revoked,
-        Some(&user.id),
-        None,
-        reason,
-        by,
-        now,
-    )
-    .await?;
-    let mut audited = event(
-        &admin.user,
-        "user.removed",
-        now,
-        json!({ "username": user.username.as_str(), "grants_revoked": revoked.len() }),
-    );
-    audited.subject = Some(user.id.clone());
-    audit::record(&state.store, audited).await?;
+    ended(state, admin, user, &revoked, ("user.removed", reason), now).await?;
     Ok(back(routes::ADMIN, "removed"))
 }
 
