@@ -556,16 +556,17 @@ async fn check(
     }
     let cimd = metadata["client_id_metadata_document_supported"] == json!(true);
     let registration = endpoint("registration_endpoint");
-    match (&registration, cimd) {
-        (None, false) => report.fail(
+    if registration.is_none() && !cimd {
+        report.fail(
             "neither dynamic registration nor Client ID Metadata Documents are offered",
             Breaks::All,
             "offer a registration_endpoint (RFC 7591) or client_id_metadata_document_supported",
-        ),
-        (_, true) => report.pass(
-            "Client ID Metadata Documents are accepted (client_id_metadata_document_supported)",
-        ),
-        _ => {}
+        );
+    }
+    if cimd {
+        if let Some(authorize) = endpoint("authorization_endpoint") {
+            metadata_document(http, &authorize, pasted, report).await;
+        }
     }
 
     // 4. CORS for browser-based clients.
@@ -634,6 +635,60 @@ async fn check(
         }
     }
     Some(Found { metadata, resource })
+}
+
+/// The metadata-document URL VS Code uses as its `client_id` where a server advertises
+/// `client_id_metadata_document_supported` (it then registers no client).
+const VS_CODE_METADATA_DOCUMENT: &str = "https://vscode.dev/oauth/client-metadata.json";
+
+/// Starts an authorization as VS Code does with a Client ID Metadata Document: the server must
+/// fetch the document and go on to its sign-in (a redirect or a page), not refuse the client.
+async fn metadata_document(
+    http: &reqwest::Client,
+    authorize: &str,
+    resource: &str,
+    report: &mut Report,
+) {
+    let (challenge, _verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
+    let redirect = "http://127.0.0.1:33418/";
+    let Ok(mut url) = Url::parse(authorize) else {
+        return;
+    };
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", VS_CODE_METADATA_DOCUMENT)
+        .append_pair("redirect_uri", redirect)
+        .append_pair("code_challenge", challenge.as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", "gatehouse-doctor")
+        .append_pair("resource", resource);
+    let answer = http.get(url.as_str()).send().await;
+    let refused = match &answer {
+        Err(err) => Some(format!("{err}")),
+        Ok(res) if res.status().is_redirection() => res
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .filter(|l| l.starts_with(redirect) && l.contains("error="))
+            .map(|l| {
+                format!(
+                    "redirected back with {}",
+                    l.split_once('?').map_or(l, |(_, q)| q)
+                )
+            }),
+        Ok(res) if res.status().is_success() => None,
+        Ok(res) => Some(format!("{}", res.status())),
+    };
+    match refused {
+        None => report.pass(format!(
+            "the server fetched VS Code's Client ID Metadata Document ({VS_CODE_METADATA_DOCUMENT}) and went on to sign-in"
+        )),
+        Some(why) => report.fail(
+            format!("an authorization with VS Code's Client ID Metadata Document as client_id was refused: {why}"),
+            Breaks::One("VS Code"),
+            "let the server reach https://vscode.dev (its egress), or stop advertising client_id_metadata_document_supported so clients register dynamically",
+        ),
+    }
 }
 
 /// Signs in as `user` through the sign-in and consent pages (Gatehouse's form fields), with a

@@ -172,6 +172,9 @@ async fn the_doctor_passes_gatehouse_and_names_each_broken_deployment() {
             .env("GATEHOUSE_ISSUER", &front)
             .env("GATEHOUSE_MCP__RATE_LIMIT_UNAUTHENTICATED", "1000")
             .env("GATEHOUSE_REGISTRATION__RATE_LIMIT_PER_HOUR", "1000")
+            // Metadata documents live on the internet, which this machine does not reach; the
+            // second server below keeps them on and shows what the doctor says then.
+            .env("GATEHOUSE_CLIENT_METADATA__ENABLED", "false")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -273,6 +276,31 @@ async fn the_doctor_passes_gatehouse_and_names_each_broken_deployment() {
         "{out}"
     );
 
+    let output = stop(server.take());
+    assert!(output.status.success());
+
+    // Client ID Metadata Documents advertised, but the server cannot fetch VS Code's (no route
+    // to the internet here): VS Code is named, with the fix.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Running(Some(
+        gatehouse(cwd.path())
+            .arg("serve")
+            .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    ));
+    wait_healthy(server.0.as_mut().expect("server"), &base);
+    let (ok, out) = doctor(cwd.path(), &[&format!("{base}/mcp"), "--no-register"], None).await;
+    assert!(!ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("VS Code's Client ID Metadata Document"))
+        .unwrap_or_else(|| panic!("the metadata-document check: {out}"));
+    assert!(out.contains("breaks: VS Code"), "{line}\n{out}");
+    assert!(out.contains("Would fail for: VS Code."), "{out}");
     let output = stop(server.take());
     assert!(output.status.success());
 }
