@@ -27,6 +27,7 @@ mod mcp;
 mod mcp_server;
 mod mcp_sessions;
 mod metrics;
+mod pg_statements;
 mod process;
 mod readme;
 mod register;

@@ -5,6 +5,7 @@ pub mod github;
 pub mod mcp;
 pub mod oauth;
 pub mod oidc;
+pub mod pg_count;
 pub mod process;
 pub mod upstream;
 
