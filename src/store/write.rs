@@ -1,13 +1,16 @@
 //! Guarded writes: a conditional `UPDATE` that may happen at most once (a code consumed, a
 //! refresh token rotated), then the rows that follow from it, all in one transaction.
 //!
-//! On PostgreSQL this is an ordinary transaction, statement by statement, on a pooled connection.
+//! On PostgreSQL a guarded write, and a set of appended rows, is one statement (data-modifying
+//! `WITH` clauses, atomic as one statement is): one round trip and one commit, where a
+//! transaction statement by statement took a round trip for each statement, `BEGIN` and
+//! `COMMIT` included.
 //!
 //! On SQLite the committer (`sqlite/committer.rs`) runs them, batched; see `sqlite/mod.rs`.
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Connection};
+use sqlx::{Any, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::committer::{BackToCommitter, Job, WAIT_FOR_CONNECTION, commit, stopped};
@@ -74,16 +77,22 @@ pub(super) struct Insert {
     pub what: String,
 }
 
+/// `$from, $from+1, ...`, `n` of them.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Insert {
     /// The statement, its values as `$1, $2, ...`.
     pub(super) fn sql(&self) -> String {
-        let placeholders = (1..=self.values.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         format!(
-            "INSERT INTO {} ({}) VALUES ({placeholders})",
-            self.table, self.columns
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.table,
+            self.columns,
+            placeholders(1, self.values.len())
         )
     }
 
@@ -110,6 +119,57 @@ pub(super) struct GuardedWrite {
     pub params: Vec<Param>,
     /// Rows to insert when it matched.
     pub inserts: Vec<Insert>,
+}
+
+/// `write` as one PostgreSQL statement: the update in a `WITH` clause that returns a row when
+/// it matched, each insert taking its values only from such a row (so nothing is inserted when
+/// the update matched nothing), and the number of rows the update matched as its answer. The
+/// parameters are the update's, then each insert's, in order.
+fn one_statement(write: &GuardedWrite) -> (String, Vec<Param>) {
+    let mut sql = format!("WITH guard AS ({} RETURNING 1)", write.update);
+    let mut params = write.params.clone();
+    for (i, insert) in write.inserts.iter().enumerate() {
+        sql.push_str(&format!(
+            ", insert{i} AS (INSERT INTO {} ({}) SELECT {} FROM (SELECT 1 FROM guard LIMIT 1) AS once)",
+            insert.table,
+            insert.columns,
+            placeholders(params.len() + 1, insert.values.len())
+        ));
+        params.extend(insert.values.iter().cloned());
+    }
+    sql.push_str(" SELECT count(*) FROM guard");
+    (sql, params)
+}
+
+/// `inserts` as one PostgreSQL statement, all or none.
+fn appended(inserts: &[Insert]) -> (String, Vec<Param>) {
+    let mut clauses = Vec::new();
+    let mut params: Vec<Param> = Vec::new();
+    for (i, insert) in inserts.iter().enumerate() {
+        clauses.push(format!(
+            "insert{i} AS (INSERT INTO {} ({}) VALUES ({}))",
+            insert.table,
+            insert.columns,
+            placeholders(params.len() + 1, insert.values.len())
+        ));
+        params.extend(insert.values.iter().cloned());
+    }
+    (format!("WITH {} SELECT 1", clauses.join(", ")), params)
+}
+
+/// A failed statement that wrote `inserts`: a unique violation names the insert of the table it
+/// happened in (as a statement per insert did).
+fn write_error(err: sqlx::Error, inserts: &[Insert]) -> StoreError {
+    let table = match &err {
+        sqlx::Error::Database(db) => db.table().map(str::to_owned),
+        _ => None,
+    };
+    let what = inserts
+        .iter()
+        .find(|i| Some(i.table) == table.as_deref())
+        .or(inserts.first())
+        .map_or("row", |i| i.what.as_str());
+    StoreError::from_write(err, what)
 }
 
 /// One write the committer can put in a batch.
@@ -208,31 +268,31 @@ impl Store {
             Writer::Committer(jobs) => commit(jobs, Write::Append(inserts)).await.map(drop),
             Writer::Pool(_) => {
                 let mut conn = self.writer().await?;
-                let mut tx = conn.begin().await?;
-                for insert in &inserts {
-                    insert.execute_on(&mut *tx).await?;
+                match inserts.as_slice() {
+                    [] => Ok(()),
+                    [one] => one.execute_on(&mut *conn).await,
+                    all => {
+                        let (sql, params) = appended(all);
+                        bind(sqlx::query(&sql), params)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| write_error(e, all))?;
+                        Ok(())
+                    }
                 }
-                tx.commit().await?;
-                Ok(())
             }
         }
     }
 
     async fn guarded_write_in_transaction(&self, write: GuardedWrite) -> Result<bool, StoreError> {
         let mut conn = self.writer().await?;
-        let mut tx = conn.begin().await?;
-        let matched = bind(sqlx::query(write.update), write.params.iter().cloned())
-            .execute(&mut *tx)
-            .await?;
-        if matched.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        for insert in &write.inserts {
-            insert.execute_on(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let (sql, params) = one_statement(&write);
+        let row = bind(sqlx::query(&sql), params)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| write_error(e, &write.inserts))?;
+        let matched: i64 = sqlx::Row::try_get(&row, 0)?;
+        Ok(matched > 0)
     }
 }
 
