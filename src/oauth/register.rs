@@ -320,21 +320,8 @@ pub async fn register_post(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let ip_text = ip.map(|i| i.to_string());
-    match register(&state, ip, &headers, body).await {
+    match register(&state, ip, ip_text.clone(), &headers, body).await {
         Ok((client, secret)) => {
-            let redirect_hosts: Vec<_> = client
-                .redirect_uris
-                .iter()
-                .map(|u| u.host().unwrap_or(""))
-                .collect();
-            let mut event = AuditEvent::new(
-                "client.registered",
-                client.created_at,
-                json!({ "client_name": client.name, "redirect_hosts": redirect_hosts, "auth_method": client.auth_method.as_str() }),
-            );
-            event.client_id = Some(client.id.clone());
-            event.ip = ip_text;
-            audit::record_after_commit(&state.store, event).await;
             let mut response = (
                 StatusCode::CREATED,
                 Json(response_for(&client, secret.as_ref())),
@@ -366,6 +353,7 @@ pub async fn register_post(
 async fn register(
     state: &AppState,
     ip: Option<std::net::IpAddr>,
+    ip_text: Option<String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Client, Option<Secret>), RegistrationError> {
@@ -403,7 +391,21 @@ async fn register(
         state.clock.now(),
     )?;
     let secret = issue_secret(&mut client)?;
-    state.store.insert_client(&client).await?;
+    // The client and the audit event of its registration commit together.
+    let redirect_hosts: Vec<_> = client
+        .redirect_uris
+        .iter()
+        .map(|u| u.host().unwrap_or(""))
+        .collect();
+    let mut event = AuditEvent::new(
+        "client.registered",
+        client.created_at,
+        json!({ "client_name": client.name, "redirect_hosts": redirect_hosts, "auth_method": client.auth_method.as_str() }),
+    );
+    event.client_id = Some(client.id.clone());
+    event.ip = ip_text;
+    state.store.insert_client_audited(&client, &event).await?;
+    audit::log(&event);
     Ok((client, secret))
 }
 

@@ -4,6 +4,7 @@ use time::OffsetDateTime;
 
 use sqlx::Connection;
 
+use super::write::Insert;
 use super::{Store, StoreError, from_unix};
 use crate::domain::{
     Client, ClientKind, RedirectPolicy, RedirectUri, SecretHash, TokenEndpointAuthMethod,
@@ -70,37 +71,62 @@ fn to_json(list: &[String]) -> String {
     serde_json::Value::from(list.to_vec()).to_string()
 }
 
+/// The row of a new client.
+fn client_insert(client: &Client) -> Insert {
+    let redirect_uris: Vec<String> = client
+        .redirect_uris
+        .iter()
+        .map(|u| u.as_str().to_owned())
+        .collect();
+    Insert {
+        table: "clients",
+        columns: "client_id, kind, client_name, redirect_uris, auth_method, grant_types, \
+                  response_types, scope, client_uri, logo_uri, application_type, secret_hash, \
+                  created_at, last_used_at",
+        values: vec![
+            client.id.as_str().into(),
+            client.kind.as_str().into(),
+            client.name.as_deref().into(),
+            to_json(&redirect_uris).into(),
+            client.auth_method.as_str().into(),
+            to_json(&client.grant_types).into(),
+            to_json(&client.response_types).into(),
+            client.scope.as_deref().into(),
+            client.client_uri.as_deref().into(),
+            client.logo_uri.as_deref().into(),
+            client.application_type.as_deref().into(),
+            client.secret_hash.as_ref().map(SecretHash::as_str).into(),
+            client.created_at.unix_timestamp().into(),
+            client
+                .last_used_at
+                .map(OffsetDateTime::unix_timestamp)
+                .into(),
+        ],
+        what: format!("client {}", client.id),
+    }
+}
+
 impl Store {
     /// Stores a new client. A duplicate id is a [`StoreError::Conflict`].
     pub async fn insert_client(&self, client: &Client) -> Result<(), StoreError> {
-        let redirect_uris: Vec<String> = client
-            .redirect_uris
-            .iter()
-            .map(|u| u.as_str().to_owned())
-            .collect();
-        sqlx::query(
-            "INSERT INTO clients (client_id, kind, client_name, redirect_uris, auth_method, grant_types, \
-             response_types, scope, client_uri, logo_uri, application_type, secret_hash, created_at, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&client.id)
-        .bind(client.kind.as_str())
-        .bind(client.name.as_deref())
-        .bind(to_json(&redirect_uris))
-        .bind(client.auth_method.as_str())
-        .bind(to_json(&client.grant_types))
-        .bind(to_json(&client.response_types))
-        .bind(client.scope.as_deref())
-        .bind(client.client_uri.as_deref())
-        .bind(client.logo_uri.as_deref())
-        .bind(client.application_type.as_deref())
-        .bind(client.secret_hash.as_ref().map(SecretHash::as_str))
-        .bind(client.created_at.unix_timestamp())
-        .bind(client.last_used_at.map(OffsetDateTime::unix_timestamp))
-        .execute(&mut *self.writer().await?)
+        client_insert(client)
+            .execute_on(&mut *self.writer().await?)
+            .await
+    }
+
+    /// Stores a client that registered itself with the audit event of its registration, all or
+    /// none: one commit (one statement on PostgreSQL, the committer's next batch on SQLite). A
+    /// duplicate id is a [`StoreError::Conflict`].
+    pub async fn insert_client_audited(
+        &self,
+        client: &Client,
+        event: &super::AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.append_all(vec![
+            client_insert(client),
+            super::audit::audit_insert(event),
+        ])
         .await
-        .map_err(|e| StoreError::from_write(e, &format!("client {}", client.id)))?;
-        Ok(())
     }
 
     /// One client by id.

@@ -23,6 +23,7 @@ pub(super) enum Param {
     Text(String),
     MaybeText(Option<String>),
     Int(i64),
+    MaybeInt(Option<i64>),
 }
 
 impl From<&str> for Param {
@@ -49,6 +50,12 @@ impl From<i64> for Param {
     }
 }
 
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
+        Self::MaybeInt(v)
+    }
+}
+
 /// `query` with `params` bound in order.
 fn bind<'q>(
     mut query: Query<'q, Any, AnyArguments<'q>>,
@@ -59,6 +66,7 @@ fn bind<'q>(
             Param::Text(v) => query.bind(v),
             Param::MaybeText(v) => query.bind(v),
             Param::Int(v) => query.bind(v),
+            Param::MaybeInt(v) => query.bind(v),
         };
     }
     query

@@ -257,6 +257,7 @@ fn value(param: &Param) -> &dyn rusqlite::ToSql {
         Param::Text(v) => v,
         Param::MaybeText(v) => v,
         Param::Int(v) => v,
+        Param::MaybeInt(v) => v,
     }
 }
 
