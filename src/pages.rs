@@ -211,8 +211,6 @@ pub struct AdminClientRow {
     pub kind: String,
     /// Redirect hosts, created and last used.
     pub meta: String,
-    /// It has a row (a metadata-document client known only by its document has none).
-    pub removable: bool,
 }
 
 /// A signing key as the admin console lists it.

@@ -54,7 +54,6 @@ pub async fn clients_get(
                     format_time(Some(client.created_at)),
                     format_time(client.last_used_at),
                 ),
-                removable: true,
                 id: client.id,
             });
         }

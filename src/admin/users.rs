@@ -51,6 +51,7 @@ async fn users_page(
     if let Some(problem) = shown.problem {
         page.problem = Some(problem.to_owned());
     }
+    let mut sources = state.store.all_role_sources().await?;
     for user in state.store.users().await? {
         let mut ways: Vec<String> = Vec::new();
         if !user.password_hash.is_empty() {
@@ -64,11 +65,7 @@ async fn users_page(
         } else {
             format!("signs in with {}", ways.join(", "))
         };
-        let (granted, provided) = state
-            .store
-            .role_sources(&user.id)
-            .await?
-            .unwrap_or_default();
+        let (granted, provided) = sources.remove(&user.id).unwrap_or_default();
         page.users.push(AdminUserRow {
             roles: page
                 .roles

@@ -125,6 +125,20 @@ pub(super) async fn change_password_in(
     super::grants::end_grants_and_codes(conn, Some(user_id), None, "password changed", at).await
 }
 
+/// A user's roles by where they come from: those an admin granted, those a provider granted.
+pub type RoleSources = (Vec<String>, Vec<String>);
+
+/// A row of `(user_id, roles, provider_roles)` read: the id, and the two role lists.
+fn role_sources_of(
+    (user_id, granted, provided): &(String, String, String),
+) -> Result<(String, RoleSources), StoreError> {
+    let parse = |json: &str| {
+        serde_json::from_str::<Vec<String>>(json)
+            .map_err(|e| StoreError::Corrupt(format!("user {user_id}: roles: {e}")))
+    };
+    Ok((user_id.clone(), (parse(granted)?, parse(provided)?)))
+}
+
 impl Store {
     /// Adds a user. A taken name is a [`StoreError::Conflict`].
     pub async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
@@ -250,23 +264,25 @@ impl Store {
     /// The roles of `user_id` by where they come from: those an admin granted, and those an
     /// identity provider granted at the last sign-in through it. `None` when there is no such
     /// user.
-    pub async fn role_sources(
-        &self,
-        user_id: &str,
-    ) -> Result<Option<(Vec<String>, Vec<String>)>, StoreError> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT roles, provider_roles FROM users WHERE user_id = $1")
+    pub async fn role_sources(&self, user_id: &str) -> Result<Option<RoleSources>, StoreError> {
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("SELECT user_id, roles, provider_roles FROM users WHERE user_id = $1")
                 .bind(user_id)
                 .fetch_optional(&mut *self.reader().await?)
                 .await?;
-        row.map(|(granted, provided)| {
-            let parse = |json: &str| {
-                serde_json::from_str::<Vec<String>>(json)
-                    .map_err(|e| StoreError::Corrupt(format!("user {user_id}: roles: {e}")))
-            };
-            Ok((parse(&granted)?, parse(&provided)?))
-        })
-        .transpose()
+        row.map(|r| role_sources_of(&r).map(|(_, sources)| sources))
+            .transpose()
+    }
+
+    /// [`Store::role_sources`] of every user, by id, in one read.
+    pub async fn all_role_sources(
+        &self,
+    ) -> Result<std::collections::HashMap<String, RoleSources>, StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT user_id, roles, provider_roles FROM users")
+                .fetch_all(&mut *self.reader().await?)
+                .await?;
+        rows.iter().map(role_sources_of).collect()
     }
 
     /// Sets the roles an admin grants `user_id` (those an identity provider grants are kept

@@ -3,12 +3,10 @@
 //! is the `oauth2` crate's authorization request and Gatehouse's token endpoint.
 
 use axum::http::StatusCode;
-use oauth2::basic::BasicClient;
-use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 use serde_json::json;
 
 use crate::support::github::Github;
-use crate::support::oauth::{exchange, resource};
+use crate::support::oauth::{authorization, exchange};
 use crate::support::oidc::{OidcProvider, config_for};
 use crate::support::{
     Agent, CALLBACK, ISSUER, TestApp, TestResponse, jwt_part, query_of, sqlite_url,
@@ -29,24 +27,6 @@ async fn app_with(issuer: &str, local_login: bool) -> (TestApp, String) {
     .await;
     let client_id = app.register_client("Claude", &[CALLBACK]).await;
     (app, client_id)
-}
-
-/// An MCP client's authorization request (the `oauth2` crate), as a path, and its verifier.
-fn authorization(client_id: &str) -> (String, String) {
-    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
-        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
-        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, _) = client
-        .authorize_url(CsrfToken::new_random)
-        .set_pkce_challenge(challenge)
-        .add_scope(Scope::new("mcp".to_owned()))
-        .add_extra_param("resource", resource())
-        .url();
-    (
-        format!("{}?{}", url.path(), url.query().unwrap_or_default()),
-        verifier.secret().clone(),
-    )
 }
 
 /// `https://mcp.example.com/path?query` as the in-process router's path.

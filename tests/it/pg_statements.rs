@@ -6,30 +6,10 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use oauth2::basic::BasicClient;
-use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 
-use crate::support::oauth::{exchange, refresh, resource};
+use crate::support::oauth::{authorization, exchange, refresh};
 use crate::support::pg_count::{Counted, PgCounter};
-use crate::support::{Agent, CALLBACK, ISSUER, PASSWORD, TestApp, fresh_postgres_url, query_of};
-
-/// An authorization request's path for `client_id`, and its PKCE verifier.
-fn authorize_path(client_id: &str) -> (String, String) {
-    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
-        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
-        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, _) = client
-        .authorize_url(CsrfToken::new_random)
-        .set_pkce_challenge(challenge)
-        .add_scope(Scope::new("mcp".into()))
-        .add_extra_param("resource", resource())
-        .url();
-    (
-        format!("{}?{}", url.path(), url.query().unwrap_or_default()),
-        verifier.secret().clone(),
-    )
-}
+use crate::support::{Agent, CALLBACK, PASSWORD, TestApp, fresh_postgres_url, query_of};
 
 /// What was counted once the request's background writes (audit events) are done.
 async fn settled(counter: &PgCounter) -> Counted {
@@ -49,12 +29,12 @@ async fn a_registration_an_authorize_a_code_exchange_and_a_refresh_cost_one_comm
     let registered = settled(&counter).await;
     // The first flow signs in and consents; the consent is remembered.
     let mut browser = Agent::new(&app);
-    let (path, _) = authorize_path(&client_id);
+    let (path, _) = authorization(&client_id);
     browser
         .authorize_and_allow(&path, "alice", PASSWORD, CALLBACK)
         .await;
 
-    let (path, verifier) = authorize_path(&client_id);
+    let (path, verifier) = authorization(&client_id);
     settled(&counter).await;
     let res = browser.get(&path).await;
     assert!(res.status.is_redirection(), "{}", res.text());

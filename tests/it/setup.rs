@@ -210,9 +210,10 @@ async fn a_fresh_server_logs_a_setup_link_that_creates_the_first_admin_once() {
         .expect("users list");
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(
-        listed
-            .lines()
-            .any(|l| l.starts_with("root-admin") && l.contains("admin")),
+        listed.lines().any(|l| {
+            let columns: Vec<&str> = l.split_whitespace().collect();
+            columns.first() == Some(&"root-admin") && columns.get(1) == Some(&"admin,user")
+        }),
         "{listed}"
     );
     let refused = gatehouse(cwd.path())

@@ -12,6 +12,25 @@ pub fn resource() -> String {
     format!("{ISSUER}/mcp")
 }
 
+/// The path (and query) of an authorization request of `client_id` for the base scope and
+/// this server's resource, as the `oauth2` crate builds it, and its PKCE verifier.
+pub fn authorization(client_id: &str) -> (String, String) {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::new(format!("{ISSUER}/authorize")).expect("url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.to_owned()).expect("url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scope(Scope::new("mcp".to_owned()))
+        .add_extra_param("resource", resource())
+        .url();
+    (
+        format!("{}?{}", url.path(), url.query().unwrap_or_default()),
+        verifier.secret().clone(),
+    )
+}
+
 /// Runs the browser leg for `client_id`; returns the code and the PKCE verifier.
 pub async fn code_for(app: &TestApp, client_id: &str, scopes: &[&str]) -> (String, String) {
     let client = BasicClient::new(ClientId::new(client_id.to_owned()))
