@@ -190,16 +190,20 @@ fn main() {
         );
         if let Some(port) = serve_port() {
             println!("{token}");
-            let serve = |router: Router, port: u16| async move {
+            let serve = |router: Router, port: u16| {
+                let edge = gatehouse::edge::Edge::new(&state.config);
+                async move {
                 let listener = gatehouse::server::listen(([127, 0, 0, 1], port).into())
                     .await
                     .unwrap();
-                axum::serve(
+                gatehouse::edge::serve(
                     listener,
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                    router,
+                    edge,
+                    tokio_util::sync::CancellationToken::new(),
                 )
-                .await
-                .unwrap();
+                .await;
+                }
             };
             tokio::join!(serve(guarded, port), serve(bare, port + 1));
             return;

@@ -1,5 +1,7 @@
-//! The operator's endpoints. `GET /health`: 200 when the database answers and a signing key is
-//! loaded, else 503 with the reason; with gateway mode, each upstream's live sessions and
+//! The operator's endpoints. `GET /health` (and `/health/ready`): ready, 200, when the database
+//! answers, a signing key is loaded and no stop is draining this instance; else 503 with the
+//! reason, so a load balancer sends elsewhere. `GET /health/live`: 200 while the process
+//! answers at all. With gateway mode, `/health` lists each upstream's live sessions and
 //! processes, as counts (whose they are is for the audit log, not for an unauthenticated page).
 //! `GET /metrics`: the Prometheus metrics ([`crate::metrics`]), on the metrics listener, or on
 //! the public one behind `metrics_token`. Never cached.
@@ -32,9 +34,17 @@ pub async fn health_get(State(state): State<AppState>) -> Response {
     };
     let keys = state.keys.snapshot();
     let key = keys.current();
-    let healthy = database.is_ok();
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let healthy = database.is_ok() && !draining;
     let body = json!({
-        "status": if healthy { "ok" } else { "unavailable" },
+        "status": match (healthy, draining) {
+            (true, _) => "ok",
+            (false, true) => "draining",
+            (false, false) => "unavailable",
+        },
+        "live": true,
+        "ready": healthy,
+        "draining": draining,
         "database": match &database { Ok(()) => "ok".to_owned(), Err(reason) => reason.clone() },
         "signing_key": { "kid": key.kid(), "alg": key.record.alg.as_str() },
         "upstreams": state.gateway.status().iter().map(|u| json!({
@@ -51,6 +61,18 @@ pub async fn health_get(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /health/live`: the process answers (a stop may be draining it, the database may be
+/// down: restarting it would not help).
+pub async fn live_get(State(state): State<AppState>) -> Response {
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let mut response =
+        Json(json!({ "status": "ok", "live": true, "draining": draining })).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

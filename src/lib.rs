@@ -18,6 +18,7 @@ pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod gateway;
 pub mod health;
 pub mod identity;
@@ -173,7 +174,10 @@ fn pages_router(state: &AppState) -> Router<AppState> {
 
 /// `/health`, and `/metrics` only where `metrics_token` puts it on the public listener.
 fn operator_routes(state: &AppState) -> Router<AppState> {
-    let routes = Router::new().route(routes::HEALTH, get(health::health_get));
+    let routes = Router::new()
+        .route(routes::HEALTH, get(health::health_get))
+        .route(routes::HEALTH_READY, get(health::health_get))
+        .route(routes::HEALTH_LIVE, get(health::live_get));
     if state.config.metrics_token.is_some() {
         routes.route(routes::METRICS, get(health::public_metrics_get))
     } else {

@@ -85,8 +85,12 @@ pub const INTROSPECT: &str = "/introspect";
 pub const REGISTER: &str = "/register";
 /// The MCP endpoint (Streamable HTTP); its resource identifier is `{issuer}/mcp`.
 pub const MCP: &str = "/mcp";
-/// Liveness and readiness.
+/// Readiness, with what it rests on: 503 while the database does not answer or a stop drains.
 pub const HEALTH: &str = "/health";
+/// Liveness: 200 while the process answers, draining or not, database or not.
+pub const HEALTH_LIVE: &str = "/health/live";
+/// Readiness alone (as `/health`), for a load balancer that wants the word in the path.
+pub const HEALTH_READY: &str = "/health/ready";
 /// Prometheus metrics (on `metrics_bind`; on the public listener only with `metrics_token`).
 pub const METRICS: &str = "/metrics";
 

@@ -1,11 +1,18 @@
 //! `gatehouse serve`: start both halves on one listener and stop cleanly on SIGTERM or Ctrl-C.
+//!
+//! A stop: `/health` answers 503 "draining" at once; after `connections.drain_delay` the
+//! listeners stop accepting; requests in flight get `connections.shutdown_timeout` to finish
+//! ([`crate::edge`]); then the periodic tasks stop, the writes sent off in the background (audit
+//! events of MCP calls, last uses) are waited for, the database's pending writes are committed,
+//! and the process exits 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -30,24 +37,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let bind = config.bind;
     let shutdown = shutdown_signal();
+    crate::edge::raise_open_files(&config);
     let state = AppState::start(config, Arc::new(SystemClock)).await?;
     let listener = listen(bind).await?;
     let config = state.config.clone();
+    let stop = CancellationToken::new();
     let metrics_server = match config.metrics_bind {
         Some(at) => {
-            let metrics = TcpListener::bind(at)
-                .await
-                .with_context(|| format!("cannot listen on {at} (metrics_bind)"))?;
+            let metrics = listen(at).await.context("metrics_bind")?;
             tracing::info!(
                 "Prometheus metrics at http://{at}{}",
                 crate::routes::METRICS
             );
             let router = crate::health::metrics_router(state.clone());
-            Some(tokio::spawn(async move {
-                if let Err(err) = axum::serve(metrics, router).await {
-                    tracing::error!(error = %err, "the metrics listener failed");
-                }
-            }))
+            Some(tokio::spawn(crate::edge::serve(
+                metrics,
+                router,
+                crate::edge::Edge::new(&config),
+                stop.clone(),
+            )))
         }
         None => None,
     };
@@ -93,15 +101,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !state.gateway.is_empty() {
         tokio::spawn(check_upstreams(state.gateway.clone()));
     }
-    axum::serve(
-        listener,
-        crate::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("server failed")?;
+    let draining = {
+        let (state, stop) = (state.clone(), stop.clone());
+        async move {
+            shutdown.await;
+            state.draining.store(true, Ordering::SeqCst);
+            let delay = state.config.connections.drain_delay;
+            if delay > 0 {
+                tracing::info!(
+                    "draining: /health answers 503 for {delay} s (connections.drain_delay), then no new connection is accepted"
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+            }
+            stop.cancel();
+        }
+    };
+    tokio::join!(
+        crate::edge::serve(
+            listener,
+            crate::app(state.clone()),
+            crate::edge::Edge::new(&config),
+            stop.clone(),
+        ),
+        draining
+    );
     if let Some(metrics) = metrics_server {
-        metrics.abort();
+        let _ = metrics.await;
     }
     housekeeping.abort();
     revocation_sync.abort();
@@ -109,29 +134,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     reload_on_hangup.abort();
     upstream_sweep.abort();
     state.gateway.end_all();
+    // The writes sent off in the background, then the database's own pending ones.
     state.store.close().await;
     tracing::info!("Gatehouse stopped");
     Ok(())
 }
 
-/// The listening socket of `serve`: every connection it accepts has TCP_NODELAY set.
-pub async fn listen(
-    bind: SocketAddr,
-) -> anyhow::Result<axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)>> {
-    Ok(TcpListener::bind(bind)
+/// A listening socket of `serve`, served by [`crate::edge::serve`].
+pub async fn listen(bind: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(bind)
         .await
-        .with_context(|| format!("cannot listen on {bind}"))?
-        .tap_io(no_delay as fn(&mut tokio::net::TcpStream)))
-}
-
-/// Every accepted connection sends what it is given at once (TCP_NODELAY). With Nagle's
-/// algorithm on, an answer written in more than one piece (a head, then a body or an event
-/// stream's frames) waited for the client's delayed acknowledgement of the first: 40-44 ms on
-/// every MCP call of a keep-alive client.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
-    }
+        .with_context(|| format!("cannot listen on {bind}"))
 }
 
 /// Contacts every upstream once at start, so that an unreachable one, and tool names two tools
@@ -272,22 +285,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::every;
-    use super::{SocketAddr, listen};
-
-    /// Issue: every MCP call of a keep-alive client waited 40-44 ms for a delayed
-    /// acknowledgement. What `serve` accepts sends without Nagle's wait.
-    #[tokio::test]
-    async fn accepted_connections_send_without_delay() {
-        use axum::serve::Listener;
-        let mut listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .expect("listen");
-        let addr = listener.local_addr().expect("addr");
-        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (accepted, peer) = listener.accept().await;
-        assert_eq!(peer, client.local_addr().expect("client addr"));
-        assert!(accepted.nodelay().expect("nodelay"), "TCP_NODELAY on");
-    }
 
     /// A periodic run that panics (a bug, bad data) does not end its schedule: the next tick
     /// runs it again (review: a panicking clean-up would have stopped every later one).

@@ -47,6 +47,8 @@ pub struct AppState {
     pub identity: Arc<crate::identity::IdentityProviders>,
     /// The Prometheus metrics of this server.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// A stop has begun: `/health` answers 503 "draining" so a load balancer sends elsewhere.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The session-cookie signing key (64 bytes). `Debug` never shows it.
@@ -176,6 +178,7 @@ impl AppState {
             .map_err(|e| StartError::HttpClient(e.to_string()))?;
         Ok(Self {
             metrics: Arc::new(crate::metrics::Metrics::new(store.timings())),
+            draining: Arc::default(),
             passwords,
             identity: Arc::new(identity),
             gateway: Arc::new(gateway),

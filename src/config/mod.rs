@@ -135,6 +135,51 @@ pub struct RawConfig {
     /// requests with `Authorization: Bearer <secret>`. Default unset: never on the public
     /// listener. Set it with GATEHOUSE_METRICS_TOKEN.
     pub metrics_token: Option<Passphrase>,
+    /// The socket edge of every listener: timeouts, connection and request bounds, shutdown.
+    pub connections: ConnectionsConfig,
+}
+
+/// `[connections]`: what one client, or everyone together, may hold of a listener, and how a
+/// stop drains it. The defaults are far above what a real client needs (one keeps a
+/// connection or a few, sends a request's head in one write and its body at once).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Seconds a request's head may take to arrive, from its first byte (a new connection's
+    /// first request: from the connection). Default 10.
+    pub header_timeout: u64,
+    /// Seconds a kept-alive connection may wait for its next request. Default 60.
+    pub idle_timeout: u64,
+    /// Seconds a request's body may take to arrive in full; past it, 408. Default 30.
+    pub body_timeout: u64,
+    /// Connections served at once, all addresses together. Default 10000.
+    pub max: usize,
+    /// Connections served at once from one address (times `rate_limits.shared_egress_factor`
+    /// for hosted clients' egress; `trusted_proxies` only count towards `max`). Default 256.
+    pub max_per_address: usize,
+    /// Requests answered at once (`/health` and MCP event streams apart); past it, 503 with
+    /// `Retry-After` at once. Default 1024.
+    pub max_in_flight: usize,
+    /// Seconds requests in flight get to finish after SIGTERM or Ctrl-C. Default 20.
+    pub shutdown_timeout: u64,
+    /// Seconds between SIGTERM and the end of accepting, while `/health` answers 503
+    /// "draining", so a load balancer stops sending first. Default 0.
+    pub drain_delay: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: 10,
+            idle_timeout: 60,
+            body_timeout: 30,
+            max: 10_000,
+            max_per_address: 256,
+            max_in_flight: 1024,
+            shutdown_timeout: 20,
+            drain_delay: 0,
+        }
+    }
 }
 
 /// The log's format.
@@ -323,6 +368,9 @@ pub struct McpConfig {
     /// Longest advertised name of an upstream's tool, so that a client's own prefix (Claude
     /// Code's `mcp__<server>__`) still fits the usual 64. Default 48.
     pub max_tool_name_len: usize,
+    /// Most MCP event streams (`GET /mcp`) one user holds open at once; past it, 429 with
+    /// `Retry-After`. Default 16.
+    pub max_streams_per_user: usize,
     /// The credentials `/mcp` accepts, in order: `oauth` (access tokens), `api_token`, and
     /// `forwarded` (a person named by a trusted proxy). Default `["oauth", "api_token"]`.
     pub credentials: Vec<CredentialSource>,
@@ -367,6 +415,7 @@ impl Default for McpConfig {
             max_sessions: 10_000,
             tool_access: BTreeMap::new(),
             max_tool_name_len: 48,
+            max_streams_per_user: 16,
             credentials: vec![CredentialSource::Oauth, CredentialSource::ApiToken],
             forwarded_user_header: "X-Forwarded-User".to_owned(),
             forwarded_groups_header: "X-Forwarded-Groups".to_owned(),
@@ -546,6 +595,7 @@ impl Default for RawConfig {
             log_format: LogFormat::Text,
             metrics_bind: None,
             metrics_token: None,
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -652,6 +702,8 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     /// The bearer secret of `/metrics` on the public listener, if it is served there.
     pub metrics_token: Option<Passphrase>,
+    /// The socket edge of every listener.
+    pub connections: ConnectionsConfig,
     /// Development defaults in force, one human-readable line each (logged loudly at start).
     pub development_defaults: Vec<String>,
 }

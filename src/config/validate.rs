@@ -97,6 +97,7 @@ impl Config {
                 log_format: raw.log_format,
                 metrics_bind: raw.metrics_bind,
                 metrics_token: raw.metrics_token,
+                connections: raw.connections,
                 upstreams,
                 local_login: raw.local_login,
                 identity_providers,
@@ -528,7 +529,7 @@ fn mcp(raw: &RawConfig, found: &mut Findings) {
     }
 }
 
-/// `[rate_limits]`, `[password_hashing]` and `[api_tokens]`.
+/// `[rate_limits]`, `[connections]`, `[password_hashing]` and `[api_tokens]`.
 fn limits(raw: &RawConfig, found: &mut Findings) {
     let rl = &raw.rate_limits;
     if rl.public_per_minute == 0 || rl.oauth_per_minute == 0 || rl.failures_per_minute == 0 {
@@ -538,6 +539,33 @@ fn limits(raw: &RawConfig, found: &mut Findings) {
         found.problem(format!(
             "api_tokens.max_days must be 1 to 3650, not {}",
             raw.api_tokens.max_days
+        ));
+    }
+    let c = &raw.connections;
+    if !(1..=300).contains(&c.header_timeout)
+        || !(1..=3600).contains(&c.idle_timeout)
+        || !(1..=3600).contains(&c.body_timeout)
+        || !(1..=3600).contains(&c.shutdown_timeout)
+        || c.drain_delay > 3600
+    {
+        found.problem(format!(
+            "connections.header_timeout must be 1 to 300 seconds, connections.idle_timeout, body_timeout and shutdown_timeout 1 to 3600, and drain_delay at most 3600, not {}, {}, {}, {} and {}",
+            c.header_timeout, c.idle_timeout, c.body_timeout, c.shutdown_timeout, c.drain_delay
+        ));
+    }
+    if !(1..=1_000_000).contains(&c.max)
+        || !(1..=c.max).contains(&c.max_per_address)
+        || !(1..=1_000_000).contains(&c.max_in_flight)
+    {
+        found.problem(format!(
+            "connections.max must be 1 to 1000000, connections.max_per_address 1 to connections.max, and connections.max_in_flight 1 to 1000000, not {}, {} and {}",
+            c.max, c.max_per_address, c.max_in_flight
+        ));
+    }
+    if !(1..=10_000).contains(&raw.mcp.max_streams_per_user) {
+        found.problem(format!(
+            "mcp.max_streams_per_user must be 1 to 10000, not {}",
+            raw.mcp.max_streams_per_user
         ));
     }
     let ph = raw.password_hashing;

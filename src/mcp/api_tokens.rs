@@ -90,9 +90,9 @@ impl ApiTokens {
             let mut touched = record.clone();
             touched.last_used_at = Some(now);
             self.0.put(&record.token_id, &touched);
-            let (store, id) = (store.clone(), record.token_id.clone());
-            tokio::spawn(async move {
-                if let Err(e) = store.touch_api_token(&id, now).await {
+            let (owned, id) = (store.clone(), record.token_id.clone());
+            store.spawn_write(async move {
+                if let Err(e) = owned.touch_api_token(&id, now).await {
                     tracing::warn!(error = %e, "could not record an API token's last use");
                 }
             });

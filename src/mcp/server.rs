@@ -163,7 +163,9 @@ impl GatehouseMcp {
             event.grant_id = Some(p.grant_id.clone());
         }
         let store = self.state.store.clone();
-        tokio::spawn(async move { audit::record_after_commit(&store, event).await });
+        self.state
+            .store
+            .spawn_write(async move { audit::record_after_commit(&store, event).await });
     }
 }
 

@@ -120,7 +120,12 @@ pub struct Store {
     sessions: Arc<sessions::SessionCache>,
     /// How long database operations take (`timing.rs`).
     timings: DbTimings,
+    /// Writes sent off without their answer being awaited; [`Store::close`] waits for them.
+    background: tokio_util::task::TaskTracker,
 }
+
+/// How long [`Store::close`] waits for the writes sent off in the background.
+const BACKGROUND_DRAIN: Duration = Duration::from_secs(10);
 
 static DRIVERS: Once = Once::new();
 
@@ -217,6 +222,7 @@ impl Store {
                     fresh: Arc::default(),
                     sessions: Arc::new(sessions::SessionCache::new(true)),
                     timings: timing::new_timings(),
+                    background: tokio_util::task::TaskTracker::new(),
                 }
             }
             Backend::Postgres => {
@@ -234,6 +240,7 @@ impl Store {
                     // Another instance may change or end a session at any moment.
                     sessions: Arc::new(sessions::SessionCache::new(false)),
                     timings: timing::new_timings(),
+                    background: tokio_util::task::TaskTracker::new(),
                 }
             }
         };
@@ -260,8 +267,27 @@ impl Store {
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        self.background.close();
+        if tokio::time::timeout(BACKGROUND_DRAIN, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.background.len(),
+                "writes sent off in the background did not finish within 10 s; they are lost"
+            );
+        }
         self.writer.close().await;
         self.readers.close().await;
+    }
+
+    /// Runs a write whose answer nobody waits for (an audit event after the answer, a last
+    /// use), so that [`Store::close`] still waits for it.
+    pub fn spawn_write<F>(&self, write: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(write);
     }
 
     /// The SQLite journal mode (`wal` expected); `None` on PostgreSQL.

@@ -7,7 +7,6 @@
 //! with a message saying so, never skips.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -267,14 +266,12 @@ async fn serve(listener: tokio::net::TcpListener, config: Config) -> AppState {
     let state = AppState::start(config, Arc::new(SystemClock))
         .await
         .expect("start");
-    let app = gatehouse::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(gatehouse::edge::serve(
+        listener,
+        gatehouse::app(state.clone()),
+        gatehouse::edge::Edge::new(&state.config),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     state
 }
 

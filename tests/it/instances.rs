@@ -65,7 +65,7 @@ async fn start(issuer: &str, db: &str, port: u16) -> Instance {
     }
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -124,7 +124,7 @@ impl Browser {
 }
 
 /// The browser leg on `base`: authorize, sign in, consent; returns the code.
-async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> String {
+pub(crate) async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> String {
     let mut browser = Browser::new();
     let url = reqwest::Url::parse_with_params(
         &format!("{base}/authorize"),
@@ -179,7 +179,7 @@ async fn sign_in(base: &str, issuer: &str, client_id: &str, challenge: &str) -> 
 }
 
 /// A token request; `None` when the connection failed (an instance that died under it).
-async fn try_token_post(base: &str, form: &[(&str, &str)]) -> Option<(u16, Value)> {
+pub(crate) async fn try_token_post(base: &str, form: &[(&str, &str)]) -> Option<(u16, Value)> {
     let res = http()
         .post(format!("{base}/token"))
         .form(form)
@@ -193,13 +193,13 @@ async fn try_token_post(base: &str, form: &[(&str, &str)]) -> Option<(u16, Value
     Some((status, json))
 }
 
-async fn token_post(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn token_post(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
     try_token_post(base, form)
         .await
         .expect("token endpoint answered")
 }
 
-async fn try_refresh(base: &str, client_id: &str, token: &str) -> Option<(u16, Value)> {
+pub(crate) async fn try_refresh(base: &str, client_id: &str, token: &str) -> Option<(u16, Value)> {
     try_token_post(
         base,
         &[
@@ -218,7 +218,12 @@ async fn refresh(base: &str, client_id: &str, token: &str) -> (u16, Value) {
 }
 
 /// Signs alice in on `sign_in_base` and redeems the code on `redeem_base`; the token response.
-async fn authorize(sign_in_base: &str, redeem_base: &str, issuer: &str, client_id: &str) -> Value {
+pub(crate) async fn authorize(
+    sign_in_base: &str,
+    redeem_base: &str,
+    issuer: &str,
+    client_id: &str,
+) -> Value {
     let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
     let (challenge, verifier) = (challenge.as_str(), verifier.secret());
     let code = sign_in(sign_in_base, issuer, client_id, challenge).await;
@@ -238,11 +243,11 @@ async fn authorize(sign_in_base: &str, redeem_base: &str, issuer: &str, client_i
     tokens
 }
 
-async fn whoami(base: &str, token: &str) -> u16 {
+pub(crate) async fn whoami(base: &str, token: &str) -> u16 {
     whoami_response(base, token).await.status().as_u16()
 }
 
-async fn whoami_response(base: &str, token: &str) -> reqwest::Response {
+pub(crate) async fn whoami_response(base: &str, token: &str) -> reqwest::Response {
     let body = stateless(call(1, "whoami", json!({})));
     http()
         .post(format!("{base}/mcp"))

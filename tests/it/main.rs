@@ -15,6 +15,7 @@ mod config;
 mod credentials;
 mod discovery;
 mod doctor;
+mod edge;
 mod errors;
 mod floods;
 mod gateway;

@@ -28,8 +28,9 @@ fn reference_rows() -> Vec<(String, String)> {
 }
 
 /// Configuration tables whose keys are fixed by the struct.
-const FIXED_TABLES: [&str; 7] = [
+const FIXED_TABLES: [&str; 8] = [
     "api_tokens",
+    "connections",
     "registration",
     "client_metadata",
     "mcp",

@@ -240,20 +240,25 @@ impl TestApp {
     }
 }
 
-/// Serves `router` on a fresh loopback socket, with each connection's peer as its client
-/// address (as `gatehouse serve` does); returns the address.
+/// Serves `router` on a fresh loopback socket through the socket edge `gatehouse serve` uses
+/// (each connection's peer as its client address, the default bounds); returns the address.
 pub async fn serve_on_loopback(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    let config = Config::for_tests(
+        &format!("http://{addr}"),
+        "sqlite://unused.db",
+        std::path::Path::new("keys"),
+    )
+    .expect("config");
+    tokio::spawn(gatehouse::edge::serve(
+        listener,
+        router,
+        gatehouse::edge::Edge::new(&config),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     addr
 }
 
