@@ -215,6 +215,70 @@ fn past_the_connection_cap_new_connections_get_503_and_health_still_answers() {
     }
 }
 
+#[test]
+fn past_the_in_flight_cap_requests_get_503_at_once_and_health_still_answers() {
+    let cwd = TempDir::new().expect("tempdir");
+    let port = free_port();
+    let _server = start(
+        cwd.path(),
+        port,
+        &[
+            ("GATEHOUSE_CONNECTIONS__MAX_IN_FLIGHT", "2"),
+            ("GATEHOUSE_CONNECTIONS__BODY_TIMEOUT", "60"),
+        ],
+    );
+    // Two requests whose bodies are slow to come hold both places.
+    let open_post = |port| {
+        let mut c = connect(port);
+        write!(
+            c,
+            "POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 30\r\n\r\ngrant_type="
+        )
+        .expect("write");
+        c
+    };
+    let mut posts = [open_post(port), open_post(port)];
+
+    // Until both hold a place and a third request is refused. A request sent while a POST was
+    // not yet read may take its place, and that POST is refused: it is sent again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (head, body) = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        for post in &mut posts {
+            post.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            let mut byte = [0u8; 1];
+            if post.peek(&mut byte).is_ok() {
+                *post = open_post(port);
+            } else {
+                post.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+            }
+        }
+        let mut c = connect(port);
+        let (status, head, body) = get(&mut c, "/jwks.json").expect("answer");
+        if status == 503 {
+            break (head, body);
+        }
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "never refused past the cap");
+    };
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert_eq!(error_code(&body), "too_many_requests");
+
+    let mut check = connect(port);
+    assert_eq!(get(&mut check, "/health").expect("answer").0, 200);
+
+    // The first body arrives: it is answered, and its place comes back.
+    let [mut first, _second] = posts;
+    first.write_all(b"refresh_token&a=bcd").expect("rest");
+    let (status, _, body) = read_answer(&mut first).expect("answer");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(error_code(&body), "invalid_client");
+    let mut after = connect(port);
+    assert_eq!(get(&mut after, "/jwks.json").expect("answer").0, 200);
+}
+
 /// Sends SIGTERM to `child`.
 fn sigterm(child: &Child) {
     let status = std::process::Command::new("kill")
