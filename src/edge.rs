@@ -12,11 +12,11 @@
 //!   health checks, which are served on it, so a load balancer's check keeps answering. More
 //!   than [`REFUSING`] such connections at once, and a new one is closed at once.
 //! - Requests in flight are bounded (`connections.max_in_flight`): past it, 503 with
-//!   `Retry-After` at once, while those in flight go on. The health checks and MCP event streams
-//!   are not counted: a stream lives long, and `/mcp` bounds them per user.
+//!   `Retry-After` at once, while those in flight go on. The health checks are not counted.
+//!   (No answer here lives on by itself: `GET /mcp` is 405 in both session modes, and an MCP
+//!   answer ends with its call.)
 //! - A stop ends accepting, lets requests in flight finish within
-//!   `connections.shutdown_timeout`, ends event streams (their clients reconnect elsewhere) and
-//!   closes idle connections.
+//!   `connections.shutdown_timeout`, and closes idle connections.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,7 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::Config;
@@ -462,12 +462,11 @@ impl http_body::Body for Deadline {
 }
 
 /// An answer's body that holds the request's places (on its connection, among those in flight)
-/// until it ends; an event stream's also ends at a stop.
+/// until it ends.
 struct Tracked {
     body: Body,
     _busy: Busy,
     _in_flight: Option<InFlight>,
-    stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 /// A request being answered on its connection, until dropped.
@@ -480,52 +479,6 @@ impl Drop for Busy {
 }
 
 impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(stop) = this.stop.as_mut() {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-        }
-        Pin::new(&mut this.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A body that keeps `T` until it is dropped (a place under a bound, given back when the
-/// answer ends).
-pub struct Holding<T> {
-    body: Body,
-    _held: T,
-}
-
-impl<T> Holding<T> {
-    /// `body`, keeping `held` alive as long as it is.
-    pub fn new(body: Body, held: T) -> Self {
-        Self { body, _held: held }
-    }
-}
-
-impl<T> std::fmt::Debug for Holding<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Holding")
-    }
-}
-
-impl<T: Unpin> http_body::Body for Holding<T> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -548,17 +501,6 @@ impl<T: Unpin> http_body::Body for Holding<T> {
 /// The health checks: served past every cap.
 fn is_health(path: &str) -> bool {
     path == crate::routes::HEALTH || path.starts_with("/health/")
-}
-
-/// An MCP event stream (`GET /mcp` for `text/event-stream`): long-lived, not counted in flight.
-fn is_event_stream<B>(request: &Request<B>) -> bool {
-    request.method() == Method::GET
-        && matches!(request.uri().path(), "/mcp" | "/mcp/")
-        && request
-            .headers()
-            .get_all(header::ACCEPT)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/event-stream")))
 }
 
 /// 503 with `Retry-After` and a JSON body, for a request the edge will not serve now.
@@ -586,7 +528,6 @@ async fn handle(
     ctx.conn.begin();
     let busy = Busy(ctx.conn.clone());
     let reserved = is_health(request.uri().path());
-    let stream = !reserved && is_event_stream(&request);
     let refusal = if ctx.refusing && !reserved {
         Some(unavailable(
             "too_many_connections",
@@ -595,7 +536,7 @@ async fn handle(
     } else {
         None
     };
-    let in_flight = match (&refusal, reserved || stream) {
+    let in_flight = match (&refusal, reserved) {
         (None, false) => match ctx.edge.try_in_flight() {
             Some(place) => Some(place),
             None => {
@@ -607,14 +548,13 @@ async fn handle(
                     ),
                     busy,
                     None,
-                    None,
                 ));
             }
         },
         _ => None,
     };
     if let Some(refused) = refusal {
-        return Ok(track(refused, busy, None, None));
+        return Ok(track(refused, busy, None));
     }
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(ConnectInfo(ctx.peer));
@@ -646,22 +586,15 @@ async fn handle(
     } else {
         response
     };
-    let stop = stream.then(|| Box::pin(ctx.stop.clone().cancelled_owned()));
-    Ok(track(response, busy, in_flight, stop))
+    Ok(track(response, busy, in_flight))
 }
 
-fn track(
-    response: Response<Body>,
-    busy: Busy,
-    in_flight: Option<InFlight>,
-    stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-) -> Response<Body> {
+fn track(response: Response<Body>, busy: Busy, in_flight: Option<InFlight>) -> Response<Body> {
     response.map(|body| {
         Body::new(Tracked {
             body,
             _busy: busy,
             _in_flight: in_flight,
-            stop,
         })
     })
 }

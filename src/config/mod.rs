@@ -157,8 +157,8 @@ pub struct ConnectionsConfig {
     /// Connections served at once from one address (times `rate_limits.shared_egress_factor`
     /// for hosted clients' egress; `trusted_proxies` only count towards `max`). Default 256.
     pub max_per_address: usize,
-    /// Requests answered at once (`/health` and MCP event streams apart); past it, 503 with
-    /// `Retry-After` at once. Default 1024.
+    /// Requests answered at once (`/health` apart); past it, 503 with `Retry-After` at once.
+    /// Default 1024.
     pub max_in_flight: usize,
     /// Seconds requests in flight get to finish after SIGTERM or Ctrl-C. Default 20.
     pub shutdown_timeout: u64,
@@ -368,9 +368,6 @@ pub struct McpConfig {
     /// Longest advertised name of an upstream's tool, so that a client's own prefix (Claude
     /// Code's `mcp__<server>__`) still fits the usual 64. Default 48.
     pub max_tool_name_len: usize,
-    /// Most MCP event streams (`GET /mcp`) one user holds open at once; past it, 429 with
-    /// `Retry-After`. Default 16.
-    pub max_streams_per_user: usize,
     /// The credentials `/mcp` accepts, in order: `oauth` (access tokens), `api_token`, and
     /// `forwarded` (a person named by a trusted proxy). Default `["oauth", "api_token"]`.
     pub credentials: Vec<CredentialSource>,
@@ -415,7 +412,6 @@ impl Default for McpConfig {
             max_sessions: 10_000,
             tool_access: BTreeMap::new(),
             max_tool_name_len: 48,
-            max_streams_per_user: 16,
             credentials: vec![CredentialSource::Oauth, CredentialSource::ApiToken],
             forwarded_user_header: "X-Forwarded-User".to_owned(),
             forwarded_groups_header: "X-Forwarded-Groups".to_owned(),

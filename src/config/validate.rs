@@ -562,12 +562,6 @@ fn limits(raw: &RawConfig, found: &mut Findings) {
             c.max, c.max_per_address, c.max_in_flight
         ));
     }
-    if !(1..=10_000).contains(&raw.mcp.max_streams_per_user) {
-        found.problem(format!(
-            "mcp.max_streams_per_user must be 1 to 10000, not {}",
-            raw.mcp.max_streams_per_user
-        ));
-    }
     let ph = raw.password_hashing;
     if ph.workers > 256 || ph.queue > 10_000 {
         found.problem(format!(

@@ -59,58 +59,7 @@ pub struct Guard {
     sessions: Arc<SessionOwners>,
     scopes: ToolScopes,
     stateful: bool,
-    streams: Arc<Streams>,
 }
-
-/// The MCP event streams (`GET /mcp`) each subject holds open (`mcp.max_streams_per_user`):
-/// a stream lives long and is not counted among requests in flight, so it has a bound of its
-/// own.
-#[derive(Debug, Default)]
-struct Streams(std::sync::Mutex<std::collections::HashMap<String, usize>>);
-
-impl Streams {
-    /// A place for one more stream of `subject`, or `None` past `limit`.
-    fn open(self: &Arc<Self>, subject: &str, limit: usize) -> Option<StreamPlace> {
-        let mut open = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = open.entry(subject.to_owned()).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(StreamPlace {
-            streams: self.clone(),
-            subject: subject.to_owned(),
-        })
-    }
-}
-
-/// One open stream's place, given back when its answer ends.
-struct StreamPlace {
-    streams: Arc<Streams>,
-    subject: String,
-}
-
-impl Drop for StreamPlace {
-    fn drop(&mut self) {
-        let mut open = self
-            .streams
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.subject) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.subject);
-            }
-        }
-    }
-}
-
-/// `Retry-After` of a stream refused past `mcp.max_streams_per_user`, seconds.
-const STREAMS_FULL_RETRY_AFTER: u64 = 5;
 
 impl Guard {
     /// A guard for `state`'s resource.
@@ -147,7 +96,6 @@ impl Guard {
             sessions,
             scopes,
             stateful,
-            streams: Arc::default(),
         }
     }
 }
@@ -536,53 +484,14 @@ impl Guard {
             }
         }
 
-        // 8. An event stream holds a place of its caller's until it ends.
-        let stream = if parts.method == Method::GET {
-            match self
-                .streams
-                .open(&principal.subject, config.mcp.max_streams_per_user)
-            {
-                Some(place) => Some(place),
-                None => {
-                    let mut response = web::with_retry_after(
-                        web::json_error(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too_many_streams",
-                            &format!(
-                                "At most {} MCP event streams may be open at once per user",
-                                config.mcp.max_streams_per_user
-                            ),
-                        ),
-                        STREAMS_FULL_RETRY_AFTER,
-                    );
-                    rate_headers(&mut response, budget);
-                    self.audit_refusal(
-                        ip,
-                        Some(&principal),
-                        ("streams_full", "too many event streams"),
-                        json!({ "status": 429 }),
-                    )
-                    .await;
-                    return response;
-                }
-            }
-        } else {
-            None
-        };
-
-        // 9. Serve, with the caller in the extensions.
+        // 8. Serve, with the caller in the extensions.
         let mut request = Request::from_parts(parts, body);
         request.extensions_mut().insert(principal.clone());
         let response = match inner.call(request).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
-        let mut response = match stream {
-            Some(place) => {
-                response.map(|body| Body::new(crate::edge::Holding::new(Body::new(body), place)))
-            }
-            None => response.map(Body::new),
-        };
+        let mut response = response.map(Body::new);
         if opens_session && response.status() == StatusCode::OK {
             match self.sessions.open(&principal.subject) {
                 Ok(opened) => {
@@ -681,28 +590,6 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A user's event streams are bounded, and a stream's end gives its place back.
-    #[test]
-    fn event_streams_are_bounded_per_user() {
-        let streams = Arc::new(Streams::default());
-        let first = streams.open("alice", 2);
-        let second = streams.open("alice", 2);
-        assert!(first.is_some() && second.is_some());
-        assert!(streams.open("alice", 2).is_none(), "past the bound");
-        assert!(streams.open("bob", 2).is_some(), "another user's own bound");
-        drop(first);
-        assert!(streams.open("alice", 2).is_some(), "the place came back");
-        drop(second);
-        assert!(
-            !streams
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains_key("alice"),
-            "nothing kept for a user with no stream"
-        );
-    }
 
     #[test]
     fn tools_called_in_single_and_batch_messages() {
