@@ -74,6 +74,7 @@ pub struct Edge {
     in_flight: AtomicUsize,
     refused_connections: AtomicU64,
     refused_requests: AtomicU64,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What an [`Edge`] holds now, and has refused so far.
@@ -94,6 +95,15 @@ pub struct EdgeStats {
 impl Edge {
     /// The bounds of `config.connections`, for one listener.
     pub fn new(config: &Config) -> Arc<Self> {
+        Self::build(config, None)
+    }
+
+    /// The same, counted in `metrics` (the public listener's).
+    pub fn measured(config: &Config, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+        Self::build(config, Some(metrics))
+    }
+
+    fn build(config: &Config, metrics: Option<Arc<crate::metrics::Metrics>>) -> Arc<Self> {
         let c = &config.connections;
         Arc::new(Self {
             header_timeout: Duration::from_secs(c.header_timeout),
@@ -114,6 +124,7 @@ impl Edge {
             in_flight: AtomicUsize::new(0),
             refused_connections: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -149,6 +160,7 @@ impl Edge {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max).then_some(n + 1)
             });
+        let mut cap_reached = "max";
         if total.is_ok() {
             let Some(cap) = self.address_cap(ip) else {
                 return Admission::Serve(Slot::served(self, None));
@@ -167,8 +179,10 @@ impl Edge {
             }
             drop(held);
             self.served.fetch_sub(1, Ordering::SeqCst);
+            cap_reached = "max_per_address";
         }
         self.refused_connections.fetch_add(1, Ordering::SeqCst);
+        self.count(|m| m.connection_refused(cap_reached));
         let refusing = self
             .refusing
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -180,6 +194,12 @@ impl Edge {
                 counted: Counted::Refusing,
             }),
             Err(_) => Admission::Close,
+        }
+    }
+
+    fn count(&self, what: impl FnOnce(&crate::metrics::Metrics)) {
+        if let Some(metrics) = &self.metrics {
+            what(metrics);
         }
     }
 
@@ -212,6 +232,7 @@ struct Slot {
 
 impl Slot {
     fn served(edge: &Arc<Edge>, ip: Option<IpAddr>) -> Self {
+        edge.count(|m| m.connection(true));
         Self {
             edge: edge.clone(),
             counted: Counted::Served(ip),
@@ -240,6 +261,7 @@ impl Drop for Slot {
                     }
                 }
                 self.edge.served.fetch_sub(1, Ordering::SeqCst);
+                self.edge.count(|m| m.connection(false));
             }
         }
     }
@@ -305,6 +327,15 @@ impl Conn {
         if self.busy.load(Ordering::SeqCst) == 0 && self.head_since.load(Ordering::SeqCst) == 0 {
             self.head_since
                 .store(self.now_ms().saturating_add(1), Ordering::SeqCst);
+        }
+    }
+
+    /// Which timeout a read that waits now is under.
+    fn phase(&self) -> &'static str {
+        if self.head_since.load(Ordering::SeqCst) == 0 && self.served_any.load(Ordering::SeqCst) {
+            "idle"
+        } else {
+            "header"
         }
     }
 
@@ -374,6 +405,8 @@ impl AsyncRead for Timed {
                     this.armed = Some(deadline);
                 }
                 if this.sleep.as_mut().poll(cx).is_ready() {
+                    let phase = this.conn.phase();
+                    this.edge.count(|m| m.timed_out(phase));
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no complete request head within connections.header_timeout or connections.idle_timeout",
@@ -541,6 +574,7 @@ async fn handle(
             Some(place) => Some(place),
             None => {
                 ctx.edge.refused_requests.fetch_add(1, Ordering::SeqCst);
+                ctx.edge.count(crate::metrics::Metrics::request_shed);
                 return Ok(track(
                     unavailable(
                         "too_many_requests",
@@ -575,6 +609,7 @@ async fn handle(
         Err(never) => match never {},
     };
     let response = if timed_out.load(Ordering::SeqCst) {
+        ctx.edge.count(|m| m.timed_out("body"));
         let mut late = crate::web::json_error(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",

@@ -80,6 +80,11 @@ struct StepLabel {
     step: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
 type Seconds = Family<EndpointLabel, Histogram, fn() -> Histogram>;
 type UpstreamSeconds = Family<UpstreamLabel, Histogram, fn() -> Histogram>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -102,6 +107,10 @@ pub struct Metrics {
     upstream_seconds: UpstreamSeconds,
     key_age: FloatGauge,
     key_next_step: Family<StepLabel, FloatGauge>,
+    connections_open: Gauge,
+    connections_refused: Family<ReasonLabel, Counter>,
+    requests_shed: Counter,
+    timeouts: Family<PhaseLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,7 +195,35 @@ impl Metrics {
             Unit::Seconds,
             key_next_step.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections being served on the public listener",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused past a cap (answered 503, or closed when too many are being refused), by cap: max, max_per_address",
+            connections_refused.clone(),
+        );
+        let requests_shed = Counter::default();
+        registry.register(
+            "requests_shed",
+            "Requests answered 503 at once past connections.max_in_flight",
+            requests_shed.clone(),
+        );
+        let timeouts = Family::<PhaseLabel, Counter>::default();
+        registry.register(
+            "connection_timeouts",
+            "Connections cut by a timeout, by phase: header, idle, body",
+            timeouts.clone(),
+        );
         Self {
+            connections_open,
+            connections_refused,
+            requests_shed,
+            timeouts,
             registry,
             requests,
             request_seconds,
@@ -283,6 +320,32 @@ impl Metrics {
                 .get_or_create(&StepLabel { step })
                 .set(seconds(at - now));
         }
+    }
+
+    /// A connection is served (`true`) or has closed (`false`).
+    pub fn connection(&self, open: bool) {
+        if open {
+            self.connections_open.inc();
+        } else {
+            self.connections_open.dec();
+        }
+    }
+
+    /// A connection was refused past `cap` (`max` or `max_per_address`).
+    pub fn connection_refused(&self, cap: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason: cap })
+            .inc();
+    }
+
+    /// A request was answered 503 past `connections.max_in_flight`.
+    pub fn request_shed(&self) {
+        self.requests_shed.inc();
+    }
+
+    /// A connection was cut by its `phase` timeout (`header`, `idle`, `body`).
+    pub fn timed_out(&self, phase: &'static str) {
+        self.timeouts.get_or_create(&PhaseLabel { phase }).inc();
     }
 
     /// Every metric, as OpenMetrics text.

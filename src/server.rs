@@ -120,7 +120,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         crate::edge::serve(
             listener,
             crate::app(state.clone()),
-            crate::edge::Edge::new(&config),
+            crate::edge::Edge::measured(&config, state.metrics.clone()),
             stop.clone(),
         ),
         draining

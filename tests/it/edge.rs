@@ -90,6 +90,17 @@ fn closed_within(stream: &mut TcpStream, bound: Duration) -> Duration {
     started.elapsed()
 }
 
+/// The value of the sample `series` (name and labels, as written) on the metrics listener at
+/// `port`; 0 when absent.
+fn metric(port: u16, series: &str) -> f64 {
+    let mut c = connect(port);
+    let (status, _, text) = get(&mut c, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The error code of a JSON error body.
 fn error_code(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body).expect("json")["error"]
@@ -101,7 +112,7 @@ fn error_code(body: &str) -> String {
 #[test]
 fn silent_trickling_idle_and_slow_body_connections_are_cut_off() {
     let cwd = TempDir::new().expect("tempdir");
-    let port = free_port();
+    let (port, metrics) = (free_port(), free_port());
     let _server = start(
         cwd.path(),
         port,
@@ -109,6 +120,7 @@ fn silent_trickling_idle_and_slow_body_connections_are_cut_off() {
             ("GATEHOUSE_CONNECTIONS__HEADER_TIMEOUT", "1"),
             ("GATEHOUSE_CONNECTIONS__IDLE_TIMEOUT", "5"),
             ("GATEHOUSE_CONNECTIONS__BODY_TIMEOUT", "1"),
+            ("GATEHOUSE_METRICS_BIND", &format!("127.0.0.1:{metrics}")),
         ],
     );
 
@@ -158,18 +170,30 @@ fn silent_trickling_idle_and_slow_body_connections_are_cut_off() {
     assert_eq!(status, 408, "{head}{body}");
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(error_code(&body), "request_timeout");
+
+    // Each cut is counted by its phase.
+    let timeouts = |phase: &str| {
+        metric(
+            metrics,
+            &format!("gatehouse_connection_timeouts_total{{phase=\"{phase}\"}}"),
+        )
+    };
+    assert!(timeouts("header") >= 2.0, "silent and trickling");
+    assert!(timeouts("idle") >= 1.0);
+    assert_eq!(timeouts("body"), 1.0);
 }
 
 #[test]
 fn past_the_connection_cap_new_connections_get_503_and_health_still_answers() {
     let cwd = TempDir::new().expect("tempdir");
-    let port = free_port();
+    let (port, metrics) = (free_port(), free_port());
     let _server = start(
         cwd.path(),
         port,
         &[
             ("GATEHOUSE_CONNECTIONS__MAX", "3"),
             ("GATEHOUSE_CONNECTIONS__MAX_PER_ADDRESS", "3"),
+            ("GATEHOUSE_METRICS_BIND", &format!("127.0.0.1:{metrics}")),
         ],
     );
     // `wait_healthy`'s connections are closed; wait until the server has let them go.
@@ -201,6 +225,13 @@ fn past_the_connection_cap_new_connections_get_503_and_health_still_answers() {
     for c in &mut held {
         assert_eq!(get(c, "/jwks.json").expect("answer").0, 200);
     }
+    assert_eq!(metric(metrics, "gatehouse_connections_open"), 3.0);
+    assert!(
+        metric(
+            metrics,
+            "gatehouse_connections_refused_total{reason=\"max\"}"
+        ) >= 2.0
+    );
 
     // One closes: its place comes back.
     drop(held.remove(0));
