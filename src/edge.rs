@@ -702,8 +702,25 @@ fn no_delay(stream: &TcpStream) {
 
 /// One connection, until it closes (or, at a stop, once its request in flight is answered).
 async fn connection(stream: TcpStream, ctx: Arc<ConnCtx>, slot: Slot) {
-    let io = TokioIo::new(Timed::new(stream, ctx.conn.clone(), ctx.edge.clone()));
     let stop = ctx.stop.clone();
+    // A connection that has sent nothing yet costs no buffers: hyper's connection (its read and
+    // write buffers) is made at the first byte, or at the end of the stream.
+    let first_byte = tokio::time::timeout(ctx.edge.header_timeout, stream.readable());
+    tokio::select! {
+        waited = first_byte => match waited {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "a connection failed before its first byte");
+                return;
+            }
+            Err(_) => {
+                ctx.edge.count(|m| m.timed_out("header"));
+                return;
+            }
+        },
+        () = stop.cancelled() => return,
+    }
+    let io = TokioIo::new(Timed::new(stream, ctx.conn.clone(), ctx.edge.clone()));
     let refusing = ctx.refusing;
     let service = hyper::service::service_fn(move |request| handle(request, ctx.clone()));
     let mut builder = hyper::server::conn::http1::Builder::new();
