@@ -705,10 +705,12 @@ async fn connection(stream: TcpStream, ctx: Arc<ConnCtx>, slot: Slot) {
     let stop = ctx.stop.clone();
     // A connection that has sent nothing yet costs no buffers: hyper's connection (its read and
     // write buffers) is made at the first byte, or at the end of the stream.
-    let first_byte = tokio::time::timeout(ctx.edge.header_timeout, stream.readable());
+    // (`peek` waits for a byte without taking it; `readable` may answer early.)
+    let mut byte = [0u8; 1];
+    let first_byte = tokio::time::timeout(ctx.edge.header_timeout, stream.peek(&mut byte));
     tokio::select! {
         waited = first_byte => match waited {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "a connection failed before its first byte");
                 return;
