@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::instances::{authorize, try_refresh};
-use crate::support::process::{Running, free_port, gatehouse, wait_healthy};
+use crate::support::process::{Running, free_port, gatehouse, sigterm, wait_exit, wait_healthy};
 use crate::support::{CALLBACK, PASSWORD, register_over_http};
 
 /// `gatehouse serve` on a free loopback port in `cwd` (its SQLite file there), with `settings`
@@ -310,25 +310,9 @@ fn past_the_in_flight_cap_requests_get_503_at_once_and_health_still_answers() {
     assert_eq!(get(&mut after, "/jwks.json").expect("answer").0, 200);
 }
 
-/// Sends SIGTERM to `child`.
-fn sigterm(child: &Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 /// Waits (at most 30 s) for `child` to exit; its exit code.
-fn exit_code(mut child: Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code();
-        }
-        assert!(Instant::now() < deadline, "no exit within 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn exit_code(child: Child) -> Option<i32> {
+    wait_exit(child, Duration::from_secs(30)).status.code()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -102,20 +102,29 @@ pub mod raw_http {
 
 /// Sends SIGTERM and waits (at most 15 s) for the process to exit; its output.
 pub fn stop(child: Child) -> Output {
+    sigterm(&child);
+    wait_exit(child, Duration::from_secs(15))
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut child = child;
+}
+
+/// Waits at most `bound` for `child` to exit (else kills it and panics); its output.
+pub fn wait_exit(mut child: Child, bound: Duration) -> Output {
+    let deadline = Instant::now() + bound;
     loop {
         if child.try_wait().expect("try_wait").is_some() {
             return child.wait_with_output().expect("output");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("server did not exit within 15 s of SIGTERM");
+            panic!("server did not exit within {bound:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
