@@ -2,6 +2,7 @@
 //! days, fifty events a page; `/admin/audit/export` gives what the same filter lets through as
 //! JSON lines (one event per line, at most [`EXPORT_MAX`] per request).
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -127,10 +128,20 @@ async fn filter(
 pub async fn audit_get(
     State(state): State<AppState>,
     mut admin: Admin,
-    Query(q): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
         let mut page = page(&state, &mut admin, "audit")?;
+        let q = match query {
+            Ok(Query(q)) => q,
+            Err(rejection) => {
+                page.problem = Some(format!(
+                    "The filter does not read: {}.",
+                    rejection.body_text()
+                ));
+                return render(&admin, &page).await;
+            }
+        };
         page.filter = q.view();
         page.export_href = format!("{}?{}", routes::ADMIN_AUDIT_EXPORT, q.query_string());
         match filter(&state, &q).await? {
@@ -181,8 +192,18 @@ fn row(record: &AuditRecord) -> AdminEventRow {
 pub async fn audit_export_get(
     State(state): State<AppState>,
     _admin: Admin,
-    Query(q): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => {
+            return crate::web::json_error(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &rejection.body_text(),
+            );
+        }
+    };
     let result = async {
         let filter = match filter(&state, &q).await? {
             Ok(filter) => filter,

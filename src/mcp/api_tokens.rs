@@ -60,7 +60,7 @@ impl ApiTokens {
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, "API token lookup failed");
-                        TokenRejection::BadApiToken
+                        TokenRejection::Unavailable
                     })?
                     .ok_or(TokenRejection::BadApiToken)?;
                 self.0.put(&presented.id, &record);
@@ -78,7 +78,11 @@ impl ApiTokens {
         }
         let roles = match users.get(store, &record.user_id).await {
             Ok(Some(known)) => known.roles,
-            _ => return Err(TokenRejection::BadApiToken),
+            Ok(None) => return Err(TokenRejection::BadApiToken),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read an API token's owner");
+                return Err(TokenRejection::Unavailable);
+            }
         };
         let allowed = config.grantable_by_roles(&roles);
         let scopes: Vec<&str> = record

@@ -329,6 +329,7 @@ impl Guard {
                         TokenRejection::Expired
                             | TokenRejection::NotYetValid
                             | TokenRejection::Revoked
+                            | TokenRejection::Unavailable
                     )
                 );
                 let budget = ip
@@ -343,6 +344,14 @@ impl Guard {
                         _,
                     ) => web::rate_limited(Exhausted::Unauthenticated, wait),
                     (_, None) => challenge.into_response(),
+                    (_, Some(TokenRejection::Unavailable)) => web::with_retry_after(
+                        web::json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            &TokenRejection::Unavailable.to_string(),
+                        ),
+                        1,
+                    ),
                     (_, Some(reason)) => challenge
                         .invalid_token(&reason.shown().to_string())
                         .into_response(),

@@ -98,6 +98,10 @@ pub enum TokenRejection {
     /// (another instance may have just activated a key) and verify again.
     #[error("the access token was signed by a key this server does not know")]
     UnknownKey,
+    /// The token could not be checked now (the database did not answer): not the client's
+    /// fault, so no `invalid_token` that would make it throw the token away.
+    #[error("the token cannot be checked right now; try again shortly")]
+    Unavailable,
 }
 
 impl TokenRejection {
@@ -115,6 +119,7 @@ impl TokenRejection {
             Self::NotAccepted => "not_accepted",
             Self::BadForwardedUser => "bad_forwarded_user",
             Self::UnknownKey => "unknown_key",
+            Self::Unavailable => "unavailable",
         }
     }
 

@@ -581,6 +581,18 @@ async fn the_audit_log_filters_pages_and_exports() {
     assert!(before.contains("No events match"));
     let bad = admin.get("/admin/audit?since=yesterday").await;
     assert!(bad.text().contains("The filter does not read"));
+    // A page link edited by hand is told apart on the page, and in the export as a JSON error.
+    let bad = admin.get("/admin/audit?before=abc").await;
+    assert_eq!(bad.status, StatusCode::OK);
+    assert!(
+        bad.text().contains("The filter does not read"),
+        "{}",
+        bad.text()
+    );
+    let bad = admin.get("/admin/audit/export?before=abc").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_str(&bad.text()).expect("a JSON error");
+    assert_eq!(body["error"], "invalid_request");
 
     let export = admin
         .get("/admin/audit/export?kind=login&outcome=failure")

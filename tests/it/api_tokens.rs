@@ -421,3 +421,30 @@ async fn nobody_revokes_anothers_token_or_grant_by_changing_an_id() {
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     assert_eq!(whoami(&app, &token).await.status, StatusCode::OK);
 }
+
+/// A database that does not answer is the server's trouble, not the token's: the call gets 503
+/// with `Retry-After`, never `invalid_token`, which would make the client throw its token away.
+#[tokio::test]
+async fn a_token_that_cannot_be_checked_now_is_a_503_not_an_invalid_token() {
+    let app = TestApp::sqlite().await;
+    app.add_user("alice", PASSWORD, &["user"]).await;
+    let mut alice = Agent::new(&app);
+    alice.sign_in("/login", "alice", PASSWORD).await;
+    let res = create(
+        &mut alice,
+        &[("name", "CI job"), ("scope", "mcp"), ("lifetime", "30")],
+    )
+    .await;
+    let token = shown_token(&res.text());
+    app.state.store.close().await;
+    let res = whoami(&app, &token).await;
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.header("retry-after"), Some("1"));
+    assert_eq!(res.json()["error"], "temporarily_unavailable");
+    assert!(res.header("www-authenticate").is_none());
+}
