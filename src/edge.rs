@@ -75,6 +75,10 @@ pub struct Edge {
     refused_connections: AtomicU64,
     refused_requests: AtomicU64,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// When a proxy's connections were last found refused per address (seconds since
+    /// `started`, plus one), so that it is logged once a minute at most.
+    proxy_warned: AtomicU64,
+    started: Instant,
 }
 
 /// What an [`Edge`] holds now, and has refused so far.
@@ -125,6 +129,8 @@ impl Edge {
             refused_connections: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             metrics,
+            proxy_warned: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -189,11 +195,33 @@ impl Edge {
                 (n < REFUSING).then_some(n + 1)
             });
         match refusing {
-            Ok(_) => Admission::Refuse(Slot {
-                edge: self.clone(),
-                counted: Counted::Refusing,
-            }),
+            Ok(_) => Admission::Refuse(
+                Slot {
+                    edge: self.clone(),
+                    counted: Counted::Refusing,
+                },
+                cap_reached,
+            ),
             Err(_) => Admission::Close,
+        }
+    }
+
+    /// A connection refused per address carries a proxy's forwarding header: the address is
+    /// most likely a reverse proxy missing from `trusted_proxies`. Logged once a minute at most.
+    fn proxy_refused(&self, peer: IpAddr) {
+        let now = self.started.elapsed().as_secs().saturating_add(1);
+        let last = self.proxy_warned.load(Ordering::SeqCst);
+        if (last == 0 || now >= last + 60)
+            && self
+                .proxy_warned
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            tracing::warn!(
+                peer = %peer,
+                max_per_address = self.max_per_address,
+                "connections from {peer} are refused past connections.max_per_address, and they carry X-Forwarded-For or Forwarded: if {peer} is your reverse proxy, list it in trusted_proxies"
+            );
         }
     }
 
@@ -215,7 +243,8 @@ impl Edge {
 
 enum Admission {
     Serve(Slot),
-    Refuse(Slot),
+    /// Answered 503, past the cap named.
+    Refuse(Slot, &'static str),
     Close,
 }
 
@@ -551,7 +580,8 @@ struct ConnCtx {
     edge: Arc<Edge>,
     peer: SocketAddr,
     stop: CancellationToken,
-    refusing: bool,
+    /// Past which cap this connection is only answered 503; `None`: served.
+    refused: Option<&'static str>,
 }
 
 async fn handle(
@@ -561,7 +591,14 @@ async fn handle(
     ctx.conn.begin();
     let busy = Busy(ctx.conn.clone());
     let reserved = is_health(request.uri().path());
-    let refusal = if ctx.refusing && !reserved {
+    if ctx.refused == Some("max_per_address")
+        && !reserved
+        && (request.headers().contains_key("x-forwarded-for")
+            || request.headers().contains_key(header::FORWARDED))
+    {
+        ctx.edge.proxy_refused(ctx.peer.ip());
+    }
+    let refusal = if ctx.refused.is_some() && !reserved {
         Some(unavailable(
             "too_many_connections",
             "This server holds as many connections as it may; try again shortly",
@@ -656,9 +693,9 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let (slot, refusing) = match edge.admit(peer.ip()) {
-                        Admission::Serve(slot) => (slot, false),
-                        Admission::Refuse(slot) => (slot, true),
+                    let (slot, refused) = match edge.admit(peer.ip()) {
+                        Admission::Serve(slot) => (slot, None),
+                        Admission::Refuse(slot, cap) => (slot, Some(cap)),
                         Admission::Close => continue,
                     };
                     no_delay(&stream);
@@ -668,7 +705,7 @@ pub async fn serve(
                         edge: edge.clone(),
                         peer,
                         stop: stop.clone(),
-                        refusing,
+                        refused,
                     });
                     connections.spawn(connection(stream, ctx, slot));
                 }
@@ -723,7 +760,7 @@ async fn connection(stream: TcpStream, ctx: Arc<ConnCtx>, slot: Slot) {
         () = stop.cancelled() => return,
     }
     let io = TokioIo::new(Timed::new(stream, ctx.conn.clone(), ctx.edge.clone()));
-    let refusing = ctx.refusing;
+    let refusing = ctx.refused.is_some();
     let service = hyper::service::service_fn(move |request| handle(request, ctx.clone()));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(!refusing);
@@ -810,11 +847,11 @@ mod tests {
         let two = edge.admit(a);
         assert!(matches!(one, Admission::Serve(_)) && matches!(two, Admission::Serve(_)));
         let third_from_a = edge.admit(a);
-        assert!(matches!(third_from_a, Admission::Refuse(_)), "per address");
+        assert!(matches!(third_from_a, Admission::Refuse(..)), "per address");
         let from_b = edge.admit(b);
         assert!(matches!(from_b, Admission::Serve(_)));
         let past_total = edge.admit(b);
-        assert!(matches!(past_total, Admission::Refuse(_)), "in total");
+        assert!(matches!(past_total, Admission::Refuse(..)), "in total");
         assert_eq!(edge.stats().served, 3);
         assert_eq!(edge.stats().refusing, 2);
         drop((one, third_from_a, past_total));
@@ -833,7 +870,7 @@ mod tests {
         let held: Vec<_> = (0..2).map(|_| edge.admit(proxy)).collect();
         assert!(held.iter().all(|a| matches!(a, Admission::Serve(_))));
         let refusing: Vec<_> = (0..REFUSING).map(|_| edge.admit(proxy)).collect();
-        assert!(refusing.iter().all(|a| matches!(a, Admission::Refuse(_))));
+        assert!(refusing.iter().all(|a| matches!(a, Admission::Refuse(..))));
         assert!(
             matches!(edge.admit(proxy), Admission::Close),
             "beyond the refusing room"

@@ -35,6 +35,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for default in &config.development_defaults {
         tracing::warn!("DEVELOPMENT DEFAULT in force: {default}");
     }
+    if config.issuer.is_https() && config.trusted_proxies.is_empty() {
+        tracing::warn!(
+            "issuer is https but trusted_proxies is empty: if a TLS proxy forwards to this server, every client arrives from its address, so the per-address rate limits and connections.max_per_address ({}) apply to all clients together; list the proxy's address in trusted_proxies",
+            config.connections.max_per_address
+        );
+    }
     let bind = config.bind;
     let shutdown = shutdown_signal();
     crate::edge::raise_open_files(&config);

@@ -183,15 +183,40 @@ fn silent_trickling_idle_and_slow_body_connections_are_cut_off() {
     assert_eq!(timeouts("body"), 1.0);
 }
 
+/// A connection to `port` from the loopback address `from` (127.0.0.2 and so on are loopback
+/// too, and are other clients to the server).
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{from}:0").parse().expect("address"))
+            .expect("bind");
+        socket
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect")
+    });
+    let stream = stream.into_std().expect("std");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+}
+
 #[test]
-fn past_the_connection_cap_new_connections_get_503_and_health_still_answers() {
+fn past_the_connection_caps_new_connections_get_503_and_health_still_answers() {
     let cwd = TempDir::new().expect("tempdir");
     let (port, metrics) = (free_port(), free_port());
     let _server = start(
         cwd.path(),
         port,
         &[
-            ("GATEHOUSE_CONNECTIONS__MAX", "3"),
+            ("GATEHOUSE_CONNECTIONS__MAX", "4"),
             ("GATEHOUSE_CONNECTIONS__MAX_PER_ADDRESS", "3"),
             ("GATEHOUSE_METRICS_BIND", &format!("127.0.0.1:{metrics}")),
         ],
@@ -207,17 +232,32 @@ fn past_the_connection_cap_new_connections_get_503_and_health_still_answers() {
         }
     }
 
-    // A fourth: 503 at once, with Retry-After, and closed.
+    // A fourth from the same address: 503 at once, with Retry-After, and closed. It came
+    // through a proxy (X-Forwarded-For), so the log says to list the proxy.
     let mut fourth = connect(port);
-    let (status, head, body) = get(&mut fourth, "/jwks.json").expect("an answer");
+    write!(
+        fourth,
+        "GET /jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+    )
+    .expect("write");
+    let (status, head, body) = read_answer(&mut fourth).expect("an answer");
     assert_eq!(status, 503, "{head}{body}");
     assert!(head.contains("retry-after: 1"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(error_code(&body), "too_many_connections");
     closed_within(&mut fourth, Duration::from_secs(20));
+    let log = std::fs::read_to_string(cwd.path().join("serve.log")).expect("log");
+    assert!(log.contains("list it in trusted_proxies"), "{log}");
 
-    // The health check is served past the cap.
-    let mut check = connect(port);
+    // Another address is served, up to the total.
+    let mut other = connect_from("127.0.0.2", port);
+    assert_eq!(get(&mut other, "/jwks.json").expect("answer").0, 200);
+    held.push(other);
+    let mut past_total = connect_from("127.0.0.3", port);
+    assert_eq!(get(&mut past_total, "/jwks.json").expect("answer").0, 503);
+
+    // The health check is served past the caps.
+    let mut check = connect_from("127.0.0.3", port);
     let (status, _, body) = get(&mut check, "/health").expect("an answer");
     assert_eq!(status, 200, "{body}");
 
@@ -225,13 +265,15 @@ fn past_the_connection_cap_new_connections_get_503_and_health_still_answers() {
     for c in &mut held {
         assert_eq!(get(c, "/jwks.json").expect("answer").0, 200);
     }
-    assert_eq!(metric(metrics, "gatehouse_connections_open"), 3.0);
-    assert!(
+    assert_eq!(metric(metrics, "gatehouse_connections_open"), 4.0);
+    let refused = |cap: &str| {
         metric(
             metrics,
-            "gatehouse_connections_refused_total{reason=\"max\"}"
-        ) >= 2.0
-    );
+            &format!("gatehouse_connections_refused_total{{reason=\"{cap}\"}}"),
+        )
+    };
+    assert!(refused("max_per_address") >= 1.0);
+    assert!(refused("max") >= 2.0);
 
     // One closes: its place comes back.
     drop(held.remove(0));
