@@ -470,3 +470,24 @@ fn a_stop_drains_health_first_then_exits_0() {
         "nothing listens after the stop"
     );
 }
+
+/// Ctrl-C stops the server the same clean way (the terminal's SIGINT).
+#[test]
+fn ctrl_c_stops_cleanly_too() {
+    let cwd = TempDir::new().expect("tempdir");
+    let port = free_port();
+    let mut server = start(cwd.path(), port, &[]);
+    let mut kept = connect(port);
+    assert_eq!(get(&mut kept, "/health").expect("answer").0, 200);
+    let child = server.take();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(exit_code(child), Some(0));
+    closed_within(&mut kept, Duration::from_secs(20));
+    let log = std::fs::read_to_string(cwd.path().join("serve.log")).expect("log");
+    assert!(log.contains("Ctrl-C received"), "{log}");
+    assert!(log.contains("Gatehouse stopped"), "{log}");
+}
