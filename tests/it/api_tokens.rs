@@ -13,6 +13,14 @@ fn shown_token(html: &str) -> String {
     html[at..at + html[at..].find('<').expect("end")].to_owned()
 }
 
+/// `name`, a new user, signed in in a browser of their own.
+async fn signed_in<'a>(app: &'a TestApp, name: &str) -> Agent<'a> {
+    app.add_user(name, PASSWORD, &["user"]).await;
+    let mut agent = Agent::new(app);
+    agent.sign_in("/login", name, PASSWORD).await;
+    agent
+}
+
 async fn create(agent: &mut Agent<'_>, fields: &[(&str, &str)]) -> TestResponse {
     let csrf = agent.get("/account").await.hidden("csrf");
     let mut all = vec![("csrf", csrf.as_str())];
@@ -26,9 +34,7 @@ async fn create(agent: &mut Agent<'_>, fields: &[(&str, &str)]) -> TestResponse 
 #[tokio::test]
 async fn a_token_from_the_account_page_calls_mcp_as_its_owner_until_revoked() {
     let app = TestApp::sqlite().await;
-    app.add_user("alice", PASSWORD, &["user"]).await;
-    let mut alice = Agent::new(&app);
-    alice.sign_in("/login", "alice", PASSWORD).await;
+    let mut alice = signed_in(&app, "alice").await;
 
     let res = create(
         &mut alice,
@@ -158,9 +164,7 @@ async fn a_credential_is_checked_as_what_its_form_says() {
 #[tokio::test]
 async fn a_token_carries_only_what_the_person_and_the_operator_allow() {
     let app = TestApp::sqlite().await;
-    app.add_user("alice", PASSWORD, &["user"]).await;
-    let mut alice = Agent::new(&app);
-    alice.sign_in("/login", "alice", PASSWORD).await;
+    let mut alice = signed_in(&app, "alice").await;
     let cases: [(&[(&str, &str)], &str); 5] = [
         (&[("name", ""), ("scope", "mcp")], "give the token a name"),
         (&[("name", "x")], "choose at least one scope"),
@@ -290,9 +294,7 @@ async fn a_tokens_scopes_follow_its_owners_roles_and_it_ends_when_it_expires() {
         );
     })
     .await;
-    app.add_user("alice", PASSWORD, &["user"]).await;
-    let mut alice = Agent::new(&app);
-    alice.sign_in("/login", "alice", PASSWORD).await;
+    let mut alice = signed_in(&app, "alice").await;
     let token = shown_token(
         &create(
             &mut alice,
@@ -362,10 +364,8 @@ async fn a_tokens_scopes_follow_its_owners_roles_and_it_ends_when_it_expires() {
 #[tokio::test]
 async fn nobody_revokes_anothers_token_or_grant_by_changing_an_id() {
     let app = TestApp::sqlite().await;
-    app.add_user("alice", PASSWORD, &["user"]).await;
     app.add_user("mallory", PASSWORD, &["user"]).await;
-    let mut alice = Agent::new(&app);
-    alice.sign_in("/login", "alice", PASSWORD).await;
+    let mut alice = signed_in(&app, "alice").await;
     let token = shown_token(
         &create(&mut alice, &[("name", "mine"), ("scope", "mcp")])
             .await
@@ -427,9 +427,7 @@ async fn nobody_revokes_anothers_token_or_grant_by_changing_an_id() {
 #[tokio::test]
 async fn a_token_that_cannot_be_checked_now_is_a_503_not_an_invalid_token() {
     let app = TestApp::sqlite().await;
-    app.add_user("alice", PASSWORD, &["user"]).await;
-    let mut alice = Agent::new(&app);
-    alice.sign_in("/login", "alice", PASSWORD).await;
+    let mut alice = signed_in(&app, "alice").await;
     let res = create(
         &mut alice,
         &[("name", "CI job"), ("scope", "mcp"), ("lifetime", "30")],
