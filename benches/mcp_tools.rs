@@ -50,16 +50,13 @@ async fn setup() -> (AppState, String, tempfile::TempDir) {
     let now = state.clock.now();
     state
         .store
-        .insert_user(&gatehouse::account::User {
-            id: "u_bench".into(),
-            username: gatehouse::account::Username::parse("bench").unwrap(),
-            password_hash: "unused".into(),
-            roles: vec!["user".into()],
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        })
+        .insert_user(&gatehouse::account::User::new(
+            "u_bench".into(),
+            gatehouse::account::Username::parse("bench").unwrap(),
+            "unused".into(),
+            vec!["user".into()],
+            now,
+        ))
         .await
         .unwrap();
     let grant = GrantRecord {

@@ -469,7 +469,7 @@ async fn sign_in_identity(
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| sanitize(&format!("{}-{}", identity.provider, identity.subject)));
     let rng = |_| AuthorizeError::Internal("random number generator failed".to_owned());
-    let id = format!("u_{}", random_token(16).map_err(rng)?);
+    let id = User::new_id().map_err(rng)?;
     let mut last = None;
     for attempt in 0..4 {
         let name = match attempt {
@@ -481,17 +481,8 @@ async fn sign_in_identity(
         let Ok(username) = Username::parse(&name) else {
             continue;
         };
-        let user = User {
-            id: id.clone(),
-            username,
-            // No password: this account signs in through its provider only.
-            password_hash: String::new(),
-            roles: Vec::new(),
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        };
+        // No password: this account signs in through its provider only.
+        let user = User::new(id.clone(), username, String::new(), Vec::new(), now);
         match state
             .store
             .sign_in_identity(identity, &user, roles, now)

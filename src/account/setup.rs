@@ -20,7 +20,7 @@ use super::login::begin_session;
 use super::session::{SessionData, tokens_match};
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
-use crate::domain::{Secret, User, Username, random_token};
+use crate::domain::{Secret, User, Username};
 use crate::oauth::error::AuthorizeError;
 use crate::pages::{self, SetupPage};
 use crate::routes;
@@ -236,18 +236,9 @@ async fn setup(
         }
     };
     let roles = first_admin_roles(&state.config);
-    let id = random_token(16)
+    let id = User::new_id()
         .map_err(|_| AuthorizeError::Internal("random number generator failed".to_owned()))?;
-    let user = User {
-        id: format!("u_{id}"),
-        username,
-        password_hash: hash,
-        roles: roles.clone(),
-        created_at: now,
-        password_changed_at: now,
-        signed_out_at: None,
-        locked_at: None,
-    };
+    let user = User::new(id, username, hash, roles.clone(), now);
     let link = Secret::presented(&form.token).hash();
     match state.store.first_admin(&link, &user, now).await? {
         FirstAdmin::Created => {}

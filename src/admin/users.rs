@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Action, Admin, Fields, answer, back, event, page, render, with_notice};
 use crate::audit;
-use crate::domain::{User, Username, random_token};
+use crate::domain::{User, Username};
 use crate::oauth::error::AuthorizeError;
 use crate::pages::{AdminPage, AdminUserRow};
 use crate::routes;
@@ -176,18 +176,9 @@ async fn add(state: &AppState, admin: Admin, fields: &Fields) -> Result<Response
     let Some(roles) = chosen_roles(state, fields) else {
         return Ok(back(routes::ADMIN, "unknown-role"));
     };
-    let id = random_token(16)
+    let id = User::new_id()
         .map_err(|_| AuthorizeError::Internal("random number generator failed".to_owned()))?;
-    let user = User {
-        id: format!("u_{id}"),
-        username,
-        password_hash: String::new(),
-        roles: roles.clone(),
-        created_at: now,
-        password_changed_at: now,
-        signed_out_at: None,
-        locked_at: None,
-    };
+    let user = User::new(id, username, String::new(), roles.clone(), now);
     match state.store.insert_user(&user).await {
         Ok(()) => {}
         Err(crate::store::StoreError::Conflict(_)) => {

@@ -8,7 +8,7 @@ use super::{ClientsCommand, GrantsCommand, TokensCommand, UsersCommand};
 use crate::account::{User, Username};
 use crate::audit::{self, AuditEvent};
 use crate::config::Config;
-use crate::domain::{ClientKind, RedirectPolicy, random_token};
+use crate::domain::{ClientKind, RedirectPolicy};
 use crate::oauth::register::{self, RegistrationRequest};
 use crate::password;
 use crate::store::{ProviderIdentity, Store, Unlinked};
@@ -196,20 +196,9 @@ async fn run_users(
                 );
             }
             let hash = password::hash(read_password()?).await?;
-            let id = format!(
-                "u_{}",
-                random_token(16).map_err(|_| anyhow::anyhow!("random number generator failed"))?
-            );
-            let user = User {
-                id,
-                username,
-                password_hash: hash,
-                roles: roles.clone(),
-                created_at: now,
-                password_changed_at: now,
-                signed_out_at: None,
-                locked_at: None,
-            };
+            let id =
+                User::new_id().map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+            let user = User::new(id, username, hash, roles.clone(), now);
             store.insert_user(&user).await.map_err(|e| match e {
                 crate::store::StoreError::Conflict(_) => {
                     anyhow::anyhow!("a user named {name:?} already exists")

@@ -63,6 +63,32 @@ pub struct User {
 }
 
 impl User {
+    /// A new account created at `now`: never signed out, not locked. `password_hash` is empty
+    /// for one that signs in only through an identity provider or has yet to choose a password.
+    pub fn new(
+        id: String,
+        username: Username,
+        password_hash: String,
+        roles: Vec<String>,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            username,
+            password_hash,
+            roles,
+            created_at: now,
+            password_changed_at: now,
+            signed_out_at: None,
+            locked_at: None,
+        }
+    }
+
+    /// A new opaque user id: `u_` and 128 random bits.
+    pub fn new_id() -> Result<String, ring::error::Unspecified> {
+        Ok(format!("u_{}", super::random_token(16)?))
+    }
+
     /// Whether a browser session that signed in at `at` (unix seconds) still counts: not if
     /// the password changed, or the operator signed the user out everywhere, after it, nor
     /// while the account is locked.

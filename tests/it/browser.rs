@@ -315,18 +315,15 @@ async fn a_person_signs_in_and_consents_in_headless_chromium() {
     let now = time::OffsetDateTime::now_utc();
     state
         .store
-        .insert_user(&gatehouse::account::User {
-            id: "u_alice".into(),
-            username: gatehouse::account::Username::parse("alice").expect("name"),
-            password_hash: gatehouse::password::hash("correct horse battery".into())
+        .insert_user(&gatehouse::account::User::new(
+            "u_alice".into(),
+            gatehouse::account::Username::parse("alice").expect("name"),
+            gatehouse::password::hash("correct horse battery".into())
                 .await
                 .expect("hash"),
-            roles: vec!["user".into()],
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        })
+            vec!["user".into()],
+            now,
+        ))
         .await
         .expect("user");
     let client_id =
@@ -563,18 +560,15 @@ async fn a_person_manages_apps_and_api_tokens_on_their_page_in_headless_chromium
     let now = time::OffsetDateTime::now_utc();
     state
         .store
-        .insert_user(&gatehouse::account::User {
-            id: "u_alice".into(),
-            username: gatehouse::account::Username::parse("alice").expect("name"),
-            password_hash: gatehouse::password::hash("correct horse battery".into())
+        .insert_user(&gatehouse::account::User::new(
+            "u_alice".into(),
+            gatehouse::account::Username::parse("alice").expect("name"),
+            gatehouse::password::hash("correct horse battery".into())
                 .await
                 .expect("hash"),
-            roles: vec!["user".into()],
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        })
+            vec!["user".into()],
+            now,
+        ))
         .await
         .expect("user");
     let client_id =
@@ -711,18 +705,15 @@ async fn the_first_admin_locks_a_user_and_retires_a_key_in_headless_chromium() {
 
     state
         .store
-        .insert_user(&gatehouse::account::User {
-            id: "u_alice".into(),
-            username: gatehouse::account::Username::parse("alice").expect("name"),
-            password_hash: gatehouse::password::hash("alices password".into())
+        .insert_user(&gatehouse::account::User::new(
+            "u_alice".into(),
+            gatehouse::account::Username::parse("alice").expect("name"),
+            gatehouse::password::hash("alices password".into())
                 .await
                 .expect("hash"),
-            roles: vec!["user".into()],
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        })
+            vec!["user".into()],
+            now,
+        ))
         .await
         .expect("user");
     driver.goto(&format!("{issuer}/admin")).await;

@@ -251,16 +251,13 @@ async fn apps_suite(store: &Store) {
     let now = datetime!(2026-12-01 12:00 UTC);
     for (id, name) in [("u_apps", "apps-person"), ("u_apps_other", "apps-other")] {
         store
-            .insert_user(&gatehouse::account::User {
-                id: id.into(),
-                username: gatehouse::account::Username::parse(name).expect("name"),
-                password_hash: "unused".into(),
-                roles: vec![],
-                created_at: now,
-                password_changed_at: now,
-                signed_out_at: None,
-                locked_at: None,
-            })
+            .insert_user(&gatehouse::account::User::new(
+                id.into(),
+                gatehouse::account::Username::parse(name).expect("name"),
+                "unused".into(),
+                vec![],
+                now,
+            ))
             .await
             .expect("user");
     }
@@ -426,15 +423,14 @@ async fn apps_suite(store: &Store) {
 async fn identities_suite(store: &Store) {
     use gatehouse::store::{ProviderIdentity, Unlinked};
     let now = datetime!(2026-11-30 12:00 UTC);
-    let person = |id: &str, name: &str, password: &str| gatehouse::account::User {
-        id: id.into(),
-        username: gatehouse::account::Username::parse(name).expect("name"),
-        password_hash: password.into(),
-        roles: vec![],
-        created_at: now,
-        password_changed_at: now,
-        signed_out_at: None,
-        locked_at: None,
+    let person = |id: &str, name: &str, password: &str| {
+        gatehouse::account::User::new(
+            id.into(),
+            gatehouse::account::Username::parse(name).expect("name"),
+            password.into(),
+            vec![],
+            now,
+        )
     };
     let identity = |subject: &str| ProviderIdentity {
         provider: "corp".into(),
@@ -514,16 +510,13 @@ async fn redemption_suite(store: &Store) {
     use gatehouse::store::{CodeRecord, CodeState, GrantRecord, NewRefresh};
     let now = datetime!(2026-11-30 12:00 UTC);
     store
-        .insert_user(&gatehouse::account::User {
-            id: "u_redeem".into(),
-            username: gatehouse::account::Username::parse("redeemer").expect("name"),
-            password_hash: "unused".into(),
-            roles: vec![],
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        })
+        .insert_user(&gatehouse::account::User::new(
+            "u_redeem".into(),
+            gatehouse::account::Username::parse("redeemer").expect("name"),
+            "unused".into(),
+            vec![],
+            now,
+        ))
         .await
         .expect("user");
     let grant = |id: &str| GrantRecord {
@@ -970,15 +963,14 @@ async fn links_and_locks_suite(store: &gatehouse::store::Store) {
     use gatehouse::store::FirstAdmin;
     let t0 = datetime!(2026-11-22 12:00 UTC);
     let hour = time::Duration::hours(1);
-    let user = |name: &str| gatehouse::account::User {
-        id: format!("u_link_{name}"),
-        username: gatehouse::account::Username::parse(name).expect("name"),
-        password_hash: String::new(),
-        roles: vec!["user".into()],
-        created_at: t0,
-        password_changed_at: t0,
-        signed_out_at: None,
-        locked_at: None,
+    let user = |name: &str| {
+        gatehouse::account::User::new(
+            format!("u_link_{name}"),
+            gatehouse::account::Username::parse(name).expect("name"),
+            String::new(),
+            vec!["user".into()],
+            t0,
+        )
     };
     // A setup link works while nobody exists; once someone does, it opens nothing.
     let setup = Secret::generate().expect("rng");

@@ -515,18 +515,15 @@ impl TestApp {
         roles: &[&str],
     ) -> gatehouse::account::User {
         let now = gatehouse::clock::Clock::now(self.clock.as_ref());
-        let user = gatehouse::account::User {
-            id: format!("u_{name}"),
-            username: gatehouse::account::Username::parse(name).expect("name"),
-            password_hash: gatehouse::password::hash(password.to_owned())
+        let user = gatehouse::account::User::new(
+            format!("u_{name}"),
+            gatehouse::account::Username::parse(name).expect("name"),
+            gatehouse::password::hash(password.to_owned())
                 .await
                 .expect("hash"),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            created_at: now,
-            password_changed_at: now,
-            signed_out_at: None,
-            locked_at: None,
-        };
+            roles.iter().map(|r| (*r).to_owned()).collect(),
+            now,
+        );
         self.state
             .store
             .insert_user(&user)
