@@ -59,27 +59,43 @@ pub async fn read(
     store.audit_events(filter, before, limit).await
 }
 
-/// Audits each grant in `ids`, revoked for `reason` by `by` (`operator` for the command line,
-/// else an admin's user name): its user and client where known. The number audited.
-pub async fn revoked_grants(
-    store: &Store,
+/// The events of each grant in `ids`, revoked for `reason` by `by` (`operator` for the
+/// command line, else a user name): its user and client where known.
+pub fn revoked_grant_events(
     ids: &[String],
     user_id: Option<&str>,
     client_id: Option<&str>,
     reason: &str,
     by: &str,
     now: time::OffsetDateTime,
-) -> Result<usize, StoreError> {
-    for id in ids {
-        let mut event = AuditEvent::new(
-            "grant.revoked",
-            now,
-            serde_json::json!({ "reason": reason, "by": by }),
-        );
-        event.grant_id = Some(id.clone());
-        event.subject = user_id.map(str::to_owned);
-        event.client_id = client_id.map(str::to_owned);
-        record(store, event).await?;
+) -> Vec<AuditEvent> {
+    ids.iter()
+        .map(|id| {
+            let mut event = AuditEvent::new(
+                "grant.revoked",
+                now,
+                serde_json::json!({ "reason": reason, "by": by }),
+            );
+            event.grant_id = Some(id.clone());
+            event.subject = user_id.map(str::to_owned);
+            event.client_id = client_id.map(str::to_owned);
+            event
+        })
+        .collect()
+}
+
+/// Records `events` together (one write, not one per event).
+pub async fn record_all(store: &Store, events: &[AuditEvent]) -> Result<(), StoreError> {
+    for event in events {
+        log(event);
     }
-    Ok(ids.len())
+    store.insert_audit_events(events).await
+}
+
+/// [`record_all`] for events of a change already committed: a failure is logged, and must not
+/// turn the completed change into an error the person would retry.
+pub async fn record_all_after_commit(store: &Store, events: &[AuditEvent]) {
+    if let Err(err) = record_all(store, events).await {
+        tracing::error!(error = %err, events = events.len(), "audit events lost: the database refused them");
+    }
 }

@@ -37,6 +37,11 @@ pub async fn new_link(
     user_id: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<String> {
+    if !config.local_login {
+        anyhow::bail!(
+            "password sign-in is off (local_login = false): a password set through a link could not be used"
+        );
+    }
     let secret =
         Secret::generate().map_err(|_| anyhow::anyhow!("random number generator failed"))?;
     store
@@ -216,16 +221,8 @@ async fn reset(
         state.revocations.revoke_grant(grant, now);
     }
     let reason = "password set through a reset link";
-    audit::revoked_grants(
-        &state.store,
-        &revoked,
-        Some(&user_id),
-        None,
-        reason,
-        &username,
-        now,
-    )
-    .await?;
+    let mut events =
+        audit::revoked_grant_events(&revoked, Some(&user_id), None, reason, &username, now);
     let mut event = AuditEvent::new(
         "user.password_set",
         now,
@@ -233,7 +230,8 @@ async fn reset(
     );
     event.subject = Some(user_id);
     event.ip = ip.map(|i| i.to_string());
-    audit::record(&state.store, event).await?;
+    events.push(event);
+    audit::record_all_after_commit(&state.store, &events).await;
     Ok(pages::render(
         StatusCode::OK,
         &MessagePage {

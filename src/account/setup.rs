@@ -251,7 +251,7 @@ async fn setup(
     );
     event.subject = Some(user.id.clone());
     event.ip = ip.map(|i| i.to_string());
-    audit::record(&state.store, event).await?;
+    audit::record_after_commit(&state.store, event).await;
     tracing::info!(username = %user.username, "the first admin was created through a setup link");
     begin_session(session, &mut data, &user, now).await?;
     Ok(pages::render(

@@ -109,7 +109,11 @@ async fn filter(
     };
     let until = match text(&q.until) {
         Some(s) => match day(&s) {
-            Some(at) => Some(at + Duration::days(1)),
+            // The day's end: the last day `time` knows has none.
+            Some(at) => match at.checked_add(Duration::days(1)) {
+                Some(end) => Some(end),
+                None => return Ok(Err("through: a day before 9999-12-31".to_owned())),
+            },
             None => return Ok(Err("through: a day as YYYY-MM-DD".to_owned())),
         },
         None => None,

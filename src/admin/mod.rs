@@ -240,6 +240,10 @@ pub fn notice_text(code: &str) -> Option<(&'static str, bool)> {
             true,
         ),
         "unknown-role" => ("That role is not configured. Nothing changed.", true),
+        "no-password-sign-in" => (
+            "Password sign-in is off on this server (local_login = false): people sign in through an identity provider, so there is no password to choose.",
+            true,
+        ),
         "no-such-user" => ("There is no such user (removed meanwhile?).", true),
         "no-such-client" => ("There is no such client (removed meanwhile?).", true),
         "checked" => ("Each upstream was contacted just now.", false),

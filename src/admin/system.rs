@@ -3,7 +3,7 @@
 //! `/admin/upstreams` (gateway mode's upstream MCP servers, their live sessions, and a check that
 //! contacts each now).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde_json::json;
 
@@ -22,7 +22,7 @@ use crate::state::AppState;
 pub async fn clients_get(
     State(state): State<AppState>,
     mut admin: Admin,
-    Query(q): Query<NoticeQuery>,
+    q: NoticeQuery,
 ) -> Response {
     let result = async {
         let mut page = page(&state, &mut admin, "clients")?;
@@ -80,16 +80,8 @@ pub async fn client_remove_post(
             state.revocations.revoke_grant(grant, now);
         }
         let by = admin.user.username.as_str();
-        audit::revoked_grants(
-            &state.store,
-            &revoked,
-            None,
-            Some(client_id),
-            reason,
-            by,
-            now,
-        )
-        .await?;
+        let mut events =
+            audit::revoked_grant_events(&revoked, None, Some(client_id), reason, by, now);
         let mut audited = event(
             &admin.user,
             "client.removed",
@@ -97,7 +89,8 @@ pub async fn client_remove_post(
             json!({ "grants_revoked": revoked.len() }),
         );
         audited.client_id = Some(client_id.to_owned());
-        audit::record(&state.store, audited).await?;
+        events.push(audited);
+        audit::record_all_after_commit(&state.store, &events).await;
         Ok(back(routes::ADMIN_CLIENTS, "client-removed"))
     }
     .await;
@@ -105,11 +98,7 @@ pub async fn client_remove_post(
 }
 
 /// `GET /admin/keys`
-pub async fn keys_get(
-    State(state): State<AppState>,
-    mut admin: Admin,
-    Query(q): Query<NoticeQuery>,
-) -> Response {
+pub async fn keys_get(State(state): State<AppState>, mut admin: Admin, q: NoticeQuery) -> Response {
     let result = async {
         let mut page = page(&state, &mut admin, "keys")?;
         with_notice(&mut page, q.notice());
@@ -303,7 +292,7 @@ async fn upstreams_page(
 pub async fn upstreams_get(
     State(state): State<AppState>,
     admin: Admin,
-    Query(q): Query<NoticeQuery>,
+    q: NoticeQuery,
 ) -> Response {
     answer(
         &state,

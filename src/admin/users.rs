@@ -14,9 +14,15 @@ use crate::pages::{AdminPage, AdminUserRow};
 use crate::routes;
 use crate::state::AppState;
 
-/// `?notice=` of an admin page.
-#[derive(Debug, Deserialize)]
+/// `?notice=` of an admin page. An extractor that never refuses: a query that does not read
+/// (a hand-edited link) is no notice, not axum's plain-text 400.
+#[derive(Debug, Default)]
 pub struct NoticeQuery {
+    notice: String,
+}
+
+#[derive(Deserialize)]
+struct NoticeFields {
     #[serde(default)]
     notice: String,
 }
@@ -25,6 +31,20 @@ impl NoticeQuery {
     /// The notice's code.
     pub fn notice(&self) -> &str {
         &self.notice
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoticeQuery {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let notice = Query::<NoticeFields>::try_from_uri(&parts.uri)
+            .map(|Query(fields)| fields.notice)
+            .unwrap_or_default();
+        Ok(Self { notice })
     }
 }
 
@@ -87,11 +107,7 @@ async fn users_page(
 }
 
 /// `GET /admin`
-pub async fn users_get(
-    State(state): State<AppState>,
-    admin: Admin,
-    Query(q): Query<NoticeQuery>,
-) -> Response {
+pub async fn users_get(State(state): State<AppState>, admin: Admin, q: NoticeQuery) -> Response {
     let shown = Shown {
         notice: q.notice,
         ..Shown::default()
@@ -146,7 +162,9 @@ async fn user_action(
         UserAction::Unlock => unlock(state, &admin, &user).await,
         UserAction::Remove => remove(state, &admin, &user, &fields).await,
         UserAction::ResetLink => {
-            let link = reset_link(state, &admin, &user).await?;
+            let Some(link) = reset_link(state, &admin, &user).await? else {
+                return Ok(back(routes::ADMIN, "no-password-sign-in"));
+            };
             let shown = Shown {
                 link: Some((user.username.as_str().to_owned(), link)),
                 ..Shown::default()
@@ -197,7 +215,7 @@ async fn add(state: &AppState, admin: Admin, fields: &Fields) -> Result<Response
     audit::record(&state.store, audited).await?;
     let link = reset_link(state, &admin, &user).await?;
     let shown = Shown {
-        link: Some((user.username.as_str().to_owned(), link)),
+        link: link.map(|link| (user.username.as_str().to_owned(), link)),
         ..Shown::default()
     };
     users_page(state, admin, shown).await
@@ -296,11 +314,12 @@ async fn ended(
     }
     state.users.forget(&user.id);
     let by = admin.user.username.as_str();
-    audit::revoked_grants(&state.store, revoked, Some(&user.id), None, reason, by, now).await?;
+    let mut events = audit::revoked_grant_events(revoked, Some(&user.id), None, reason, by, now);
     let detail = json!({ "username": user.username.as_str(), "grants_revoked": revoked.len() });
     let mut audited = event(&admin.user, kind, now, detail);
     audited.subject = Some(user.id.clone());
-    audit::record(&state.store, audited).await?;
+    events.push(audited);
+    audit::record_all_after_commit(&state.store, &events).await;
     Ok(())
 }
 
@@ -326,12 +345,16 @@ async fn remove(
     Ok(back(routes::ADMIN, "removed"))
 }
 
-/// A new link where `user` chooses a password (their earlier links stop working), audited.
+/// A new link where `user` chooses a password (their earlier links stop working), audited;
+/// none while password sign-in is off (`local_login = false`): nobody could use the password.
 async fn reset_link(
     state: &AppState,
     admin: &Admin,
     user: &User,
-) -> Result<String, AuthorizeError> {
+) -> Result<Option<String>, AuthorizeError> {
+    if !state.config.local_login {
+        return Ok(None);
+    }
     let now = state.clock.now();
     let link = crate::account::reset::new_link(&state.config, &state.store, &user.id, now)
         .await
@@ -344,5 +367,5 @@ async fn reset_link(
     );
     audited.subject = Some(user.id.clone());
     audit::record(&state.store, audited).await?;
-    Ok(link)
+    Ok(Some(link))
 }

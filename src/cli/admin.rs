@@ -479,7 +479,9 @@ async fn audit_revoked(
     reason: &str,
     now: time::OffsetDateTime,
 ) -> anyhow::Result<usize> {
-    Ok(audit::revoked_grants(store, ids, user_id, client_id, reason, "operator", now).await?)
+    let events = audit::revoked_grant_events(ids, user_id, client_id, reason, "operator", now);
+    audit::record_all(store, &events).await?;
+    Ok(events.len())
 }
 
 /// `gatehouse tokens revoke --user NAME | --client ID`

@@ -241,12 +241,8 @@ impl Report {
 
 /// Whether `host` is a loopback name or address (where plain http is allowed, RFC 8252 §8.3).
 fn loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
+    url.host()
+        .is_some_and(|host| crate::domain::is_loopback_host(&host))
 }
 
 /// The parameters of a `Bearer` challenge (RFC 6750 §3), or `None` if it is not one.

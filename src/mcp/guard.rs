@@ -329,9 +329,11 @@ impl Guard {
                         TokenRejection::Expired
                             | TokenRejection::NotYetValid
                             | TokenRejection::Revoked
-                            | TokenRejection::Unavailable
                     )
                 );
+                // A token that could not be checked (the database did not answer) was not
+                // shown to be ours: it spends the budget, so forged ones cannot flood a
+                // struggling database unbounded.
                 let budget = ip
                     .filter(|_| !genuine)
                     .map(|ip| self.state.limits.mcp_unauthenticated(ip));

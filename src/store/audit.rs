@@ -122,6 +122,16 @@ impl Store {
         self.append(audit_insert(event)).await
     }
 
+    /// Appends `events` together: one write per thousand (a statement's parameters are
+    /// bounded on PostgreSQL), not one per event.
+    pub async fn insert_audit_events(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        for chunk in events.chunks(1000) {
+            self.append_all(chunk.iter().map(audit_insert).collect())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The newest events first that `filter` lets through, at most `limit`, older than `before`
     /// (an id) for paging.
     pub async fn audit_events(

@@ -581,6 +581,15 @@ async fn the_audit_log_filters_pages_and_exports() {
     assert!(before.contains("No events match"));
     let bad = admin.get("/admin/audit?since=yesterday").await;
     assert!(bad.text().contains("The filter does not read"));
+    // A notice repeated by hand is no notice, not a plain-text 400.
+    assert_eq!(
+        admin.get("/admin?notice=a&notice=b").await.status,
+        StatusCode::OK
+    );
+    // The last day there is has no end to count to: told, not a 500.
+    let last = admin.get("/admin/audit?until=9999-12-31").await;
+    assert_eq!(last.status, StatusCode::OK);
+    assert!(last.text().contains("The filter does not read"));
     // A page link edited by hand is told apart on the page, and in the export as a JSON error.
     let bad = admin.get("/admin/audit?before=abc").await;
     assert_eq!(bad.status, StatusCode::OK);
