@@ -315,9 +315,7 @@ async fn locking_ends_a_persons_access_until_they_are_unlocked() {
         &[("name", "script"), ("scope", "mcp"), ("lifetime", "30")],
     )
     .await;
-    let html = created.text();
-    let at = html.find("<code class=\"secret\">").expect("token") + 21;
-    let api_token = html[at..at + html[at..].find('<').expect("end")].to_owned();
+    let api_token = crate::support::shown_token(&created.text());
     assert_eq!(whoami(&app, &access).await.status, StatusCode::OK);
     assert_eq!(whoami(&app, &api_token).await.status, StatusCode::OK);
 

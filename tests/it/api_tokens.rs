@@ -5,13 +5,7 @@
 use axum::http::StatusCode;
 
 use crate::support::mcp::{access_token, message, whoami};
-use crate::support::{Agent, PASSWORD, TestApp, TestResponse};
-
-/// The token shown on the page after creating one.
-fn shown_token(html: &str) -> String {
-    let at = html.find("<code class=\"secret\">").expect("the new token") + 21;
-    html[at..at + html[at..].find('<').expect("end")].to_owned()
-}
+use crate::support::{Agent, PASSWORD, TestApp, TestResponse, shown_token};
 
 /// `name`, a new user, signed in in a browser of their own.
 async fn signed_in<'a>(app: &'a TestApp, name: &str) -> Agent<'a> {

@@ -635,8 +635,7 @@ async fn a_person_manages_apps_and_api_tokens_on_their_page_in_headless_chromium
     driver.type_into("#token-name", "laptop script").await;
     driver.click("form[action='/account/tokens'] button").await;
     let html = driver.wait_for_text("<code class=\"secret\">").await;
-    let at = html.find("<code class=\"secret\">").expect("the new token") + 21;
-    let token = html[at..at + html[at..].find('<').expect("end")].to_owned();
+    let token = crate::support::shown_token(&html);
     assert!(token.starts_with("gh_pat_"), "{token}");
     let token_shot = driver.screenshot("account-with-token.png").await;
     let (status, body) = mcp_over_http(&issuer, &token, "tools/list", json!({})).await;
@@ -762,7 +761,7 @@ async fn the_first_admin_locks_a_user_and_retires_a_key_in_headless_chromium() {
         .await;
     let html = driver.source().await;
     assert!(
-        html.contains("user.locked") && html.contains(r#""by":"root""#),
+        html.contains("<td>user.locked</td>") && html.contains(r#""by":"root""#),
         "{html}"
     );
     let audit_shot = driver.screenshot("admin-audit.png").await;

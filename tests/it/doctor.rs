@@ -245,12 +245,24 @@ async fn the_doctor_passes_gatehouse_and_names_each_broken_deployment() {
         *proxy.mode.lock().expect("mode") = mode;
         let (ok, out) = doctor(cwd.path(), &[&mcp, "--no-register"], None).await;
         assert!(!ok, "{mode:?} must fail: {out}");
-        let line = out
-            .lines()
-            .find(|l| l.starts_with("FAIL") && l.contains(says))
+        // The FAIL line itself, then the clients it breaks and its fix, right under it (a WARN
+        // elsewhere has a fix too, so the whole output would not tell).
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("FAIL") && l.contains(says))
             .unwrap_or_else(|| panic!("{mode:?}: no FAIL line with {says:?}: {out}"));
-        assert!(out.contains("breaks: Claude.ai"), "{mode:?}: {line}\n{out}");
-        assert!(out.contains("fix: "), "{out}");
+        let line = lines[at];
+        let (breaks, fix) = (lines.get(at + 1), lines.get(at + 2));
+        assert!(
+            breaks
+                .is_some_and(|b| b.trim_start().starts_with("breaks: ") && b.contains("Claude.ai")),
+            "{mode:?}: {line}\n{out}"
+        );
+        assert!(
+            fix.is_some_and(|f| f.trim_start().starts_with("fix: ")),
+            "{out}"
+        );
         assert!(out.contains("Would fail for:"), "{out}");
     }
     *proxy.mode.lock().expect("mode") = Break::TrailingSlashIssuer;

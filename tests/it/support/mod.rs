@@ -646,3 +646,10 @@ where
 pub fn kid_of(jwt: &str) -> String {
     jwt_part(jwt, 0)["kid"].as_str().expect("kid").to_owned()
 }
+
+/// The secret a page shows once (an API token just created): the text of its
+/// `<code class="secret">`.
+pub fn shown_token(html: &str) -> String {
+    let at = html.find("<code class=\"secret\">").expect("the new token") + 21;
+    html[at..at + html[at..].find('<').expect("end")].to_owned()
+}

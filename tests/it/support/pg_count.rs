@@ -88,8 +88,6 @@ async fn relay(client: TcpStream, server: TcpStream, counted: Arc<Mutex<Counted>
                 if client_read.read_exact(&mut body).await.is_err() {
                     break;
                 }
-                server_write.write_u8(kind).await.ok();
-                server_write.write_u32(len).await.ok();
                 (kind, body)
             } else {
                 // The startup message has no type byte.
@@ -100,47 +98,60 @@ async fn relay(client: TcpStream, server: TcpStream, counted: Arc<Mutex<Counted>
                 if client_read.read_exact(&mut body).await.is_err() {
                     break;
                 }
-                server_write.write_u32(len).await.ok();
                 started = true;
                 (0, body)
             };
-            if server_write.write_all(&body).await.is_err() {
-                break;
-            }
+            // Counted before it is passed on: the server's answer, and so the test's next
+            // step, can only come after.
             let text = |bytes: &[u8]| {
                 let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
                 (String::from_utf8_lossy(&bytes[..end]).into_owned(), end + 1)
             };
-            let mut c = counted.lock().expect("counted");
-            match kind {
-                b'Q' => {
-                    let (sql, _) = text(&body);
-                    c.round_trips += 1;
-                    executed(&mut c, &sql, in_transaction.load(Ordering::SeqCst));
+            {
+                let mut c = counted.lock().expect("counted");
+                match kind {
+                    b'Q' => {
+                        let (sql, _) = text(&body);
+                        c.round_trips += 1;
+                        executed(&mut c, &sql, in_transaction.load(Ordering::SeqCst));
+                    }
+                    b'P' => {
+                        let (name, at) = text(&body);
+                        let (sql, _) = text(&body[at..]);
+                        statements.insert(name, sql);
+                    }
+                    b'B' => {
+                        let (portal, at) = text(&body);
+                        let (statement, _) = text(&body[at..]);
+                        let sql = statements.get(&statement).cloned().unwrap_or_default();
+                        portals.insert(portal, sql);
+                    }
+                    b'E' => {
+                        let (portal, _) = text(&body);
+                        let sql = portals.get(&portal).cloned().unwrap_or_default();
+                        executed(&mut c, &sql, in_transaction.load(Ordering::SeqCst));
+                        executes_since_sync += 1;
+                    }
+                    b'S' if executes_since_sync > 0 => {
+                        c.round_trips += 1;
+                        executes_since_sync = 0;
+                    }
+                    b'S' => c.prepares += 1,
+                    _ => {}
                 }
-                b'P' => {
-                    let (name, at) = text(&body);
-                    let (sql, _) = text(&body[at..]);
-                    statements.insert(name, sql);
-                }
-                b'B' => {
-                    let (portal, at) = text(&body);
-                    let (statement, _) = text(&body[at..]);
-                    let sql = statements.get(&statement).cloned().unwrap_or_default();
-                    portals.insert(portal, sql);
-                }
-                b'E' => {
-                    let (portal, _) = text(&body);
-                    let sql = portals.get(&portal).cloned().unwrap_or_default();
-                    executed(&mut c, &sql, in_transaction.load(Ordering::SeqCst));
-                    executes_since_sync += 1;
-                }
-                b'S' if executes_since_sync > 0 => {
-                    c.round_trips += 1;
-                    executes_since_sync = 0;
-                }
-                b'S' => c.prepares += 1,
-                _ => {}
+            }
+            let mut frame = Vec::with_capacity(body.len() + 5);
+            if kind != 0 {
+                frame.push(kind);
+            }
+            frame.extend_from_slice(
+                &u32::try_from(body.len() + 4)
+                    .unwrap_or(u32::MAX)
+                    .to_be_bytes(),
+            );
+            frame.extend_from_slice(&body);
+            if server_write.write_all(&frame).await.is_err() {
+                break;
             }
         }
     };
