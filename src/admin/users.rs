@@ -72,14 +72,13 @@ async fn users_page(
         page.problem = Some(problem.to_owned());
     }
     let mut sources = state.store.all_role_sources().await?;
+    let mut providers = state.store.providers_by_user().await?;
     for user in state.store.users().await? {
         let mut ways: Vec<String> = Vec::new();
         if !user.password_hash.is_empty() {
             ways.push("a password".to_owned());
         }
-        for linked in state.store.identities_of(&user.id).await? {
-            ways.push(linked.identity.provider);
-        }
+        ways.extend(providers.remove(&user.id).unwrap_or_default());
         let ways = if ways.is_empty() {
             "no way to sign in yet".to_owned()
         } else {

@@ -234,6 +234,24 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Every user's providers, one entry per linked account: one query for a page that lists
+    /// everyone (not one per user).
+    pub async fn providers_by_user(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT user_id, provider FROM identities ORDER BY provider, issuer, subject",
+        )
+        .fetch_all(&mut *self.reader().await?)
+        .await?;
+        let mut by_user: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for (user_id, provider) in rows {
+            by_user.entry(user_id).or_default().push(provider);
+        }
+        Ok(by_user)
+    }
+
     /// The identities linked to `user_id`, by provider.
     pub async fn identities_of(&self, user_id: &str) -> Result<Vec<LinkedIdentity>, StoreError> {
         let rows: Vec<IdentityRow> = sqlx::query_as(

@@ -230,26 +230,8 @@ impl Store {
         user_id: &str,
         at: OffsetDateTime,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        let mut conn = self.writer().await?;
-        let mut tx = conn.begin().await?;
-        let locked =
-            sqlx::query("UPDATE users SET locked_at = $2, signed_out_at = $2 WHERE user_id = $1")
-                .bind(user_id)
-                .bind(at.unix_timestamp())
-                .execute(&mut *tx)
-                .await?;
-        if locked.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        sqlx::query("DELETE FROM consents WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        let revoked =
-            super::grants::end_grants_and_codes(&mut tx, Some(user_id), None, "locked", at).await?;
-        tx.commit().await?;
-        Ok(Some(revoked))
+        self.end_all_of(user_id, "locked_at = $2, signed_out_at = $2", "locked", at)
+            .await
     }
 
     /// Unlocks `user_id`; false when there is no such user.
@@ -306,13 +288,33 @@ impl Store {
         reason: &str,
         at: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError> {
+        let ended = self
+            .end_all_of(user_id, "signed_out_at = $2", reason, at)
+            .await?;
+        Ok(ended.unwrap_or_default())
+    }
+
+    /// In one transaction: sets `set` (an assignment of the fixed statements above, `$2` the
+    /// time) on `user_id`, forgets their consents and ends their grants and codes for `reason`.
+    /// `None` when there is no such user (nothing changed).
+    async fn end_all_of(
+        &self,
+        user_id: &str,
+        set: &'static str,
+        reason: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query("UPDATE users SET signed_out_at = $2 WHERE user_id = $1")
+        let changed = sqlx::query(&format!("UPDATE users SET {set} WHERE user_id = $1"))
             .bind(user_id)
             .bind(at.unix_timestamp())
             .execute(&mut *tx)
             .await?;
+        if changed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         sqlx::query("DELETE FROM consents WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
@@ -320,7 +322,7 @@ impl Store {
         let revoked =
             super::grants::end_grants_and_codes(&mut tx, Some(user_id), None, reason, at).await?;
         tx.commit().await?;
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 
     /// The failed-sign-in record of `key`.
