@@ -195,8 +195,6 @@ async fn a_token_carries_only_what_the_person_and_the_operator_allow() {
 /// standard output, listed without its secret, and revoked by id.
 #[test]
 fn an_admin_creates_lists_and_revokes_a_token_from_the_command_line() {
-    use std::io::Write;
-    use std::process::Stdio;
     let cwd = tempfile::TempDir::new().expect("tempdir");
     let run = |args: &[&str]| {
         crate::support::process::gatehouse(cwd.path())
@@ -204,14 +202,11 @@ fn an_admin_creates_lists_and_revokes_a_token_from_the_command_line() {
             .output()
             .expect("run")
     };
-    let mut child = crate::support::process::gatehouse(cwd.path())
-        .args(["users", "add", "bob", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("users add");
-    writeln!(child.stdin.take().expect("stdin"), "{PASSWORD}").expect("write");
-    assert!(child.wait().expect("wait").success());
+    crate::support::process::add_user(
+        crate::support::process::gatehouse(cwd.path()),
+        "bob",
+        PASSWORD,
+    );
 
     let out = run(&[
         "tokens",

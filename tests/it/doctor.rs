@@ -150,20 +150,7 @@ async fn the_doctor_passes_gatehouse_and_names_each_broken_deployment() {
     let cwd = tempfile::TempDir::new().expect("tempdir");
     let (port, proxy_port) = (free_port(), free_port());
     let front = format!("http://127.0.0.1:{proxy_port}");
-    let adding = gatehouse(cwd.path())
-        .args(["users", "add", "alice", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(b"correct horse battery\n")?;
-            c.wait()
-        })
-        .expect("users add");
-    assert!(adding.success());
+    crate::support::process::add_user(gatehouse(cwd.path()), "alice", "correct horse battery");
     // Gatehouse behind the proxy: its issuer is the proxy's address.
     let mut server = Running(Some(
         gatehouse(cwd.path())

@@ -367,13 +367,7 @@ async fn sigterm_during_a_burst_of_refreshes_loses_no_refresh() {
     // A rotated token is refused after 1 s: a refresh the server made but never answered
     // would break its chain after the restart.
     let settings = [("GATEHOUSE_REFRESH_GRACE_PERIOD", "1")];
-    let mut add = gatehouse(cwd.path());
-    add.args(["users", "add", "alice", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
-    let mut adding = add.spawn().expect("users add");
-    writeln!(adding.stdin.take().expect("stdin"), "{PASSWORD}").expect("write");
-    assert!(adding.wait().expect("wait").success());
+    crate::support::process::add_user(gatehouse(cwd.path()), "alice", PASSWORD);
     let mut server = tokio::task::block_in_place(|| start(cwd.path(), port, &settings));
 
     let client_id = register_over_http(&base, "Claude", CALLBACK).await;

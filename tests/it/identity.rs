@@ -314,8 +314,6 @@ async fn without_local_login_only_the_provider_is_offered() {
 /// to a user, it cannot be linked twice, `users list` shows it, and it is unlinked again.
 #[test]
 fn an_admin_links_and_unlinks_a_provider_account_from_the_command_line() {
-    use std::io::Write;
-    use std::process::Stdio;
     let cwd = tempfile::TempDir::new().expect("tempdir");
     std::fs::write(
         cwd.path().join("gatehouse.toml"),
@@ -331,20 +329,8 @@ fn an_admin_links_and_unlinks_a_provider_account_from_the_command_line() {
         cmd.output().expect("run")
     };
     let mut add = crate::support::process::gatehouse(cwd.path());
-    let mut child = add
-        .env("CORP_SECRET", "s3cret")
-        .args(["users", "add", "bob", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("users add");
-    writeln!(
-        child.stdin.take().expect("stdin"),
-        "{}",
-        crate::support::PASSWORD
-    )
-    .expect("write");
-    assert!(child.wait().expect("wait").success());
+    add.env("CORP_SECRET", "s3cret");
+    crate::support::process::add_user(add, "bob", crate::support::PASSWORD);
 
     let link = [
         "users",

@@ -288,17 +288,8 @@ async fn two_instances_on_one_postgres_behave_as_one() {
     // The operator adds a user with the CLI against the same database.
     let cwd = TempDir::new().expect("tempdir");
     let mut add = gatehouse(cwd.path());
-    add.args(["users", "add", "alice", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
     configure(&mut add, &issuer, &db);
-    let mut child = add.spawn().expect("users add");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(stdin, "{PASSWORD}").expect("write");
-    }
-    assert!(child.wait().expect("wait").success());
+    crate::support::process::add_user(add, "alice", PASSWORD);
 
     // Register on A.
     let client_id = register_over_http(&a.base, "Claude", CALLBACK).await;

@@ -27,6 +27,20 @@ pub fn gatehouse(cwd: &Path) -> Command {
     cmd
 }
 
+/// Runs `users add NAME --password-stdin` with `cmd` (a [`gatehouse`] command, its settings
+/// set), typing `password`; panics unless it succeeds.
+pub fn add_user(mut cmd: Command, name: &str, password: &str) {
+    use std::io::Write;
+    let mut child = cmd
+        .args(["users", "add", name, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("users add");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write");
+    assert!(child.wait().expect("wait").success(), "users add {name}");
+}
+
 /// A server process that is killed when this is dropped (a failed assertion included).
 pub struct Running(pub Option<Child>);
 
